@@ -1,0 +1,38 @@
+# Two entry points: `make demo` (the main job on the built-in data) and `make test` (the whole suite).
+# Both create .venv when it is missing and install into it; a second run only reinstalls when
+# pyproject.toml, setup.py or the C++/CUDA sources changed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
+
+.PHONY: install demo test bench fashion-mnist check-cuda lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(CSRC)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/unlearn run
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_recorder.py
+
+# Real Fashion-MNIST from Debian's package (needs root and apt-get); the library finds it there.
+fashion-mnist:
+	test -d /usr/share/datasets/fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
+
+lint: install
+	$(BIN)/ruff check unlearn proxies tests benchmarks
+
+clean:
+	rm -rf build *.egg-info $(STAMP)

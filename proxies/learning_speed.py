@@ -1,0 +1,86 @@
+"""Proxies read off a training recording: the confidence family, learning events and cumulative sample loss.
+
+They cost nothing beyond training: the :class:`~proxies.TrainingRecorder` already holds every presentation.
+Averages skip presentations an example missed (``drop_last``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .kernels import learning_events
+from .recording import TrainingRecorder
+from .registry import register_proxy
+
+
+def _mean(recording: TrainingRecorder, column: str) -> np.ndarray:
+    values = recording[column]
+    if recording.num_epochs == 0:
+        raise ValueError("the recording has no epochs")
+    with np.errstate(invalid="ignore"):
+        counts = (~np.isnan(values)).sum(axis=0)
+        return np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), np.nan)
+
+
+@register_proxy("confidence", higher_is_memorized=False, needs=("recording",))
+def confidence(recording: TrainingRecorder) -> np.ndarray:
+    """Mean true-class probability over training presentations."""
+    return _mean(recording, "confidence")
+
+
+@register_proxy("max_confidence", higher_is_memorized=False, needs=("recording",))
+def max_confidence(recording: TrainingRecorder) -> np.ndarray:
+    """Mean max-class probability over training presentations."""
+    return _mean(recording, "max_confidence")
+
+
+@register_proxy("negative_entropy", higher_is_memorized=False, needs=("recording",))
+def negative_entropy(recording: TrainingRecorder) -> np.ndarray:
+    """Mean negative prediction entropy, sum_k p_k log p_k, over training presentations."""
+    return -_mean(recording, "entropy")
+
+
+@register_proxy("accuracy", higher_is_memorized=False, needs=("recording",))
+def accuracy(recording: TrainingRecorder) -> np.ndarray:
+    """Fraction of training presentations classified correctly."""
+    return _mean(recording, "correct")
+
+
+@register_proxy("csl", higher_is_memorized=True, needs=("recording",))
+def csl(recording: TrainingRecorder) -> np.ndarray:
+    """Cumulative sample loss: the sum of the training loss over presentations (Ravikumar et al. 2025)."""
+    if recording.num_epochs == 0:
+        raise ValueError("the recording has no epochs")
+    return np.nansum(recording["loss"], axis=0)
+
+
+def _events(recording: TrainingRecorder, backend: str) -> dict[str, np.ndarray]:
+    """Learning events over presentations; an epoch an example missed repeats its previous presentation."""
+    correct = recording["correct"]
+    missing = np.isnan(correct)
+    if missing.any():  # forward-fill along epochs so a missed epoch adds no transition; leading gaps count as wrong
+        filled = np.where(missing, 0.0, correct)
+        for epoch in range(1, len(filled)):
+            filled[epoch] = np.where(missing[epoch], filled[epoch - 1], filled[epoch])
+        correct = filled
+    events = learning_events(torch.from_numpy(correct > 0.5), backend=backend)
+    return {k: v.numpy() for k, v in events.items()}
+
+
+@register_proxy("forgetting_events", higher_is_memorized=True, needs=("recording",))
+def forgetting_events(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
+    """Number of learned-then-forgotten transitions (Toneva et al.); never learned counts every presentation."""
+    return _events(recording, backend)["forgetting_events"]
+
+
+@register_proxy("first_learned", higher_is_memorized=True, needs=("recording",))
+def first_learned(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
+    """First presentation at which the example was classified correctly (number of presentations if never)."""
+    return _events(recording, backend)["first_learned"]
+
+
+@register_proxy("presentations_needed", higher_is_memorized=True, needs=("recording",))
+def presentations_needed(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
+    """Presentations until the example stayed learned: last incorrect presentation + 1."""
+    return _events(recording, backend)["presentations_needed"]

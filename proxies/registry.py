@@ -1,0 +1,102 @@
+"""Proxies by name: ``@register_proxy`` fills the registry, :func:`compute` runs any of them.
+
+Every proxy returns one value per training example as a pandas Series indexed by training-set index, and declares
+whether a higher value means *more* memorized (the confidence family does not: a confidently learned example is
+typical, so its sign flips).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Proxy", "available", "compute", "get_proxy", "register_proxy"]
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A registered proxy: ``fn(**inputs, **options) -> np.ndarray [N]``."""
+
+    name: str
+    fn: Callable[..., np.ndarray]
+    higher_is_memorized: bool
+    needs: tuple[str, ...]
+    description: str
+
+
+_PROXIES: dict[str, Proxy] = {}
+
+
+def register_proxy(name: str, *, higher_is_memorized: bool, needs: Iterable[str], force: bool = False):
+    """Register ``fn`` as proxy ``name``; ``needs`` names the keyword inputs it requires (e.g. ``("recording",)``).
+
+    ``fn`` returns an array ``[N]`` (indexed 0..N-1) or a Series indexed by training index; :func:`compute` passes
+    it only the keyword arguments its signature accepts.
+    """
+
+    def decorator(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        if name in _PROXIES and not force:
+            raise ValueError(f"proxy {name!r} is already registered (pass force=True to replace it)")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _PROXIES[name] = Proxy(name, fn, higher_is_memorized, tuple(needs), doc[0] if doc else "")
+        return fn
+
+    return decorator
+
+
+def available() -> list[str]:
+    """Names of the registered proxies, in registration order."""
+    return list(_PROXIES)
+
+
+def get_proxy(name: str) -> Proxy:
+    if name not in _PROXIES:
+        raise ValueError(f"unknown proxy {name!r}; expected one of {available()}")
+    return _PROXIES[name]
+
+
+def _accepted(fn: Callable, inputs: dict) -> dict:
+    """The keyword arguments of ``inputs`` that ``fn`` takes (all of them if it takes ``**kwargs``)."""
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return inputs
+    return {k: v for k, v in inputs.items() if k in parameters}
+
+
+def compute(names: str | Iterable[str], **inputs) -> pd.Series | pd.DataFrame:
+    """Compute one proxy (a Series) or several (a DataFrame with one column each), indexed by training index.
+
+    Args:
+        names: a proxy name or several; see :func:`available`.
+        **inputs: what the proxies need (``recording=``, ``model=``, ``data=``...) and their options.
+
+    The Series ``attrs["higher_is_memorized"]`` (a DataFrame: a dict by column) tells the direction.
+
+    >>> import torch
+    >>> from proxies import TrainingRecorder
+    >>> rec = TrainingRecorder(2); rec.start_epoch()
+    >>> rec.record(torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0]), torch.tensor([0, 1])); rec.end_epoch()
+    >>> compute("accuracy", recording=rec).tolist()
+    [1.0, 0.0]
+    """
+    if isinstance(names, str):
+        proxy = get_proxy(names)
+        missing = [k for k in proxy.needs if inputs.get(k) is None]
+        if missing:
+            raise ValueError(f"proxy {proxy.name!r} needs {', '.join(f'{k}=' for k in missing)}")
+        values = proxy.fn(**_accepted(proxy.fn, inputs))
+        if isinstance(values, pd.Series):
+            series = values.rename(proxy.name).rename_axis("index")
+        else:
+            values = np.asarray(values)
+            series = pd.Series(values, index=pd.RangeIndex(len(values), name="index"), name=proxy.name)
+        series.attrs["higher_is_memorized"] = proxy.higher_is_memorized
+        return series
+    columns = [compute(name, **inputs) for name in names]
+    frame = pd.concat(columns, axis=1)
+    frame.attrs["higher_is_memorized"] = {c.name: c.attrs["higher_is_memorized"] for c in columns}
+    return frame

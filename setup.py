@@ -1,0 +1,55 @@
+"""Builds the optional C++/CUDA scoring ops (``proxies._C``); everything else lives in pyproject.toml.
+
+The CPU ops are always built when ``csrc/`` has sources. The CUDA ops are added when a GPU is visible or
+``FORCE_CUDA=1`` (then ``TORCH_CUDA_ARCH_LIST`` must name the target, e.g. ``9.0``, since there is no GPU to ask).
+``SKIP_EXTENSION=1`` builds nothing: the pure-torch and numba backends still work.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _extensions():
+    if os.environ.get("SKIP_EXTENSION") == "1":
+        print("[memunlearn] SKIP_EXTENSION=1: building no C++/CUDA ops")
+        return [], {}
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    if not sources:
+        print("[memunlearn] csrc/ has no sources: building no C++/CUDA ops")
+        return [], {}
+
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    force_cuda = os.environ.get("FORCE_CUDA") == "1"
+    with_cuda = CUDA_HOME is not None and (torch.cuda.is_available() or force_cuda)
+    openmp = ["-fopenmp"]
+    extra_compile_args = {"cxx": ["-O3", "-std=c++17", *openmp]}
+    define_macros = []
+    if with_cuda:
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        define_macros.append(("WITH_CUDA", None))
+        nvidia_include = os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "include")
+        extra_compile_args["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17", f"-I{os.path.abspath(nvidia_include)}"]
+        extension = CUDAExtension
+    else:
+        extension = CppExtension
+    why = "GPU visible" if torch.cuda.is_available() else ("FORCE_CUDA=1" if force_cuda else "no GPU, no FORCE_CUDA")
+    print(f"[memunlearn] building proxies._C with {'CPU + CUDA' if with_cuda else 'CPU'} ops ({why}; CUDA_HOME={CUDA_HOME})")
+    ext = extension(
+        "proxies._C",
+        sources,
+        include_dirs=[os.path.join(HERE, "csrc")],
+        define_macros=define_macros,
+        extra_compile_args=extra_compile_args,
+        extra_link_args=openmp,
+    )
+    return [ext], {"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

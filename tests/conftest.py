@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+from unlearn.data import DEBIAN_FASHION_MNIST, load_dataset
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+requires_fashion_mnist = pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir(), reason="Fashion-MNIST not installed (make fashion-mnist)")

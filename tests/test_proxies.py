@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+import proxies
+from proxies import TrainingRecorder
+
+
+def _recording(correct_rows, confidence_rows=None):
+    """A recording whose correctness per epoch is given (NaN = not presented); other columns derived from it."""
+    correct = np.array(correct_rows, dtype=np.float32)
+    conf = np.where(correct == 1, 0.9, 0.2) if confidence_rows is None else np.array(confidence_rows)
+    values = np.stack([conf, conf, 1 - conf, -np.log(conf), correct], axis=2)
+    rec = TrainingRecorder.from_values(np.where(np.isnan(correct)[..., None], np.nan, values))
+    return rec
+
+
+def test_learning_speed_proxies_match_hand_computation():
+    rec = _recording([[0, 1, 1], [1, 1, 0], [0, 1, 0], [1, 1, 0]])
+    table = proxies.compute(proxies.RECORDING_PROXIES, recording=rec)
+    assert table["accuracy"].tolist() == [0.5, 1.0, 0.25]
+    assert table["confidence"].tolist() == pytest.approx([0.55, 0.9, 0.375])
+    assert table["csl"].tolist() == pytest.approx([-2 * np.log(0.9) - 2 * np.log(0.2), -4 * np.log(0.9),
+                                                   -np.log(0.9) - 3 * np.log(0.2)])
+    assert table["negative_entropy"].tolist() == pytest.approx([-0.45, -0.1, -0.625])
+    assert table["forgetting_events"].tolist() == [1, 0, 1]
+    assert table["first_learned"].tolist() == [1, 0, 0]
+    assert table["presentations_needed"].tolist() == [3, 0, 4]
+    assert table.index.name == "index"
+    assert table.attrs["higher_is_memorized"] == {
+        "confidence": False, "max_confidence": False, "negative_entropy": False, "accuracy": False,
+        "forgetting_events": True, "first_learned": True, "presentations_needed": True, "csl": True}
+
+
+def test_never_learned_examples_count_every_presentation():
+    rec = _recording([[0], [0], [0]])
+    assert proxies.compute("forgetting_events", recording=rec).tolist() == [3]
+    assert proxies.compute("first_learned", recording=rec).tolist() == [3]
+
+
+def test_missed_presentations_are_skipped_not_counted():
+    # example 0 missed epoch 1: 1, -, 1 has no forgetting event; example 1 missed epoch 0
+    rec = _recording([[1, np.nan], [np.nan, 1], [1, 0]])
+    table = proxies.compute(["accuracy", "forgetting_events"], recording=rec)
+    assert table["accuracy"].tolist() == [1.0, 0.5]
+    assert table["forgetting_events"].tolist() == [0, 1]
+
+
+def test_registry_errors_and_plugins():
+    with pytest.raises(ValueError, match="unknown proxy 'fz'; expected one of"):
+        proxies.compute("fz", recording=None)
+    with pytest.raises(ValueError, match="needs recording="):
+        proxies.compute("confidence")
+    with pytest.raises(ValueError, match="already registered"):
+        proxies.register_proxy("confidence", higher_is_memorized=False, needs=())(lambda: None)
+
+    @proxies.register_proxy("test_margin", higher_is_memorized=False, needs=("recording",), force=True)
+    def margin(recording):
+        """Mean gap between true-class and max probability."""
+        return np.nanmean(recording["confidence"] - recording["max_confidence"], axis=0)
+
+    rec = _recording([[1, 0]], confidence_rows=[[0.9, 0.3]])
+    assert proxies.compute("test_margin", recording=rec).tolist() == [0.0, 0.0]
+    assert proxies.get_proxy("test_margin").description.startswith("Mean gap")

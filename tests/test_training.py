@@ -1,0 +1,69 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from unlearn.models import create_model
+from unlearn.training import RECIPES, accuracy, load_checkpoint, predict, save_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def digits_model(digits):
+    torch.manual_seed(0)
+    model = create_model("digits_cnn", num_classes=10, in_channels=1)
+    return train(model, digits.train, seed=0, progress=False, **RECIPES["digits"].as_kwargs())
+
+
+def test_digits_cnn_reaches_95_percent_on_real_test_digits(digits, digits_model):
+    model, history = digits_model
+    assert accuracy(model, digits.test) >= 0.95
+    assert len(history) == RECIPES["digits"].epochs
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+
+
+def test_training_is_deterministic_and_leaves_the_caller_alone(digits):
+    torch.manual_seed(0)
+    model = create_model("digits_cnn", num_classes=10, in_channels=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng_before = torch.get_rng_state()
+    a, _ = train(model, digits.train, epochs=2, seed=3, progress=False)
+    b, _ = train(model, digits.train, epochs=2, seed=3, progress=False)
+    c, _ = train(model, digits.train, epochs=2, seed=4, progress=False)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in before)
+    assert not all(torch.equal(a.state_dict()[k], c.state_dict()[k]) for k in before)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("constant", [0.1] * 6),
+    ("step", [0.1, 0.1, 0.1, 0.01, 0.001, 0.0001]),
+    ("linear", [0.1 * (1 - e / 6) for e in range(6)]),
+    (lambda epoch, epochs: 0.5 ** epoch, [0.1 * 0.5**e for e in range(6)]),
+])
+def test_schedules_set_the_learning_rate_per_epoch(schedule, expected):
+    data = TensorDataset(torch.randn(8, 3), torch.tensor([0, 1] * 4))
+    _, history = train(nn.Linear(3, 2), data, epochs=6, lr=0.1, schedule=schedule, progress=False)
+    assert history["lr"].tolist() == pytest.approx(expected)
+
+
+def test_bad_arguments_raise():
+    data = TensorDataset(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(TypeError, match="nn.Module"):
+        train(lambda x: x, data, epochs=1)
+    with pytest.raises(ValueError, match="lr > 0"):
+        train(nn.Linear(3, 2), data, epochs=1, lr=0)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        train(nn.Linear(3, 2), data, epochs=1, schedule="warmup")
+    with pytest.raises(ValueError, match="empty"):
+        train(nn.Linear(3, 2), TensorDataset(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)), epochs=1)
+
+
+def test_checkpoints_round_trip_as_weights_only(tmp_path, digits, digits_model):
+    model, _ = digits_model
+    save_checkpoint(model, tmp_path / "model.pt")
+    fresh = load_checkpoint(create_model("digits_cnn", num_classes=10, in_channels=1), tmp_path / "model.pt")
+    torch.testing.assert_close(predict(fresh, digits.test)[0], predict(model, digits.test)[0])
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_checkpoint(fresh, tmp_path / "bad.pt")

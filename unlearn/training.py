@@ -1,0 +1,191 @@
+"""SGD training that can record per-example dynamics, deterministic for a seed on CPU.
+
+>>> from unlearn.data import load_dataset
+>>> from unlearn.models import create_model
+>>> splits = load_dataset("digits")
+>>> model, history = train(create_model("digits_cnn", num_classes=10, in_channels=1), splits.train,
+...                        epochs=1, progress=False)
+>>> list(history.columns)
+['epoch', 'lr', 'loss', 'accuracy', 'seconds']
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .data import batches
+
+__all__ = ["RECIPES", "TrainConfig", "accuracy", "load_checkpoint", "predict", "save_checkpoint", "train"]
+
+Schedule = str | Callable[[int, int], float]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of :func:`train`, for recipes and configs written next to checkpoints."""
+
+    epochs: int = 20
+    lr: float = 0.05
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    drop_last: bool = False
+
+    def as_kwargs(self) -> dict:
+        return asdict(self)
+
+
+RECIPES: dict[str, TrainConfig] = {
+    "digits": TrainConfig(epochs=30, lr=0.05, batch_size=64),
+    "fashion-mnist": TrainConfig(epochs=15, lr=0.05, batch_size=128),
+    "mnist": TrainConfig(epochs=15, lr=0.05, batch_size=128),
+    # the Feldman-Zhang anchor: ResNet-18, 30 epochs, lr 0.01, x0.1 at 15/20/25, batch 512
+    "cifar10": TrainConfig(epochs=30, lr=0.01, batch_size=512, schedule="step"),
+    "cifar100": TrainConfig(epochs=30, lr=0.01, batch_size=512, schedule="step"),
+}
+"""Default training recipe per dataset (the CLI's defaults)."""
+
+
+def _lr_factor(schedule: Schedule, epoch: int, epochs: int) -> float:
+    """Multiplier of the base learning rate in ``epoch`` (0-based) of ``epochs``."""
+    if callable(schedule):
+        return float(schedule(epoch, epochs))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if schedule == "step":  # x0.1 at 1/2, 2/3 and 5/6 of training: 15/20/25 of 30 epochs, as the FZ anchor
+        return 0.1 ** sum(epoch >= round(epochs * f) for f in (1 / 2, 2 / 3, 5 / 6))
+    if schedule == "linear":
+        return 1.0 - epoch / epochs
+    raise ValueError(f"unknown schedule {schedule!r}; expected 'constant', 'cosine', 'step', 'linear' or a callable")
+
+
+def _resolve_device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0.05, batch_size: int = 128,
+          momentum: float = 0.9, weight_decay: float = 5e-4, schedule: Schedule = "cosine", seed: int = 0,
+          drop_last: bool = False, recorder=None, device: torch.device | str | None = None,
+          progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
+    """Train a copy of ``model`` with SGD on ``dataset``; the caller's model is left unchanged.
+
+    Args:
+        model: any classifier returning logits ``[B, C]``.
+        dataset: items ``(x, y)`` or ``(x, y, index)``; ``index`` is the training-set index the recorder keys on.
+        epochs, lr, batch_size, momentum, weight_decay: SGD settings.
+        schedule: ``"cosine"``, ``"step"`` (x0.1 at 1/2, 2/3, 5/6), ``"linear"``, ``"constant"`` or
+            ``f(epoch, epochs) -> factor``; the learning rate is set per epoch.
+        seed: seeds shuffling and any randomness in the model; the global RNG state is restored afterwards.
+        drop_last: drop the last partial batch of each epoch.
+        recorder: a :class:`proxies.TrainingRecorder` sized to the training set, filled during training.
+        device: where to train (default: CUDA if available, else CPU).
+        progress: show a tqdm bar.
+
+    Returns:
+        The trained model (in eval mode, on ``device``) and a DataFrame with one row per epoch.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if epochs < 0 or lr <= 0 or batch_size < 1:
+        raise ValueError(f"expected epochs >= 0, lr > 0, batch_size >= 1; got {epochs}, {lr}, {batch_size}")
+    if len(dataset) == 0:
+        raise ValueError("cannot train on an empty dataset")
+    _lr_factor(schedule, 0, max(epochs, 1))  # reject a bad schedule before any work
+    device = _resolve_device(device)
+    model = copy.deepcopy(model).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    rows = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress, leave=False)
+        for epoch in bar:
+            start = time.perf_counter()
+            epoch_lr = lr * _lr_factor(schedule, epoch, epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr
+            model.train()
+            if recorder is not None:
+                recorder.start_epoch()
+            total_loss, correct, seen = 0.0, 0, 0
+            for x, y, index in batches(dataset, batch_size, shuffle=True, generator=generator,
+                                       drop_last=drop_last, device=device):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if recorder is not None:
+                    recorder.record(logits, y, index)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+            if recorder is not None:
+                recorder.end_epoch()
+            seen = max(seen, 1)
+            rows.append({"epoch": epoch + 1, "lr": epoch_lr, "loss": float(total_loss) / seen,
+                         "accuracy": float(correct) / seen, "seconds": time.perf_counter() - start})
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", acc=f"{rows[-1]['accuracy']:.3f}")
+    model.eval()
+    return model, pd.DataFrame(rows, columns=["epoch", "lr", "loss", "accuracy", "seconds"])
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
+            device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eval-mode logits ``[N, C]`` (on CPU), labels ``[N]`` and indices ``[N]`` of a dataset, in its order.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    device = _resolve_device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs, labels, indices = [], [], []
+    try:
+        for x, y, index in batches(dataset, batch_size, device=device):
+            outputs.append(model(x).float().cpu())
+            labels.append(y.cpu())
+            indices.append(index)
+    finally:
+        model.train(was_training)
+    if not outputs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(outputs), torch.cat(labels), torch.cat(indices)
+
+
+def accuracy(model: nn.Module, dataset: Dataset, **kwargs) -> float:
+    """Top-1 accuracy (a fraction) of ``model`` on ``dataset``; NaN for an empty dataset."""
+    logits, labels, _ = predict(model, dataset, **kwargs)
+    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the model's ``state_dict`` (tensors only; loadable with ``weights_only=True``)."""
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a ``state_dict`` written by :func:`save_checkpoint` into ``model`` (never unpickles objects)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which file, keep the cause
+        raise ValueError(f"cannot read checkpoint {os.fspath(path)}: {err}") from err
+    model.load_state_dict(state)
+    return model
