@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import proxies
 from proxies import learning_events, signals, symmetric_kl
+from proxies._backends import reference
 
 
 def _signals_numpy(logits, labels):
@@ -71,3 +75,94 @@ def test_symmetric_kl_matches_definition():
     expected = 0.5 * ((p * (p / q).log()).sum(1) + (q * (q / p).log()).sum(1))
     torch.testing.assert_close(symmetric_kl(a, b), expected)
     assert symmetric_kl(a, a).abs().max() == 0
+
+
+# ------------------------------------------------------------------ every backend against the torch reference
+
+CPU_BACKENDS = [b for b in proxies.backends() if b != "cuda"]
+
+
+@st.composite
+def logits_and_labels(draw):
+    n = draw(st.integers(0, 40))
+    c = draw(st.integers(1, 12))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    scale = draw(st.sampled_from([0.0, 1.0, 30.0, 1e4]))  # 0: every logit ties
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, c, generator=g, dtype=torch.float64) * scale)
+    if draw(st.booleans()):  # integer logits: many ties between classes
+        logits = logits.round()
+    labels = torch.randint(0, c, (n,), generator=g)
+    if draw(st.booleans()) and c > 1:  # a non-contiguous view of the same values
+        wide = torch.zeros(n, 2 * c, dtype=torch.float64)
+        wide[:, ::2] = logits
+        logits = wide[:, ::2]
+    return logits.to(dtype), labels
+
+
+def _tolerance(dtype):
+    return {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@settings(max_examples=60, deadline=None)
+@given(data=logits_and_labels())
+def test_signals_backends_agree_with_reference(backend, data):
+    logits, labels = data
+    got = signals(logits, labels, backend=backend)
+    expected = reference.signals(logits, labels)
+    assert got.dtype == logits.dtype and got.shape == (len(labels), 5)
+    torch.testing.assert_close(got[:, :4], expected[:, :4], **_tolerance(logits.dtype))
+    assert torch.equal(got[:, 4], expected[:, 4])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@settings(max_examples=60, deadline=None)
+@given(epochs=st.integers(0, 30), n=st.integers(0, 5000), p=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1),
+       transpose=st.booleans())
+def test_learning_events_backends_agree_with_reference(backend, epochs, n, p, seed, transpose):
+    g = torch.Generator().manual_seed(seed)
+    correct = torch.rand(epochs, n, generator=g) < p
+    if transpose:  # the same shape as a non-contiguous view
+        correct = correct.T.contiguous().T
+    got = learning_events(correct, backend=backend)
+    expected = reference.learning_events(correct)
+    for key in expected:
+        assert got[key].dtype == torch.int64
+        assert torch.equal(got[key], expected[key]), key
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@settings(max_examples=60, deadline=None)
+@given(p_data=logits_and_labels(), shift=st.floats(-3.0, 3.0))
+def test_symmetric_kl_backends_agree_with_reference(backend, p_data, shift):
+    logits_p, _ = p_data
+    logits_q = logits_p.flip(0) + shift
+    got = symmetric_kl(logits_p, logits_q, backend=backend)
+    torch.testing.assert_close(got, reference.symmetric_kl(logits_p, logits_q), **_tolerance(logits_p.dtype))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_auto_on_cuda_agrees_with_reference(dtype):
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(3000, 100, generator=g, dtype=dtype) * 5, torch.randint(0, 100, (3000,), generator=g)
+    torch.testing.assert_close(signals(logits.cuda(), labels.cuda()).cpu(), reference.signals(logits, labels))
+    correct = torch.rand(50, 3000, generator=g) < 0.7
+    got = learning_events(correct.cuda())
+    for key, value in reference.learning_events(correct).items():
+        assert torch.equal(got[key].cpu(), value)
+
+
+def test_backend_choice_errors():
+    assert proxies.backends()[0] == "torch"
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        signals(torch.zeros(1, 2), torch.tensor([0]), backend="tpu")
+    if "cuda" not in proxies.backends():
+        with pytest.raises(ModuleNotFoundError, match="not available"):
+            signals(torch.zeros(1, 2), torch.tensor([0]), backend="cuda")
+    if "numba" in proxies.backends():
+        with pytest.raises(ValueError, match="runs on cpu tensors"):
+            from proxies._backends import resolve
+            resolve("numba", "cuda")
