@@ -5,9 +5,13 @@
 True
 """
 
-from . import learning_speed  # noqa: F401  (registers the recording-based proxies)
+from . import learning_speed  # noqa: F401  (the modules below register their proxies)
 from ._backends import available as backends
+from .curvature import loss_curvature
+from .gradients import gradient_norm
+from .holdout import holdout_retraining
 from .kernels import learning_events, signals, symmetric_kl
+from .memorization import SubsetModels, feldman_zhang, train_subset_models
 from .recording import TrainingRecorder
 from .registry import Proxy, available, compute, get_proxy, register_proxy
 
@@ -17,13 +21,19 @@ RECORDING_PROXIES = ("confidence", "max_confidence", "negative_entropy", "accura
 __all__ = [
     "RECORDING_PROXIES",
     "Proxy",
+    "SubsetModels",
     "TrainingRecorder",
     "available",
     "backends",
     "compute",
+    "feldman_zhang",
     "get_proxy",
+    "gradient_norm",
+    "holdout_retraining",
     "learning_events",
+    "loss_curvature",
     "register_proxy",
     "signals",
     "symmetric_kl",
+    "train_subset_models",
 ]

@@ -23,7 +23,8 @@ def test_console_script_help():
 def test_train_writes_checkpoint_recording_and_config(tmp_path, capsys):
     out = tmp_path / "model"
     assert main(["train", "--dataset", "digits", "--epochs", "2", "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {"model.pt", "recording.npz", "history.csv", "config.json"}
+    assert {p.name for p in out.iterdir()} == {"model.pt", "recording.npz", "history.csv", "config.json", "checkpoints"}
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["epoch-001.pt", "epoch-002.pt"]
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
     assert "test accuracy" in capsys.readouterr().out
 
@@ -44,6 +45,6 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--epochs", "2", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "other settings (epochs)" in err and "--force" in err
+    assert err.count("\n") == 1 and "other settings (checkpoint_epochs, epochs)" in err and "--force" in err
     assert main(["train", "--dataset", "mnist", "--root", str(tmp_path / "none"), "--out", str(tmp_path / "m")]) == 2
     assert "download" in capsys.readouterr().err

@@ -67,3 +67,11 @@ def test_checkpoints_round_trip_as_weights_only(tmp_path, digits, digits_model):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         load_checkpoint(fresh, tmp_path / "bad.pt")
+
+
+def test_patience_stops_when_the_training_loss_stalls():
+    data = TensorDataset(torch.randn(8, 3), torch.tensor([0, 1] * 4))
+    # lr schedule 0 after the first epoch: the loss can no longer improve, so training stops 2 epochs later
+    _, history = train(nn.Linear(3, 2), data, epochs=20, lr=0.1, schedule=lambda e, n: 1.0 if e == 0 else 0.0,
+                       patience=2, progress=False)
+    assert len(history) == 4

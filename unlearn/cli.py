@@ -6,6 +6,7 @@ Errors a user can cause print one line and exit with status 2; ``--verbose`` sho
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -53,6 +54,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="learning-rate schedule, set per epoch")
     g.add_argument("--seed", type=int, default=0, help="seed of the splits, initialisation and shuffling (default: 0)")
     g.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    g.add_argument("--checkpoints", type=int, default=3,
+                   help="evenly spaced epoch checkpoints kept for checkpoint-averaged proxies such as loss curvature; "
+                        "the last epoch is always one (default: 3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,48 +104,63 @@ def _train_stage(args: argparse.Namespace, out: Path):
         raise UsageError(str(err)) from err
     model_name = args.model or splits.default_model
     config = _train_config(args)
+    if args.checkpoints < 1:
+        raise UsageError(f"--checkpoints must be >= 1, got {args.checkpoints}")
+    keep = sorted({round(config.epochs * (i + 1) / args.checkpoints) for i in range(args.checkpoints)} - {0})
     settings = {"dataset": args.dataset, "model": model_name, "seed": args.seed, "train_size": args.train_size,
-                "val_fraction": args.val_fraction, **config.as_kwargs()}
+                "val_fraction": args.val_fraction, "checkpoint_epochs": keep, **config.as_kwargs()}
     torch.manual_seed(args.seed)
     model = create_model(model_name, num_classes=splits.num_classes, in_channels=splits.in_channels)
 
     config_file = out / "config.json"
+    checkpoint_files = [out / "checkpoints" / f"epoch-{e:03d}.pt" for e in keep]
     files = [out / "model.pt", out / "recording.npz", config_file]
-    if all(f.is_file() for f in files):
-        saved = json.loads(config_file.read_text())
-        if saved == settings:
-            print(f"reusing the trained model in {out}")
-            model = load_checkpoint(model, out / "model.pt").eval()
-            return splits, model, TrainingRecorder.load(out / "recording.npz"), settings
-        if not args.force:
-            changed = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
-            raise UsageError(f"{out} holds a run with other settings ({', '.join(changed)}); "
-                             "choose another --out or pass --force to overwrite it")
+    saved = json.loads(config_file.read_text()) if config_file.is_file() else None
+    if saved is not None and saved != settings and not args.force:
+        changed = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
+        raise UsageError(f"{out} holds a run with other settings ({', '.join(changed)}); "
+                         "choose another --out or pass --force to overwrite it")
+    if saved == settings and all(f.is_file() for f in files + checkpoint_files):
+        print(f"reusing the trained model in {out}")
+        checkpoints = [load_checkpoint(copy.deepcopy(model), f).eval() for f in checkpoint_files]
+        model = load_checkpoint(model, out / "model.pt").eval()
+        return splits, model, TrainingRecorder.load(out / "recording.npz"), checkpoints, settings
 
-    out.mkdir(parents=True, exist_ok=True)
+    config_file.unlink(missing_ok=True)  # until training finishes, the folder holds no finished run
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     recorder = TrainingRecorder(len(splits.train))
+    checkpoints = []
+
+    def keep_checkpoint(epoch, trained):
+        if epoch in keep:
+            save_checkpoint(trained, out / "checkpoints" / f"epoch-{epoch:03d}.pt")
+            checkpoints.append(copy.deepcopy(trained).eval())
+
     print(f"training {model_name} on {splits!r} for {config.epochs} epochs")
     start = time.perf_counter()
     model, history = train(model, splits.train, seed=args.seed, recorder=recorder, device=args.device,
-                           **config.as_kwargs())
+                           on_epoch_end=keep_checkpoint, **config.as_kwargs())
     seconds = time.perf_counter() - start
     save_checkpoint(model, out / "model.pt")
     recorder.save(out / "recording.npz")
     history.to_csv(out / "history.csv", index=False)
     config_file.write_text(json.dumps(settings, indent=2) + "\n")  # written last: marks the stage finished
-    print(f"trained in {seconds:.1f} s; wrote {', '.join(f.name for f in files)} and history.csv to {out}")
-    return splits, model, recorder, settings
+    print(f"trained in {seconds:.1f} s; wrote {', '.join(f.name for f in files)}, history.csv and "
+          f"{len(checkpoints)} checkpoints to {out}")
+    return splits, model, recorder, checkpoints, settings
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    splits, model, _, _ = _train_stage(args, args.out)
+    splits, model, _, _, _ = _train_stage(args, args.out)
     print(f"test accuracy {accuracy(model, splits.test):.4f}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     out = args.out or Path("runs") / args.dataset
-    splits, model, recorder, settings = _train_stage(args, out)
+    splits, model, recorder, checkpoints, settings = _train_stage(args, out)
     scores = proxies.compute(proxies.RECORDING_PROXIES, recording=recorder)
+    print(f"loss curvature over {len(checkpoints)} checkpoints (epochs {settings['checkpoint_epochs']})")
+    scores["loss_curvature"] = proxies.loss_curvature(checkpoints, splits.train)
     scores.insert(0, "label", splits.train.targets.numpy())
     scores.to_csv(out / "scores.csv")
 

@@ -82,7 +82,8 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
 
 def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0.05, batch_size: int = 128,
           momentum: float = 0.9, weight_decay: float = 5e-4, schedule: Schedule = "cosine", seed: int = 0,
-          drop_last: bool = False, recorder=None, device: torch.device | str | None = None,
+          drop_last: bool = False, patience: int | None = None, recorder=None,
+          on_epoch_end: Callable[[int, nn.Module], None] | None = None, device: torch.device | str | None = None,
           progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
     """Train a copy of ``model`` with SGD on ``dataset``; the caller's model is left unchanged.
 
@@ -94,7 +95,9 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             ``f(epoch, epochs) -> factor``; the learning rate is set per epoch.
         seed: seeds shuffling and any randomness in the model; the global RNG state is restored afterwards.
         drop_last: drop the last partial batch of each epoch.
+        patience: stop early once the training loss has not improved for this many epochs (None: never).
         recorder: a :class:`proxies.TrainingRecorder` sized to the training set, filled during training.
+        on_epoch_end: called as ``f(epoch, model)`` (1-based epoch) after each epoch, e.g. to keep checkpoints.
         device: where to train (default: CUDA if available, else CPU).
         progress: show a tqdm bar.
 
@@ -111,7 +114,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
     device = _resolve_device(device)
     model = copy.deepcopy(model).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    rows = []
+    rows, best_loss, stale = [], float("inf"), 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
@@ -143,6 +146,12 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             rows.append({"epoch": epoch + 1, "lr": epoch_lr, "loss": float(total_loss) / seen,
                          "accuracy": float(correct) / seen, "seconds": time.perf_counter() - start})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", acc=f"{rows[-1]['accuracy']:.3f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, model)
+            if patience is not None:
+                best_loss, stale = (rows[-1]["loss"], 0) if rows[-1]["loss"] < best_loss else (best_loss, stale + 1)
+                if stale >= patience:
+                    break
     model.eval()
     return model, pd.DataFrame(rows, columns=["epoch", "lr", "loss", "accuracy", "seconds"])
 

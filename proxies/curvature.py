@@ -1,0 +1,99 @@
+"""Input loss curvature (Garg et al., ICML 2024): how sharply the loss bends around each training example.
+
+``curv(x) = 1/n sum_i || grad_x L(x + h v_i) - grad_x L(x) ||_2`` with Rademacher probes ``v_i``, in eval mode,
+averaged over checkpoints. Each probe is one batched forward/backward over many examples at once: the per-example
+input gradients come from one ``backward`` of the summed loss, since in eval mode examples do not interact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .registry import register_proxy
+
+__all__ = ["as_checkpoints", "input_gradients", "loss_curvature"]
+
+
+def as_checkpoints(model: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
+    """A model or a sequence of checkpoints (models), as a non-empty list."""
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    if not models or not all(isinstance(m, nn.Module) for m in models):
+        raise TypeError("model must be an nn.Module or a non-empty sequence of nn.Module checkpoints")
+    return models
+
+
+def input_gradients(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Per-example ``grad_x CE(model(x), y)`` for a batch (the model must treat examples independently)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+@register_proxy("loss_curvature", higher_is_memorized=True, needs=("model", "data"))
+def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: float | None = None,
+                   n_probes: int = 10, variant: str = "rademacher", batch_size: int = 256, seed: int = 0,
+                   device: torch.device | str | None = None, progress: bool = True) -> pd.Series:
+    """Input loss curvature per example, averaged over checkpoints.
+
+    Args:
+        model: the trained model or a list of checkpoints (e.g. one per epoch).
+        data: the examples to score; items ``(x, y)`` or ``(x, y, index)``.
+        h: probe size; default 1e-3 for ``"rademacher"`` and 0.01 for ``"cure"``.
+        n_probes: Rademacher probes per example (``"cure"`` uses one direction).
+        variant: ``"rademacher"`` (Garg et al.) or ``"cure"``: one probe along
+            ``z = h sign(g) / ||sign(g)||`` with ``g = grad_x L`` (the CURE-style variant of the RUM code).
+        batch_size: examples per batched forward/backward.
+        seed: seed of the probes.
+        device: where to compute (default: the model's device).
+
+    Returns:
+        A Series indexed by the examples' training-set indices.
+    """
+    from unlearn.data import batches
+
+    if variant not in ("rademacher", "cure"):
+        raise ValueError(f"variant must be 'rademacher' or 'cure', got {variant!r}")
+    if n_probes < 1:
+        raise ValueError(f"n_probes must be >= 1, got {n_probes}")
+    h = (1e-3 if variant == "rademacher" else 0.01) if h is None else h
+    checkpoints = as_checkpoints(model)
+    total, index = None, None
+    for checkpoint in tqdm(checkpoints, desc="loss curvature", unit="checkpoint", disable=not progress or
+                           len(checkpoints) == 1, leave=False):
+        dev = torch.device(device) if device is not None else next(checkpoint.parameters()).device
+        was_training = checkpoint.training
+        checkpoint.eval()
+        generator = torch.Generator(device=dev).manual_seed(seed)
+        values, indices = [], []
+        try:
+            for x, y, idx in batches(data, batch_size, device=dev):
+                grad = input_gradients(checkpoint, x, y)
+                if variant == "cure":
+                    direction = torch.sign(grad)
+                    norms = direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.ndim - 1))
+                    probed = input_gradients(checkpoint, x + h * direction / norms, y)
+                    curvature = (probed - grad).flatten(1).norm(dim=1)
+                else:
+                    curvature = torch.zeros(len(y), device=dev, dtype=grad.dtype)
+                    for _ in range(n_probes):
+                        v = torch.randint(0, 2, x.shape, generator=generator, device=dev, dtype=x.dtype) * 2 - 1
+                        curvature += (input_gradients(checkpoint, x + h * v, y) - grad).flatten(1).norm(dim=1)
+                    curvature /= n_probes
+                values.append(curvature.detach().double().cpu())
+                indices.append(idx)
+        finally:
+            checkpoint.train(was_training)
+        values = torch.cat(values).numpy() if values else np.zeros(0)
+        total = values if total is None else total + values
+        index = torch.cat(indices).numpy() if indices else np.zeros(0, dtype=np.int64)
+    return pd.Series(total / len(checkpoints), index=pd.Index(index, name="index"))

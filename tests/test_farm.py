@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from unlearn.farm import Job, LocalFarm, check_manifest, get_farm
+
+
+def _square(job, shared):
+    return {"ids": job.train_ids ** 2 + shared}
+
+
+def test_a_failing_job_keeps_what_was_written_and_a_rerun_resumes(tmp_path):
+    jobs = [Job(f"m{i}", np.arange(i + 1), seed=i) for i in range(4)]
+    calls = []
+
+    def flaky(job, shared):
+        calls.append(job.key)
+        if job.key == "m2":
+            raise RuntimeError("out of memory")
+        return _square(job, shared)
+
+    farm = LocalFarm(tmp_path, progress=False)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        farm.run(flaky, jobs, shared=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m0.npz", "m1.npz"]  # no partial file left behind
+    assert [j.key for j in farm.pending(jobs)] == ["m2", "m3"]
+
+    calls.clear()
+    results = farm.run(lambda job, shared: _square(job, shared), jobs, shared=1)
+    np.testing.assert_array_equal(results["m3"]["ids"], np.arange(4) ** 2 + 1)
+    assert calls == []  # the second run used another function: the first two were loaded, not rerun
+
+
+def test_jobs_and_farms_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="file-name-safe"):
+        Job("../escape", np.arange(2), seed=0)
+    with pytest.raises(ValueError, match="unique"):
+        LocalFarm(tmp_path).pending([Job("a", np.arange(1), 0), Job("a", np.arange(1), 1)])
+    with pytest.raises(ValueError, match="unknown farm 'slurm'"):
+        get_farm("slurm", tmp_path)
+    with pytest.raises(TypeError, match="run"):
+        get_farm(object(), tmp_path)
+    assert isinstance(get_farm("local", tmp_path), LocalFarm)
+
+
+def test_manifest_refuses_other_settings_unless_forced(tmp_path):
+    check_manifest(tmp_path, {"k": 3, "epochs": (1, 2)})
+    check_manifest(tmp_path, {"k": 3, "epochs": [1, 2]})  # the same once written as JSON
+    (tmp_path / "m0.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"other settings \(k\)"):
+        check_manifest(tmp_path, {"k": 4, "epochs": [1, 2]})
+    check_manifest(tmp_path, {"k": 4, "epochs": [1, 2]}, force=True)
+    assert not (tmp_path / "m0.npz").exists()
