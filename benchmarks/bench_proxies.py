@@ -1,0 +1,257 @@
+"""Memorization proxies: kernel speed per backend, agreement with Feldman-Zhang memorization, and cost.
+
+1. Kernel throughput of every backend (rows/s, GB/s) for ``signals`` (C = 10 and 100) and ``learning_events``
+   (E = 200), its ratio to the torch reference, and memory-copy bandwidth as the physical limit.
+2. Spearman and Pearson correlation of every proxy with FZ memorization (K subset models) on digits and a
+   Fashion-MNIST subset, beside the anchor figures of REFERENCE.md, and a PNG scatter per dataset.
+3. The cost of each proxy in forward passes over the training set, against the cost of the FZ estimate.
+
+    python benchmarks/bench_proxies.py [--part kernels|quality|all] [--max-n 1000000] [--k 256] [--check]
+
+Subset models are cached under ``--cache`` (a rerun reuses them). ``--check`` exits 1 when a compiled CPU
+backend misses its targets: 2x the torch reference and 50% of copy bandwidth at the largest N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import proxies
+from proxies import TrainingRecorder
+from unlearn.data import DatasetNotFoundError, load_dataset
+from unlearn.models import create_model
+from unlearn.training import RECIPES, predict, train
+
+# Anchor figures (REFERENCE.md): Spearman with FZ on CIFAR-10 / ResNet-18, and the CSL paper's cosine/Pearson.
+ANCHORS = {"confidence": "-0.89", "max_confidence": "-0.85", "negative_entropy": "-0.84", "accuracy": "-0.82",
+           "loss_curvature": "0.82", "holdout_retraining": "0.55", "csl": "Pearson 0.79 (CIFAR-100)",
+           "forgetting_events": "Pearson 0.59 (CIFAR-100, frequency)"}
+
+
+# ------------------------------------------------------------------------------------------------ 1. kernels
+
+def _best_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: numba compilation / cache load, allocator
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def copy_bandwidth(nbytes: int, repeats: int) -> float:
+    """GB/s of a plain tensor copy (bytes read + written), the ceiling for a kernel that streams memory."""
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / _best_seconds(lambda: dst.copy_(src), repeats) / 1e9
+
+
+def bench_kernels(max_n: int, repeats: int) -> pd.DataFrame:
+    sizes = [n for n in (10_000, 100_000, 1_000_000, 10_000_000) if n <= max_n]
+    backends = [b for b in proxies.backends() if b != "cuda"]
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for c in (10, 100):
+        for n in sizes:
+            logits = torch.randn(n, c, generator=g) * 3
+            labels = torch.randint(0, c, (n,), generator=g)
+            nbytes = logits.numel() * 4 + n * 8 + n * 5 * 4
+            for backend in backends:
+                seconds = _best_seconds(lambda b=backend, z=logits, y=labels: proxies.signals(z, y, backend=b),
+                                        repeats)
+                rows.append({"kernel": f"signals C={c}", "n": n, "backend": backend, "seconds": seconds,
+                             "rows_per_s": n / seconds, "gb_per_s": nbytes / seconds / 1e9})
+    for n in sizes:
+        correct = torch.rand(200, n, generator=g) < 0.8
+        nbytes = correct.numel() + 3 * n * 8
+        for backend in backends:
+            seconds = _best_seconds(lambda b=backend, c=correct: proxies.learning_events(c, backend=b), repeats)
+            rows.append({"kernel": "learning_events E=200", "n": n, "backend": backend, "seconds": seconds,
+                         "rows_per_s": n / seconds, "gb_per_s": nbytes / seconds / 1e9})
+    table = pd.DataFrame(rows)
+    reference = table[table.backend == "torch"].set_index(["kernel", "n"])["seconds"]
+    table["speedup_vs_torch"] = [reference[(k, n)] / s for k, n, s in zip(table.kernel, table.n, table.seconds,
+                                                                          strict=True)]
+    return table
+
+
+# ------------------------------------------------------------------------------------------------ 2. quality
+
+def _forward_seconds(model, data) -> float:
+    return _best_seconds(lambda: predict(model, data), 3)
+
+
+def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: Path, out: Path) -> tuple:
+    splits = load_dataset(name, **options)
+    recipe = RECIPES[name]
+    train_kwargs = recipe.as_kwargs() | ({"epochs": epochs} if epochs else {})
+    model_fn = functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
+                                 in_channels=splits.in_channels)
+    torch.manual_seed(0)
+    recorder = TrainingRecorder(len(splits.train))
+    checkpoints = []
+    start = time.perf_counter()
+    model, _ = train(model_fn(), splits.train, seed=0, recorder=recorder, progress=False,
+                     on_epoch_end=lambda epoch, m: checkpoints.append(copy.deepcopy(m).eval()), **train_kwargs)
+    train_seconds = time.perf_counter() - start
+    forward = _forward_seconds(model, splits.train)
+
+    timed = {}
+
+    def timed_proxy(label, fn):
+        start = time.perf_counter()
+        values = fn()
+        timed[label] = time.perf_counter() - start
+        return values
+
+    scores = timed_proxy("recording proxies", lambda: proxies.compute(proxies.RECORDING_PROXIES, recording=recorder))
+    scores["loss_curvature"] = timed_proxy(
+        "loss_curvature", lambda: proxies.loss_curvature(checkpoints, splits.train, progress=False))
+    scores["loss_curvature_cure"] = timed_proxy(
+        "loss_curvature_cure", lambda: proxies.loss_curvature(checkpoints, splits.train, variant="cure",
+                                                              progress=False))
+    scores["loss_curvature_last"] = timed_proxy(
+        "loss_curvature_last", lambda: proxies.loss_curvature(model, splits.train, progress=False))
+    scores["gradient_norm"] = timed_proxy("gradient_norm", lambda: proxies.gradient_norm(checkpoints, splits.train))
+    scores["holdout_retraining"] = timed_proxy(
+        "holdout_retraining", lambda: proxies.holdout_retraining(model, splits.train, splits.val, progress=False))
+
+    start = time.perf_counter()
+    subset_models = proxies.train_subset_models(splits.train, model_fn, k=k, folder=cache / f"fz-{name}-k{k}",
+                                                **train_kwargs)
+    fz_seconds = time.perf_counter() - start
+    fz = subset_models.scores()
+    per_model = train_seconds * 0.7  # a subset model trains on 70% of the data; also right when loaded from cache
+
+    quality = []
+    valid = fz["memorization"].notna()
+    for column in scores.columns:
+        s = scores.loc[valid, column].astype(float)
+        m = fz.loc[valid, "memorization"]
+        quality.append({"dataset": name, "proxy": column, "spearman": s.corr(m, method="spearman"),
+                        "pearson": s.corr(m), "anchor": ANCHORS.get(column, "")})
+    quality.append({"dataset": name, "proxy": "c_score", "spearman": fz.loc[valid, "c_score"].corr(
+        fz.loc[valid, "memorization"], method="spearman"), "pearson": fz.loc[valid, "c_score"].corr(
+        fz.loc[valid, "memorization"]), "anchor": ""})
+
+    # cost in forward passes over the training set (F); recording proxies cost their share of training time
+    recorder_cost = timed["recording proxies"] / forward
+    cost = [{"dataset": name, "proxy": "recording-based (all 8)", "forward_passes": recorder_cost,
+             "note": "computed from the recording; the recorder itself adds ~1% to training"}]
+    for label in ("loss_curvature", "loss_curvature_cure", "loss_curvature_last", "gradient_norm",
+                  "holdout_retraining"):
+        cost.append({"dataset": name, "proxy": label, "forward_passes": timed[label] / forward, "note": ""})
+    cost.append({"dataset": name, "proxy": f"FZ memorization (K={k})", "forward_passes": k * per_model / forward,
+                 "note": f"K x one 70% training; this run took {fz_seconds:.0f} s (cached models are free)"})
+
+    _scatter(scores[valid], fz.loc[valid, "memorization"], out / f"bench_proxies_{name}.png", name, k)
+    info = {"dataset": name, "train_examples": len(splits.train), "k": k, "train": train_kwargs,
+            "forward_s": forward, "train_s": train_seconds, "fz_mean": float(fz["memorization"].mean()),
+            "fz_defined": int(valid.sum())}
+    return pd.DataFrame(quality), pd.DataFrame(cost), info
+
+
+def _scatter(scores: pd.DataFrame, memorization: pd.Series, path: Path, name: str, k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(scores.columns)
+    cols = 4
+    rows = (len(columns) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, column in zip(axes.flat, columns, strict=False):
+        ax.scatter(scores[column], memorization, s=4, alpha=0.4)
+        rho = scores[column].corr(memorization, method="spearman")
+        ax.set_title(f"{column} (Spearman {rho:+.2f})", fontsize=9)
+        ax.set_ylabel("FZ memorization", fontsize=8)
+        if column in ("loss_curvature", "loss_curvature_cure", "loss_curvature_last", "gradient_norm",
+                      "holdout_retraining") and (scores[column] > 0).all():
+            ax.set_xscale("log")
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    fig.suptitle(f"{name}: proxies vs Feldman-Zhang memorization (K={k})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["kernels", "quality", "all"], default="all", help="what to run")
+    parser.add_argument("--max-n", type=int, default=1_000_000, help="largest N for the kernels (default: 1e6)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per kernel; the best counts")
+    parser.add_argument("--k", type=int, default=256, help="subset models for FZ on digits (default: 256)")
+    parser.add_argument("--fmnist-k", type=int, default=128, help="subset models for FZ on Fashion-MNIST")
+    parser.add_argument("--fmnist-size", type=int, default=4000, help="Fashion-MNIST training examples")
+    parser.add_argument("--fmnist-epochs", type=int, default=8, help="epochs per Fashion-MNIST model")
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/results"), help="subset-model cache")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="JSON and PNG output folder")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a compiled CPU backend misses its targets")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "backends": proxies.backends()}
+    failed = []
+    pd.set_option("display.width", 200)
+
+    if args.part in ("kernels", "all"):
+        table = bench_kernels(args.max_n, args.repeats)
+        bandwidth = copy_bandwidth(400 * 2**20, args.repeats)
+        table["pct_of_copy_bw"] = 100 * table["gb_per_s"] / bandwidth
+        print(f"\n== kernel throughput ({torch.get_num_threads()} threads; copy bandwidth {bandwidth:.1f} GB/s)")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        report["copy_gb_per_s"] = bandwidth
+        report["kernels"] = table.to_dict("records")
+        largest = table[(table.n == table.n.max()) & table.backend.isin(["numba", "cpp"])]
+        for row in largest.itertuples():
+            if row.speedup_vs_torch < 2 or row.pct_of_copy_bw < 50:
+                failed.append(f"{row.backend} {row.kernel}: {row.speedup_vs_torch:.2f}x torch, "
+                              f"{row.pct_of_copy_bw:.0f}% of copy bandwidth")
+
+    if args.part in ("quality", "all"):
+        cases = [("digits", {}, args.k, None)]
+        try:
+            load_dataset("fashion-mnist", train_size=10)
+            cases.append(("fashion-mnist", {"train_size": args.fmnist_size}, args.fmnist_k, args.fmnist_epochs))
+        except DatasetNotFoundError as err:
+            print(f"skipping Fashion-MNIST: {err}", file=sys.stderr)
+        qualities, costs, infos = [], [], []
+        for name, options, k, epochs in cases:
+            quality, cost, info = bench_quality(name, options, k, epochs, args.cache, args.out)
+            qualities.append(quality)
+            costs.append(cost)
+            infos.append(info)
+        quality, cost = pd.concat(qualities), pd.concat(costs)
+        print("\n== agreement with Feldman-Zhang memorization")
+        print(quality.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
+        print("\n== cost in forward passes over the training set")
+        print(cost.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        for info in infos:
+            print(f"{info['dataset']}: {info['train_examples']} examples, K={info['k']}, {info['train']}, "
+                  f"FZ defined for {info['fz_defined']}, mean memorization {info['fz_mean']:.4f}")
+        report |= {"quality": quality.to_dict("records"), "cost": cost.to_dict("records"), "datasets": infos}
+
+    path = args.out / "bench_proxies.json"
+    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    print(f"\nwrote {path}")
+    if failed:
+        print("targets missed: " + "; ".join(failed), file=sys.stderr)
+        return 1 if args.check else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
