@@ -1,24 +1,34 @@
 """Memorization-aware machine unlearning for PyTorch classifiers.
 
->>> from unlearn import load_dataset, create_model, train
+>>> from unlearn import load_dataset, create_model, train, unlearn
 """
 
 from .data import IndexedDataset, Splits, datasets, load_dataset
 from .models import create_model, models, register_model
+from .registry import methods, register_method
+from .scheduler import POLICIES, RUMConfig
 from .training import TrainConfig, accuracy, load_checkpoint, predict, save_checkpoint, train
+from .unlearning import Step, UnlearnResult, unlearn
 
 __all__ = [
+    "POLICIES",
     "IndexedDataset",
+    "RUMConfig",
     "Splits",
+    "Step",
     "TrainConfig",
+    "UnlearnResult",
     "accuracy",
     "create_model",
     "datasets",
     "load_checkpoint",
     "load_dataset",
+    "methods",
     "models",
     "predict",
+    "register_method",
     "register_model",
     "save_checkpoint",
     "train",
+    "unlearn",
 ]

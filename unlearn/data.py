@@ -35,6 +35,8 @@ __all__ = [
     "as_tensors",
     "batches",
     "datasets",
+    "materialize",
+    "tensor_batches",
     "default_root",
     "load_dataset",
     "register_dataset",
@@ -48,19 +50,21 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 class IndexedDataset(Dataset):
-    """Examples held in memory as tensors; item ``i`` is ``(inputs[i], targets[i], i)``.
+    """Examples held in memory as tensors; item ``i`` is ``(inputs[i], targets[i], indices[i])``.
 
     Args:
         inputs: float tensor ``[N, ...]`` (already normalised).
         targets: integer class labels ``[N]``.
         classes: optional class names.
+        indices: training-set index of each example (default ``0..N-1``).
 
     >>> ds = IndexedDataset(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 1]))
     >>> len(ds), ds[2][1].item(), ds[2][2]
     (3, 1, 2)
     """
 
-    def __init__(self, inputs: Tensor, targets: Tensor, classes: list[str] | None = None) -> None:
+    def __init__(self, inputs: Tensor, targets: Tensor, classes: list[str] | None = None,
+                 indices: Tensor | None = None) -> None:
         if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
             raise TypeError("inputs and targets must be tensors, "
                             f"got {type(inputs).__name__}, {type(targets).__name__}")
@@ -69,15 +73,18 @@ class IndexedDataset(Dataset):
                              f"got {tuple(targets.shape)} and {tuple(inputs.shape)}")
         if targets.is_floating_point():
             raise TypeError(f"targets must be integer class labels, got dtype {targets.dtype}")
+        if indices is not None and (not isinstance(indices, Tensor) or indices.shape != targets.shape):
+            raise ValueError(f"indices must be a tensor [{len(targets)}], got {getattr(indices, 'shape', indices)}")
         self.inputs = inputs
         self.targets = targets.long()
         self.classes = classes
+        self.indices = torch.arange(len(targets)) if indices is None else indices.long()
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
-        return self.inputs[i], self.targets[i], int(i)
+        return self.inputs[i], self.targets[i], int(self.indices[i])
 
 
 @dataclass(frozen=True)
@@ -315,8 +322,30 @@ def as_tensors(dataset: Dataset) -> tuple[Tensor, Tensor, Tensor] | None:
     if not isinstance(dataset, IndexedDataset):
         return None
     if positions is None:
-        return dataset.inputs, dataset.targets, torch.arange(len(dataset))
-    return dataset.inputs[positions], dataset.targets[positions], positions
+        return dataset.inputs, dataset.targets, dataset.indices
+    return dataset.inputs[positions], dataset.targets[positions], dataset.indices[positions]
+
+
+def materialize(dataset: Dataset, *, batch_size: int = 1024) -> IndexedDataset:
+    """Any dataset of ``(x, y)`` or ``(x, y, index)`` items as an in-memory :class:`IndexedDataset`.
+
+    Items without an index get their position. An :class:`IndexedDataset` comes back as it is.
+
+    >>> from torch.utils.data import TensorDataset
+    >>> ds = materialize(TensorDataset(torch.randn(4, 2), torch.tensor([1, 0, 1, 0])))
+    >>> ds.targets.tolist(), ds.indices.tolist()
+    ([1, 0, 1, 0], [0, 1, 2, 3])
+    """
+    if isinstance(dataset, IndexedDataset):
+        return dataset
+    tensors = as_tensors(dataset)
+    if tensors is None:
+        parts = list(zip(*batches(dataset, batch_size), strict=True))
+        if not parts:
+            raise ValueError("cannot materialize an empty dataset")
+        tensors = tuple(torch.cat(p) for p in parts)
+    inputs, targets, indices = tensors
+    return IndexedDataset(inputs, targets, indices=indices)
 
 
 class _WithPosition(Dataset):
@@ -357,9 +386,26 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False, generat
             yield x.to(device), torch.as_tensor(y).long().to(device), torch.as_tensor(idx).long()
         return
     inputs, targets, indices = tensors
-    n = len(targets)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for x, y, idx in tensor_batches(inputs, targets, indices, batch_size=batch_size, shuffle=shuffle,
+                                    generator=generator, drop_last=drop_last):
+        yield x.to(device), y.to(device), idx
+
+
+def tensor_batches(*tensors: Tensor, batch_size: int, shuffle: bool = False,
+                   generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[tuple[Tensor, ...]]:
+    """Yield aligned row slices of several ``[N, ...]`` tensors, in order or shuffled by ``generator``.
+
+    >>> [b.tolist() for b, in tensor_batches(torch.arange(5), batch_size=2)]
+    [[0, 1], [2, 3], [4]]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(tensors[0])
+    order = torch.randperm(n, generator=generator) if shuffle else None
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        take = order[start:start + batch_size]
-        yield inputs[take].to(device), targets[take].to(device), indices[take]
+        if order is None:
+            yield tuple(t[start:start + batch_size] for t in tensors)
+        else:
+            take = order[start:start + batch_size]
+            yield tuple(t[take] for t in tensors)

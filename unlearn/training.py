@@ -59,7 +59,7 @@ RECIPES: dict[str, TrainConfig] = {
 """Default training recipe per dataset (the CLI's defaults)."""
 
 
-def _lr_factor(schedule: Schedule, epoch: int, epochs: int) -> float:
+def lr_factor(schedule: Schedule, epoch: int, epochs: int) -> float:
     """Multiplier of the base learning rate in ``epoch`` (0-based) of ``epochs``."""
     if callable(schedule):
         return float(schedule(epoch, epochs))
@@ -110,7 +110,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
         raise ValueError(f"expected epochs >= 0, lr > 0, batch_size >= 1; got {epochs}, {lr}, {batch_size}")
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
-    _lr_factor(schedule, 0, max(epochs, 1))  # reject a bad schedule before any work
+    lr_factor(schedule, 0, max(epochs, 1))  # reject a bad schedule before any work
     device = _resolve_device(device)
     model = copy.deepcopy(model).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -121,7 +121,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
         bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
             start = time.perf_counter()
-            epoch_lr = lr * _lr_factor(schedule, epoch, epochs)
+            epoch_lr = lr * lr_factor(schedule, epoch, epochs)
             for group in optimizer.param_groups:
                 group["lr"] = epoch_lr
             model.train()

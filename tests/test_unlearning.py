@@ -1,0 +1,186 @@
+"""unlearn(): every method on the real digits data, the RUM scheduler, plugins and bad input."""
+
+import importlib.metadata
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import Subset, TensorDataset
+
+import proxies
+import unlearn.registry as registry
+from unlearn import RUMConfig, create_model, methods, register_method, train, unlearn
+from unlearn.training import accuracy
+
+FAST = {  # fewer epochs than the anchors: the tests check behaviour, the benchmark checks quality
+    "retrain": {"epochs": 3}, "finetune": {"epochs": 2}, "neggrad": {}, "neggrad_plus": {"epochs": 2},
+    "l1_sparse": {"epochs": 2}, "random_label": {"epochs": 2, "lr": 0.01}, "salun": {"epochs": 2},
+    "scrub": {"epochs": 2, "msteps": 1}, "influence": {},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    torch.manual_seed(0)
+    recorder = proxies.TrainingRecorder(len(digits.train))
+    model, _ = train(create_model("digits_cnn", num_classes=10, in_channels=1), digits.train, epochs=15,
+                     batch_size=64, recorder=recorder, progress=False)
+    rng = np.random.default_rng(0)
+    forget_ids = np.sort(rng.choice(len(digits.train), 90, replace=False))
+    retain_ids = np.setdiff1d(np.arange(len(digits.train)), forget_ids)
+    return model, recorder, Subset(digits.train, forget_ids.tolist()), Subset(digits.train, retain_ids.tolist())
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _identical(model, state):
+    return all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_builtin_methods_are_registered():
+    assert set(FAST) | {"rum"} <= set(methods())
+
+
+@pytest.mark.parametrize("method", sorted(FAST))
+def test_every_method_returns_a_new_model_and_leaves_the_original_alone(trained, method):
+    model, _, forget, retain = trained
+    before = _state(model)
+    result = unlearn(model, forget=forget, retain=retain, method=method, config=FAST[method])
+    assert result.model is not model and _identical(model, before)
+    assert not _identical(result.model, before), f"{method} changed nothing"
+    assert [s.method for s in result.plan] == [method] and len(result.plan[0].indices) == 90
+    assert result.seconds > 0 and not result.model.training
+
+
+def test_neggrad_lowers_forget_accuracy(trained):
+    model, _, forget, retain = trained
+    assert accuracy(model, forget) == 1.0
+    default = unlearn(model, forget=forget, retain=retain, method="neggrad")
+    strong = unlearn(model, forget=forget, retain=retain, method="neggrad",
+                     config={"lr": 0.05, "epochs": 5, "batch_size": 32})
+    # a random forget set is mostly typical digits the model also gets right unseen: ascent costs it a few
+    assert accuracy(strong.model, forget) <= 0.97
+    loss = torch.nn.functional.cross_entropy
+    x, y = torch.stack([forget[i][0] for i in range(len(forget))]), torch.tensor([forget[i][1] for i in range(90)])
+    with torch.no_grad():
+        assert loss(default.model(x), y) > loss(model(x), y)  # even the anchor's gentle ascent moves the loss up
+
+
+def test_finetune_keeps_retain_accuracy(trained, digits):
+    model, _, forget, retain = trained
+    result = unlearn(model, forget=forget, retain=retain, method="finetune")
+    assert accuracy(result.model, retain) >= accuracy(model, retain) - 0.01
+    assert accuracy(result.model, digits.test) >= 0.9
+
+
+def test_rum_runs_one_step_per_group_in_the_stated_order(trained):
+    model, recorder, forget, retain = trained
+    scores = np.linspace(0, 1, 90)[::-1]  # forget example 0 is the most memorized
+    policy = {"low": ("finetune", {"epochs": 1}), "medium": None, "high": ("neggrad", {"lr": 1e-3})}
+    result = unlearn(model, forget=forget, retain=retain, scores=scores, policy=policy,
+                     config=RUMConfig(order=("high", "low", "medium")))
+    assert [(s.group, s.method) for s in result.plan] == [("high", "neggrad"), ("low", "finetune"),
+                                                          ("medium", "noop")]
+    forget_index = np.asarray(forget.indices)
+    np.testing.assert_array_equal(result.plan[0].indices, forget_index[:30])  # highest scores: first 30
+    np.testing.assert_array_equal(result.plan[1].indices, forget_index[60:])
+    assert result.plan[0].config["lr"] == 1e-3 and result.plan[1].config["epochs"] == 1
+    assert list(result.summary()["examples"]) == [30, 30, 30]
+
+
+def test_rum_with_a_confidence_proxy_flips_its_direction(trained):
+    model, recorder, forget, retain = trained
+    confidence = proxies.compute("confidence", recording=recorder)
+    policy = {"low": None, "medium": None, "high": ("neggrad", {"lr": 1e-3})}
+    by_proxy = unlearn(model, forget=forget, retain=retain, proxy="confidence", recording=recorder, policy=policy)
+    forget_conf = confidence.loc[np.asarray(forget.indices)]
+    assert set(by_proxy.plan[-1].indices) == set(forget_conf.nsmallest(30).index)  # least confident = high
+    by_series = unlearn(model, forget=forget, retain=retain, scores=confidence, policy=policy)
+    assert _identical(by_series.model, _state(by_proxy.model))
+    # a model-based proxy needs no recording; the built-in anchor policies run end to end
+    result = unlearn(model, forget=forget, retain=retain, proxy="loss_curvature", policy="neggrad_plus")
+    assert [s.method for s in result.plan] == ["neggrad_plus"] * 3
+    assert [s.config["alpha"] for s in result.plan] == [0.99, 0.97, 0.97]
+
+
+def test_a_user_dataset_of_pairs_and_any_classifier_work(digits):
+    x, y = digits.train.inputs[:120].flatten(1), digits.train.targets[:120]
+    forget, retain = TensorDataset(x[:20], y[:20]), TensorDataset(x[20:], y[20:])
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(20.0),
+                     policy={"low": "finetune", "medium": "neggrad_plus", "high": "salun"})
+    assert [s.group for s in result.plan] == ["low", "medium", "high"]
+
+
+def test_a_third_party_method_plugs_in_through_entry_points(trained, monkeypatch):
+    model, _, forget, retain = trained
+    entry = importlib.metadata.EntryPoint(name="shrink", value="tests.plugin_method", group="unlearn.methods")
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [entry] if group == "unlearn.methods" else [])
+    assert "plugin_shrink" in methods()
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                     policy={"low": None, "medium": None, "high": ("plugin_shrink", {"factor": 0.25})})
+    assert result.plan[-1].method == "plugin_shrink" and result.plan[-1].config == {"factor": 0.25}
+    first = next(result.model.parameters())
+    assert torch.allclose(first, next(model.parameters()) * 0.25)
+
+
+def test_a_broken_plugin_is_named(monkeypatch):
+    entry = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz", group="unlearn.methods")
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [entry])
+    with pytest.raises(RuntimeError, match="plugin 'broken'"):
+        methods()
+
+
+def test_registration_refuses_duplicates():
+    @dataclass
+    class Config:
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("finetune", config=Config)(lambda *a, **k: None)
+    with pytest.raises(TypeError, match="dataclass"):
+        register_method("bad", config=dict)
+
+
+def test_bad_input_is_named(trained, digits):
+    model, recorder, forget, retain = trained
+    with pytest.raises(ValueError, match="forget set is empty"):
+        unlearn(model, forget=Subset(digits.train, []), retain=retain, method="finetune")
+    with pytest.raises(ValueError, match="share 1 examples"):
+        unlearn(model, forget=forget, retain=Subset(digits.train, [forget.indices[3], 0 if forget.indices[0] else 1]),
+                method="finetune")
+    with pytest.raises(ValueError, match=r"one value per forget example \(90\)"):
+        unlearn(model, forget=forget, retain=retain, scores=np.zeros(10))
+    with pytest.raises(ValueError, match="must be finite"):
+        unlearn(model, forget=forget, retain=retain, scores=np.full(90, np.nan))
+    with pytest.raises(ValueError, match="no value for 90 forget examples"):
+        unlearn(model, forget=forget, retain=retain, scores=pd.Series(np.zeros(3), index=[100000, 100001, 100002]))
+    with pytest.raises(ValueError, match=r"unknown unlearning method 'forget_harder'; expected one of \[.*'finetune'"):
+        unlearn(model, forget=forget, retain=retain, method="forget_harder")
+    with pytest.raises(ValueError, match="labels span"):
+        unlearn(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)), forget=forget, retain=retain,
+                method="finetune")
+    with pytest.raises(ValueError, match=r"logits \[batch, classes\]"):
+        unlearn(torch.nn.Flatten(0), forget=forget, retain=retain, method="finetune")
+    with pytest.raises(ValueError, match="needs scores= .* or proxy="):
+        unlearn(model, forget=forget, retain=retain)
+    with pytest.raises(ValueError, match="pass recording="):
+        unlearn(model, forget=forget, retain=retain, proxy="confidence")
+    with pytest.raises(ValueError, match="unknown settings \\['lr_decay'\\]"):
+        unlearn(model, forget=forget, retain=retain, method="finetune", config={"lr_decay": 0.1})
+    with pytest.raises(ValueError, match="unknown policy"):
+        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90), policy="gentle")
+    with pytest.raises(ValueError, match="policy names unknown method 'erase'"):
+        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90),
+                policy={"low": None, "medium": None, "high": "erase"})
+    with pytest.raises(TypeError, match="nn.Module"):
+        unlearn("model.pt", forget=forget, retain=retain, method="finetune")
+    with pytest.raises(ValueError, match="for method='rum'"):
+        unlearn(model, forget=forget, retain=retain, method="finetune", scores=np.zeros(90))

@@ -1,0 +1,29 @@
+"""Fine-tune on the retain set only: the forget set fades through catastrophic forgetting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..registry import register_method
+from .loop import SGDConfig, run_sgd, shuffled
+
+
+@dataclass
+class FinetuneConfig(SGDConfig):
+    epochs: int = 10
+    lr: float = 0.01
+
+
+@register_method("finetune", config=FinetuneConfig)
+def finetune(model, forget, retain, config: FinetuneConfig, *, seed, device):
+    """Keep training on the retain set only."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def losses(epoch):
+        for x, y in shuffled(retain, config.batch_size, generator, device):
+            yield F.cross_entropy(model(x), y)
+
+    return run_sgd(model, config, losses, seed=seed)

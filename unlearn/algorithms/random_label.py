@@ -1,0 +1,43 @@
+"""Random labels: train on the retain set together with the forget set relabelled at random (wrong) classes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import IndexedDataset, tensor_batches
+from ..registry import register_method
+from .loop import SGDConfig, num_classes, run_sgd, wrong_labels
+
+
+@dataclass
+class RandomLabelConfig(SGDConfig):
+    epochs: int = 10
+    lr: float = 0.1
+
+
+def relabelled_losses(model: nn.Module, forget: IndexedDataset, retain: IndexedDataset, batch_size: int,
+                      generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
+    """One epoch of cross-entropy over retain and forget shuffled together; forget examples get a fresh wrong
+    label in every batch."""
+    classes = num_classes(model, forget, device)
+    inputs = torch.cat([retain.inputs, forget.inputs])
+    labels = torch.cat([retain.targets, forget.targets])
+    is_forget = torch.cat([torch.zeros(len(retain), dtype=torch.bool), torch.ones(len(forget), dtype=torch.bool)])
+    for x, y, mask in tensor_batches(inputs, labels, is_forget, batch_size=batch_size, shuffle=True,
+                                     generator=generator):
+        y = torch.where(mask, wrong_labels(y, classes, generator), y)
+        yield F.cross_entropy(model(x.to(device)), y.to(device))
+
+
+@register_method("random_label", config=RandomLabelConfig)
+def random_label(model, forget, retain, config: RandomLabelConfig, *, seed, device):
+    """Train on retain plus the forget set under random wrong labels."""
+    generator = torch.Generator().manual_seed(seed)
+    return run_sgd(model, config,
+                   lambda epoch: relabelled_losses(model, forget, retain, config.batch_size, generator, device),
+                   seed=seed)

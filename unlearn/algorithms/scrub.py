@@ -1,0 +1,55 @@
+"""SCRUB (Kurmanji et al., NeurIPS 2023): a student that starts as the model moves away from its frozen teacher on
+the forget set (max steps) and stays close to it, and to the labels, on the retain set (min steps)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..registry import register_method
+from .loop import SGDConfig, run_sgd, shuffled
+
+
+@dataclass
+class ScrubConfig(SGDConfig):
+    msteps: int = 4  # epochs that start with a max step over the forget set
+    temperature: float = 4.0
+    kl_weight: float = 0.001  # alpha of the reference code: weight of KL(teacher || student) on retain
+    ce_weight: float = 0.99  # gamma: weight of the retain cross-entropy
+    epochs: int = 5
+    lr: float = 5e-3
+
+
+def distill_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch."""
+    log_student = F.log_softmax(student / temperature, dim=1)
+    target = F.softmax(teacher / temperature, dim=1)
+    return F.kl_div(log_student, target, reduction="batchmean") * temperature**2
+
+
+@register_method("scrub", config=ScrubConfig)
+def scrub(model, forget, retain, config: ScrubConfig, *, seed, device):
+    """Alternate max steps (diverge from the teacher on forget) and min steps (match it on retain)."""
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
+
+    def losses(epoch):
+        if epoch < config.msteps:
+            for x, _ in shuffled(forget, config.batch_size, generator, device):
+                with torch.no_grad():
+                    target = teacher(x)
+                yield -distill_kl(model(x), target, config.temperature)
+        for x, y in shuffled(retain, config.batch_size, generator, device):
+            with torch.no_grad():
+                target = teacher(x)
+            logits = model(x)
+            yield config.ce_weight * F.cross_entropy(logits, y) + config.kl_weight * distill_kl(
+                logits, target, config.temperature)
+
+    return run_sgd(model, config, losses, seed=seed)

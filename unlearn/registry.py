@@ -1,0 +1,95 @@
+"""The registry of unlearning methods.
+
+A method is ``fn(model, forget, retain, config, *, seed, device) -> nn.Module`` plus a config dataclass whose
+defaults are the published anchors' values. ``fn`` receives a private copy of the user's model (already on
+``device``) and in-memory :class:`~unlearn.data.IndexedDataset` forget and retain sets; it may change the copy in
+place and returns the unlearned model.
+
+Register one with ``@register_method("name", config=MyConfig)``. Packages outside this one add methods through the
+entry-point group ``unlearn.methods``: each entry point names a module whose import registers them.
+
+>>> "finetune" in methods()
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Method", "get_method", "make_config", "methods", "register_method"]
+
+ENTRY_POINT_GROUP = "unlearn.methods"
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: Callable
+    config: type
+    description: str
+
+
+_METHODS: dict[str, Method] = {}
+_plugins_loaded = False
+
+
+def register_method(name: str, *, config: type, force: bool = False):
+    """Register an unlearning function under ``name`` with its config dataclass; duplicates are refused."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"config of method {name!r} must be a dataclass, got {config!r}")
+
+    def decorator(fn: Callable) -> Callable:
+        if name in _METHODS and not force:
+            raise ValueError(f"unlearning method {name!r} is already registered (pass force=True to replace it)")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _METHODS[name] = Method(name, fn, config, doc[0] if doc else "")
+        return fn
+
+    return decorator
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()  # importing the plugin's module registers its methods
+        except Exception as err:
+            raise RuntimeError(f"unlearning-method plugin {entry_point.name!r} ({entry_point.value}) failed to "
+                               f"load: {err}") from err
+
+
+def methods() -> list[str]:
+    """Names of the registered unlearning methods (built-in and plugins), plus ``"rum"``."""
+    from . import algorithms  # noqa: F401  (registers the built-in methods)
+
+    _load_plugins()
+    return sorted(_METHODS) + ["rum"]
+
+
+def get_method(name: str) -> Method:
+    if name not in methods() or name == "rum":
+        raise ValueError(f"unknown unlearning method {name!r}; expected one of {methods()}")
+    return _METHODS[name]
+
+
+def make_config(method: Method, overrides: Any = None):
+    """The method's config: its defaults, a dict of overrides, or a config instance of the right type."""
+    if overrides is None:
+        return method.config()
+    if isinstance(overrides, method.config):
+        return overrides
+    if isinstance(overrides, Mapping):
+        known = {f.name for f in dataclasses.fields(method.config)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown settings {unknown} for method {method.name!r}; expected some of {sorted(known)}")
+        return method.config(**overrides)
+    raise TypeError(f"config for {method.name!r} must be a dict or {method.config.__name__}, "
+                    f"got {type(overrides).__name__}")

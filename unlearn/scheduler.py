@@ -1,0 +1,106 @@
+"""Memorization-aware scheduling (RUM, Zhao et al., NeurIPS 2024): split the forget set by memorization, give each
+group its own method and hyperparameters, and unlearn the groups one after another.
+
+A **policy** maps a group name to what unlearns it: ``None`` / ``"noop"`` (leave it), a method name, a
+``(method, {settings})`` pair, or ``{"method": ..., "config": {...}}``. Built-in policies are the two anchor recipes.
+
+>>> partition(np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2]), groups=3)
+{'low': array([1, 5]), 'medium': array([2, 3]), 'high': array([0, 4])}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["POLICIES", "RUMConfig", "group_names", "partition", "resolve_policy"]
+
+POLICIES: dict[str, dict[str, Any]] = {
+    # anchor (a): leave the least memorized alone, fine-tune the middle, SalUn the most memorized
+    "finetune_salun": {
+        "low": None,
+        "medium": ("finetune", {"epochs": 10, "lr": 0.1}),
+        "high": ("salun", {"epochs": 5, "lr": 0.1}),
+    },
+    # anchor (b): NegGrad+ on every group, gentler and longer as memorization grows
+    "neggrad_plus": {
+        "low": ("neggrad_plus", {"alpha": 0.99, "epochs": 5, "lr": 0.01}),
+        "medium": ("neggrad_plus", {"alpha": 0.97, "epochs": 5, "lr": 0.01}),
+        "high": ("neggrad_plus", {"alpha": 0.97, "epochs": 10, "lr": 0.001}),
+    },
+}
+"""The RUM paper's two recipes, by name."""
+
+
+@dataclass(frozen=True)
+class RUMConfig:
+    """How ``method="rum"`` splits and orders the forget set.
+
+    Args:
+        groups: number of equal-count memorization groups.
+        order: group names in the order they are unlearned (default: least memorized first).
+        policy: a name from :data:`POLICIES` or a mapping from group name to what unlearns it.
+    """
+
+    groups: int = 3
+    order: Sequence[str] | None = None
+    policy: str | Mapping[str, Any] = "finetune_salun"
+
+    def __post_init__(self) -> None:
+        if self.groups < 1:
+            raise ValueError(f"groups must be >= 1, got {self.groups}")
+        names = group_names(self.groups)
+        if self.order is not None and sorted(self.order) != sorted(names):
+            raise ValueError(f"order must list each group once, {list(names)}; got {list(self.order)}")
+
+    def ordered_groups(self) -> tuple[str, ...]:
+        return tuple(self.order) if self.order is not None else group_names(self.groups)
+
+
+def group_names(groups: int) -> tuple[str, ...]:
+    """Names of memorization groups, least memorized first: low/medium/high for 3, low/high for 2, else q0, q1..."""
+    return {1: ("all",), 2: ("low", "high"), 3: ("low", "medium", "high")}.get(
+        groups, tuple(f"q{i}" for i in range(groups)))
+
+
+def partition(memorization: np.ndarray, groups: int = 3) -> dict[str, np.ndarray]:
+    """Positions of the examples in each group of (as near as possible) equal size, by increasing memorization.
+
+    ``memorization`` must point the usual way (higher = more memorized): negate a confidence-like score first.
+    Ties keep their order (stable sort).
+    """
+    memorization = np.asarray(memorization, dtype=float)
+    order = np.argsort(memorization, kind="stable")
+    return {name: np.sort(chunk) for name, chunk in zip(group_names(groups), np.array_split(order, groups),
+                                                        strict=True)}
+
+
+def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> dict[str, tuple[str, dict]]:
+    """Normalise a policy to ``{group: (method, settings)}`` (method ``"noop"`` for None) and check it."""
+    if isinstance(policy, str):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; expected one of {sorted(POLICIES)} or a mapping")
+        policy = POLICIES[policy]
+    if not isinstance(policy, Mapping):
+        raise TypeError(f"policy must be a name or a mapping from group to method, got {type(policy).__name__}")
+    missing = [g for g in groups if g not in policy]
+    if missing:
+        raise ValueError(f"policy has no entry for groups {missing} (groups: {list(groups)})")
+    resolved = {}
+    for group in groups:
+        entry = policy[group]
+        if entry is None or entry == "noop":
+            resolved[group] = ("noop", {})
+        elif isinstance(entry, str):
+            resolved[group] = (entry, {})
+        elif isinstance(entry, Mapping) and "method" in entry:
+            resolved[group] = (entry["method"], dict(entry.get("config") or {}))
+        elif isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str):
+            resolved[group] = (entry[0], dict(entry[1] or {}))
+        else:
+            raise TypeError(f"policy entry for {group!r} must be None, a method name, (method, settings) or "
+                            f"{{'method': ..., 'config': ...}}; got {entry!r}")
+    return resolved

@@ -1,0 +1,230 @@
+"""The front door: ``unlearn(model, forget=..., retain=..., method=...)``.
+
+>>> import torch
+>>> from torch.utils.data import Subset
+>>> from unlearn import create_model, load_dataset
+>>> splits = load_dataset("digits")
+>>> model = create_model("digits_cnn", num_classes=10, in_channels=1)
+>>> result = unlearn(model, forget=Subset(splits.train, range(20)), retain=Subset(splits.train, range(20, 200)),
+...                  method="finetune", config={"epochs": 1})
+>>> result.model is model, [step.method for step in result.plan]
+(False, ['finetune'])
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from .data import IndexedDataset, as_tensors, materialize
+from .registry import get_method, make_config, methods
+from .scheduler import RUMConfig, partition, resolve_policy
+
+__all__ = ["Step", "UnlearnResult", "unlearn"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a plan: which forget examples (training indices), which method and settings, how long."""
+
+    group: str
+    method: str
+    config: dict
+    indices: np.ndarray = field(repr=False)
+    seconds: float
+
+
+@dataclass(frozen=True)
+class UnlearnResult:
+    """What :func:`unlearn` returns: a new ``model``, the ``plan`` it followed, and the total ``seconds``."""
+
+    model: nn.Module
+    plan: list[Step]
+    seconds: float
+
+    def summary(self) -> pd.DataFrame:
+        """The plan as a table: one row per step."""
+        return pd.DataFrame([{"group": s.group, "method": s.method, "examples": len(s.indices),
+                              "seconds": s.seconds, "config": s.config} for s in self.plan])
+
+
+def _index_space(dataset: Dataset):
+    """A key saying which examples ``dataset`` holds, comparable between two datasets, or None if unknown."""
+    if as_tensors(dataset) is not None:
+        return "training-index"
+    positions = None
+    while isinstance(dataset, Subset):
+        ids = np.asarray(dataset.indices)
+        positions = ids if positions is None else ids[positions]
+        dataset = dataset.dataset
+    if positions is not None:
+        return ("positions-of", id(dataset), positions)
+    return None
+
+
+def _check_disjoint(forget: Dataset, retain: Dataset, forget_data: IndexedDataset,
+                    retain_data: IndexedDataset) -> None:
+    a, b = _index_space(forget), _index_space(retain)
+    if a is None or b is None:
+        return  # plain datasets of (x, y): nothing identifies an example across them
+    if a == "training-index" and b == "training-index":
+        keys_f, keys_r = forget_data.indices.numpy(), retain_data.indices.numpy()
+    elif a != "training-index" and b != "training-index" and a[1] == b[1]:
+        keys_f, keys_r = a[2], b[2]
+    else:
+        return
+    shared = np.intersect1d(keys_f, keys_r)
+    if len(shared):
+        raise ValueError(f"forget and retain share {len(shared)} examples (e.g. index {int(shared[0])}); "
+                         "the retain set must exclude every forget example")
+
+
+def _check_model(model: nn.Module, forget: IndexedDataset, retain: IndexedDataset, device: torch.device) -> None:
+    with torch.no_grad():
+        out = model(forget.inputs[:2].to(device))
+    labels = torch.cat([forget.targets, retain.targets])
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != min(2, len(forget)):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model must return logits [batch, classes], got {shape}")
+    if int(labels.max()) >= out.shape[1] or int(labels.min()) < 0:
+        raise ValueError(f"model returns {out.shape[1]} logits but the labels span "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+
+
+def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDataset, recording) -> np.ndarray:
+    """One score per forget example, oriented so that higher means more memorized."""
+    import proxies
+
+    if scores is None and proxy is None:
+        raise ValueError("method='rum' needs scores= (one memorization score per forget example) or proxy= "
+                         f"(one of {proxies.available()})")
+    if scores is None:
+        spec = proxies.get_proxy(proxy)
+        if "recording" in spec.needs and recording is None:
+            raise ValueError(f"proxy {proxy!r} is read from training dynamics: pass recording= (the "
+                             "TrainingRecorder filled while training the model)")
+        scores = proxies.compute(proxy, recording=recording, model=model, data=forget, progress=False)
+    higher_is_memorized = True
+    if isinstance(scores, pd.Series):
+        higher_is_memorized = scores.attrs.get("higher_is_memorized", True)
+        if scores.index.has_duplicates:
+            raise ValueError("scores must have one value per training index (the Series index has duplicates)")
+        wanted = forget.indices.numpy()
+        missing = wanted[~np.isin(wanted, scores.index.to_numpy())]
+        if len(missing):
+            raise ValueError(f"scores has no value for {len(missing)} forget examples (e.g. training index "
+                             f"{int(missing[0])}); index the Series by training index")
+        values = scores.reindex(wanted).to_numpy(dtype=float)
+    else:
+        values = np.asarray(scores, dtype=float)
+        if values.shape != (len(forget),):
+            raise ValueError(f"scores must hold one value per forget example ({len(forget)}), got shape "
+                             f"{values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"scores must be finite; {int((~np.isfinite(values)).sum())} are NaN or infinite")
+    return values if higher_is_memorized else -values
+
+
+def _run_step(model, group: str, method_name: str, settings, forget: IndexedDataset, retain: IndexedDataset,
+              seed: int, device) -> tuple[nn.Module, Step]:
+    start = time.perf_counter()
+    if method_name == "noop":
+        return model, Step(group, "noop", {}, forget.indices.numpy(), 0.0)
+    method = get_method(method_name)
+    config = make_config(method, settings)
+    model = method.fn(model, forget, retain, config, seed=seed, device=device)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"method {method_name!r} returned {type(model).__name__}, not an nn.Module")
+    return model, Step(group, method_name, vars(config).copy(), forget.indices.numpy(), time.perf_counter() - start)
+
+
+def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str = "rum", scores=None,
+            proxy: str | None = None, recording=None, policy=None, config=None, seed: int = 0,
+            device: torch.device | str | None = None) -> UnlearnResult:
+    """Remove ``forget`` from a trained classifier; the caller's model is never modified.
+
+    Args:
+        model: any classifier ``nn.Module`` returning logits ``[batch, classes]``.
+        forget: the examples to remove (a Dataset or Subset of the training set; items ``(x, y)`` or
+            ``(x, y, index)``).
+        retain: training examples to keep (must not share examples with ``forget``).
+        method: a name from :func:`unlearn.methods` (``"rum"``: memorization-aware scheduling).
+        scores: for ``"rum"``: one memorization score per forget example (array in forget order, or a Series
+            indexed by training index; a Series from :func:`proxies.compute` carries its direction).
+        proxy: for ``"rum"``: compute the scores with this proxy instead (see :func:`proxies.available`).
+        recording: the :class:`proxies.TrainingRecorder` of the model's training, for recording-based proxies.
+        policy: for ``"rum"``: a name from :data:`unlearn.scheduler.POLICIES` or a mapping group -> method.
+        config: the method's settings (a dict of overrides or its config dataclass); for ``"rum"`` a
+            :class:`~unlearn.scheduler.RUMConfig` or dict (groups, order, policy).
+        seed: seed of every random choice.
+        device: where to unlearn (default: the model's device).
+
+    Returns:
+        An :class:`UnlearnResult` with the new ``model``, the ``plan`` (one :class:`Step` per group) and ``seconds``.
+
+    Raises:
+        TypeError, ValueError: bad input, named in the message.
+    """
+    start = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, data in (("forget", forget), ("retain", retain)):
+        if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+            raise TypeError(f"{name} must be a torch Dataset with __len__ and __getitem__, got {type(data).__name__}")
+    if not isinstance(method, str) or method not in methods():
+        raise ValueError(f"unknown unlearning method {method!r}; expected one of {methods()}")
+    if method != "rum" and (scores is not None or proxy is not None or policy is not None):
+        raise ValueError(f"scores, proxy and policy are for method='rum', not {method!r}")
+    if len(forget) == 0:
+        raise ValueError("the forget set is empty: nothing to unlearn")
+    if len(retain) == 0:
+        raise ValueError("the retain set is empty")
+
+    forget_data, retain_data = materialize(forget), materialize(retain)
+    _check_disjoint(forget, retain, forget_data, retain_data)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    model = copy.deepcopy(model).to(device).eval()
+    _check_model(model, forget_data, retain_data, device)
+
+    if method != "rum":
+        model, step = _run_step(model, "all", method, config, forget_data, retain_data, seed, device)
+        return UnlearnResult(model, [step], time.perf_counter() - start)
+
+    if config is None:
+        rum = RUMConfig()
+    elif isinstance(config, RUMConfig):
+        rum = config
+    elif isinstance(config, Mapping):
+        rum = RUMConfig(**config)
+    else:
+        raise TypeError(f"config for method='rum' must be a RUMConfig or dict, got {type(config).__name__}")
+    if policy is not None:
+        rum = RUMConfig(rum.groups, rum.order, policy)
+    memorization = _memorization_scores(scores, proxy, model=model, forget=forget_data, recording=recording)
+    groups = partition(memorization, rum.groups)
+    plan_for = resolve_policy(rum.policy, rum.ordered_groups())
+    for group, (method_name, _) in plan_for.items():
+        if method_name != "noop" and method_name not in methods():
+            raise ValueError(f"policy names unknown method {method_name!r} for group {group!r}; "
+                             f"expected one of {methods()}")
+    plan = []
+    for number, group in enumerate(rum.ordered_groups()):
+        positions = torch.from_numpy(groups[group])
+        if len(positions) == 0:
+            continue
+        subset = IndexedDataset(forget_data.inputs[positions], forget_data.targets[positions],
+                                indices=forget_data.indices[positions])
+        method_name, settings = plan_for[group]
+        model, step = _run_step(model, group, method_name, settings, subset, retain_data, seed + number, device)
+        plan.append(step)
+    return UnlearnResult(model, plan, time.perf_counter() - start)
