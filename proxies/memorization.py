@@ -8,8 +8,6 @@ The C-score (Jiang et al.) is the held-out term alone. The models are trained th
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from .registry import register_proxy
 
@@ -62,29 +60,6 @@ def subset_jobs(n: int, k: int, *, fraction: float = 0.7, seed: int = 0):
 
 
 @dataclass(frozen=True)
-class _SubsetTask:
-    """What every subset job shares (handed to the farm once)."""
-
-    dataset: Dataset
-    model_fn: Callable[[], nn.Module]
-    train_kwargs: dict
-    device: str | None
-
-
-def train_and_predict(job, task: _SubsetTask) -> dict[str, np.ndarray]:
-    """Train one model on ``job.train_ids`` and predict the whole dataset (a farm job function)."""
-    from unlearn.training import predict, train
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(job.seed)
-        model = task.model_fn()
-    model, _ = train(model, Subset(task.dataset, job.train_ids.tolist()), seed=job.seed, device=task.device,
-                     progress=False, **task.train_kwargs)
-    logits, _, _ = predict(model, task.dataset)
-    return {"train_ids": job.train_ids, "logits": logits.numpy().astype(np.float32)}
-
-
-@dataclass(frozen=True)
 class SubsetModels:
     """Predictions of K subset models on every example: ``logits[K, N, C]``, ``in_mask[K, N]``, ``labels[N]``."""
 
@@ -102,26 +77,6 @@ class SubsetModels:
         mem, c_score = feldman_zhang(self.correct, self.in_mask)
         return pd.DataFrame({"memorization": mem, "c_score": c_score, "models_in": self.in_mask.sum(0),
                              "models_out": (~self.in_mask).sum(0)}, index=pd.Index(self.index, name="index"))
-
-
-def _describe(fn: Callable) -> str:
-    """A stable description of a model factory (no memory addresses), for the farm's manifest."""
-    if isinstance(fn, functools.partial):
-        args = [repr(a) for a in fn.args] + [f"{k}={v!r}" for k, v in sorted(fn.keywords.items())]
-        return f"{_describe(fn.func)}({', '.join(args)})"
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
-
-
-def _fingerprint(dataset: Dataset) -> str:
-    from unlearn.data import as_tensors
-
-    tensors = as_tensors(dataset)
-    if tensors is None:
-        return f"{type(dataset).__name__}[{len(dataset)}]"
-    digest = hashlib.sha1()
-    for t in tensors:
-        digest.update(t.contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def train_subset_models(dataset: Dataset, model_fn: Callable[[], nn.Module], *, k: int, folder: str | os.PathLike,
@@ -142,14 +97,14 @@ def train_subset_models(dataset: Dataset, model_fn: Callable[[], nn.Module], *, 
         **train_kwargs: passed to :func:`unlearn.train` (epochs, lr, batch_size, ...).
     """
     from unlearn.data import batches
-    from unlearn.farm import check_manifest, get_farm
+    from unlearn.farm import TrainTask, check_manifest, describe_factory, fingerprint, get_farm, train_and_predict
 
     jobs = subset_jobs(len(dataset), k, fraction=fraction, seed=seed)
     runner = get_farm(farm, folder, progress=progress)
     settings = {"kind": "subset_models", "n": len(dataset), "k": k, "fraction": fraction, "seed": seed,
-                "model": _describe(model_fn), "data": _fingerprint(dataset), "train": train_kwargs}
+                "model": describe_factory(model_fn), "data": fingerprint(dataset), "train": train_kwargs}
     check_manifest(runner.folder, settings, force=force)
-    results = runner.run(train_and_predict, jobs, _SubsetTask(dataset, model_fn, dict(train_kwargs), device))
+    results = runner.run(train_and_predict, jobs, TrainTask(dataset, model_fn, dict(train_kwargs), device))
     labels, index = [], []
     for _, y, idx in batches(dataset, 4096):
         labels.append(y)

@@ -4,6 +4,7 @@
 """
 
 from .data import IndexedDataset, Splits, datasets, load_dataset
+from .evaluation import evaluate
 from .models import create_model, models, register_model
 from .registry import methods, register_method
 from .scheduler import POLICIES, RUMConfig
@@ -21,6 +22,7 @@ __all__ = [
     "accuracy",
     "create_model",
     "datasets",
+    "evaluate",
     "load_checkpoint",
     "load_dataset",
     "methods",

@@ -17,6 +17,8 @@ resumes where it stopped. ``shared`` (the data, the model factory, the training 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -28,7 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["Farm", "Job", "LocalFarm", "check_manifest", "get_farm"]
+__all__ = ["Farm", "Job", "LocalFarm", "TrainTask", "check_manifest", "describe_factory", "fingerprint", "get_farm",
+           "train_and_predict"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,62 @@ class LocalFarm:
                         disable=not self.progress):
             _save(self.path(job.key), fn(job, shared))
         return {job.key: _load(self.path(job.key)) for job in jobs}
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """What every train-and-predict job shares (handed to the farm once): the data the jobs' ``train_ids`` index
+    into, a picklable model factory, the :func:`unlearn.train` settings, and the augmentation queries to predict."""
+
+    dataset: Any
+    model_fn: Callable[[], Any]
+    train_kwargs: dict
+    device: str | None = None
+    queries: tuple[str, ...] = ("identity",)
+
+
+def train_and_predict(job: Job, task: TrainTask) -> dict[str, np.ndarray]:
+    """Train a fresh model on ``job.train_ids`` (seeded by ``job.seed``) and predict the whole dataset.
+
+    Returns ``train_ids`` and ``logits`` ``[N, C]`` (identity query) plus ``logits_<query>`` for other queries.
+    """
+    import torch
+    from torch.utils.data import Subset
+
+    from .attacks.signals import predict_queries
+    from .training import train
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(job.seed)
+        model = task.model_fn()
+    model, _ = train(model, Subset(task.dataset, job.train_ids.tolist()), seed=job.seed, device=task.device,
+                     progress=False, **task.train_kwargs)
+    logits, _, _ = predict_queries(model, task.dataset, task.queries)
+    result = {"train_ids": job.train_ids}
+    for a, query in enumerate(task.queries):
+        result["logits" if query == "identity" else f"logits_{query}"] = logits[:, a].numpy().astype(np.float32)
+    return result
+
+
+def describe_factory(fn: Callable) -> str:
+    """A stable description of a model factory (no memory addresses), for the farm's manifest."""
+    if isinstance(fn, functools.partial):
+        args = [repr(a) for a in fn.args] + [f"{k}={v!r}" for k, v in sorted(fn.keywords.items())]
+        return f"{describe_factory(fn.func)}({', '.join(args)})"
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def fingerprint(dataset) -> str:
+    """A hash of an in-memory dataset's tensors (its type and length otherwise), for the farm's manifest."""
+    from .data import as_tensors
+
+    tensors = as_tensors(dataset)
+    if tensors is None:
+        return f"{type(dataset).__name__}[{len(dataset)}]"
+    digest = hashlib.sha1()
+    for t in tensors:
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def get_farm(farm: str | Farm, folder: str | os.PathLike, *, progress: bool = True) -> Farm:

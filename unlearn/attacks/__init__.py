@@ -1,0 +1,37 @@
+"""Membership-inference attacks: pure functions over signal arrays and membership masks.
+
+Signals are extracted once per model and dataset (:func:`extract_signals`); attacks score them:
+:func:`loss_threshold`, :func:`loss_logreg` and :func:`svc` on one model; :func:`lira` / :func:`ulira` and
+:func:`rmia` with shadow or reference models; :func:`epsilons` / :func:`forgetting_score` from many unlearned and
+retrained models.
+"""
+
+from .basic import SVC_FEATURES, loss_logreg, loss_threshold, svc
+from .forgetting import epsilons, forgetting_quality, forgetting_score
+from .lira import lira, ulira
+from .registry import AttackInputs, attacks, get_attack, register_attack
+from .rmia import rmia, tune_rmia_a
+from .signals import QUERIES, Signals, extract_signals, logit_scaled_confidence, modified_entropy
+
+__all__ = [
+    "QUERIES",
+    "AttackInputs",
+    "SVC_FEATURES",
+    "Signals",
+    "attacks",
+    "epsilons",
+    "extract_signals",
+    "forgetting_quality",
+    "forgetting_score",
+    "get_attack",
+    "lira",
+    "logit_scaled_confidence",
+    "loss_logreg",
+    "loss_threshold",
+    "modified_entropy",
+    "register_attack",
+    "rmia",
+    "svc",
+    "tune_rmia_a",
+    "ulira",
+]

@@ -1,0 +1,127 @@
+"""Attacks by name, as :func:`unlearn.evaluate` runs them: each takes the extracted signals (and shadow models when
+it needs them) and returns named figures.
+
+``@register_attack("name", needs_shadows=...)`` adds one; :func:`attacks` lists them. U-LiRA and the forgetting
+score need many models unlearned by the method under test, so they are plain functions (:func:`ulira`,
+:func:`forgetting_score`) used by the benchmarks rather than entries here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..metrics import roc_summary
+from .basic import loss_logreg, loss_threshold, svc
+from .lira import lira
+from .rmia import rmia, tune_rmia_a
+from .signals import Signals
+
+__all__ = ["AttackInputs", "attacks", "get_attack", "register_attack"]
+
+
+@dataclass(frozen=True)
+class AttackInputs:
+    """What an attack sees: the target model's signals on forget / retain / test, and optionally shadow models
+    (:class:`unlearn.shadows.ShadowModels`) with the pool positions of the forget and test examples."""
+
+    forget: Signals
+    retain: Signals
+    test: Signals
+    shadows: Any = None
+    forget_positions: np.ndarray | None = None
+    test_positions: np.ndarray | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    fn: Callable[[AttackInputs], dict[str, float]]
+    needs_shadows: bool
+
+
+_ATTACKS: dict[str, Attack] = {}
+
+
+def register_attack(name: str, *, needs_shadows: bool = False, force: bool = False):
+    """Register ``fn(inputs: AttackInputs) -> dict[str, float]`` under ``name``; duplicates are refused."""
+
+    def decorator(fn):
+        if name in _ATTACKS and not force:
+            raise ValueError(f"attack {name!r} is already registered (pass force=True to replace it)")
+        _ATTACKS[name] = Attack(name, fn, needs_shadows)
+        return fn
+
+    return decorator
+
+
+def attacks() -> list[str]:
+    """Names of the registered attacks."""
+    return sorted(_ATTACKS)
+
+
+def get_attack(name: str) -> Attack:
+    if name not in _ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; expected one of {attacks()}")
+    return _ATTACKS[name]
+
+
+@register_attack("loss_threshold")
+def _loss_threshold(inputs: AttackInputs) -> dict[str, float]:
+    """ROC of ``-loss``: forget examples as members, test examples as non-members."""
+    return loss_threshold(inputs.forget.loss[:, 0], inputs.test.loss[:, 0])
+
+
+@register_attack("loss_logreg")
+def _loss_logreg(inputs: AttackInputs) -> dict[str, float]:
+    n_splits = min(10, len(inputs.forget.loss), len(inputs.test.loss))
+    return loss_logreg(inputs.forget.loss[:, 0], inputs.test.loss[:, 0], n_splits=n_splits, seed=inputs.seed)
+
+
+@register_attack("svc")
+def _svc(inputs: AttackInputs) -> dict[str, float]:
+    return svc(inputs.retain, inputs.test, inputs.forget, seed=inputs.seed)
+
+
+def _members_vs_test(inputs: AttackInputs, score_fn) -> dict[str, float]:
+    positions = np.concatenate([inputs.forget_positions, inputs.test_positions])
+    target = np.concatenate([inputs.forget.phi, inputs.test.phi])
+    scores = score_fn(target, positions)
+    membership = np.r_[np.ones(len(inputs.forget_positions)), np.zeros(len(inputs.test_positions))]
+    usable = np.isfinite(scores)
+    return roc_summary(scores[usable], membership[usable])
+
+
+@register_attack("lira", needs_shadows=True)
+def _lira(inputs: AttackInputs) -> dict[str, float]:
+    """Online LiRA: forget examples as members, test examples as non-members of the target."""
+    shadows = inputs.shadows
+    return _members_vs_test(inputs, lambda target, pos: lira(target, shadows.phi(pos), shadows.in_mask[:, pos]))
+
+
+@register_attack("lira_offline", needs_shadows=True)
+def _lira_offline(inputs: AttackInputs) -> dict[str, float]:
+    shadows = inputs.shadows
+    return _members_vs_test(inputs, lambda target, pos: lira(target, shadows.phi(pos), shadows.in_mask[:, pos],
+                                                             online=False, one_sided=True))
+
+
+@register_attack("rmia", needs_shadows=True)
+def _rmia(inputs: AttackInputs) -> dict[str, float]:
+    """Offline RMIA with the test examples as population; ``a`` tuned on the first shadow model."""
+    shadows = inputs.shadows
+    p_ref = shadows.p_true()
+    a = tune_rmia_a(p_ref, shadows.in_mask)
+    z = inputs.test_positions
+    out_z = ~shadows.in_mask[:, z]
+
+    def score(_, positions):
+        target_p = np.concatenate([inputs.forget.p_true[:, 0], inputs.test.p_true[:, 0]])
+        return rmia(target_p, p_ref[:, positions], inputs.test.p_true[:, 0], p_ref[:, z], a=a,
+                    out_mask_x=~shadows.in_mask[:, positions], out_mask_z=out_z)
+
+    return {**_members_vs_test(inputs, score), "a": a}

@@ -1,0 +1,112 @@
+"""Model signals for membership inference, extracted once per model and dataset.
+
+For every example and augmentation query: the logit-scaled confidence ``phi = log p_y - log sum_{j != y} p_j``
+(computed in float64 from the logits: ``phi = z_y - logsumexp_{j != y} z_j``, stable for any confidence), the
+cross-entropy loss, the true-class probability, the entropy and Song & Mittal's modified entropy
+``-(1 - p_y) log p_y - sum_{j != y} p_j log(1 - p_j)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+__all__ = ["QUERIES", "Signals", "extract_signals", "logit_scaled_confidence", "modified_entropy"]
+
+QUERIES = {"identity": lambda x: x, "hflip": lambda x: torch.flip(x, dims=[-1])}
+"""Augmentation queries by name (``hflip`` only where the data allows it, e.g. natural images)."""
+
+
+def logit_scaled_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``phi = log p_y - log(1 - p_y)`` per row, exactly, from logits ``[..., C]`` in float64.
+
+    >>> logit_scaled_confidence(np.array([[2.0, 0.0]]), np.array([0])).round(6)
+    array([2.])
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    true = np.take_along_axis(z, labels[..., None], axis=-1)[..., 0]
+    others = z.copy()
+    np.put_along_axis(others, labels[..., None], -np.inf, axis=-1)
+    if z.shape[-1] == 1:
+        return np.full(true.shape, np.inf)
+    peak = others.max(axis=-1)
+    return true - (peak + np.log(np.exp(others - peak[..., None]).sum(axis=-1)))
+
+
+def modified_entropy(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-30) -> np.ndarray:
+    """Song & Mittal's modified entropy ``-(1 - p_y) log p_y - sum_{j != y} p_j log(1 - p_j)``.
+
+    >>> round(float(modified_entropy(np.array([[0.7, 0.2, 0.1]]), np.array([0]))[0]), 6)
+    0.162167
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    p_true = np.take_along_axis(p, labels[..., None], axis=-1)[..., 0]
+    others = -p * np.log(np.clip(1 - p, eps, None))
+    np.put_along_axis(others, labels[..., None], 0.0, axis=-1)
+    return -(1 - p_true) * np.log(np.clip(p_true, eps, None)) + others.sum(axis=-1)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Per-example signals ``[N, A]`` (A augmentation queries, first = identity) and probabilities ``[N, C]``."""
+
+    phi: np.ndarray
+    loss: np.ndarray
+    p_true: np.ndarray
+    entropy: np.ndarray
+    modified_entropy: np.ndarray
+    correct: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray, labels: np.ndarray, index: np.ndarray) -> Signals:
+        """Signals from logits ``[N, A, C]`` (or ``[N, C]`` for one query)."""
+        z = np.asarray(logits, dtype=np.float64)
+        if z.ndim == 2:
+            z = z[:, None, :]
+        labels = np.asarray(labels)
+        lab = np.broadcast_to(labels[:, None], z.shape[:2])
+        log_p = z - (z.max(-1, keepdims=True) + np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)))
+        p = np.exp(log_p)
+        log_p_true = np.take_along_axis(log_p, lab[..., None], axis=-1)[..., 0]
+        return cls(phi=logit_scaled_confidence(z, lab), loss=-log_p_true, p_true=np.exp(log_p_true),
+                   entropy=-(p * log_p).sum(-1), modified_entropy=modified_entropy(p, lab),
+                   correct=(z.argmax(-1) == lab), probs=p[:, 0, :], labels=labels, index=np.asarray(index))
+
+
+@torch.no_grad()
+def predict_queries(model: nn.Module, data: Dataset, queries=("identity",), *, batch_size: int = 1024,
+                    device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Eval-mode logits ``[N, A, C]`` for each augmentation query, labels ``[N]`` and training indices ``[N]``."""
+    from ..data import batches
+
+    unknown = [q for q in queries if q not in QUERIES]
+    if unknown:
+        raise ValueError(f"unknown queries {unknown}; expected some of {sorted(QUERIES)}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits, labels, indices = [], [], []
+    try:
+        for x, y, idx in batches(data, batch_size, device=device):
+            logits.append(torch.stack([model(QUERIES[q](x)).float().cpu() for q in queries], dim=1))
+            labels.append(y.cpu())
+            indices.append(idx)
+    finally:
+        model.train(was_training)
+    return torch.cat(logits), torch.cat(labels), torch.cat(indices)
+
+
+def extract_signals(model: nn.Module, data: Dataset, *, queries=("identity",), batch_size: int = 1024,
+                    device: torch.device | str | None = None) -> Signals:
+    """All signals of ``model`` on ``data`` for the given augmentation queries."""
+    logits, labels, index = predict_queries(model, data, queries, batch_size=batch_size, device=device)
+    return Signals.from_logits(logits.numpy(), labels.numpy(), index.numpy())

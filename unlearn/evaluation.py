@@ -1,0 +1,94 @@
+"""``evaluate``: accuracies, membership-inference attacks and ToW of an (unlearned) model, beside a reference.
+
+>>> from torch.utils.data import Subset
+>>> from unlearn import create_model, load_dataset, train
+>>> splits = load_dataset("digits")
+>>> model, _ = train(create_model("digits_cnn", num_classes=10, in_channels=1), splits.train, epochs=3,
+...                  progress=False)
+>>> report = evaluate(model, forget=Subset(splits.train, range(50)), retain=Subset(splits.train, range(50, 1293)),
+...                   test=splits.test, attacks=("loss_threshold",))
+>>> list(report.columns), "loss_threshold.auc" in report.index
+(['model'], True)
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .attacks import AttackInputs, extract_signals, get_attack
+from .data import materialize
+from .metrics import tow, tow_mia
+
+__all__ = ["evaluate"]
+
+
+def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows, seed, device) -> dict[str, float]:
+    queries = shadows.queries if shadows is not None else ("identity",)
+    signals = {name: extract_signals(model, data, queries=queries, device=device)
+               for name, data in (("forget", forget), ("retain", retain), ("test", test))}
+    column = {f"accuracy.{name}": float(s.correct[:, 0].mean()) for name, s in signals.items()}
+    positions = {}
+    if shadows is not None:
+        positions = {"forget_positions": shadows.locate("train", signals["forget"].index),
+                     "test_positions": shadows.locate("test", signals["test"].index)}
+    inputs = AttackInputs(signals["forget"], signals["retain"], signals["test"], shadows, seed=seed, **positions)
+    for name in attack_names:
+        for metric, value in get_attack(name).fn(inputs).items():
+            column[f"{name}.{metric}"] = value
+    return column
+
+
+def _mia_fraction(column: dict[str, float]) -> tuple[str, float] | None:
+    """The figure ToW-MIA compares: the SVC attack's confidence-feature efficacy (fraction of forget examples
+    called non-members), else the loss-regression accuracy."""
+    for key in ("svc.confidence", "loss_logreg.accuracy", "loss_threshold.balanced_accuracy"):
+        if key in column:
+            return key, column[key]
+    return None
+
+
+def evaluate(model: nn.Module, *, forget: Dataset, retain: Dataset, test: Dataset, reference: nn.Module | None = None,
+             attacks=("loss_logreg", "svc"), shadows=None, seed: int = 0,
+             device: torch.device | str | None = None) -> pd.DataFrame:
+    """Evaluate an unlearned model, and a retrained-from-scratch ``reference`` beside it.
+
+    Args:
+        model: the model to evaluate.
+        forget, retain, test: the forget set, the retain set and held-out data (items ``(x, y[, index])``).
+        reference: the model retrained without the forget set; adds a ``reference`` column and ToW / ToW-MIA.
+        attacks: names from :func:`unlearn.attacks.attacks`. ``lira``, ``lira_offline`` and ``rmia`` need
+            ``shadows``.
+        shadows: :class:`unlearn.shadows.ShadowModels` trained on the training and test sets
+            (:func:`unlearn.shadows.train_shadow_models`; cached on disk, reusable across evaluations).
+        seed: seed of the attacks' subsampling and cross-validation.
+
+    Returns:
+        A DataFrame indexed by metric (``accuracy.forget``, ``svc.confidence``, ``lira.auc``, ``tow``...) with a
+        ``model`` column and, given a reference, a ``reference`` column.
+    """
+    if isinstance(attacks, str):
+        attacks = (attacks,)
+    for name in attacks:
+        if get_attack(name).needs_shadows and shadows is None:
+            raise ValueError(f"attack {name!r} needs shadows= (unlearn.shadows.train_shadow_models)")
+    forget, retain, test = materialize(forget), materialize(retain), materialize(test)
+    if min(len(forget), len(retain), len(test)) == 0:
+        raise ValueError("forget, retain and test must each hold at least one example")
+    columns = {"model": _report_column(model, forget, retain, test, attacks, shadows, seed, device)}
+    if reference is not None:
+        columns["reference"] = _report_column(reference, forget, retain, test, attacks, shadows, seed, device)
+        accuracy = {name: {s: columns[name][f"accuracy.{s}"] for s in ("forget", "retain", "test")}
+                    for name in columns}
+        columns["model"]["tow"] = tow(accuracy["model"], accuracy["reference"])
+        mia = _mia_fraction(columns["model"])
+        if mia is not None:
+            key = mia[0]
+            columns["model"]["tow_mia"] = tow_mia(accuracy["model"], accuracy["reference"],
+                                                  mia_unlearned=columns["model"][key],
+                                                  mia_retrained=columns["reference"][key])
+    report = pd.DataFrame(columns, dtype=float)
+    report.index.name = "metric"
+    return report

@@ -1,0 +1,110 @@
+"""Shadow models for LiRA and RMIA: K models, each trained on a random half of a pool made of the training and test
+sets, every example IN for exactly half of them (the design of Carlini et al.'s reference code).
+
+Trained through the model farm, so they are cached on disk, reused across evaluations and resumed after an
+interruption.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .attacks.signals import logit_scaled_confidence
+from .data import IndexedDataset, materialize
+from .farm import Job, TrainTask, check_manifest, describe_factory, fingerprint, get_farm, train_and_predict
+
+__all__ = ["ShadowModels", "balanced_halves", "train_shadow_models"]
+
+SPLITS = ("train", "test")
+
+
+def balanced_halves(n: int, k: int, seed: int = 0) -> np.ndarray:
+    """``in_mask [k, n]``: each model takes a random half, each example is IN for exactly ``k / 2`` models.
+
+    >>> mask = balanced_halves(6, 4, seed=1)
+    >>> mask.sum(axis=0).tolist()
+    [2, 2, 2, 2, 2, 2]
+    """
+    if k < 2 or k % 2:
+        raise ValueError(f"k must be an even number >= 2 (each example IN for exactly half), got {k}")
+    rng = np.random.default_rng(seed)
+    return rng.random((k, n)).argsort(axis=0) < k // 2
+
+
+@dataclass(frozen=True)
+class ShadowModels:
+    """Shadow predictions on a pool: ``logits [K, N, A, C]``, ``in_mask [K, N]``, and for each pool example its
+    ``split`` ("train" or "test") and its index in that split."""
+
+    logits: np.ndarray
+    in_mask: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    index: np.ndarray
+    queries: tuple[str, ...]
+
+    def locate(self, split: str, indices) -> np.ndarray:
+        """Pool positions of examples given by split and index; raises if one is not in the pool."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        indices = np.asarray(indices)
+        in_split = np.flatnonzero(self.split == split)
+        order = np.argsort(self.index[in_split])
+        found = np.searchsorted(self.index[in_split][order], indices)
+        found = np.clip(found, 0, len(order) - 1)
+        positions = in_split[order][found]
+        if not np.array_equal(self.index[positions], indices):
+            raise ValueError(f"some {split} examples are not in the shadow models' pool")
+        return positions
+
+    def phi(self, positions=None) -> np.ndarray:
+        """Logit-scaled confidence ``[K, N, A]`` (of the pool examples at ``positions``)."""
+        logits = self.logits if positions is None else self.logits[:, positions]
+        labels = self.labels if positions is None else self.labels[positions]
+        return logit_scaled_confidence(logits, np.broadcast_to(labels[None, :, None], logits.shape[:3]))
+
+    def p_true(self, positions=None) -> np.ndarray:
+        """True-class probability ``[K, N]`` of the identity query."""
+        logits = (self.logits if positions is None else self.logits[:, positions])[:, :, 0].astype(np.float64)
+        labels = self.labels if positions is None else self.labels[positions]
+        logits = logits - logits.max(axis=-1, keepdims=True)
+        p = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+        return np.take_along_axis(p, np.broadcast_to(labels[None, :, None], p.shape[:2] + (1,)), axis=-1)[..., 0]
+
+
+def train_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Module], *, k: int,
+                        folder: str | os.PathLike, queries: tuple[str, ...] = ("identity",), seed: int = 0,
+                        farm="local", device: str | None = None, force: bool = False, progress: bool = True,
+                        **train_kwargs) -> ShadowModels:
+    """Train (or load from ``folder``) K shadow models on balanced random halves of ``train`` + ``test``.
+
+    Args:
+        train, test: the target's training and test sets; their examples form the pool.
+        model_fn: picklable factory of the target's architecture.
+        k: an even number of shadow models (16 and more for LiRA).
+        folder: the cache; a rerun resumes and reuses.
+        queries: augmentation queries to record (``("identity", "hflip")`` for natural images).
+        **train_kwargs: :func:`unlearn.train` settings (as the target was trained).
+    """
+    train_data, test_data = materialize(train), materialize(test)
+    pool = IndexedDataset(torch.cat([train_data.inputs, test_data.inputs]),
+                          torch.cat([train_data.targets, test_data.targets]))
+    split = np.array(["train"] * len(train_data) + ["test"] * len(test_data))
+    index = np.concatenate([train_data.indices.numpy(), test_data.indices.numpy()])
+    in_mask = balanced_halves(len(pool), k, seed)
+    jobs = [Job(f"shadow-{m:04d}", np.flatnonzero(in_mask[m]), seed=seed * 1_000_003 + m) for m in range(k)]
+    runner = get_farm(farm, folder, progress=progress)
+    check_manifest(runner.folder, {"kind": "shadow_models", "k": k, "seed": seed, "queries": list(queries),
+                                   "model": describe_factory(model_fn), "data": fingerprint(pool),
+                                   "train": train_kwargs}, force=force)
+    results = runner.run(train_and_predict, jobs, TrainTask(pool, model_fn, dict(train_kwargs), device, queries))
+    logits = np.stack([np.stack([results[job.key]["logits" if q == "identity" else f"logits_{q}"] for q in queries],
+                                axis=1) for job in jobs])
+    return ShadowModels(logits, in_mask, pool.targets.numpy(), split, index, tuple(queries))
