@@ -31,6 +31,12 @@ bench: install
 fashion-mnist:
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
 
+# Compile the CUDA ops (no GPU needed) into a throwaway folder; the installed CPU build is left alone.
+check-cuda: install
+	tmp=$$(mktemp -d) && CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} \
+		FORCE_CUDA=1 MAX_JOBS=2 $(BIN)/python setup.py -q build_ext --build-temp $$tmp/temp --build-lib $$tmp/lib \
+		&& ls $$tmp/lib/proxies/_C*.so && rm -rf $$tmp
+
 lint: install
 	$(BIN)/ruff check unlearn proxies tests benchmarks
 

@@ -28,18 +28,24 @@ def _extensions():
     force_cuda = os.environ.get("FORCE_CUDA") == "1"
     with_cuda = CUDA_HOME is not None and (torch.cuda.is_available() or force_cuda)
     openmp = ["-fopenmp"]
-    extra_compile_args = {"cxx": ["-O3", "-std=c++17", *openmp]}
+    # -ffast-math lets GCC call glibc's vector exp/log (libmvec) in the `omp simd` loops; the kernels never rely on
+    # NaN or infinity (inputs are checked finite before they reach a backend)
+    # The ops are built from source where they run, so they may use the host's vector units (as numba's JIT does);
+    # MEMUNLEARN_PORTABLE=1 builds for the baseline x86-64 / aarch64 instead.
+    arch = [] if os.environ.get("MEMUNLEARN_PORTABLE") == "1" else ["-march=native"]
+    extra_compile_args = {"cxx": ["-O3", "-std=c++20", "-ffast-math", *arch, *openmp]}
     define_macros = []
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         define_macros.append(("WITH_CUDA", None))
         nvidia_include = os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "include")
-        extra_compile_args["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17", f"-I{os.path.abspath(nvidia_include)}"]
+        extra_compile_args["nvcc"] = ["-O3", "--use_fast_math", "-std=c++20", f"-I{os.path.abspath(nvidia_include)}"]
         extension = CUDAExtension
     else:
         extension = CppExtension
     why = "GPU visible" if torch.cuda.is_available() else ("FORCE_CUDA=1" if force_cuda else "no GPU, no FORCE_CUDA")
-    print(f"[memunlearn] building proxies._C with {'CPU + CUDA' if with_cuda else 'CPU'} ops ({why}; CUDA_HOME={CUDA_HOME})")
+    ops = "CPU + CUDA" if with_cuda else "CPU"
+    print(f"[memunlearn] building proxies._C with {ops} ops ({why}; CUDA_HOME={CUDA_HOME})")
     ext = extension(
         "proxies._C",
         sources,
