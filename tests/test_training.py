@@ -75,3 +75,20 @@ def test_patience_stops_when_the_training_loss_stalls():
     _, history = train(nn.Linear(3, 2), data, epochs=20, lr=0.1, schedule=lambda e, n: 1.0 if e == 0 else 0.0,
                        patience=2, progress=False)
     assert len(history) == 4
+
+
+def test_dp_training_reports_the_accountants_epsilon(digits):
+    from unlearn.training import DPConfig
+
+    torch.manual_seed(0)
+    model, history = train(create_model("digits_cnn", num_classes=10, in_channels=1), digits.train, epochs=2,
+                           lr=0.5, momentum=0.0, weight_decay=0.0, dp=DPConfig(epsilon=4.0), progress=False)
+    assert history["epsilon"].is_monotonic_increasing
+    assert 3.0 < history["epsilon"].iloc[-1] <= 4.0 + 1e-6  # the budget is spent, not exceeded
+    assert accuracy(model, digits.test) > 0.3  # it learns despite clipping and noise
+    assert not hasattr(model, "_module")  # the plain trained module, not opacus's wrapper
+    with pytest.raises(ValueError, match="epsilon > 0"):
+        DPConfig(epsilon=0)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        train(nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10)), digits.train,
+              epochs=1, dp=DPConfig(epsilon=1.0), progress=False)

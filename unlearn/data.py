@@ -37,6 +37,7 @@ __all__ = [
     "datasets",
     "materialize",
     "tensor_batches",
+    "WithIndex",
     "default_root",
     "load_dataset",
     "register_dataset",
@@ -348,7 +349,7 @@ def materialize(dataset: Dataset, *, batch_size: int = 1024) -> IndexedDataset:
     return IndexedDataset(inputs, targets, indices=indices)
 
 
-class _WithPosition(Dataset):
+class WithIndex(Dataset):
     """Adds the position as the index to a dataset yielding ``(x, y)``; passes ``(x, y, index)`` through."""
 
     def __init__(self, dataset: Dataset) -> None:
@@ -380,7 +381,7 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False, generat
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tensors = as_tensors(dataset)
     if tensors is None:
-        loader = DataLoader(_WithPosition(dataset), batch_size=batch_size, shuffle=shuffle, generator=generator,
+        loader = DataLoader(WithIndex(dataset), batch_size=batch_size, shuffle=shuffle, generator=generator,
                             drop_last=drop_last)
         for x, y, idx in loader:
             yield x.to(device), torch.as_tensor(y).long().to(device), torch.as_tensor(idx).long()

@@ -15,6 +15,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .data import batches
 
-__all__ = ["RECIPES", "TrainConfig", "accuracy", "load_checkpoint", "predict", "save_checkpoint", "train"]
+__all__ = ["RECIPES", "DPConfig", "TrainConfig", "accuracy", "load_checkpoint", "predict", "save_checkpoint", "train"]
 
 Schedule = str | Callable[[int, int], float]
 
@@ -83,8 +84,8 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
 def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0.05, batch_size: int = 128,
           momentum: float = 0.9, weight_decay: float = 5e-4, schedule: Schedule = "cosine", seed: int = 0,
           drop_last: bool = False, patience: int | None = None, recorder=None,
-          on_epoch_end: Callable[[int, nn.Module], None] | None = None, device: torch.device | str | None = None,
-          progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
+          on_epoch_end: Callable[[int, nn.Module], None] | None = None, dp: DPConfig | None = None,
+          device: torch.device | str | None = None, progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
     """Train a copy of ``model`` with SGD on ``dataset``; the caller's model is left unchanged.
 
     Args:
@@ -98,6 +99,9 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
         patience: stop early once the training loss has not improved for this many epochs (None: never).
         recorder: a :class:`proxies.TrainingRecorder` sized to the training set, filled during training.
         on_epoch_end: called as ``f(epoch, model)`` (1-based epoch) after each epoch, e.g. to keep checkpoints.
+        dp: train with differential privacy (DP-SGD through opacus: Poisson-sampled batches of expected size
+            ``batch_size``, per-example clipping, noise calibrated to ``dp.epsilon`` over ``epochs``); the history
+            gains the ``epsilon`` opacus's accountant reports after each epoch.
         device: where to train (default: CUDA if available, else CPU).
         progress: show a tqdm bar.
 
@@ -118,6 +122,20 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
+        if dp is not None:
+            private, optimizer, engine, loader = _make_private(model, optimizer, dataset, dp, batch_size=batch_size,
+                                                               epochs=epochs, generator=generator)
+
+            def epoch_batches():
+                for x, y, index in loader:
+                    if len(y):  # Poisson sampling can draw an empty batch
+                        yield x.to(device), y.to(device), index
+        else:
+            private = model
+
+            def epoch_batches():
+                return batches(dataset, batch_size, shuffle=True, generator=generator, drop_last=drop_last,
+                               device=device)
         bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
             start = time.perf_counter()
@@ -128,14 +146,15 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             if recorder is not None:
                 recorder.start_epoch()
             total_loss, correct, seen = 0.0, 0, 0
-            for x, y, index in batches(dataset, batch_size, shuffle=True, generator=generator,
-                                       drop_last=drop_last, device=device):
-                logits = model(x)
+            for x, y, index in epoch_batches():
+                logits = private(x)
                 loss = F.cross_entropy(logits, y)
                 if recorder is not None:
                     recorder.record(logits, y, index)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with warnings.catch_warnings():  # opacus's hooks fire correctly without input gradients
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
                 optimizer.step()
                 total_loss += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
@@ -145,6 +164,8 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             seen = max(seen, 1)
             rows.append({"epoch": epoch + 1, "lr": epoch_lr, "loss": float(total_loss) / seen,
                          "accuracy": float(correct) / seen, "seconds": time.perf_counter() - start})
+            if dp is not None:
+                rows[-1]["epsilon"] = engine.get_epsilon(dp.delta)
             bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", acc=f"{rows[-1]['accuracy']:.3f}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, model)
@@ -152,8 +173,47 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
                 best_loss, stale = (rows[-1]["loss"], 0) if rows[-1]["loss"] < best_loss else (best_loss, stale + 1)
                 if stale >= patience:
                     break
+    if dp is not None:
+        private._close()  # removes opacus's hooks; ``model`` is the trained module inside
     model.eval()
-    return model, pd.DataFrame(rows, columns=["epoch", "lr", "loss", "accuracy", "seconds"])
+    columns = ["epoch", "lr", "loss", "accuracy", "seconds"] + (["epsilon"] if dp is not None else [])
+    return model, pd.DataFrame(rows, columns=columns)
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Differentially private training: the privacy budget ``(epsilon, delta)`` and the per-example clipping norm."""
+
+    epsilon: float
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.epsilon <= 0 or not 0 < self.delta < 1 or self.max_grad_norm <= 0:
+            raise ValueError(f"expected epsilon > 0, 0 < delta < 1, max_grad_norm > 0; got {self}")
+
+
+def _make_private(model: nn.Module, optimizer, dataset: Dataset, dp: DPConfig, *, batch_size: int, epochs: int,
+                  generator: torch.Generator):
+    """opacus's DP-SGD around ``model`` and ``optimizer``; checks that the model's layers support it."""
+    from opacus import PrivacyEngine
+    from opacus.validators import ModuleValidator
+    from torch.utils.data import DataLoader
+
+    from .data import WithIndex
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ValueError(f"DP training needs layers opacus supports: {errors[0]} "
+                         "(opacus.validators.ModuleValidator.fix(model) replaces BatchNorm with GroupNorm)")
+    loader = DataLoader(WithIndex(dataset), batch_size=batch_size, shuffle=True, generator=generator)
+    engine = PrivacyEngine()
+    with warnings.catch_warnings():  # opacus warns that its RNG is not cryptographically secure (secure_mode)
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        private, optimizer, loader = engine.make_private_with_epsilon(
+            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=dp.epsilon, target_delta=dp.delta,
+            epochs=max(epochs, 1), max_grad_norm=dp.max_grad_norm)
+    return private, optimizer, engine, loader
 
 
 @torch.no_grad()

@@ -1,0 +1,177 @@
+"""Unlearning quality against cost: every method and memorization-aware RUM (scheduled by Feldman-Zhang scores and by
+a proxy) on forget sets of low, medium, high and mixed memorization, against retraining from scratch.
+
+For each dataset the original model is trained once with the training recorder; FZ scores come from the subset
+models that ``bench_proxies.py`` caches (same settings, so they are reused). Forget sets hold N examples per group:
+low = the N least memorized, high = the N most, medium = the N closest to the median, mixed = all three; they are
+chosen once by FZ scores and once by the proxy. For every seed the retrained reference and each method run again.
+Reported: forget / retain / test accuracy, ToW, ToW-MIA (SVC attack, confidence feature) and seconds, as mean and
+95% t-interval over seeds.
+
+    python benchmarks/bench_unlearn.py [--seeds 3] [--datasets digits fashion-mnist] [--kinds low medium high mixed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Subset
+
+import proxies
+from unlearn import create_model, train, unlearn
+from unlearn.attacks import extract_signals, svc
+from unlearn.data import DatasetNotFoundError, load_dataset
+from unlearn.metrics import mean_interval, tow, tow_mia
+from unlearn.registry import methods
+from unlearn.training import RECIPES, accuracy
+
+DATASETS = {  # training subset, test subset, subset models (as bench_proxies.py), epochs, N per group
+    "digits": {"train_size": None, "test_size": None, "k": 256, "epochs": None, "group": 30},
+    "fashion-mnist": {"train_size": 4000, "test_size": 2000, "k": 128, "epochs": 8, "group": 100},
+}
+
+
+def select(memorization: pd.Series, kind: str, n: int, seed: int = 0) -> np.ndarray:
+    """Training indices of a forget set: the n lowest / highest / nearest-the-median, or all three (mixed).
+
+    Ties are broken at random (seeded): many examples share a memorization score of exactly 0.
+    """
+    shuffled = memorization.sample(frac=1.0, random_state=seed)
+    order = shuffled.sort_values(kind="stable").index.to_numpy()
+    median_rank = np.argsort(np.abs(shuffled.loc[order].to_numpy() - shuffled.median()), kind="stable")
+    groups = {"low": order[:n], "high": order[-n:], "medium": order[median_rank[:n]]}
+    if kind == "mixed":
+        return np.unique(np.concatenate(list(groups.values())))
+    return np.sort(groups[kind])
+
+
+def _mia(model, retain, test, forget, seed) -> float:
+    """The SVC attack's efficacy on the forget set (fraction called non-members), confidence feature."""
+    signals = [extract_signals(model, data) for data in (retain, test, forget)]
+    return svc(*signals, features=("confidence",), seed=seed)["confidence"]
+
+
+def run_dataset(name: str, spec: dict, kinds, seeds: int, cache: Path) -> pd.DataFrame:
+    options = {"train_size": spec["train_size"]} if spec["train_size"] else {}
+    splits = load_dataset(name, **options)
+    test = splits.test if spec["test_size"] is None else Subset(splits.test, range(spec["test_size"]))
+    recipe = RECIPES[name].as_kwargs() | ({"epochs": spec["epochs"]} if spec["epochs"] else {})
+    model_fn = functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
+                                 in_channels=splits.in_channels)
+    torch.manual_seed(0)
+    recorder = proxies.TrainingRecorder(len(splits.train))
+    original, _ = train(model_fn(), splits.train, seed=0, recorder=recorder, progress=False, **recipe)
+    subset_models = proxies.train_subset_models(splits.train, model_fn, k=spec["k"],
+                                                folder=cache / f"fz-{name}-k{spec['k']}", **recipe)
+    fz = subset_models.scores()["memorization"].fillna(0.0)
+    confidence = proxies.compute("confidence", recording=recorder)
+    by = {"fz": fz, "confidence": -confidence}  # oriented: higher = more memorized
+
+    rows = []
+    everyone = np.arange(len(splits.train))
+    for selection, scores in by.items():
+        for kind in kinds:
+            forget_ids = select(scores, kind, spec["group"])
+            forget = Subset(splits.train, forget_ids.tolist())
+            retain = Subset(splits.train, np.setdiff1d(everyone, forget_ids).tolist())
+            for seed in range(seeds):
+                torch.manual_seed(1000 + seed)
+                start = time.perf_counter()
+                retrained, _ = train(model_fn(), retain, seed=1000 + seed, progress=False, **recipe)
+                retrain_s = time.perf_counter() - start
+                ref_acc = {s: accuracy(retrained, d) for s, d in (("forget", forget), ("retain", retain),
+                                                                     ("test", test))}
+                ref_mia = _mia(retrained, retain, test, forget, seed)
+                runs = {m: {"method": m} for m in methods() if m not in ("rum", "retrain")}
+                runs["rum (FZ scores)"] = {"method": "rum", "scores": fz}
+                runs["rum (confidence proxy)"] = {"method": "rum", "proxy": "confidence", "recording": recorder}
+                for label, kwargs in runs.items():
+                    result = unlearn(original, forget=forget, retain=retain, seed=seed, **kwargs)
+                    acc = {s: accuracy(result.model, d) for s, d in (("forget", forget), ("retain", retain),
+                                                                       ("test", test))}
+                    mia = _mia(result.model, retain, test, forget, seed)
+                    rows.append({"dataset": name, "selected_by": selection, "forget": kind, "n": len(forget_ids),
+                                 "method": label, "seed": seed, **{f"acc_{s}": v for s, v in acc.items()},
+                                 "tow": tow(acc, ref_acc), "tow_mia": tow_mia(acc, ref_acc, mia_unlearned=mia,
+                                                                              mia_retrained=ref_mia),
+                                 "seconds": result.seconds, "retrain_seconds": retrain_s})
+                print(f"{name} {selection} {kind} seed {seed}: done", file=sys.stderr)
+    return pd.DataFrame(rows)
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    keys = ["dataset", "selected_by", "forget", "method"]
+    out = []
+    for key, group in runs.groupby(keys, sort=False):
+        row = dict(zip(keys, key, strict=True))
+        for metric in ("acc_forget", "acc_retain", "acc_test", "tow", "tow_mia"):
+            mean, half = mean_interval(group[metric])
+            row[metric] = mean
+            row[f"{metric}_ci"] = half
+        row["seconds"] = group["seconds"].mean()
+        row["time_vs_retrain"] = (group["seconds"] / group["retrain_seconds"]).mean()
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def check_targets(summary: pd.DataFrame) -> list[str]:
+    """The issue's targets, per dataset: RUM with a proxy within 0.02 ToW of RUM with FZ scores, better than every
+    single method on the mixed forget set, at <= 20% of retraining time."""
+    notes = []
+    for (dataset, selection), group in summary.groupby(["dataset", "selected_by"]):
+        mixed = group[group.forget == "mixed"].set_index("method")
+        if mixed.empty:
+            continue
+        proxy, fz = mixed.loc["rum (confidence proxy)"], mixed.loc["rum (FZ scores)"]
+        singles = mixed.drop(index=["rum (confidence proxy)", "rum (FZ scores)"])
+        best = singles["tow"].idxmax()
+        verdict = "beats" if proxy.tow > singles.tow.max() else "does not beat"
+        notes.append(f"{dataset}, forget set by {selection}, mixed: rum(proxy) ToW {proxy.tow:.3f} vs rum(FZ) "
+                     f"{fz.tow:.3f} (gap {abs(proxy.tow - fz.tow):.3f}, target <= 0.02); best single method {best} "
+                     f"{singles.tow.max():.3f} (rum(proxy) {verdict} it); rum(proxy) time "
+                     f"{100 * proxy.time_vs_retrain:.0f}% of retraining (target <= 20%)")
+    return notes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS), help="datasets")
+    parser.add_argument("--kinds", nargs="+", default=["low", "medium", "high", "mixed"],
+                        choices=["low", "medium", "high", "mixed"], help="forget-set kinds")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per setting (default: 3)")
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/results"), help="subset-model cache")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="JSON output folder")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", 30)
+    tables = []
+    for name in args.datasets:
+        try:
+            tables.append(run_dataset(name, DATASETS[name], args.kinds, args.seeds, args.cache))
+        except DatasetNotFoundError as err:
+            print(f"skipping {name}: {err}", file=sys.stderr)
+    runs = pd.concat(tables)
+    summary = summarise(runs)
+    columns = ["dataset", "selected_by", "forget", "method", "acc_forget", "acc_retain", "acc_test", "tow", "tow_ci",
+               "tow_mia", "tow_mia_ci", "seconds", "time_vs_retrain"]
+    print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    notes = check_targets(summary)
+    print("\n" + "\n".join(notes))
+    path = args.out / "bench_unlearn.json"
+    path.write_text(json.dumps({"summary": summary.to_dict("records"), "runs": runs.to_dict("records"),
+                                "targets": notes}, indent=2, default=float) + "\n")
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
