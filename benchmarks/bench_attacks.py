@@ -78,6 +78,7 @@ def bench_speed() -> pd.DataFrame:
          lambda: lira_loop(target, shadow, in_mask)),
         ("epsilon sweeps, 16+16 models, E=300", lambda: epsilons(u, r), lambda: epsilon_loop(u, r)),
     ]:
+        fast()  # warm-up: numba loads its compiled kernels on the first call
         start = time.perf_counter()
         a = fast()
         fast_s = time.perf_counter() - start

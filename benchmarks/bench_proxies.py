@@ -71,6 +71,10 @@ def bench_kernels(max_n: int, repeats: int) -> pd.DataFrame:
                                         repeats)
                 rows.append({"kernel": f"signals C={c}", "n": n, "backend": backend, "seconds": seconds,
                              "rows_per_s": n / seconds, "gb_per_s": nbytes / seconds / 1e9})
+            # the compute floor: signals needs one exp per logit, and torch.exp alone is that much work
+            seconds = _best_seconds(lambda z=logits: torch.exp(z), repeats)
+            rows.append({"kernel": f"signals C={c}", "n": n, "backend": "(torch.exp alone)", "seconds": seconds,
+                         "rows_per_s": n / seconds, "gb_per_s": 2 * logits.numel() * 4 / seconds / 1e9})
     for n in sizes:
         correct = torch.rand(200, n, generator=g) < 0.8
         nbytes = correct.numel() + 3 * n * 8
