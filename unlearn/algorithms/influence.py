@@ -1,8 +1,11 @@
-"""Influence unlearning (the Fisher variant of Golatkar et al. / WoodFisher-style): one Newton-like step that
-removes the forget set's pull on the weights, with the Hessian approximated by the diagonal empirical Fisher of
-the retain set.
+"""Influence unlearning (the Fisher / WoodFisher variant of the unlearning literature): one Newton-like step that
+removes the forget set's pull on the weights, the Hessian approximated by the diagonal empirical Fisher of the
+retain set.
 
-``theta <- theta + alpha / n_retain * (F + damping * mean(F))^-1 * sum_{z in forget} grad CE(z)``
+``theta <- theta + alpha * (F + damping)^-1 (mean grad CE(forget) - mean grad CE(retain))``
+
+The defaults were chosen on the digits CNN (a random forget set ends near test accuracy, retain accuracy kept);
+like the anchors, sweep ``alpha`` for a new model: the step grows quickly with it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from ..registry import register_method
 
 @dataclass
 class InfluenceConfig:
-    alpha: float = 1.0  # scales the step; the anchors sweep it
-    damping: float = 0.1  # added to the Fisher diagonal, relative to its mean
+    alpha: float = 0.01  # step size along the preconditioned direction
+    damping: float = 1e-3  # added to the Fisher diagonal (absolute)
     batch_size: int = 256
 
     def __post_init__(self) -> None:
@@ -29,16 +32,16 @@ class InfluenceConfig:
 
 @register_method("influence", config=InfluenceConfig)
 def influence(model, forget, retain, config: InfluenceConfig, *, seed, device):
-    """One-shot update along the forget gradient, preconditioned by the inverse diagonal Fisher of retain."""
+    """One-shot step along (forget gradient - retain gradient), preconditioned by the inverse diagonal Fisher."""
     from proxies.gradients import per_sample_gradients
 
     params = [p for p in model.parameters() if p.requires_grad]
     fisher = [torch.zeros_like(p) for p in params]
+    retain_grad = [torch.zeros_like(p) for p in params]
     for grads, _ in per_sample_gradients(model, retain, batch_size=config.batch_size, device=device):
-        for total, g in zip(fisher, grads, strict=True):
-            total += g.pow(2).sum(dim=0)
-    fisher = [f / len(retain) for f in fisher]
-    scale = torch.cat([f.flatten() for f in fisher]).mean()
+        for f, r, g in zip(fisher, retain_grad, grads, strict=True):
+            f += g.pow(2).sum(dim=0)
+            r += g.sum(dim=0)
 
     model.eval()
     forget_grad = [torch.zeros_like(p) for p in params]
@@ -47,6 +50,7 @@ def influence(model, forget, retain, config: InfluenceConfig, *, seed, device):
         for total, g in zip(forget_grad, torch.autograd.grad(loss, params), strict=True):
             total += g
     with torch.no_grad():
-        for p, g, f in zip(params, forget_grad, fisher, strict=True):
-            p += config.alpha / len(retain) * g / (f + config.damping * scale)
+        for p, f, r, g in zip(params, fisher, retain_grad, forget_grad, strict=True):
+            direction = g / len(forget) - r / len(retain)
+            p += config.alpha * direction / (f / len(retain) + config.damping)
     return model
