@@ -139,6 +139,57 @@ def bench_figures(name: str, options: dict, test_size: int | None, k: int, forge
                                 "forget": forget_size, "recipe": recipe, "dp_epsilon": dp_history["epsilon"].iloc[-1]}
 
 
+def bench_unlearning_attacks(name: str, options: dict, k: int, forget_size: int, recipe: dict, models: int,
+                             cache: Path, seed: int = 0) -> pd.DataFrame:
+    """U-LiRA (train-then-unlearn shadows per method) and the NeurIPS 2023 forgetting score (``models`` unlearned
+    and ``models`` retrained copies) for every method, on one forget set."""
+    from unlearn.attacks import extract_signals, forgetting_score, ulira
+    from unlearn.metrics import roc_summary
+    from unlearn.shadows import train_unlearned_shadow_models
+    from unlearn.training import accuracy
+
+    splits = load_dataset(name, **options)
+    model_fn = functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
+                                 in_channels=splits.in_channels)
+    rng = np.random.default_rng(seed)
+    forget_ids = np.sort(rng.choice(len(splits.train), forget_size, replace=False))
+    retain_ids = np.setdiff1d(np.arange(len(splits.train)), forget_ids)
+    forget, retain = Subset(splits.train, forget_ids.tolist()), Subset(splits.train, retain_ids.tolist())
+    torch.manual_seed(seed)
+    original, _ = train(model_fn(), splits.train, seed=seed, progress=False, **recipe)
+    retrained = []
+    for s in range(models):
+        torch.manual_seed(100 + s)
+        retrained.append(train(model_fn(), retain, seed=100 + s, progress=False, **recipe)[0])
+    phi_retrained = np.stack([extract_signals(m, forget).phi[:, 0] for m in retrained])
+    accuracy_retrained = [np.mean([accuracy(m, d) for m in retrained]) for d in (retain, splits.test)]
+
+    rows = []
+    for method in methods():
+        if method in ("rum", "retrain"):
+            continue
+        shadows = train_unlearned_shadow_models(splits.train, splits.test, model_fn, method=method, k=k,
+                                                folder=cache / f"ulira-{name}-{len(splits.train)}-{method}-k{k}",
+                                                **recipe)
+        positions = shadows.locate("train", forget_ids)
+        unlearned = [unlearn(original, forget=forget, retain=retain, method=method, seed=s).model
+                     for s in range(models)]
+        phi_unlearned = np.stack([extract_signals(m, forget).phi[:, 0] for m in unlearned])
+        scores = [ulira(phi, shadows.phi(positions), shadows.unlearned_mask[:, positions],
+                        shadows.out_mask[:, positions]) for phi in (phi_unlearned[0], phi_retrained[0])]
+        usable = np.isfinite(scores[0]) & np.isfinite(scores[1])
+        summary = roc_summary(np.r_[scores[0][usable], scores[1][usable]],
+                              np.r_[np.ones(usable.sum()), np.zeros(usable.sum())])
+        accuracy_unlearned = [np.mean([accuracy(m, d) for m in unlearned]) for d in (retain, splits.test)]
+        score = forgetting_score(phi_unlearned, phi_retrained,
+                                 retain_accuracy=(accuracy_unlearned[0], accuracy_retrained[0]),
+                                 test_accuracy=(accuracy_unlearned[1], accuracy_retrained[1]))
+        rows.append({"dataset": name, "method": method, "ulira_auc": summary["auc"],
+                     "ulira_tpr@1%": summary["tpr_at_fpr_0.01"], "examples_scored": int(usable.sum()),
+                     **score})
+    return pd.DataFrame(rows)
+
+
 def _lira_curve(model, forget, test, shadows):
     from unlearn.attacks import extract_signals
 
@@ -156,6 +207,8 @@ def main() -> int:
                         help="digits training examples (default: 300; fewer examples leak more)")
     parser.add_argument("--fmnist-size", type=int, default=2000, help="Fashion-MNIST training examples")
     parser.add_argument("--fmnist-test", type=int, default=2000, help="Fashion-MNIST test examples in the pool")
+    parser.add_argument("--models", type=int, default=8,
+                        help="unlearned and retrained models per method for the forgetting score (default: 8)")
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results"), help="shadow-model cache")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="JSON and PNG output folder")
     parser.add_argument("--check", action="store_true", help="exit 1 if a vectorised path is under 20x its loop")
@@ -192,6 +245,14 @@ def main() -> int:
         for info in infos:
             print(info)
         report |= {"figures": figures.to_dict("records"), "datasets": infos}
+        unlearning = bench_unlearning_attacks("digits", {"train_size": args.digits_size}, args.shadows, 100,
+                                              {**RECIPES["digits"].as_kwargs(), "epochs": 20}, args.models,
+                                              args.cache)
+        print(f"\n== unlearning attacks on digits: U-LiRA ({args.shadows} train-then-unlearn shadows per method; "
+              f"AUC 0.5 = indistinguishable from retraining) and the NeurIPS 2023 score ({args.models} unlearned "
+              f"vs {args.models} retrained models; 1 = perfect)")
+        print(unlearning.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        report["unlearning_attacks"] = unlearning.to_dict("records")
     path = args.out / "bench_attacks.json"
     path.write_text(json.dumps(report, indent=2, default=float) + "\n")
     print(f"\nwrote {path}")

@@ -69,3 +69,26 @@ def test_evaluate_checks_its_input(setup, small_digits):
         evaluate(original, forget=forget, retain=retain, test=digits.test, attacks=("lira",))
     with pytest.raises(ValueError, match="unknown attack 'mentr'"):
         evaluate(original, forget=forget, retain=retain, test=digits.test, attacks=("mentr",))
+
+
+def test_ulira_shadows_train_then_unlearn(small_digits, tmp_path):
+    from unlearn.attacks import ulira
+    from unlearn.shadows import train_unlearned_shadow_models
+
+    model_fn = functools.partial(create_model, "digits_cnn", num_classes=10, in_channels=1)
+    shadows = train_unlearned_shadow_models(small_digits.train, small_digits.test, model_fn, method="finetune",
+                                            method_config={"epochs": 1}, k=4, folder=tmp_path, progress=False,
+                                            epochs=3, batch_size=64)
+    in_mask = ~shadows.out_mask
+    assert (shadows.unlearned_mask <= in_mask).all() and shadows.unlearned_mask.any()
+    train_split = shadows.split == "train"
+    assert not shadows.unlearned_mask[:, ~train_split].any()  # only training examples are ever unlearned
+    assert (in_mask.sum(axis=0) == 2).all()
+    positions = shadows.locate("train", np.arange(len(small_digits.train)))
+    scores = ulira(np.zeros(len(positions)), shadows.phi(positions), shadows.unlearned_mask[:, positions],
+                   shadows.out_mask[:, positions])
+    both = shadows.unlearned_mask[:, positions].any(0) & shadows.out_mask[:, positions].any(0)
+    assert np.isfinite(scores[both]).all() and np.isnan(scores[~shadows.unlearned_mask[:, positions].any(0)]).all()
+    with pytest.raises(ValueError, match="rum"):
+        train_unlearned_shadow_models(small_digits.train, small_digits.test, model_fn, method="rum", k=2,
+                                      folder=tmp_path / "x")

@@ -1,5 +1,6 @@
 """Shadow models for LiRA and RMIA: K models, each trained on a random half of a pool made of the training and test
-sets, every example IN for exactly half of them (the design of Carlini et al.'s reference code).
+sets, every example IN for exactly half of them (the design of Carlini et al.'s reference code). For U-LiRA, each
+shadow then unlearns part of its half with the method under test.
 
 Trained through the model farm, so they are cached on disk, reused across evaluations and resumed after an
 interruption.
@@ -14,13 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-from .attacks.signals import logit_scaled_confidence
+from .attacks.signals import logit_scaled_confidence, predict_queries
 from .data import IndexedDataset, materialize
 from .farm import Job, TrainTask, check_manifest, describe_factory, fingerprint, get_farm, train_and_predict
+from .training import train
+from .unlearning import unlearn
 
-__all__ = ["ShadowModels", "balanced_halves", "train_shadow_models"]
+__all__ = ["PoolPredictions", "ShadowModels", "UnlearnedShadowModels", "balanced_halves", "train_shadow_models",
+           "train_unlearned_shadow_models"]
 
 SPLITS = ("train", "test")
 
@@ -39,16 +43,14 @@ def balanced_halves(n: int, k: int, seed: int = 0) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ShadowModels:
-    """Shadow predictions on a pool: ``logits [K, N, A, C]``, ``in_mask [K, N]``, and for each pool example its
-    ``split`` ("train" or "test") and its index in that split."""
+class PoolPredictions:
+    """Predictions of K models on a pool of training and test examples: ``logits [K, N, A, C]``, ``labels [N]``,
+    and for each pool example its ``split`` ("train" or "test") and its index in that split."""
 
     logits: np.ndarray
-    in_mask: np.ndarray
     labels: np.ndarray
     split: np.ndarray
     index: np.ndarray
-    queries: tuple[str, ...]
 
     def locate(self, split: str, indices) -> np.ndarray:
         """Pool positions of examples given by split and index; raises if one is not in the pool."""
@@ -79,6 +81,14 @@ class ShadowModels:
         return np.take_along_axis(p, np.broadcast_to(labels[None, :, None], p.shape[:2] + (1,)), axis=-1)[..., 0]
 
 
+@dataclass(frozen=True)
+class ShadowModels(PoolPredictions):
+    """Shadow models for LiRA / RMIA: ``in_mask [K, N]`` says which pool examples each one trained on."""
+
+    in_mask: np.ndarray
+    queries: tuple[str, ...]
+
+
 def train_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Module], *, k: int,
                         folder: str | os.PathLike, queries: tuple[str, ...] = ("identity",), seed: int = 0,
                         farm="local", device: str | None = None, force: bool = False, progress: bool = True,
@@ -107,4 +117,79 @@ def train_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn
     results = runner.run(train_and_predict, jobs, TrainTask(pool, model_fn, dict(train_kwargs), device, queries))
     logits = np.stack([np.stack([results[job.key]["logits" if q == "identity" else f"logits_{q}"] for q in queries],
                                 axis=1) for job in jobs])
-    return ShadowModels(logits, in_mask, pool.targets.numpy(), split, index, tuple(queries))
+    return ShadowModels(logits, pool.targets.numpy(), split, index, in_mask, tuple(queries))
+
+
+@dataclass(frozen=True)
+class UnlearnedShadowModels(PoolPredictions):
+    """Shadows for U-LiRA: each trained on a random half of the pool and then made to unlearn part of that half
+    with the method under test. ``unlearned_mask [K, N]``: the shadow trained on and then unlearned the example;
+    ``out_mask [K, N]``: it never saw it."""
+
+    unlearned_mask: np.ndarray
+    out_mask: np.ndarray
+    method: str
+
+
+@dataclass(frozen=True)
+class _UnlearnTask:
+    train: TrainTask
+    method: str
+    method_config: dict
+    forget_ids: dict
+
+
+def _train_unlearn_predict(job: Job, task: _UnlearnTask) -> dict[str, np.ndarray]:
+    """Train on the job's half, unlearn its forget part with the method under test, predict the pool."""
+    forget_ids = task.forget_ids[job.key]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(job.seed)
+        model = task.train.model_fn()
+    model, _ = train(model, Subset(task.train.dataset, job.train_ids.tolist()), seed=job.seed,
+                     device=task.train.device, progress=False, **task.train.train_kwargs)
+    retain_ids = np.setdiff1d(job.train_ids, forget_ids)
+    result = unlearn(model, forget=Subset(task.train.dataset, forget_ids.tolist()),
+                     retain=Subset(task.train.dataset, retain_ids.tolist()), method=task.method,
+                     config=task.method_config or None, seed=job.seed)
+    logits, _, _ = predict_queries(result.model, task.train.dataset, task.train.queries)
+    return {"train_ids": job.train_ids, "forget_ids": forget_ids, "logits": logits[:, 0].numpy().astype(np.float32)}
+
+
+def train_unlearned_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Module], *, method: str,
+                                  k: int, folder: str | os.PathLike, method_config: dict | None = None,
+                                  forget_fraction: float = 0.2, seed: int = 0, farm="local",
+                                  device: str | None = None, force: bool = False, progress: bool = True,
+                                  **train_kwargs) -> UnlearnedShadowModels:
+    """Train (or load) K shadows on balanced halves of ``train`` + ``test``, each then unlearning a random
+    ``forget_fraction`` of its own training examples from ``train`` with ``method`` (U-LiRA's IN models)."""
+    if method == "rum":
+        raise ValueError("U-LiRA shadows need a method that runs without per-example scores; rum needs scores")
+    if not 0.0 < forget_fraction < 1.0:
+        raise ValueError(f"forget_fraction must be in (0, 1), got {forget_fraction}")
+    train_data, test_data = materialize(train), materialize(test)
+    pool = IndexedDataset(torch.cat([train_data.inputs, test_data.inputs]),
+                          torch.cat([train_data.targets, test_data.targets]))
+    split = np.array(["train"] * len(train_data) + ["test"] * len(test_data))
+    index = np.concatenate([train_data.indices.numpy(), test_data.indices.numpy()])
+    in_mask = balanced_halves(len(pool), k, seed)
+    rng = np.random.default_rng(seed + 1)
+    jobs, forget_ids = [], {}
+    for m in range(k):
+        job = Job(f"unlearned-{m:04d}", np.flatnonzero(in_mask[m]), seed=seed * 1_000_003 + m)
+        candidates = job.train_ids[split[job.train_ids] == "train"]
+        forget_ids[job.key] = np.sort(rng.choice(candidates, max(1, round(forget_fraction * len(candidates))),
+                                                 replace=False))
+        jobs.append(job)
+    runner = get_farm(farm, folder, progress=progress)
+    check_manifest(runner.folder, {"kind": "unlearned_shadow_models", "k": k, "seed": seed, "method": method,
+                                   "method_config": method_config or {}, "forget_fraction": forget_fraction,
+                                   "model": describe_factory(model_fn), "data": fingerprint(pool),
+                                   "train": train_kwargs}, force=force)
+    task = _UnlearnTask(TrainTask(pool, model_fn, dict(train_kwargs), device), method, dict(method_config or {}),
+                        forget_ids)
+    results = runner.run(_train_unlearn_predict, jobs, task)
+    unlearned = np.zeros_like(in_mask)
+    for m, job in enumerate(jobs):
+        unlearned[m, results[job.key]["forget_ids"]] = True
+    logits = np.stack([results[job.key]["logits"][:, None] for job in jobs])
+    return UnlearnedShadowModels(logits, pool.targets.numpy(), split, index, unlearned, ~in_mask, method)
