@@ -234,3 +234,21 @@ def test_loss_attacks_see_members_with_lower_loss():
     assert unlearned["confidence"] > 0.6 > kept["confidence"]
     with pytest.raises(ValueError, match="unknown SVC features"):
         svc(retain, test, looks_like_test, features=("margin",))
+
+
+def test_signals_of_several_queries():
+    import torch
+
+    from unlearn.attacks import extract_signals
+    from unlearn.data import IndexedDataset
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    images = torch.randn(5, 1, 3, 4)
+    data = IndexedDataset(images, torch.tensor([0, 1, 2, 0, 1]))
+    signals = extract_signals(model, data, queries=("identity", "hflip"))
+    assert signals.phi.shape == (5, 2)
+    mirrored = extract_signals(model, IndexedDataset(images.flip(-1), data.targets))
+    np.testing.assert_allclose(signals.phi[:, 1], mirrored.phi[:, 0], rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown queries"):
+        extract_signals(model, data, queries=("rotate",))

@@ -20,6 +20,7 @@ def test_registry_lists_every_named_dataset():
 def test_digits_splits_are_real_disjoint_and_deterministic(digits):
     again = load_dataset("digits")
     assert (len(digits.train), len(digits.val), len(digits.test)) == (1293, 144, 360)
+    assert digits.queries == ("identity",)  # a mirrored digit is another symbol
     assert torch.equal(digits.train.inputs, again.train.inputs)
     assert torch.equal(digits.train.targets, again.train.targets)
     other = load_dataset("digits", seed=1)
@@ -134,6 +135,7 @@ def test_cifar_pickle_batches_load_through_torchvision(tmp_path, name, base, lab
     n_train = 4 * (len(files) - 1)
     assert (len(splits.train), len(splits.test)) == (n_train, 4)
     assert splits.in_channels == 3 and splits.train.inputs.shape[1:] == (3, 32, 32)
+    assert splits.queries == ("identity", "hflip")  # natural images: attacks may also query the mirror image
     test_data, test_labels = written[files[-1]]
     assert splits.test.targets.tolist() == test_labels
     mean = torch.tensor((0.4914, 0.4822, 0.4465) if name == "cifar10" else (0.5071, 0.4865, 0.4409)).view(1, 3, 1, 1)

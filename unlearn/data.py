@@ -99,6 +99,8 @@ class Splits:
     num_classes: int
     in_channels: int
     default_model: str
+    queries: tuple[str, ...] = ("identity",)
+    """Augmentation queries membership attacks may use: a horizontal flip only for natural images."""
 
     def __repr__(self) -> str:
         return (f"Splits({self.name!r}, train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
@@ -118,19 +120,20 @@ class _DatasetSpec:
     default_model: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    queries: tuple[str, ...]
 
 
 _DATASETS: dict[str, _DatasetSpec] = {}
 
 
 def register_dataset(name: str, *, num_classes: int, in_channels: int, default_model: str,
-                     mean: tuple[float, ...], std: tuple[float, ...]):
+                     mean: tuple[float, ...], std: tuple[float, ...], queries: tuple[str, ...] = ("identity",)):
     """Register ``loader(root, download) -> (x_train uint8/float in [0,1], y_train, x_test, y_test, classes)``."""
 
     def decorator(loader: _Loader) -> _Loader:
         if name in _DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
-        _DATASETS[name] = _DatasetSpec(loader, num_classes, in_channels, default_model, mean, std)
+        _DATASETS[name] = _DatasetSpec(loader, num_classes, in_channels, default_model, mean, std, queries)
         return loader
 
     return decorator
@@ -195,7 +198,7 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         return IndexedDataset(((x.float() - mean) / std).contiguous(), y.long(), classes)
 
     return Splits(name, split(x_train[train_ids], y_train[train_ids]), split(x_train[val_ids], y_train[val_ids]),
-                  split(x_test, y_test), spec.num_classes, spec.in_channels, spec.default_model)
+                  split(x_test, y_test), spec.num_classes, spec.in_channels, spec.default_model, spec.queries)
 
 
 # ----------------------------------------------------------------------------------------------------- loaders
@@ -296,13 +299,13 @@ def _load_cifar(name: str, root: Path, download: bool):
             list(train.classes))
 
 
-@register_dataset("cifar10", num_classes=10, in_channels=3, default_model="resnet18",
+@register_dataset("cifar10", num_classes=10, in_channels=3, default_model="resnet18", queries=("identity", "hflip"),
                   mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 def _load_cifar10(root: Path, download: bool):
     return _load_cifar("CIFAR10", root, download)
 
 
-@register_dataset("cifar100", num_classes=100, in_channels=3, default_model="resnet18",
+@register_dataset("cifar100", num_classes=100, in_channels=3, default_model="resnet18", queries=("identity", "hflip"),
                   mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
 def _load_cifar100(root: Path, download: bool):
     return _load_cifar("CIFAR100", root, download)
