@@ -92,19 +92,24 @@ def bench_speed() -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------------ figures
 
-def bench_figures(name: str, options: dict, test_size: int | None, k: int, forget_size: int, recipe: dict,
-                  cache: Path, out: Path, seed: int = 0):
+def forget_setup(name: str, options: dict, forget_size: int, recipe: dict, seed: int):
+    """The dataset, a model factory, a seeded random forget set with its retain set, and the original model."""
     splits = load_dataset(name, **options)
-    test = splits.test if test_size is None else Subset(splits.test, range(test_size))
     model_fn = functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
                                  in_channels=splits.in_channels)
     rng = np.random.default_rng(seed)
     forget_ids = np.sort(rng.choice(len(splits.train), forget_size, replace=False))
     retain_ids = np.setdiff1d(np.arange(len(splits.train)), forget_ids)
     forget, retain = Subset(splits.train, forget_ids.tolist()), Subset(splits.train, retain_ids.tolist())
-
     torch.manual_seed(seed)
     original, _ = train(model_fn(), splits.train, seed=seed, progress=False, **recipe)
+    return splits, model_fn, forget_ids, forget, retain, original
+
+
+def bench_figures(name: str, options: dict, test_size: int | None, k: int, forget_size: int, recipe: dict,
+                  cache: Path, out: Path, seed: int = 0):
+    splits, model_fn, _, forget, retain, original = forget_setup(name, options, forget_size, recipe, seed)
+    test = splits.test if test_size is None else Subset(splits.test, range(test_size))
     torch.manual_seed(seed + 1)
     retrained, _ = train(model_fn(), retain, seed=seed + 1, progress=False, **recipe)
     torch.manual_seed(seed)
@@ -148,15 +153,7 @@ def bench_unlearning_attacks(name: str, options: dict, k: int, forget_size: int,
     from unlearn.shadows import train_unlearned_shadow_models
     from unlearn.training import accuracy
 
-    splits = load_dataset(name, **options)
-    model_fn = functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
-                                 in_channels=splits.in_channels)
-    rng = np.random.default_rng(seed)
-    forget_ids = np.sort(rng.choice(len(splits.train), forget_size, replace=False))
-    retain_ids = np.setdiff1d(np.arange(len(splits.train)), forget_ids)
-    forget, retain = Subset(splits.train, forget_ids.tolist()), Subset(splits.train, retain_ids.tolist())
-    torch.manual_seed(seed)
-    original, _ = train(model_fn(), splits.train, seed=seed, progress=False, **recipe)
+    splits, model_fn, forget_ids, forget, retain, original = forget_setup(name, options, forget_size, recipe, seed)
     retrained = []
     for s in range(models):
         torch.manual_seed(100 + s)

@@ -89,6 +89,16 @@ class ShadowModels(PoolPredictions):
     queries: tuple[str, ...]
 
 
+def _pool(train: Dataset, test: Dataset) -> tuple[IndexedDataset, np.ndarray, np.ndarray]:
+    """The training and test examples as one pool, with each example's split and index in that split."""
+    train_data, test_data = materialize(train), materialize(test)
+    pool = IndexedDataset(torch.cat([train_data.inputs, test_data.inputs]),
+                          torch.cat([train_data.targets, test_data.targets]))
+    split = np.array(["train"] * len(train_data) + ["test"] * len(test_data))
+    index = np.concatenate([train_data.indices.numpy(), test_data.indices.numpy()])
+    return pool, split, index
+
+
 def train_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Module], *, k: int,
                         folder: str | os.PathLike, queries: tuple[str, ...] = ("identity",), seed: int = 0,
                         farm="local", device: str | None = None, force: bool = False, progress: bool = True,
@@ -103,11 +113,7 @@ def train_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn
         queries: augmentation queries to record (``("identity", "hflip")`` for natural images).
         **train_kwargs: :func:`unlearn.train` settings (as the target was trained).
     """
-    train_data, test_data = materialize(train), materialize(test)
-    pool = IndexedDataset(torch.cat([train_data.inputs, test_data.inputs]),
-                          torch.cat([train_data.targets, test_data.targets]))
-    split = np.array(["train"] * len(train_data) + ["test"] * len(test_data))
-    index = np.concatenate([train_data.indices.numpy(), test_data.indices.numpy()])
+    pool, split, index = _pool(train, test)
     in_mask = balanced_halves(len(pool), k, seed)
     jobs = [Job(f"shadow-{m:04d}", np.flatnonzero(in_mask[m]), seed=seed * 1_000_003 + m) for m in range(k)]
     runner = get_farm(farm, folder, progress=progress)
@@ -166,11 +172,7 @@ def train_unlearned_shadow_models(train: Dataset, test: Dataset, model_fn: Calla
         raise ValueError("U-LiRA shadows need a method that runs without per-example scores; rum needs scores")
     if not 0.0 < forget_fraction < 1.0:
         raise ValueError(f"forget_fraction must be in (0, 1), got {forget_fraction}")
-    train_data, test_data = materialize(train), materialize(test)
-    pool = IndexedDataset(torch.cat([train_data.inputs, test_data.inputs]),
-                          torch.cat([train_data.targets, test_data.targets]))
-    split = np.array(["train"] * len(train_data) + ["test"] * len(test_data))
-    index = np.concatenate([train_data.indices.numpy(), test_data.indices.numpy()])
+    pool, split, index = _pool(train, test)
     in_mask = balanced_halves(len(pool), k, seed)
     rng = np.random.default_rng(seed + 1)
     jobs, forget_ids = [], {}
