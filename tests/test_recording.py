@@ -82,3 +82,11 @@ def test_misuse_is_reported():
         rec["margin"]
     with pytest.raises(ValueError, match="non-negative"):
         TrainingRecorder(-1)
+
+
+def test_labels_out_of_range_are_refused_before_the_kernels_see_them():
+    rec = TrainingRecorder(3)
+    rec.start_epoch()
+    rec.record(torch.zeros(2, 4), torch.tensor([1, 7]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        rec.end_epoch()

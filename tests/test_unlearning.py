@@ -184,3 +184,51 @@ def test_bad_input_is_named(trained, digits):
         unlearn("model.pt", forget=forget, retain=retain, method="finetune")
     with pytest.raises(ValueError, match="for method='rum'"):
         unlearn(model, forget=forget, retain=retain, method="finetune", scores=np.zeros(90))
+
+
+def test_subsets_of_a_plain_dataset_keep_their_training_index():
+    # a user's TensorDataset of (x, y): the training index is the position in it, also through Subset
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(200, 8), torch.randint(0, 3, (200,)))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    scores = pd.Series(np.arange(200.0))  # by training index: higher index = more memorized
+    forget, retain = Subset(data, range(100, 130)), Subset(data, range(130, 200))
+    result = unlearn(model, forget=forget, retain=retain, scores=scores, policy={"low": None, "medium": None,
+                                                                                  "high": "finetune"})
+    assert result.plan[-1].indices.tolist() == list(range(120, 130))
+    with pytest.raises(ValueError, match="share 10 examples"):
+        unlearn(model, forget=forget, retain=Subset(data, range(120, 160)), method="finetune")
+
+
+def test_separately_built_datasets_are_not_compared_by_index():
+    from unlearn.data import IndexedDataset
+
+    forget = IndexedDataset(torch.randn(10, 4), torch.randint(0, 2, (10,)))  # both carry indices 0..N-1
+    retain = IndexedDataset(torch.randn(30, 4), torch.randint(0, 2, (30,)))
+    model = torch.nn.Linear(4, 2)
+    assert unlearn(model, forget=forget, retain=retain, method="finetune", config={"epochs": 1}).plan
+
+
+@pytest.mark.parametrize("method", ["random_label", "salun"])
+def test_relabelling_methods_work_with_batch_norm(method):
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(64, 6), torch.randint(0, 3, (64,)))
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    result = unlearn(model, forget=Subset(data, range(10)), retain=Subset(data, range(10, 64)), method=method,
+                     config={"epochs": 1, "batch_size": 16})
+    assert not result.model.training
+
+
+def test_salun_mask_keeps_exactly_the_ratio_even_when_saliencies_tie():
+    from unlearn.algorithms.salun import saliency_mask
+    from unlearn.data import IndexedDataset
+
+    torch.manual_seed(0)
+    inputs = torch.randn(20, 100)
+    inputs[:, 40:] = 0  # 60% of the inputs are zero: their weights get exactly zero gradient
+    model = torch.nn.Linear(100, 10)
+    mask = saliency_mask(model, IndexedDataset(inputs, torch.randint(0, 10, (20,))), 0.5, 8, torch.device("cpu"))
+    kept = sum(int(m.sum()) for m in mask.values())
+    total = sum(p.numel() for p in model.parameters())
+    assert kept == round(0.5 * total) == 505  # not every weight, although 600 saliencies tie at exactly 0
+    assert mask["weight"][:, :40].all() and mask["bias"].all()  # the 410 salient weights are all in

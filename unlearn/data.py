@@ -36,6 +36,7 @@ __all__ = [
     "batches",
     "datasets",
     "materialize",
+    "subset_root",
     "tensor_batches",
     "WithIndex",
     "default_root",
@@ -313,21 +314,33 @@ def _load_cifar100(root: Path, download: bool):
 
 # ----------------------------------------------------------------------------------------------------- batching
 
-def as_tensors(dataset: Dataset) -> tuple[Tensor, Tensor, Tensor] | None:
-    """``(inputs, targets, indices)`` of an :class:`IndexedDataset` or a (nested) ``Subset`` of one, else None.
+def subset_root(dataset: Dataset) -> tuple[Dataset, Tensor | None]:
+    """The dataset under a (nested) ``Subset`` and the positions in it of the subset's items (None: no Subset).
 
-    ``indices`` are the training-set indices of the examples, in the dataset's order.
+    >>> ds = IndexedDataset(torch.zeros(6, 1), torch.zeros(6, dtype=torch.long))
+    >>> root, positions = subset_root(Subset(Subset(ds, [5, 3, 1]), [2, 0]))
+    >>> root is ds, positions.tolist()
+    (True, [1, 5])
     """
     positions = None
     while isinstance(dataset, Subset):
         ids = torch.as_tensor(dataset.indices, dtype=torch.long)
         positions = ids if positions is None else ids[positions]
         dataset = dataset.dataset
-    if not isinstance(dataset, IndexedDataset):
+    return dataset, positions
+
+
+def as_tensors(dataset: Dataset) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``(inputs, targets, indices)`` of an :class:`IndexedDataset` or a (nested) ``Subset`` of one, else None.
+
+    ``indices`` are the training-set indices of the examples, in the dataset's order.
+    """
+    root, positions = subset_root(dataset)
+    if not isinstance(root, IndexedDataset):
         return None
     if positions is None:
-        return dataset.inputs, dataset.targets, dataset.indices
-    return dataset.inputs[positions], dataset.targets[positions], dataset.indices[positions]
+        return root.inputs, root.targets, root.indices
+    return root.inputs[positions], root.targets[positions], root.indices[positions]
 
 
 def materialize(dataset: Dataset, *, batch_size: int = 1024) -> IndexedDataset:
@@ -353,10 +366,12 @@ def materialize(dataset: Dataset, *, batch_size: int = 1024) -> IndexedDataset:
 
 
 class WithIndex(Dataset):
-    """Adds the position as the index to a dataset yielding ``(x, y)``; passes ``(x, y, index)`` through."""
+    """Adds an index to a dataset yielding ``(x, y)``: the item's position in the dataset under any ``Subset``
+    (the training-set index when that dataset is the training set); passes ``(x, y, index)`` through."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        self.positions = subset_root(dataset)[1]
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -365,7 +380,9 @@ class WithIndex(Dataset):
         item = self.dataset[i]
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
             raise TypeError(f"dataset items must be (x, y) or (x, y, index), got {type(item).__name__}")
-        return tuple(item) if len(item) == 3 else (item[0], item[1], i)
+        if len(item) == 3:
+            return tuple(item)
+        return item[0], item[1], i if self.positions is None else int(self.positions[i])
 
 
 def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,

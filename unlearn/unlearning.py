@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
-from .data import IndexedDataset, as_tensors, materialize
+from .data import IndexedDataset, materialize, subset_root
 from .registry import get_method, make_config, methods
 from .scheduler import RUMConfig, partition, resolve_policy
 
@@ -56,32 +56,13 @@ class UnlearnResult:
                               "seconds": s.seconds, "config": s.config} for s in self.plan])
 
 
-def _index_space(dataset: Dataset):
-    """A key saying which examples ``dataset`` holds, comparable between two datasets, or None if unknown."""
-    if as_tensors(dataset) is not None:
-        return "training-index"
-    positions = None
-    while isinstance(dataset, Subset):
-        ids = np.asarray(dataset.indices)
-        positions = ids if positions is None else ids[positions]
-        dataset = dataset.dataset
-    if positions is not None:
-        return ("positions-of", id(dataset), positions)
-    return None
-
-
 def _check_disjoint(forget: Dataset, retain: Dataset, forget_data: IndexedDataset,
                     retain_data: IndexedDataset) -> None:
-    a, b = _index_space(forget), _index_space(retain)
-    if a is None or b is None:
-        return  # plain datasets of (x, y): nothing identifies an example across them
-    if a == "training-index" and b == "training-index":
-        keys_f, keys_r = forget_data.indices.numpy(), retain_data.indices.numpy()
-    elif a != "training-index" and b != "training-index" and a[1] == b[1]:
-        keys_f, keys_r = a[2], b[2]
-    else:
+    """Refuse forget and retain sets drawn from the same dataset that share an example. Sets from different
+    dataset objects cannot be compared (their indices need not refer to the same examples) and pass."""
+    if subset_root(forget)[0] is not subset_root(retain)[0]:
         return
-    shared = np.intersect1d(keys_f, keys_r)
+    shared = np.intersect1d(forget_data.indices.numpy(), retain_data.indices.numpy())
     if len(shared):
         raise ValueError(f"forget and retain share {len(shared)} examples (e.g. index {int(shared[0])}); "
                          "the retain set must exclude every forget example")

@@ -38,7 +38,8 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
     """
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    with torch.random.fork_rng(devices=[]):
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for epoch in range(config.epochs):
             for group in optimizer.param_groups:
@@ -62,9 +63,14 @@ def shuffled(data: IndexedDataset, batch_size: int, generator: torch.Generator,
 
 
 def num_classes(model: nn.Module, data: IndexedDataset, device: torch.device) -> int:
-    """The number of logits ``model`` produces."""
-    with torch.no_grad():
-        return int(model(data.inputs[:1].to(device)).shape[1])
+    """The number of logits ``model`` produces (an eval-mode pass: no BatchNorm statistics change)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(model(data.inputs[:1].to(device)).shape[1])
+    finally:
+        model.train(was_training)
 
 
 def wrong_labels(y: Tensor, classes: int, generator: torch.Generator) -> Tensor:

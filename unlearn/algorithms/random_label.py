@@ -21,10 +21,9 @@ class RandomLabelConfig(SGDConfig):
 
 
 def relabelled_losses(model: nn.Module, forget: IndexedDataset, retain: IndexedDataset, batch_size: int,
-                      generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
+                      classes: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
     """One epoch of cross-entropy over retain and forget shuffled together; forget examples get a fresh wrong
-    label in every batch."""
-    classes = num_classes(model, forget, device)
+    label out of ``classes`` in every batch."""
     inputs = torch.cat([retain.inputs, forget.inputs])
     labels = torch.cat([retain.targets, forget.targets])
     is_forget = torch.cat([torch.zeros(len(retain), dtype=torch.bool), torch.ones(len(forget), dtype=torch.bool)])
@@ -38,6 +37,6 @@ def relabelled_losses(model: nn.Module, forget: IndexedDataset, retain: IndexedD
 def random_label(model, forget, retain, config: RandomLabelConfig, *, seed, device):
     """Train on retain plus the forget set under random wrong labels."""
     generator = torch.Generator().manual_seed(seed)
-    return run_sgd(model, config,
-                   lambda epoch: relabelled_losses(model, forget, retain, config.batch_size, generator, device),
-                   seed=seed)
+    classes = num_classes(model, forget, device)
+    return run_sgd(model, config, lambda epoch: relabelled_losses(model, forget, retain, config.batch_size, classes,
+                                                                  generator, device), seed=seed)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..data import IndexedDataset, tensor_batches
 from ..registry import register_method
-from .loop import SGDConfig, run_sgd
+from .loop import SGDConfig, num_classes, run_sgd
 from .random_label import relabelled_losses
 
 
@@ -44,8 +44,13 @@ def saliency_mask(model: nn.Module, forget: IndexedDataset, ratio: float, batch_
             saliency[name] += g
     magnitudes = torch.cat([s.abs().flatten() for s in saliency.values()])
     keep = max(1, round(ratio * magnitudes.numel()))
-    threshold = torch.topk(magnitudes, keep, sorted=False).values.min()
-    return {name: (s.abs() >= threshold).to(s.dtype) for name, s in saliency.items()}
+    flat = torch.zeros_like(magnitudes)
+    flat[torch.topk(magnitudes, keep, sorted=False).indices] = 1  # exactly `keep` weights, even when many tie at 0
+    masks, start = {}, 0
+    for name, s in saliency.items():
+        masks[name] = flat[start:start + s.numel()].view_as(s)
+        start += s.numel()
+    return masks
 
 
 @register_method("salun", config=SalUnConfig)
@@ -60,6 +65,6 @@ def salun(model, forget, retain, config: SalUnConfig, *, seed, device):
                 params[name].grad.mul_(keep)
 
     generator = torch.Generator().manual_seed(seed)
-    return run_sgd(model, config,
-                   lambda epoch: relabelled_losses(model, forget, retain, config.batch_size, generator, device),
-                   seed=seed, grad_hook=apply_mask)
+    classes = num_classes(model, forget, device)
+    return run_sgd(model, config, lambda epoch: relabelled_losses(model, forget, retain, config.batch_size, classes,
+                                                                  generator, device), seed=seed, grad_hook=apply_mask)
