@@ -15,6 +15,8 @@ import importlib.util
 import logging
 from types import ModuleType
 
+import torch
+
 from . import reference
 
 log = logging.getLogger("proxies")
@@ -43,10 +45,12 @@ def _probe() -> None:
         _missing["cpp"] = _missing["cuda"] = native.LOAD_ERROR
         return
     for name in ("cpp", "cuda"):
-        if _DEVICE_OF[name] in native.DEVICES:
-            _loaded[name] = native
-        else:
+        if _DEVICE_OF[name] not in native.DEVICES:
             _missing[name] = f"the extension was built without {_DEVICE_OF[name].upper()} ops; {_BUILD_HINT}"
+        elif name == "cuda" and not torch.cuda.is_available():
+            _missing[name] = "the CUDA ops are built but no CUDA device is visible"
+        else:
+            _loaded[name] = native
 
 
 _probe()
