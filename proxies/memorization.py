@@ -80,8 +80,9 @@ class SubsetModels:
 
 
 def train_subset_models(dataset: Dataset, model_fn: Callable[[], nn.Module], *, k: int, folder: str | os.PathLike,
-                        fraction: float = 0.7, seed: int = 0, farm="local", device: str | None = None,
-                        force: bool = False, progress: bool = True, **train_kwargs) -> SubsetModels:
+                        fraction: float = 0.7, seed: int = 0, farm="local", farm_options: dict | None = None,
+                        device: str | None = None, force: bool = False, progress: bool = True,
+                        **train_kwargs) -> SubsetModels:
     """Train (or load from ``folder``) K models on random subsets and collect their predictions.
 
     Args:
@@ -92,7 +93,9 @@ def train_subset_models(dataset: Dataset, model_fn: Callable[[], nn.Module], *, 
         folder: where each model's predictions go; a rerun resumes from what is there.
         fraction: subset size as a fraction of the dataset.
         seed: seed of the subsets and the models.
-        farm: ``"local"`` or a farm object (see :mod:`unlearn.farm`); a farm object writes to its own folder.
+        farm: ``"local"``, ``"ray"`` or a farm object (see :mod:`unlearn.farm`); a farm object writes to its own
+            folder.
+        farm_options: settings of a farm given by name, e.g. ``{"gpus_per_model": 0.25}`` for Ray.
         force: discard results in ``folder`` made with other settings instead of refusing.
         **train_kwargs: passed to :func:`unlearn.train` (epochs, lr, batch_size, ...).
     """
@@ -100,7 +103,7 @@ def train_subset_models(dataset: Dataset, model_fn: Callable[[], nn.Module], *, 
     from unlearn.farm import TrainTask, check_manifest, describe_factory, fingerprint, get_farm, train_and_predict
 
     jobs = subset_jobs(len(dataset), k, fraction=fraction, seed=seed)
-    runner = get_farm(farm, folder, progress=progress)
+    runner = get_farm(farm, folder, progress=progress, **(farm_options or {}))
     settings = {"kind": "subset_models", "n": len(dataset), "k": k, "fraction": fraction, "seed": seed,
                 "model": describe_factory(model_fn), "data": fingerprint(dataset), "train": train_kwargs}
     check_manifest(runner.folder, settings, force=force)

@@ -3,7 +3,8 @@
 A farm runs ``fn(job, shared) -> dict of arrays`` for every :class:`Job` and writes each result to
 ``<folder>/<job.key>.npz`` as soon as it is done. A job whose file exists is not run again, so an interrupted run
 resumes where it stopped. ``shared`` (the data, the model factory, the training settings) is handed over once.
-:class:`LocalFarm` runs jobs one after another in this process; a Ray runner implements the same interface.
+:class:`LocalFarm` runs jobs one after another in this process; :class:`unlearn.ray_farm.RayFarm` runs them as tasks
+on a Ray cluster (``get_farm("ray", folder)``; Ray is an optional dependency, imported only then).
 
 >>> import tempfile
 >>> farm = LocalFarm(tempfile.mkdtemp(), progress=False)
@@ -30,8 +31,8 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["Farm", "Job", "LocalFarm", "TrainTask", "check_manifest", "describe_factory", "fingerprint", "get_farm",
-           "train_and_predict"]
+__all__ = ["Farm", "Job", "LocalFarm", "TrainTask", "check_manifest", "describe_factory", "farms", "fingerprint",
+           "get_farm", "train_and_predict"]
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,8 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
-class LocalFarm:
-    """Runs jobs sequentially in this process, with a progress bar.
-
-    Args:
-        folder: where results go; created if missing.
-        progress: show a tqdm bar.
-    """
-
-    name = "local"
+class _FolderFarm:
+    """What every farm shares: the results folder, one ``<key>.npz`` per job."""
 
     def __init__(self, folder: str | os.PathLike, *, progress: bool = True) -> None:
         self.folder = Path(folder)
@@ -99,6 +93,21 @@ class LocalFarm:
             raise ValueError("job keys must be unique")
         return [job for job in jobs if not self.path(job.key).is_file()]
 
+    def collect(self, jobs: Sequence[Job]) -> dict[str, dict[str, np.ndarray]]:
+        """Every job's result, read from disk."""
+        return {job.key: _load(self.path(job.key)) for job in jobs}
+
+
+class LocalFarm(_FolderFarm):
+    """Runs jobs sequentially in this process, with a progress bar.
+
+    Args:
+        folder: where results go; created if missing.
+        progress: show a tqdm bar.
+    """
+
+    name = "local"
+
     def run(self, fn: JobFn, jobs: Sequence[Job], shared: Any) -> dict[str, dict[str, np.ndarray]]:
         """Run every job that has no result yet, then return all results by key."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -106,7 +115,7 @@ class LocalFarm:
         for job in tqdm(todo, desc=f"models ({len(jobs) - len(todo)} of {len(jobs)} on disk)", unit="model",
                         disable=not self.progress):
             _save(self.path(job.key), fn(job, shared))
-        return {job.key: _load(self.path(job.key)) for job in jobs}
+        return self.collect(jobs)
 
 
 @dataclass(frozen=True)
@@ -165,14 +174,52 @@ def fingerprint(dataset) -> str:
     return digest.hexdigest()
 
 
-def get_farm(farm: str | Farm, folder: str | os.PathLike, *, progress: bool = True) -> Farm:
-    """A farm by name (``"local"``) or the farm object itself."""
+def _ray_farm(folder: str | os.PathLike, **options) -> Farm:
+    from .ray_farm import RayFarm  # Ray is optional: imported only when asked for
+
+    return RayFarm(folder, **options)
+
+
+_FARMS: dict[str, Callable[..., Farm]] = {"local": LocalFarm, "ray": _ray_farm}
+
+
+def farms() -> list[str]:
+    """The names :func:`get_farm` knows.
+
+    >>> farms()
+    ['local', 'ray']
+    """
+    return sorted(_FARMS)
+
+
+def get_farm(farm: str | Farm, folder: str | os.PathLike, *, progress: bool = True, **options) -> Farm:
+    """A farm by name, or the farm object itself.
+
+    Args:
+        farm: ``"local"`` (this process, one model after another), ``"ray"`` (a Ray cluster, see
+            :class:`unlearn.ray_farm.RayFarm`) or an object with a ``run(fn, jobs, shared)`` method.
+        folder: where a farm given by name writes its results.
+        progress: show a progress bar.
+        **options: settings of a farm given by name, e.g. ``address``, ``gpus_per_model``, ``max_retries`` for Ray.
+
+    Raises:
+        ValueError: an unknown name.
+        ModuleNotFoundError: ``"ray"`` without Ray installed.
+        TypeError: an object without ``run``, or ``options`` with a farm object.
+
+    >>> get_farm("local", "runs/models").folder.name
+    'models'
+    """
     if isinstance(farm, str):
-        if farm == "local":
-            return LocalFarm(folder, progress=progress)
-        raise ValueError(f"unknown farm {farm!r}; expected 'local' or a farm object")
+        if farm not in _FARMS:
+            raise ValueError(f"unknown farm {farm!r}; expected one of {', '.join(map(repr, farms()))} "
+                             "or a farm object")
+        return _FARMS[farm](folder, progress=progress, **options)
     if not callable(getattr(farm, "run", None)):
-        raise TypeError(f"farm must be 'local' or an object with a run(fn, jobs, shared) method, got {farm!r}")
+        raise TypeError(f"farm must be one of {', '.join(map(repr, farms()))} or an object with a "
+                        f"run(fn, jobs, shared) method, got {farm!r}")
+    if options:
+        raise TypeError(f"farm options ({', '.join(sorted(options))}) apply to a farm given by name, not to {farm!r}")
     return farm
 
 

@@ -2,21 +2,35 @@
 group its own method and hyperparameters, and unlearn the groups one after another.
 
 A **policy** maps a group name to what unlearns it: ``None`` / ``"noop"`` (leave it), a method name, a
-``(method, {settings})`` pair, or ``{"method": ..., "config": {...}}``. Built-in policies are the two anchor recipes.
+``(method, {settings})`` pair, or ``{"method": ..., "config": {...}}``. Built-in policies are the two anchor recipes
+and a cheap one that trains each step on a small random sample of the retain set.
+
+**Retain subsampling.** A step's cost is set by the retain examples it trains on, not by its forget group. With
+``retain_per_forget=k`` (in :class:`RUMConfig` for every step, or as a ``"retain_per_forget"`` key in one entry's
+settings, which the scheduler takes out before the method sees them) each step draws a fresh seeded random sample of
+``ceil(k * group size)`` examples of the retain set and the method sees only those; the plan records which.
 
 >>> partition(np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2]), groups=3)
 {'low': array([1, 5]), 'medium': array([2, 3]), 'high': array([0, 4])}
+>>> retain_sample(1000, 30, retain_per_forget=4, seed=0).shape
+(120,)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any
 
 import numpy as np
 
-__all__ = ["POLICIES", "RUMConfig", "group_names", "partition", "resolve_policy"]
+__all__ = ["POLICIES", "RETAIN_PER_FORGET", "RUMConfig", "group_names", "partition", "resolve_policy",
+           "retain_sample"]
+
+RETAIN_PER_FORGET = "retain_per_forget"
+"""The settings key of a policy entry that sets that step's retain sample (taken out before the method sees them)."""
 
 POLICIES: dict[str, dict[str, Any]] = {
     # anchor (a): leave the least memorized alone, fine-tune the middle, SalUn the most memorized
@@ -43,11 +57,19 @@ class RUMConfig:
         groups: number of equal-count memorization groups.
         order: group names in the order they are unlearned (default: least memorized first).
         policy: a name from :data:`POLICIES` or a mapping from group name to what unlearns it.
+        retain_per_forget: retain examples per forget example that each step trains on (a fresh seeded random
+            sample of ``ceil(k * group size)``, the whole retain set when that is not smaller); ``None``: the whole
+            retain set. A policy entry's own ``"retain_per_forget"`` setting wins over this one.
+
+    Raises:
+        ValueError: fewer than one group, an order that does not list each group once, or a ``retain_per_forget``
+            that is not a positive finite number.
     """
 
     groups: int = 3
     order: Sequence[str] | None = None
     policy: str | Mapping[str, Any] = "finetune_salun"
+    retain_per_forget: float | None = None
 
     def __post_init__(self) -> None:
         if self.groups < 1:
@@ -55,9 +77,40 @@ class RUMConfig:
         names = group_names(self.groups)
         if self.order is not None and sorted(self.order) != sorted(names):
             raise ValueError(f"order must list each group once, {list(names)}; got {list(self.order)}")
+        check_retain_per_forget(self.retain_per_forget, "retain_per_forget")
 
     def ordered_groups(self) -> tuple[str, ...]:
         return tuple(self.order) if self.order is not None else group_names(self.groups)
+
+
+def check_retain_per_forget(value: Any, where: str) -> None:
+    """Refuse anything but ``None`` or a positive finite number (``where`` names the setting in the message)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{where} must be a positive number or None, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{where} must be a positive finite number of retain examples per forget example or "
+                         f"None (the whole retain set), got {value!r}")
+
+
+def retain_sample(retain_size: int, forget_size: int, *, retain_per_forget: float | None, seed: int) -> np.ndarray:
+    """Positions in the retain set that a step trains on, sorted: a seeded random sample of
+    ``ceil(retain_per_forget * forget_size)`` without replacement, or every position when ``retain_per_forget`` is
+    ``None`` or the sample would not be smaller than the retain set.
+
+    >>> retain_sample(10, 2, retain_per_forget=1.5, seed=0).tolist()
+    [2, 3, 8]
+    >>> retain_sample(5, 2, retain_per_forget=None, seed=0).tolist()
+    [0, 1, 2, 3, 4]
+    """
+    check_retain_per_forget(retain_per_forget, "retain_per_forget")
+    if retain_per_forget is None:
+        return np.arange(retain_size)
+    size = math.ceil(retain_per_forget * forget_size)
+    if size >= retain_size:
+        return np.arange(retain_size)
+    return np.sort(np.random.default_rng(seed).choice(retain_size, size, replace=False))
 
 
 def group_names(groups: int) -> tuple[str, ...]:
@@ -79,7 +132,10 @@ def partition(memorization: np.ndarray, groups: int = 3) -> dict[str, np.ndarray
 
 
 def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> dict[str, tuple[str, dict]]:
-    """Normalise a policy to ``{group: (method, settings)}`` (method ``"noop"`` for None) and check it."""
+    """Normalise a policy to ``{group: (method, settings)}`` (method ``"noop"`` for None) and check it.
+
+    The settings are new dicts and may hold the scheduler's :data:`RETAIN_PER_FORGET` key (checked here).
+    """
     if isinstance(policy, str):
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; expected one of {sorted(POLICIES)} or a mapping")
@@ -103,4 +159,5 @@ def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> di
         else:
             raise TypeError(f"policy entry for {group!r} must be None, a method name, (method, settings) or "
                             f"{{'method': ..., 'config': ...}}; got {entry!r}")
+        check_retain_per_forget(resolved[group][1].get(RETAIN_PER_FORGET), f"{RETAIN_PER_FORGET} of group {group!r}")
     return resolved

@@ -101,8 +101,8 @@ def _pool(train: Dataset, test: Dataset) -> tuple[IndexedDataset, np.ndarray, np
 
 def train_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Module], *, k: int,
                         folder: str | os.PathLike, queries: tuple[str, ...] = ("identity",), seed: int = 0,
-                        farm="local", device: str | None = None, force: bool = False, progress: bool = True,
-                        **train_kwargs) -> ShadowModels:
+                        farm="local", farm_options: dict | None = None, device: str | None = None,
+                        force: bool = False, progress: bool = True, **train_kwargs) -> ShadowModels:
     """Train (or load from ``folder``) K shadow models on balanced random halves of ``train`` + ``test``.
 
     Args:
@@ -111,12 +111,14 @@ def train_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn
         k: an even number of shadow models (16 and more for LiRA).
         folder: the cache; a rerun resumes and reuses.
         queries: augmentation queries to record (``("identity", "hflip")`` for natural images).
+        farm: ``"local"``, ``"ray"`` or a farm object (see :mod:`unlearn.farm`).
+        farm_options: settings of a farm given by name, e.g. ``{"gpus_per_model": 0.25}`` for Ray.
         **train_kwargs: :func:`unlearn.train` settings (as the target was trained).
     """
     pool, split, index = _pool(train, test)
     in_mask = balanced_halves(len(pool), k, seed)
     jobs = [Job(f"shadow-{m:04d}", np.flatnonzero(in_mask[m]), seed=seed * 1_000_003 + m) for m in range(k)]
-    runner = get_farm(farm, folder, progress=progress)
+    runner = get_farm(farm, folder, progress=progress, **(farm_options or {}))
     check_manifest(runner.folder, {"kind": "shadow_models", "k": k, "seed": seed, "queries": list(queries),
                                    "model": describe_factory(model_fn), "data": fingerprint(pool),
                                    "train": train_kwargs}, force=force)
@@ -164,10 +166,11 @@ def _train_unlearn_predict(job: Job, task: _UnlearnTask) -> dict[str, np.ndarray
 def train_unlearned_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Module], *, method: str,
                                   k: int, folder: str | os.PathLike, method_config: dict | None = None,
                                   forget_fraction: float = 0.2, seed: int = 0, farm="local",
-                                  device: str | None = None, force: bool = False, progress: bool = True,
-                                  **train_kwargs) -> UnlearnedShadowModels:
+                                  farm_options: dict | None = None, device: str | None = None, force: bool = False,
+                                  progress: bool = True, **train_kwargs) -> UnlearnedShadowModels:
     """Train (or load) K shadows on balanced halves of ``train`` + ``test``, each then unlearning a random
-    ``forget_fraction`` of its own training examples from ``train`` with ``method`` (U-LiRA's IN models)."""
+    ``forget_fraction`` of its own training examples from ``train`` with ``method`` (U-LiRA's IN models).
+    ``farm`` and ``farm_options`` as in :func:`train_shadow_models`."""
     if method == "rum":
         raise ValueError("U-LiRA shadows need a method that runs without per-example scores; rum needs scores")
     if not 0.0 < forget_fraction < 1.0:
@@ -182,7 +185,7 @@ def train_unlearned_shadow_models(train: Dataset, test: Dataset, model_fn: Calla
         forget_ids[job.key] = np.sort(rng.choice(candidates, max(1, round(forget_fraction * len(candidates))),
                                                  replace=False))
         jobs.append(job)
-    runner = get_farm(farm, folder, progress=progress)
+    runner = get_farm(farm, folder, progress=progress, **(farm_options or {}))
     check_manifest(runner.folder, {"kind": "unlearned_shadow_models", "k": k, "seed": seed, "method": method,
                                    "method_config": method_config or {}, "forget_fraction": forget_fraction,
                                    "model": describe_factory(model_fn), "data": fingerprint(pool),

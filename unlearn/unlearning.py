@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,20 +27,27 @@ from torch.utils.data import Dataset
 
 from .data import IndexedDataset, materialize, subset_root
 from .registry import get_method, make_config, methods
-from .scheduler import RUMConfig, partition, resolve_policy
+from .scheduler import RETAIN_PER_FORGET, RUMConfig, partition, resolve_policy, retain_sample
 
 __all__ = ["Step", "UnlearnResult", "unlearn"]
 
 
 @dataclass(frozen=True)
 class Step:
-    """One step of a plan: which forget examples (training indices), which method and settings, how long."""
+    """One step of a plan: which forget examples (training indices), which method and settings, which retain
+    examples it trained on (training indices; none for a no-op), how long."""
 
     group: str
     method: str
     config: dict
     indices: np.ndarray = field(repr=False)
     seconds: float
+    retain_indices: np.ndarray = field(repr=False)
+
+    @property
+    def retain_size(self) -> int:
+        """How many retain examples the step trained on."""
+        return len(self.retain_indices)
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ class UnlearnResult:
     def summary(self) -> pd.DataFrame:
         """The plan as a table: one row per step."""
         return pd.DataFrame([{"group": s.group, "method": s.method, "examples": len(s.indices),
-                              "seconds": s.seconds, "config": s.config} for s in self.plan])
+                              "retain": s.retain_size, "seconds": s.seconds, "config": s.config} for s in self.plan])
 
 
 def _check_disjoint(forget: Dataset, retain: Dataset, forget_data: IndexedDataset,
@@ -118,13 +126,14 @@ def _run_step(model, group: str, method_name: str, settings, forget: IndexedData
               seed: int, device) -> tuple[nn.Module, Step]:
     start = time.perf_counter()
     if method_name == "noop":
-        return model, Step(group, "noop", {}, forget.indices.numpy(), 0.0)
+        return model, Step(group, "noop", {}, forget.indices.numpy(), 0.0, np.empty(0, dtype=np.int64))
     method = get_method(method_name)
     config = make_config(method, settings)
     model = method.fn(model, forget, retain, config, seed=seed, device=device)
     if not isinstance(model, nn.Module):
         raise TypeError(f"method {method_name!r} returned {type(model).__name__}, not an nn.Module")
-    return model, Step(group, method_name, vars(config).copy(), forget.indices.numpy(), time.perf_counter() - start)
+    return model, Step(group, method_name, vars(config).copy(), forget.indices.numpy(), time.perf_counter() - start,
+                       retain.indices.numpy())
 
 
 def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str = "rum", scores=None,
@@ -144,7 +153,7 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
         recording: the :class:`proxies.TrainingRecorder` of the model's training, for recording-based proxies.
         policy: for ``"rum"``: a name from :data:`unlearn.scheduler.POLICIES` or a mapping group -> method.
         config: the method's settings (a dict of overrides or its config dataclass); for ``"rum"`` a
-            :class:`~unlearn.scheduler.RUMConfig` or dict (groups, order, policy).
+            :class:`~unlearn.scheduler.RUMConfig` or dict (groups, order, policy, retain_per_forget).
         seed: seed of every random choice.
         device: where to unlearn (default: the model's device).
 
@@ -190,7 +199,7 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     else:
         raise TypeError(f"config for method='rum' must be a RUMConfig or dict, got {type(config).__name__}")
     if policy is not None:
-        rum = RUMConfig(rum.groups, rum.order, policy)
+        rum = dataclasses.replace(rum, policy=policy)
     memorization = _memorization_scores(scores, proxy, model=model, forget=forget_data, recording=recording)
     groups = partition(memorization, rum.groups)
     plan_for = resolve_policy(rum.policy, rum.ordered_groups())
@@ -206,6 +215,11 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
         subset = IndexedDataset(forget_data.inputs[positions], forget_data.targets[positions],
                                 indices=forget_data.indices[positions])
         method_name, settings = plan_for[group]
-        model, step = _run_step(model, group, method_name, settings, subset, retain_data, seed + number, device)
+        retain_per_forget = settings.pop(RETAIN_PER_FORGET, rum.retain_per_forget)
+        keep = torch.from_numpy(retain_sample(len(retain_data), len(positions), retain_per_forget=retain_per_forget,
+                                              seed=seed + number))
+        step_retain = retain_data if len(keep) == len(retain_data) else IndexedDataset(
+            retain_data.inputs[keep], retain_data.targets[keep], indices=retain_data.indices[keep])
+        model, step = _run_step(model, group, method_name, settings, subset, step_retain, seed + number, device)
         plan.append(step)
     return UnlearnResult(model, plan, time.perf_counter() - start)
