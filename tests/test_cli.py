@@ -2,13 +2,14 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from unlearn.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["train", "run"])
+@pytest.mark.parametrize("command", ["train", "run", "proxies", "attack", "bench"])
 def test_help_explains_every_option(command):
     sub = build_parser()._subparsers._group_actions[0].choices[command]
     for action in sub._actions:
@@ -17,7 +18,7 @@ def test_help_explains_every_option(command):
 
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "unlearn.cli", "--help"], capture_output=True, text=True, check=True)
-    assert "train" in out.stdout and "run" in out.stdout
+    assert all(command in out.stdout for command in ("train", "run", "proxies", "attack", "bench"))
 
 
 def test_train_writes_checkpoint_recording_and_config(tmp_path, capsys):
@@ -29,15 +30,99 @@ def test_train_writes_checkpoint_recording_and_config(tmp_path, capsys):
     assert "test accuracy" in capsys.readouterr().out
 
 
-def test_run_prints_the_proxy_table_and_reuses_the_trained_model(tmp_path, capsys):
-    args = ["run", "--epochs", "2", "--out", str(tmp_path), "--rows", "3"]
-    assert main(args) == 0
-    first = capsys.readouterr().out
-    assert "most memorized by confidence" in first and "training digits_cnn" in first
-    scores = pd.read_csv(tmp_path / "scores.csv", index_col="index")
-    assert len(scores) == 1293 and {"confidence", "csl", "forgetting_events"} <= set(scores.columns)
-    assert main(args) == 0
-    assert "reusing the trained model" in capsys.readouterr().out
+RUN = ["run", "--epochs", "2", "--checkpoints", "1", "--rows", "3", "--forget", "mixed:30", "--fz-models", "2",
+       "--shadows", "4"]
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """One small end-to-end run: 2 epochs, 2 subset models, 4 + 4 shadows, a mixed forget set ranked by FZ."""
+    out = tmp_path_factory.mktemp("run")
+    assert main([*RUN, "--out", str(out)]) == 0
+    return out
+
+
+def test_run_writes_the_report(run_folder):
+    expected = {"results.json", "report.md", "scores.csv", "roc.png", "forget_accuracy_by_group.png",
+                "proxies_vs_memorization.png", "forget.csv", "plan.csv", "reference.pt", "unlearned.pt",
+                "stages.json", "proxies.csv", "model.pt", "recording.npz"}
+    assert expected <= {p.name for p in run_folder.iterdir()}
+    results = json.loads((run_folder / "results.json").read_text())
+    metrics = {row["metric"]: row for row in results["tables"]["results"]}
+    for key in ("accuracy.forget", "tow", "tow_mia", "lira.auc", "rmia.auc", "svc.confidence", "ulira.auc"):
+        assert key in metrics, key
+    assert metrics["tow"]["unlearned"] is not None and 0 <= metrics["tow"]["unlearned"] <= 1
+    assert results["time_vs_retrain"] > 0
+    scores = pd.read_csv(run_folder / "scores.csv", index_col="index")
+    assert len(scores) == 1293 and scores["forget"].sum() == 30
+    assert scores.loc[scores["forget"], "group"].value_counts().to_dict() == {"low": 10, "medium": 10, "high": 10}
+    assert scores["group"][~scores["forget"]].isna().all()
+    assert {"memorization", "loss_curvature", "lira_original", "lira_unlearned", "ulira_unlearned"} <= set(scores)
+    # the forget set is the mixed selection by FZ memorization: the 10 most memorized are all in it
+    top = scores["memorization"].sort_values(kind="stable").index[-10:]
+    if scores["memorization"].nunique() > 20:
+        assert scores.loc[top, "forget"].all()
+    report = (run_folder / "report.md").read_text()
+    assert "| accuracy.forget" in report and "![membership inference ROC" in report
+
+
+def test_run_reuses_finished_stages_and_refuses_other_settings(run_folder, capsys):
+    capsys.readouterr()
+    assert main([*RUN, "--out", str(run_folder)]) == 0
+    out = capsys.readouterr().out
+    for what in ("trained model", "proxies", "retrained reference", "unlearned model"):
+        assert f"reusing the {what}" in out
+    assert main([*RUN, "--out", str(run_folder), "--method", "neggrad"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and err.endswith("choose another folder or force it (--force)\n")
+    assert "unlearn stage of a run with other settings (method, proxy)" in err
+
+
+def test_proxies_and_attack_commands_read_a_run(run_folder, capsys):
+    assert main(["proxies", str(run_folder), "--proxies", "confidence", "csl", "--rows", "2"]) == 0
+    written = pd.read_csv(run_folder / "proxy_scores.csv", index_col="index")
+    assert list(written.columns) == ["confidence", "csl"]
+    run_scores = pd.read_csv(run_folder / "scores.csv", index_col="index")
+    np.testing.assert_allclose(written["csl"], run_scores["csl"], rtol=1e-5)  # the run's recording, read back
+    capsys.readouterr()
+    assert main(["attack", str(run_folder), "--attacks", "loss_threshold"]) == 0
+    out = capsys.readouterr().out
+    assert "loss_threshold.auc" in out and "tow" in out  # beside the run's reference
+    saved = json.loads((run_folder / "attack-unlearned.json").read_text())
+    assert saved["forget"] == 30
+    assert main(["attack", str(run_folder), "--checkpoint", str(run_folder / "nope.pt")]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+
+
+def test_run_removes_the_ids_of_a_request(tmp_path, capsys):
+    request = tmp_path / "request.csv"
+    pd.DataFrame({"source_row": [0, 1, 2, 5]}).to_csv(request, index=False)
+    out = tmp_path / "run"
+    assert main(["run", "--epochs", "1", "--checkpoints", "1", "--forget", f"ids:{request}", "--method", "finetune",
+                 "--out", str(out)]) == 0
+    forget = pd.read_csv(out / "forget.csv")
+    assert forget["source_row"].tolist() == [0, 1, 2, 5]
+    scores = pd.read_csv(out / "scores.csv", index_col="index")
+    assert scores.loc[scores["forget"], "source_row"].tolist() == [0, 1, 2, 5]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--forget", "top:5"], "bad forget spec 'top:5'"),
+    (["run", "--forget", "ids:/no/such/file"], "no such file"),
+    (["run", "--select-by", "memorization"], "needs ground-truth scores"),
+    (["run", "--shadows", "2"], "even number >= 4"),
+    (["proxies", "/no/such/run"], "is not a trained run"),
+])
+def test_run_input_errors_fail_before_training(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_bench_runs_a_benchmark_script(capsys):
+    assert main(["bench", "recorder", "--", "--help"]) == 0
+    with pytest.raises(SystemExit):
+        main(["bench", "nope"])
 
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):

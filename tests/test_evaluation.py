@@ -89,6 +89,19 @@ def test_ulira_shadows_train_then_unlearn(small_digits, tmp_path):
                    shadows.out_mask[:, positions])
     both = shadows.unlearned_mask[:, positions].any(0) & shadows.out_mask[:, positions].any(0)
     assert np.isfinite(scores[both]).all() and np.isnan(scores[~shadows.unlearned_mask[:, positions].any(0)]).all()
-    with pytest.raises(ValueError, match="rum"):
-        train_unlearned_shadow_models(small_digits.train, small_digits.test, model_fn, method="rum", k=2,
-                                      folder=tmp_path / "x")
+
+
+def test_ulira_shadows_unlearn_with_rum_scheduled_by_their_own_recording(small_digits, tmp_path):
+    from unlearn.shadows import train_unlearned_shadow_models
+
+    model_fn = functools.partial(create_model, "digits_cnn", num_classes=10, in_channels=1)
+    quick = {"low": None, "medium": ("finetune", {"epochs": 1}), "high": ("random_label", {"epochs": 1})}
+    shadows = train_unlearned_shadow_models(small_digits.train, small_digits.test, model_fn, method="rum",
+                                            method_config={"proxy": "csl", "policy": quick}, k=2,
+                                            folder=tmp_path, progress=False, epochs=2, batch_size=64)
+    assert shadows.method == "rum" and shadows.unlearned_mask.any()
+    assert np.isfinite(shadows.logits).all()
+    with pytest.raises(ValueError, match="unknown proxy"):
+        train_unlearned_shadow_models(small_digits.train, small_digits.test, model_fn, method="rum",
+                                      method_config={"proxy": "nope"}, k=2, folder=tmp_path / "x", progress=False,
+                                      epochs=1)

@@ -1,5 +1,7 @@
 """The ``unlearn`` command line: a thin layer over the library.
 
+``unlearn run`` is the main job: train with the recorder, score memorization, pick a forget set, retrain a reference,
+unlearn, attack and report. Its output folder keeps every finished stage, so a rerun only does what is missing.
 Errors a user can cause print one line and exit with status 2; ``--verbose`` shows tracebacks.
 """
 
@@ -7,20 +9,29 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import hashlib
 import json
+import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 import proxies
 from proxies import TrainingRecorder
 
+from .attacks import attacks as attack_names
 from .data import DatasetNotFoundError, datasets, load_dataset
 from .models import create_model, models
+from .pipeline import RunFolder, group_of, per_example_scores, subset
+from .registry import methods
+from .scheduler import POLICIES
+from .selection import parse_forget_spec, select_forget
 from .training import RECIPES, TrainConfig, accuracy, load_checkpoint, save_checkpoint, train
 
 
@@ -75,15 +86,110 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite a folder trained with other settings")
 
-    p = sub.add_parser("run", help="the main job on the built-in data (default: digits)",
-                       description="Train (or reuse from --out) the original model with the training recorder, "
-                                   "then compute the memorization proxies and print the per-example table.")
+    p = sub.add_parser(
+        "run", help="the main job: train, score memorization, unlearn a forget set, attack, report",
+        description="Train (or reuse from --out) the original model with the training recorder, compute the "
+                    "memorization proxies, choose a forget set, retrain a reference without it, unlearn it, evaluate "
+                    "both with membership-inference attacks, and write results.json, report.md, scores.csv and PNG "
+                    "figures to --out. A rerun with the same --out reuses every finished stage.")
     _add_data_options(p)
     _add_train_options(p)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<dataset>)")
-    p.add_argument("--force", action="store_true", help="retrain even if --out holds a run with other settings")
-    p.add_argument("--rows", type=int, default=10, help="rows of the proxy table to print (default: 10)")
+    g = p.add_argument_group("unlearning")
+    g.add_argument("--forget", default="random:0.1", metavar="SPEC",
+                   help="the examples to remove: random:FRACTION or random:N (seeded random), high:N / low:N (the N "
+                        "most / least memorized by --select-by), mixed:N (a third each of least, median and most "
+                        "memorized), or ids:FILE (training indices as in scores.csv, comma/space/newline separated, or "
+                        "a CSV with an 'index' or 'source_row' column); default: random:0.1")
+    g.add_argument("--select-by", default=None, metavar="SCORE",
+                   help="what ranks examples for high/low/mixed: a proxy name or 'memorization' (needs --fz-models); "
+                        "default: memorization when --fz-models is set, else --proxy")
+    g.add_argument("--method", default="rum", choices=methods(),
+                   help="unlearning method; rum (the default) schedules one per memorization group")
+    g.add_argument("--proxy", default="confidence", choices=proxies.available(), metavar="PROXY",
+                   help="memorization proxy that schedules rum and groups the report (default: confidence); one of "
+                        f"{proxies.available()}")
+    g.add_argument("--policy", default=None, choices=sorted(POLICIES),
+                   help="rum's built-in policy (default: RUMConfig's default)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--attacks", nargs="+", default=["loss_threshold", "loss_logreg", "svc"], choices=attack_names(),
+                   metavar="ATTACK", help=f"membership-inference attacks, of {attack_names()} (default: "
+                                          "loss_threshold loss_logreg svc; lira and rmia are added with --shadows)")
+    g.add_argument("--shadows", type=int, default=0, metavar="K",
+                   help="train K shadow models (even, >= 4; 16+ for stable scores) for LiRA and RMIA, and K train-then-"
+                        "unlearn shadows for U-LiRA (default 0: none)")
+    g.add_argument("--fz-models", type=int, default=0, metavar="K",
+                   help="train K subset models for ground-truth Feldman-Zhang memorization (hundreds for stable "
+                        "scores; default 0: none); adds the proxy-vs-memorization figure")
+    _add_farm_options(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<dataset>)")
+    g.add_argument("--force", action="store_true",
+                   help="redo stages that --out holds with other settings instead of refusing")
+    g.add_argument("--rows", type=int, default=10, help="rows of the proxy table to print (default: 10)")
+
+    p = sub.add_parser("proxies", help="compute the memorization proxies of a trained run folder",
+                       description="Compute per-example memorization proxies for the model and training recording "
+                                   "in a folder written by `unlearn train` or `unlearn run`; writes them as a CSV "
+                                   "indexed by training index.")
+    p.add_argument("run", type=Path, help="folder written by `unlearn train` or `unlearn run`")
+    p.add_argument("--proxies", nargs="+", default=None, choices=proxies.available(), metavar="PROXY",
+                   help=f"which proxies (default: the recording-based ones and loss_curvature); of "
+                        f"{proxies.available()}")
+    p.add_argument("--fz-models", type=int, default=0, metavar="K",
+                   help="also train K subset models for Feldman-Zhang memorization and c-scores (0: none)")
+    p.add_argument("--to", type=Path, default=None, help="CSV to write (default: <run>/proxy_scores.csv)")
+    p.add_argument("--root", default=None, help="dataset folder, as when the run was trained")
+    p.add_argument("--rows", type=int, default=10, help="rows of the table to print (default: 10)")
+    _add_farm_options(p)
+
+    p = sub.add_parser("attack", help="evaluate a saved model with membership-inference attacks",
+                       description="Attack a saved model (default: the run's unlearned.pt) on the run's forget set "
+                                   "(or --forget), beside the run's retrained reference when it has one; prints the "
+                                   "report and writes attack-<model>.json to the run folder.")
+    p.add_argument("run", type=Path, help="folder written by `unlearn run` (or `unlearn train` with --forget)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="state_dict of the model to attack (default: <run>/unlearned.pt)")
+    p.add_argument("--forget", default=None, metavar="SPEC",
+                   help="forget set, as in `unlearn run` (default: the run's forget.csv)")
+    p.add_argument("--attacks", nargs="+", default=["loss_threshold", "loss_logreg", "svc"], choices=attack_names(),
+                   metavar="ATTACK", help=f"attacks to run, of {attack_names()} (default: loss_threshold "
+                                          "loss_logreg svc; lira and rmia are added with --shadows)")
+    p.add_argument("--shadows", type=int, default=0, metavar="K",
+                   help="train (or reuse) K shadow models for LiRA and RMIA (0: none)")
+    p.add_argument("--root", default=None, help="dataset folder, as when the run was trained")
+    _add_farm_options(p)
+
+    p = sub.add_parser("bench", help="run one of the benchmarks in benchmarks/",
+                       description="Run benchmarks/bench_<NAME>.py from a source checkout, passing the remaining "
+                                   "arguments through (e.g. `unlearn bench proxies --part kernels`; "
+                                   "`unlearn bench unlearn -- --help` shows a benchmark's own options).")
+    p.add_argument("name", choices=_benchmarks() or None, metavar="NAME",
+                   help=f"which benchmark: {', '.join(_benchmarks()) or 'none found (not a source checkout)'}")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
     return parser
+
+
+def _add_farm_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model farm (shadow and subset models)")
+    g.add_argument("--farm", default="local", choices=["local", "ray"],
+                   help="where the many small models train: here, one after another, or as Ray tasks (pip install "
+                        "'memunlearn[ray]')")
+    g.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)")
+    g.add_argument("--gpus-per-model", type=float, default=None,
+                   help="fraction of a GPU each Ray task asks for when the cluster has GPUs (e.g. 0.25)")
+
+
+def _farm_options(args: argparse.Namespace) -> dict:
+    if args.farm != "ray":
+        return {}
+    return {k: v for k, v in (("address", args.ray_address), ("gpus_per_model", args.gpus_per_model))
+            if v is not None}
+
+
+def _benchmarks() -> list[str]:
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    return sorted(p.stem.removeprefix("bench_") for p in folder.glob("bench_*.py"))
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -96,7 +202,10 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train_stage(args: argparse.Namespace, out: Path):
-    """Train the original model into ``out``, or load it when ``out`` already holds the same run."""
+    """Train the original model into ``out``, or load it when ``out`` already holds the same run.
+
+    Returns the splits, the model, its recording, its checkpoints, the settings and the training seconds (None
+    when reused)."""
     try:
         splits = load_dataset(args.dataset, root=args.root, download=args.download, val_fraction=args.val_fraction,
                               train_size=args.train_size, seed=args.seed)
@@ -124,7 +233,7 @@ def _train_stage(args: argparse.Namespace, out: Path):
         print(f"reusing the trained model in {out}")
         checkpoints = [load_checkpoint(copy.deepcopy(model), f).eval() for f in checkpoint_files]
         model = load_checkpoint(model, out / "model.pt").eval()
-        return splits, model, TrainingRecorder.load(out / "recording.npz"), checkpoints, settings
+        return splits, model, TrainingRecorder.load(out / "recording.npz"), checkpoints, settings, None
 
     config_file.unlink(missing_ok=True)  # until training finishes, the folder holds no finished run
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -147,35 +256,377 @@ def _train_stage(args: argparse.Namespace, out: Path):
     config_file.write_text(json.dumps(settings, indent=2) + "\n")  # written last: marks the stage finished
     print(f"trained in {seconds:.1f} s; wrote {', '.join(f.name for f in files)}, history.csv and "
           f"{len(checkpoints)} checkpoints to {out}")
-    return splits, model, recorder, checkpoints, settings
+    return splits, model, recorder, checkpoints, settings, seconds
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    splits, model, _, _, _ = _train_stage(args, args.out)
+    splits, model, _, _, _, _ = _train_stage(args, args.out)
     print(f"test accuracy {accuracy(model, splits.test):.4f}")
 
 
+def _digest(settings: dict) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _proxy_series(table: pd.DataFrame, name: str) -> pd.Series:
+    """A proxy column with its direction attached (as :func:`proxies.compute` returns it)."""
+    series = table[name].copy()
+    series.attrs["higher_is_memorized"] = proxies.get_proxy(name).higher_is_memorized
+    return series
+
+
+def _model_fn(settings: dict, splits):
+    return functools.partial(create_model, settings["model"], num_classes=splits.num_classes,
+                             in_channels=splits.in_channels)
+
+
+def _recipe(settings: dict) -> dict:
+    return {k: settings[k] for k in TrainConfig().as_kwargs()}
+
+
+DEFAULT_PROXIES = (*proxies.RECORDING_PROXIES, "loss_curvature")
+
+
+def _proxies_stage(run: RunFolder, splits, recorder, checkpoints, after: str, names=DEFAULT_PROXIES) -> pd.DataFrame:
+    settings = {"after": after, "proxies": list(names)}
+    if run.reusable("proxies", settings, ["proxies.csv"]):
+        print("reusing the proxies in proxies.csv")
+        return pd.read_csv(run.path / "proxies.csv", index_col="index")
+    with run.timed("proxies", settings):
+        recorded = [n for n in names if "recording" in proxies.get_proxy(n).needs]
+        table = proxies.compute(recorded, recording=recorder) if recorded else pd.DataFrame(
+            index=pd.RangeIndex(len(splits.train), name="index"))
+        for name in (n for n in names if n not in recorded):
+            if name == "loss_curvature":
+                print(f"loss curvature over {len(checkpoints)} checkpoints")
+                table[name] = proxies.loss_curvature(checkpoints, splits.train)
+            else:
+                table[name] = proxies.compute(name, model=checkpoints[-1], data=splits.train)
+        table.index.name = "index"
+        table.to_csv(run.path / "proxies.csv")
+    return table
+
+
+def _memorization_stage(args, splits, settings, out: Path) -> pd.Series | None:
+    if not args.fz_models:
+        return None
+    print(f"Feldman-Zhang memorization from {args.fz_models} subset models (cached in {out / 'subset-models'})")
+    models = proxies.train_subset_models(splits.train, _model_fn(settings, splits), k=args.fz_models,
+                                         folder=out / "subset-models", seed=args.seed, farm=args.farm,
+                                         farm_options=_farm_options(args), device=args.device, force=args.force,
+                                         **_recipe(settings))
+    memorization = proxies.compute("memorization", subset_models=models)
+    memorization.index.name = "index"
+    return memorization
+
+
+def _forget_stage(run: RunFolder, spec_text: str, ranking: pd.Series | None, splits, seed: int, after: str,
+                  select_by: str) -> np.ndarray:
+    spec = parse_forget_spec(spec_text)
+    settings = {"after": after, "spec": spec_text, "seed": seed,
+                "select_by": select_by if spec.needs_scores else None}
+    if spec.kind == "ids":
+        if not spec.path.is_file():
+            raise UsageError(f"--forget {spec_text}: no such file {spec.path}")
+        settings["ids_sha1"] = hashlib.sha1(spec.path.read_bytes()).hexdigest()
+    if run.reusable("forget", settings, ["forget.csv"]):
+        return pd.read_csv(run.path / "forget.csv")["index"].to_numpy()
+    with run.timed("forget", settings):
+        ids = select_forget(spec, ranking if spec.needs_scores else None, num_train=len(splits.train), seed=seed,
+                            source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
+        table = pd.DataFrame({"index": ids, "label": splits.train.targets[ids].numpy()})
+        if splits.train_rows is not None:
+            table["source_row"] = splits.train_rows[ids].numpy()
+        table.to_csv(run.path / "forget.csv", index=False)
+    return ids
+
+
+def _reference_stage(run: RunFolder, retain, model_fn, recipe: dict, seed: int, device, after: str):
+    settings = {"after": after, "seed": seed, **recipe}
+    model = model_fn()
+    if run.reusable("reference", settings, ["reference.pt"]):
+        print("reusing the retrained reference in reference.pt")
+        return load_checkpoint(model, run.path / "reference.pt").eval()
+    print(f"retraining the reference from scratch on the {len(retain)} retained examples")
+    with run.timed("reference", settings):
+        torch.manual_seed(seed)
+        reference, _ = train(model_fn(), retain, seed=seed, device=device, **recipe)
+        save_checkpoint(reference, run.path / "reference.pt")
+    return reference.eval()
+
+
+def _unlearn_stage(run: RunFolder, args, original, forget, retain, recorder, model_fn, after: str):
+    from .unlearning import unlearn
+
+    rum = args.method == "rum"
+    settings = {"after": after, "method": args.method, "proxy": args.proxy if rum else None,
+                "policy": args.policy if rum else None, "seed": args.seed}
+    if run.reusable("unlearn", settings, ["unlearned.pt", "plan.csv"]):
+        print("reusing the unlearned model in unlearned.pt")
+        return load_checkpoint(model_fn(), run.path / "unlearned.pt").eval(), pd.read_csv(run.path / "plan.csv")
+    print(f"unlearning {len(forget)} examples with {args.method}" + (f" scheduled by {args.proxy}" if rum else ""))
+    with run.timed("unlearn", settings):
+        options = {"proxy": args.proxy, "recording": recorder, "policy": args.policy} if rum else {}
+        result = unlearn(original, forget=forget, retain=retain, method=args.method, seed=args.seed,
+                         device=args.device, **options)
+        save_checkpoint(result.model, run.path / "unlearned.pt")
+        plan = result.summary()
+        plan.to_csv(run.path / "plan.csv", index=False)
+    return result.model.eval(), plan
+
+
+def _shadow_stage(args, splits, settings, out: Path):
+    from .shadows import train_shadow_models, train_unlearned_shadow_models
+
+    if not args.shadows:
+        return None, None
+    if args.shadows < 4 or args.shadows % 2:
+        raise UsageError(f"--shadows must be an even number >= 4 (RMIA holds one out), got {args.shadows}")
+    model_fn, recipe = _model_fn(settings, splits), _recipe(settings)
+    farm = {"farm": args.farm, "farm_options": _farm_options(args), "device": args.device, "force": args.force}
+    print(f"{args.shadows} shadow models for LiRA / RMIA (cached in {out / 'shadows'})")
+    shadows = train_shadow_models(splits.train, splits.test, model_fn, k=args.shadows, folder=out / "shadows",
+                                  queries=splits.queries, seed=args.seed, **farm, **recipe)
+    config = {}
+    if args.method == "rum":
+        config = {"proxy": args.proxy, **({"policy": args.policy} if args.policy else {})}
+    print(f"{args.shadows} shadow models that train and then unlearn with {args.method}, for U-LiRA")
+    unlearned = train_unlearned_shadow_models(splits.train, splits.test, model_fn, method=args.method,
+                                              method_config=config, k=args.shadows,
+                                              folder=out / f"unlearned-shadows-{args.method}", seed=args.seed,
+                                              **farm, **recipe)
+    return shadows, unlearned
+
+
 def cmd_run(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate, evaluate_ulira
+    from .metrics import plot_roc
+    from .report import plot_group_accuracy, plot_proxies_vs_memorization, write_report
+
     out = args.out or Path("runs") / args.dataset
-    splits, model, recorder, checkpoints, settings = _train_stage(args, out)
-    scores = proxies.compute(proxies.RECORDING_PROXIES, recording=recorder)
-    print(f"loss curvature over {len(checkpoints)} checkpoints (epochs {settings['checkpoint_epochs']})")
-    scores["loss_curvature"] = proxies.loss_curvature(checkpoints, splits.train)
-    scores.insert(0, "label", splits.train.targets.numpy())
-    scores.to_csv(out / "scores.csv")
+    spec = parse_forget_spec(args.forget)  # a bad spec fails before any training
+    if args.fz_models < 0 or args.shadows < 0:
+        raise UsageError("--fz-models and --shadows must be >= 0")
+    if args.shadows and (args.shadows < 4 or args.shadows % 2):
+        raise UsageError(f"--shadows must be an even number >= 4 (RMIA holds one out), got {args.shadows}")
+    select_by = args.select_by or ("memorization" if args.fz_models else args.proxy)
+    if select_by == "memorization" and not args.fz_models:
+        raise UsageError("--select-by memorization needs ground-truth scores: add --fz-models K")
+    if select_by not in (*DEFAULT_PROXIES, "memorization"):
+        raise UsageError(f"--select-by must be memorization or one of {list(DEFAULT_PROXIES)}, got {select_by!r}")
+    if spec.kind == "ids" and not spec.path.is_file():
+        raise UsageError(f"--forget {args.forget}: no such file {spec.path}")
 
-    print(f"\n{settings['model']} on {args.dataset}: train accuracy {accuracy(model, splits.train):.4f}, "
-          f"test accuracy {accuracy(model, splits.test):.4f}, {recorder.num_epochs} epochs recorded")
+    print("[1/6] original model")
+    splits, original, recorder, checkpoints, settings, seconds = _train_stage(args, out)
+    run = RunFolder(out, force=args.force)
+    after_train = _digest(settings)
+    if seconds is not None:
+        run.finish("train", {"config": after_train}, seconds=seconds)
+    model_fn, recipe = _model_fn(settings, splits), _recipe(settings)
+
+    print("\n[2/6] memorization proxies")
+    table = _proxies_stage(run, splits, recorder, checkpoints, after_train)
+    memorization = _memorization_stage(args, splits, settings, out)
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
-        print(f"\nper-example memorization proxies (first {args.rows} of {len(scores)}; scores.csv has all):")
-        print(scores.head(args.rows).to_string())
-        ranked = scores.sort_values("confidence").head(args.rows)  # low confidence = most memorized
-        print(f"\nmost memorized by confidence (the {args.rows} least confidently learned examples):")
-        print(ranked.to_string())
-    print(f"\nwrote {out / 'scores.csv'}")
+        print(f"most memorized by {args.proxy} (the first {args.rows} of {len(table)}; scores.csv has all):")
+        ranked = _proxy_series(table, args.proxy)
+        order = ranked.sort_values(ascending=not ranked.attrs["higher_is_memorized"]).index[:args.rows]
+        print(table.loc[order].to_string())
+
+    print("\n[3/6] forget set")
+    ranking = memorization if select_by == "memorization" else _proxy_series(table, select_by)
+    if spec.needs_scores and ranking.isna().any():
+        print(f"{int(ranking.isna().sum())} examples have no {select_by} score (with few subset models, some are "
+              "in all or none of them) and are not ranked")
+        ranking = ranking.dropna()
+    forget_ids = _forget_stage(run, args.forget, ranking, splits, args.seed, after_train, select_by)
+    forget = subset(splits.train, forget_ids)
+    retain = subset(splits.train, np.setdiff1d(splits.train.indices.numpy(), forget_ids))
+    print(f"forget {len(forget)} of {len(splits.train)} training examples ({args.forget}"
+          + (f", ranked by {select_by}" if spec.needs_scores else "") + ")")
+    after_forget = run.digest("forget")
+
+    print("\n[4/6] retrained reference")
+    reference = _reference_stage(run, retain, model_fn, recipe, args.seed, args.device, after_forget)
+    print(f"\n[5/6] unlearning ({args.method})")
+    unlearned, plan = _unlearn_stage(run, args, original, forget, retain, recorder, model_fn, after_forget)
+    print(plan.drop(columns=["config"]).to_string(index=False))
+
+    print("\n[6/6] evaluation")
+    shadows, unlearned_shadows = _shadow_stage(args, splits, settings, out)
+    attacks = list(dict.fromkeys([*args.attacks, *(["lira", "rmia"] if shadows is not None else [])]))
+    common = {"forget": forget, "retain": retain, "test": splits.test, "reference": reference, "attacks": attacks,
+              "shadows": shadows, "seed": args.seed, "device": args.device}
+    before, after = evaluate(original, **common), evaluate(unlearned, **common)
+    results = pd.DataFrame({"original": before["model"], "unlearned": after["model"],
+                            "retrained": after["reference"]})
+    models = {"original": original, "unlearned": unlearned, "retrained": reference}
+    examples = per_example_scores(models, splits.train, shadows=shadows, device=args.device)
+    if unlearned_shadows is not None:
+        summary, ulira_scores = evaluate_ulira(unlearned, reference, forget=forget, shadows=unlearned_shadows,
+                                               device=args.device)
+        for key, value in summary.items():
+            results.loc[f"ulira.{key}", "unlearned"] = value
+        examples = examples.join(ulira_scores.add_prefix("ulira_"))
+    stage_seconds = {stage: run.seconds(stage) for stage in ("train", "proxies", "reference", "unlearn")}
+    results.loc["seconds", ["original", "unlearned", "retrained"]] = [stage_seconds["train"],
+                                                                      stage_seconds["unlearn"],
+                                                                      stage_seconds["reference"]]
+
+    groups = group_of(_proxy_series(table, args.proxy), forget_ids)
+    scores = table.copy()
+    scores.insert(0, "label", splits.train.targets.numpy())
+    if splits.train_rows is not None:
+        scores.insert(1, "source_row", splits.train_rows.numpy())
+    if memorization is not None:
+        scores["memorization"] = memorization
+    scores["forget"] = scores.index.isin(forget_ids)
+    scores["group"] = groups
+    scores = scores.join(examples)
+    scores.to_csv(out / "scores.csv")
+    per_group = scores.loc[forget_ids].groupby("group")[[f"correct_{m}" for m in models]].mean()
+    per_group = per_group.reindex([g for g in ("low", "medium", "high") if g in per_group.index])
+    per_group.columns = list(models)
+    per_group.insert(0, "examples", groups.value_counts().reindex(per_group.index))
+
+    figures = {"membership inference ROC (forget vs test)": "roc.png",
+               f"forget accuracy by {args.proxy} group": "forget_accuracy_by_group.png"}
+    test_scores = per_example_scores(models, splits.test, shadows=shadows, split="test", device=args.device)
+    kind = "lira" if shadows is not None else "loss"
+    sign = 1.0 if kind == "lira" else -1.0  # a low loss marks a member
+    curves = {name: (sign * np.r_[scores.loc[forget_ids, f"{kind}_{name}"].to_numpy(),
+                                  test_scores[f"{kind}_{name}"].to_numpy()],
+                     np.r_[np.ones(len(forget_ids)), np.zeros(len(test_scores))]) for name in models}
+    plot_roc(curves, out / "roc.png", title=f"{'LiRA' if kind == 'lira' else 'loss'} attack: forget vs test")
+    plot_group_accuracy(per_group[list(models)], out / "forget_accuracy_by_group.png",
+                        title=f"forget accuracy by {args.proxy} group")
+    if memorization is not None:
+        plot_proxies_vs_memorization(table, memorization, out / "proxies_vs_memorization.png")
+        figures["proxies against Feldman-Zhang memorization"] = "proxies_vs_memorization.png"
+
+    ratio = stage_seconds["unlearn"] / stage_seconds["reference"]
+    facts = {"dataset": args.dataset, "model": settings["model"], "training examples": len(splits.train),
+             "forget": f"{args.forget} ({len(forget_ids)} examples" + (f", by {select_by})" if spec.needs_scores
+                                                                       else ")"),
+             "method": args.method + (f" scheduled by {args.proxy}" if args.method == "rum" else ""),
+             "attacks": ", ".join(attacks) + (" and U-LiRA" if unlearned_shadows is not None else ""),
+             "shadow models": args.shadows, "subset models (FZ)": args.fz_models,
+             "unlearning time vs retraining": f"{ratio:.1%}"}
+    tables = {"results": results, "forget accuracy by memorization group": per_group,
+              "unlearning plan": plan.drop(columns=["config"])}
+    write_report(out, {"run": facts, "seconds": stage_seconds, "time_vs_retrain": ratio}, tables, figures)
+
+    with pd.option_context("display.width", 160, "display.precision", 4):
+        print(f"\n{results.to_string()}\n\nforget accuracy by {args.proxy} group:\n{per_group.to_string()}")
+    print(f"\nunlearning took {stage_seconds['unlearn']:.1f} s, {ratio:.1%} of retraining "
+          f"({stage_seconds['reference']:.1f} s); ToW {results.loc['tow', 'unlearned']:.3f} "
+          f"(the original model: {results.loc['tow', 'original']:.3f})")
+    print(f"wrote report.md, results.json, scores.csv and {len(figures)} figures to {out}")
 
 
-COMMANDS = {"train": cmd_train, "run": cmd_run}
+def _load_run(folder: Path, root) -> tuple:
+    """The splits, original model, recording and checkpoints of a folder written by ``train`` or ``run``."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"{folder} is not a trained run (no config.json): run `unlearn train --out {folder}` first")
+    settings = json.loads(config_file.read_text())
+    try:
+        splits = load_dataset(settings["dataset"], root=root, val_fraction=settings["val_fraction"],
+                              train_size=settings["train_size"], seed=settings["seed"])
+    except DatasetNotFoundError as err:
+        raise UsageError(str(err)) from err
+    model_fn = _model_fn(settings, splits)
+    try:
+        model = load_checkpoint(model_fn(), folder / "model.pt").eval()
+        checkpoints = [load_checkpoint(model_fn(), folder / "checkpoints" / f"epoch-{e:03d}.pt").eval()
+                       for e in settings["checkpoint_epochs"]]
+        recorder = TrainingRecorder.load(folder / "recording.npz")
+    except (OSError, RuntimeError, KeyError) as err:
+        raise UsageError(f"cannot read the run in {folder}: {err}") from err
+    return settings, splits, model, recorder, checkpoints
+
+
+def cmd_proxies(args: argparse.Namespace) -> None:
+    settings, splits, _, recorder, checkpoints = _load_run(args.run, args.root)
+    names = args.proxies or list(DEFAULT_PROXIES)
+    recorded = [n for n in names if "recording" in proxies.get_proxy(n).needs]
+    table = proxies.compute(recorded, recording=recorder) if recorded else pd.DataFrame(
+        index=pd.RangeIndex(len(splits.train)))
+    subset_models = None
+    if args.fz_models:
+        subset_models = proxies.train_subset_models(
+            splits.train, _model_fn(settings, splits), k=args.fz_models, folder=args.run / "subset-models",
+            seed=settings["seed"], farm=args.farm, farm_options=_farm_options(args), **_recipe(settings))
+        for name in ("memorization", "c_score"):
+            table[name] = proxies.compute(name, subset_models=subset_models)
+    for name in names:
+        if name in recorded or name in table:
+            continue
+        needs = proxies.get_proxy(name).needs
+        if "subset_models" in needs:
+            raise UsageError(f"proxy {name} needs subset models: add --fz-models K")
+        table[name] = (proxies.loss_curvature(checkpoints, splits.train) if name == "loss_curvature"
+                       else proxies.compute(name, model=checkpoints[-1], data=splits.train))
+    table.index.name = "index"
+    target = args.to or args.run / "proxy_scores.csv"
+    table.to_csv(target)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
+        print(table.head(args.rows).to_string())
+    print(f"\nwrote {len(table.columns)} proxies for {len(table)} examples to {target}")
+
+
+def cmd_attack(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate
+    from .shadows import train_shadow_models
+
+    settings, splits, original, recorder, _ = _load_run(args.run, args.root)
+    model_fn = _model_fn(settings, splits)
+    checkpoint = args.checkpoint or args.run / "unlearned.pt"
+    model = load_checkpoint(model_fn(), checkpoint).eval()  # an unreadable file raises a one-line ValueError
+    if args.forget is not None:
+        spec = parse_forget_spec(args.forget)
+        ranking = None
+        if spec.needs_scores:
+            ranking = _proxy_series(proxies.compute(["confidence"], recording=recorder), "confidence")
+        forget_ids = select_forget(spec, ranking, num_train=len(splits.train), seed=settings["seed"],
+                                   source_rows=splits.train_rows.numpy())
+    elif (args.run / "forget.csv").is_file():
+        forget_ids = pd.read_csv(args.run / "forget.csv")["index"].to_numpy()
+    else:
+        raise UsageError(f"{args.run} has no forget.csv: pass --forget SPEC")
+    forget = subset(splits.train, forget_ids)
+    retain = subset(splits.train, np.setdiff1d(splits.train.indices.numpy(), forget_ids))
+    reference = None
+    if args.forget is None and (args.run / "reference.pt").is_file():
+        reference = load_checkpoint(model_fn(), args.run / "reference.pt").eval()
+    shadows = None
+    if args.shadows:
+        shadows = train_shadow_models(splits.train, splits.test, model_fn, k=args.shadows,
+                                      folder=args.run / "shadows", queries=splits.queries, seed=settings["seed"],
+                                      farm=args.farm, farm_options=_farm_options(args), **_recipe(settings))
+    attacks = list(dict.fromkeys([*args.attacks, *(["lira", "rmia"] if shadows is not None else [])]))
+    report = evaluate(model, forget=forget, retain=retain, test=splits.test, reference=reference, attacks=attacks,
+                      shadows=shadows, seed=settings["seed"])
+    with pd.option_context("display.width", 160, "display.precision", 4):
+        print(report.to_string())
+    target = args.run / f"attack-{checkpoint.stem}.json"
+    target.write_text(json.dumps({"checkpoint": str(checkpoint), "forget": len(forget_ids), "attacks": attacks,
+                                  "report": report.to_dict()}, indent=2) + "\n")
+    print(f"\nwrote {target}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"bench_{args.name}.py"
+    if not script.is_file():
+        raise UsageError(f"no benchmark {args.name!r}: the benchmarks live in the source checkout's benchmarks/")
+    passthrough = args.args[1:] if args.args[:1] == ["--"] else args.args
+    completed = subprocess.run([sys.executable, str(script), *passthrough], cwd=script.parent.parent)
+    if completed.returncode:
+        raise UsageError(f"benchmark {args.name} exited with status {completed.returncode}")
+
+
+COMMANDS = {"train": cmd_train, "run": cmd_run, "proxies": cmd_proxies, "attack": cmd_attack, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

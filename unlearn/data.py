@@ -102,6 +102,9 @@ class Splits:
     default_model: str
     queries: tuple[str, ...] = ("identity",)
     """Augmentation queries membership attacks may use: a horizontal flip only for natural images."""
+    train_rows: Tensor | None = None
+    """For each training example, its row in the dataset's official training set (before the validation split and
+    ``train_size``): how a deletion request names examples."""
 
     def __repr__(self) -> str:
         return (f"Splits({self.name!r}, train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
@@ -199,7 +202,8 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         return IndexedDataset(((x.float() - mean) / std).contiguous(), y.long(), classes)
 
     return Splits(name, split(x_train[train_ids], y_train[train_ids]), split(x_train[val_ids], y_train[val_ids]),
-                  split(x_test, y_test), spec.num_classes, spec.in_channels, spec.default_model, spec.queries)
+                  split(x_test, y_test), spec.num_classes, spec.in_channels, spec.default_model, spec.queries,
+                  train_rows=train_ids)
 
 
 # ----------------------------------------------------------------------------------------------------- loaders

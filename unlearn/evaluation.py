@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -20,9 +21,9 @@ from torch.utils.data import Dataset
 
 from .attacks import AttackInputs, extract_signals, get_attack
 from .data import materialize
-from .metrics import tow, tow_mia
+from .metrics import roc_summary, tow, tow_mia
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "evaluate_ulira"]
 
 
 def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows, seed, device) -> dict[str, float]:
@@ -92,3 +93,36 @@ def evaluate(model: nn.Module, *, forget: Dataset, retain: Dataset, test: Datase
     report = pd.DataFrame(columns, dtype=float)
     report.index.name = "metric"
     return report
+
+
+def evaluate_ulira(model: nn.Module, reference: nn.Module, *, forget: Dataset, shadows,
+                   device: torch.device | str | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+    """U-LiRA (Hayes et al. 2024): can an attacker tell the unlearned ``model`` from the retrained ``reference`` on
+    the forget examples? Shadows that trained on and then unlearned an example with the same method give its
+    "unlearned" distribution, shadows that never saw it the "retrained" one.
+
+    Args:
+        model, reference: the unlearned and the retrained model.
+        forget: the forget set (training examples in the shadows' pool).
+        shadows: :class:`unlearn.shadows.UnlearnedShadowModels` of the method that made ``model``.
+
+    Returns:
+        ``roc_summary`` of telling the two models apart over the forget examples both kinds of shadow cover (AUC
+        0.5: indistinguishable, the goal) plus ``scored`` (how many), and the per-example scores of both models.
+    """
+    from .attacks import extract_signals, ulira
+
+    forget = materialize(forget)
+    positions = shadows.locate("train", forget.indices.numpy())
+    scores = {}
+    for name, m in (("unlearned", model), ("retrained", reference)):
+        phi = extract_signals(m, forget, device=device).phi[:, 0]
+        scores[name] = ulira(phi, shadows.phi(positions), shadows.unlearned_mask[:, positions],
+                             shadows.out_mask[:, positions])
+    table = pd.DataFrame(scores, index=pd.Index(forget.indices.numpy(), name="index"))
+    usable = np.isfinite(table).all(axis=1).to_numpy()
+    if usable.sum() == 0:
+        raise ValueError("no forget example is covered by both unlearned and unseen shadows: train more shadows")
+    summary = roc_summary(np.r_[table["unlearned"][usable], table["retrained"][usable]],
+                          np.r_[np.ones(usable.sum()), np.zeros(usable.sum())])
+    return {**summary, "scored": float(usable.sum())}, table

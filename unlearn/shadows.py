@@ -149,16 +149,22 @@ class _UnlearnTask:
 
 def _train_unlearn_predict(job: Job, task: _UnlearnTask) -> dict[str, np.ndarray]:
     """Train on the job's half, unlearn its forget part with the method under test, predict the pool."""
+    from proxies import TrainingRecorder
+
     forget_ids = task.forget_ids[job.key]
+    config = dict(task.method_config)
+    # rum schedules by a proxy of each shadow's own training, as the target's unlearning did
+    scheduling = {"proxy": config.pop("proxy", "confidence")} if task.method == "rum" else {}
+    recorder = TrainingRecorder(len(task.train.dataset)) if scheduling else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(job.seed)
         model = task.train.model_fn()
     model, _ = train(model, Subset(task.train.dataset, job.train_ids.tolist()), seed=job.seed,
-                     device=task.train.device, progress=False, **task.train.train_kwargs)
+                     device=task.train.device, progress=False, recorder=recorder, **task.train.train_kwargs)
     retain_ids = np.setdiff1d(job.train_ids, forget_ids)
     result = unlearn(model, forget=Subset(task.train.dataset, forget_ids.tolist()),
                      retain=Subset(task.train.dataset, retain_ids.tolist()), method=task.method,
-                     config=task.method_config or None, seed=job.seed)
+                     config=config or None, seed=job.seed, recording=recorder, **scheduling)
     logits, _, _ = predict_queries(result.model, task.train.dataset, task.train.queries)
     return {"train_ids": job.train_ids, "forget_ids": forget_ids, "logits": logits[:, 0].numpy().astype(np.float32)}
 
@@ -170,9 +176,9 @@ def train_unlearned_shadow_models(train: Dataset, test: Dataset, model_fn: Calla
                                   progress: bool = True, **train_kwargs) -> UnlearnedShadowModels:
     """Train (or load) K shadows on balanced halves of ``train`` + ``test``, each then unlearning a random
     ``forget_fraction`` of its own training examples from ``train`` with ``method`` (U-LiRA's IN models).
+    For ``method="rum"`` each shadow is trained with the training recorder and scheduled by the proxy named in
+    ``method_config["proxy"]`` (default ``"confidence"``); the other keys of ``method_config`` configure RUM.
     ``farm`` and ``farm_options`` as in :func:`train_shadow_models`."""
-    if method == "rum":
-        raise ValueError("U-LiRA shadows need a method that runs without per-example scores; rum needs scores")
     if not 0.0 < forget_fraction < 1.0:
         raise ValueError(f"forget_fraction must be in (0, 1), got {forget_fraction}")
     pool, split, index = _pool(train, test)

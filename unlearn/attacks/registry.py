@@ -114,6 +114,8 @@ def _lira_offline(inputs: AttackInputs) -> dict[str, float]:
 def _rmia(inputs: AttackInputs) -> dict[str, float]:
     """Offline RMIA with the test examples as population; ``a`` tuned on the first shadow model."""
     shadows = inputs.shadows
+    if len(shadows.in_mask) < 4:  # tuning a holds one shadow out; the rest must leave each example out somewhere
+        raise ValueError(f"rmia needs at least 4 shadow models, got {len(shadows.in_mask)}")
     p_ref = shadows.p_true()
     a = tune_rmia_a(p_ref, shadows.in_mask)
     z = inputs.test_positions

@@ -1,0 +1,143 @@
+"""The stages of ``unlearn run`` as library functions, and the output folder that lets a rerun reuse them.
+
+A :class:`RunFolder` records each finished stage's settings in ``stages.json``. A stage asked again with the same
+settings (and its files on disk) is reused; with other settings it is refused unless ``force``, so one folder never
+mixes results of different runs. A stage's settings name the stages it builds on (their digests), so changing an
+early stage invalidates everything after it.
+
+>>> import tempfile
+>>> run = RunFolder(tempfile.mkdtemp())
+>>> run.reusable("forget", {"spec": "random:0.1"})
+False
+>>> run.finish("forget", {"spec": "random:0.1"}, seconds=0.1)
+>>> run.reusable("forget", {"spec": "random:0.1"})
+True
+>>> run.reusable("forget", {"spec": "high:50"})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+ValueError: ... holds the forget stage of a run with other settings (spec); choose another folder or force it...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .data import IndexedDataset
+from .scheduler import partition
+
+__all__ = ["RunFolder", "group_of", "per_example_scores", "subset"]
+
+
+def _jsonable(settings: dict) -> dict:
+    return json.loads(json.dumps(settings, default=str))
+
+
+class RunFolder:
+    """An output folder of staged results; see the module doc.
+
+    Args:
+        path: the folder (created when missing).
+        force: redo a stage recorded with other settings instead of refusing.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, force: bool = False) -> None:
+        self.path = Path(path)
+        self.force = force
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._file = self.path / "stages.json"
+        self.stages: dict[str, dict] = json.loads(self._file.read_text()) if self._file.is_file() else {}
+
+    def _write(self) -> None:
+        tmp = self._file.with_suffix(".partial")
+        tmp.write_text(json.dumps(self.stages, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self._file)
+
+    def reusable(self, stage: str, settings: dict, files: Sequence[str] = ()) -> bool:
+        """True when ``stage`` finished with these settings and its ``files`` exist. A stage finished with other
+        settings raises ``ValueError`` unless ``force``; then (and when its files are gone) it is forgotten."""
+        settings = _jsonable(settings)
+        saved = self.stages.get(stage)
+        if saved is None:
+            return False
+        if saved["settings"] == settings and all((self.path / f).exists() for f in files):
+            return True
+        if saved["settings"] != settings and not self.force:
+            keys = saved["settings"].keys() | settings.keys()
+            changed = sorted(k for k in keys if saved["settings"].get(k) != settings.get(k))
+            raise ValueError(f"{self.path} holds the {stage} stage of a run with other settings "
+                             f"({', '.join(changed)}); choose another folder or force it (--force)")
+        del self.stages[stage]
+        self._write()
+        return False
+
+    def finish(self, stage: str, settings: dict, *, seconds: float) -> None:
+        """Record ``stage`` as finished with ``settings`` after ``seconds`` of work."""
+        self.stages[stage] = {"settings": _jsonable(settings), "seconds": round(float(seconds), 3)}
+        self._write()
+
+    @contextmanager
+    def timed(self, stage: str, settings: dict):
+        """Run the body as ``stage`` and record it finished (with its time) when the body returns."""
+        start = time.perf_counter()
+        yield
+        self.finish(stage, settings, seconds=time.perf_counter() - start)
+
+    def digest(self, stage: str) -> str:
+        """A short hash of a finished stage's settings, for the settings of the stages built on it."""
+        return hashlib.sha1(json.dumps(self.stages[stage]["settings"], sort_keys=True).encode()).hexdigest()[:12]
+
+    def seconds(self, stage: str) -> float | None:
+        entry = self.stages.get(stage)
+        return entry["seconds"] if entry else None
+
+
+def subset(data: IndexedDataset, indices: np.ndarray) -> IndexedDataset:
+    """The examples of ``data`` with the given training indices (which must all be in it), in index order."""
+    position = np.searchsorted(data.indices.numpy(), indices)
+    if (position >= len(data)).any() or not np.array_equal(data.indices.numpy()[position.clip(max=len(data) - 1)],
+                                                           indices):
+        raise ValueError("some indices are not in the dataset")
+    keep = torch.from_numpy(position)
+    return IndexedDataset(data.inputs[keep], data.targets[keep], data.classes, indices=data.indices[keep])
+
+
+def group_of(scores: pd.Series, ids: np.ndarray, groups: int = 3) -> pd.Series:
+    """The memorization group (``low`` / ``medium`` / ``high``, as RUM splits it) of each forget example, by the
+    scores (a proxy Series from :func:`proxies.compute` carries its direction)."""
+    values = scores.reindex(ids).to_numpy(dtype=float)
+    if not scores.attrs.get("higher_is_memorized", True):
+        values = -values
+    labels = np.empty(len(ids), dtype=object)
+    for name, positions in partition(values, groups).items():
+        labels[positions] = name
+    return pd.Series(labels, index=pd.Index(ids, name="index"), name="group")
+
+
+def per_example_scores(models: dict[str, nn.Module], data: IndexedDataset, *, shadows=None, split: str = "train",
+                       device=None) -> pd.DataFrame:
+    """Per-example attack scores of each model on ``data``: ``correct_<model>``, ``loss_<model>`` and, given shadow
+    models whose pool holds ``data`` (as ``split`` examples), ``lira_<model>`` (online LiRA; higher = more likely a
+    member)."""
+    from .attacks import extract_signals, lira
+
+    table = {}
+    positions = shadows.locate(split, data.indices.numpy()) if shadows is not None else None
+    for name, model in models.items():
+        queries = shadows.queries if shadows is not None else ("identity",)
+        signals = extract_signals(model, data, queries=queries, device=device)
+        table[f"correct_{name}"] = signals.correct[:, 0].astype(bool)
+        table[f"loss_{name}"] = signals.loss[:, 0]
+        if shadows is not None:
+            table[f"lira_{name}"] = lira(signals.phi, shadows.phi(positions), shadows.in_mask[:, positions])
+    return pd.DataFrame(table, index=pd.Index(data.indices.numpy(), name="index"))

@@ -1,0 +1,82 @@
+"""What ``unlearn run`` leaves for a reader: ``report.md``, ``results.json`` and PNG figures.
+
+The figures: log-log ROC curves of a membership attack on the forget set (members) against test examples, one curve
+per model; forget accuracy by memorization group before and after unlearning beside the retrained reference; and,
+when ground-truth Feldman-Zhang scores exist, each proxy against memorization.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["plot_group_accuracy", "plot_proxies_vs_memorization", "write_report"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_group_accuracy(table: pd.DataFrame, path: str | os.PathLike, *, title: str = "forget accuracy") -> None:
+    """Grouped bars of ``table`` (index: memorization groups, columns: models) saved as a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    width = 0.8 / max(1, len(table.columns))
+    x = np.arange(len(table.index))
+    for i, column in enumerate(table.columns):
+        ax.bar(x + (i - (len(table.columns) - 1) / 2) * width, table[column].to_numpy(), width, label=column)
+    ax.set(xticks=x, xticklabels=[str(g) for g in table.index], ylim=(0, 1.05), ylabel="accuracy",
+           xlabel="memorization group of the forget set", title=title)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_proxies_vs_memorization(scores: pd.DataFrame, memorization: pd.Series, path: str | os.PathLike) -> None:
+    """One scatter per proxy column of ``scores`` against the memorization score, Spearman's rho in each title."""
+    plt = _pyplot()
+    columns = list(scores.columns)
+    cols = min(4, len(columns))
+    rows = -(-len(columns) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.6 * rows), squeeze=False)
+    y = memorization.reindex(scores.index).to_numpy(dtype=float)
+    for ax, column in zip(axes.flat, columns, strict=False):
+        x = scores[column].to_numpy(dtype=float)
+        finite = np.isfinite(x) & np.isfinite(y)  # few subset models leave some examples without a score
+        rho = stats.spearmanr(x[finite], y[finite]).statistic
+        ax.scatter(x[finite], y[finite], s=3, alpha=0.4, linewidths=0)
+        ax.set(title=f"{column} (rho {rho:+.2f})", xlabel=column, ylabel="memorization")
+        ax.title.set_fontsize(9)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(folder: str | os.PathLike, results: dict, tables: dict[str, pd.DataFrame],
+                 figures: dict[str, str]) -> None:
+    """Write ``results.json`` (``results`` plus every table as records) and ``report.md`` (a heading, the run's
+    facts from ``results["run"]``, each table as markdown and each figure by file name)."""
+    folder = Path(folder)
+    payload = {**results, "tables": {name: json.loads(t.reset_index().to_json(orient="records"))
+                                     for name, t in tables.items()}}
+    (folder / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"# Unlearning report: {results['run'].get('dataset', '')}", ""]
+    lines += [f"- **{key}**: {value}" for key, value in results["run"].items()]
+    for name, table in tables.items():
+        lines += ["", f"## {name}", "", table.to_markdown(floatfmt=".4g"), ""]
+    for name, file in figures.items():
+        lines += ["", f"## {name}", "", f"![{name}]({file})", ""]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")

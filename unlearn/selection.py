@@ -1,0 +1,187 @@
+"""Forget sets: which training examples a deletion request removes.
+
+A request is written as a short spec, the form the ``unlearn run --forget`` option takes:
+
+- ``random:F`` a seeded random fraction ``F`` of the training set (``random:N``, an integer, takes N examples);
+- ``high:N`` / ``low:N`` the N most / least memorized examples;
+- ``mixed:N`` N examples, a third each from the least memorized, those nearest the median and the most memorized;
+- ``ids:FILE`` the training examples listed in a file (a real request): integers separated by commas, spaces or
+  newlines, or a CSV whose header has an ``index`` column (training indices, as in ``scores.csv``) or a
+  ``source_row`` column (rows of the dataset's official training file).
+
+Memorization comes from a score Series indexed by training index with higher = more memorized (negate a
+confidence-like proxy first, or pass it with ``attrs["higher_is_memorized"] = False`` as :func:`proxies.compute`
+returns it). Ties are broken at random with the seed: many examples share a memorization score of exactly 0.
+
+>>> scores = pd.Series([0.9, 0.1, 0.5, 0.3, 0.7], name="memorization")
+>>> select_forget("high:2", scores).tolist()
+[0, 4]
+>>> select_forget("mixed:3", scores).tolist()
+[0, 1, 2]
+>>> parse_forget_spec("random:0.1")
+ForgetSpec(kind='random', size=0.1, path=None)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["FORGET_KINDS", "ForgetSpec", "parse_forget_spec", "read_ids", "select_forget"]
+
+FORGET_KINDS = ("random", "high", "low", "mixed", "ids")
+"""The forms a forget spec takes: ``kind:N`` (``random:F`` also takes a fraction) or ``ids:FILE``."""
+
+
+@dataclass(frozen=True)
+class ForgetSpec:
+    """A parsed forget spec: ``kind``, ``size`` (a count, or a fraction in (0, 1) for random) or ``path``."""
+
+    kind: str
+    size: float | int | None = None
+    path: Path | None = None
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.kind in ("high", "low", "mixed")
+
+
+def parse_forget_spec(spec: str) -> ForgetSpec:
+    """Parse ``random:0.1``, ``high:50``, ``low:50``, ``mixed:60`` or ``ids:FILE``.
+
+    Raises:
+        ValueError: anything else, with the accepted forms in the message.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"forget spec must be a string, got {type(spec).__name__}")
+    kind, sep, value = spec.partition(":")
+    forms = "random:FRACTION, random:N, high:N, low:N, mixed:N or ids:FILE"
+    if not sep or kind not in FORGET_KINDS or not value:
+        raise ValueError(f"bad forget spec {spec!r}; expected {forms}")
+    if kind == "ids":
+        return ForgetSpec(kind, path=Path(value))
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"bad forget spec {spec!r}: {value!r} is not a number; expected {forms}") from None
+    if kind == "random" and 0.0 < number < 1.0:
+        return ForgetSpec(kind, size=number)
+    if number != int(number) or number < 1:
+        raise ValueError(f"bad forget spec {spec!r}: expected a whole number of examples >= 1"
+                         + (" or a fraction in (0, 1)" if kind == "random" else ""))
+    return ForgetSpec(kind, size=int(number))
+
+
+def read_ids(path: str | os.PathLike, *, source_rows: np.ndarray | None = None) -> np.ndarray:
+    """Training indices listed in a file (see the module doc), sorted, duplicates dropped.
+
+    Args:
+        path: the file.
+        source_rows: the official training-file row of each training example, to translate a ``source_row`` column.
+
+    Raises:
+        ValueError: unreadable content, an empty list, or a ``source_row`` that is not in the training split.
+        OSError: a missing or unreadable file.
+    """
+    path = Path(path)
+    text = path.read_text()
+    first = next(iter(re.split(r"[\s,;]+", text.strip())), "")
+    if first and not first.lstrip("-").isdigit():  # a header: read it as a CSV
+        table = pd.read_csv(path)
+        if "index" in table.columns:
+            ids = table["index"].to_numpy()
+        elif "source_row" in table.columns:
+            if source_rows is None:
+                raise ValueError(f"{path}: a source_row column needs the dataset's training rows")
+            rows = table["source_row"].to_numpy()
+            position = {int(r): i for i, r in enumerate(source_rows)}
+            unknown = [int(r) for r in rows if int(r) not in position]
+            if unknown:
+                raise ValueError(f"{path}: {len(unknown)} source rows are not in the training split (e.g. "
+                                 f"{unknown[0]}: held out for validation, or outside --train-size)")
+            ids = np.array([position[int(r)] for r in rows], dtype=np.int64)
+        else:
+            raise ValueError(f"{path}: a CSV of ids needs an 'index' or 'source_row' column, got {list(table.columns)}")
+    else:
+        tokens = [t for t in re.split(r"[\s,;]+", text) if t]
+        try:
+            ids = np.array([int(t) for t in tokens], dtype=np.int64)
+        except ValueError:
+            bad = next(t for t in tokens if not t.lstrip("-").isdigit())
+            raise ValueError(f"{path}: expected integer training indices, found {bad!r}") from None
+    if not np.issubdtype(np.asarray(ids).dtype, np.integer):
+        raise ValueError(f"{path}: expected integer training indices")
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    if len(ids) == 0:
+        raise ValueError(f"{path} lists no training indices")
+    return ids
+
+
+def _memorization(scores: pd.Series) -> pd.Series:
+    if not isinstance(scores, pd.Series):
+        raise TypeError(f"scores must be a pandas Series indexed by training index, got {type(scores).__name__}")
+    values = scores.astype(float)
+    if not np.isfinite(values.to_numpy()).all():
+        raise ValueError("scores must be finite to rank examples by memorization")
+    return values if scores.attrs.get("higher_is_memorized", True) else -values
+
+
+def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, num_train: int | None = None,
+                  seed: int = 0, source_rows: np.ndarray | None = None) -> np.ndarray:
+    """The training indices a forget spec selects, sorted.
+
+    Args:
+        spec: a spec string or :class:`ForgetSpec`.
+        scores: memorization (or a proxy) per training example, indexed by training index; needed by high / low /
+            mixed, and its index is the training set for the other kinds.
+        num_train: the training-set size, when no ``scores`` are given.
+        seed: seed of random selection and of tie breaking.
+        source_rows: official training-file rows of the training examples (for ``ids:`` files by source row).
+
+    Raises:
+        ValueError: a bad spec, a size that leaves nothing to retain, or ids outside the training set.
+    """
+    spec = parse_forget_spec(spec) if isinstance(spec, str) else spec
+    if scores is not None:
+        index = scores.index.to_numpy()
+    elif num_train is not None:
+        index = np.arange(num_train)
+    else:
+        raise ValueError("select_forget needs scores= or num_train=")
+    n = len(index)
+    if spec.kind == "ids":
+        ids = read_ids(spec.path, source_rows=source_rows)
+        outside = ids[~np.isin(ids, index)]
+        if len(outside):
+            raise ValueError(f"{spec.path}: {len(outside)} ids are not training indices (e.g. {int(outside[0])}; "
+                             f"the training set has {n} examples, indices as in scores.csv)")
+        if len(ids) == n:
+            raise ValueError(f"{spec.path} lists every training example: nothing would be retained")
+        return ids
+    size = round(spec.size * n) if isinstance(spec.size, float) else spec.size
+    limit = n - 1  # something must be retained
+    if not 1 <= size <= limit:
+        raise ValueError(f"forget spec {spec.kind}:{spec.size} asks for {size} of {n} training examples; "
+                         f"expected 1 to {limit}")
+    rng = np.random.default_rng(seed)
+    if spec.kind == "random":
+        return np.sort(rng.choice(index, size, replace=False))
+    if scores is None:
+        raise ValueError(f"forget spec {spec.kind}:{spec.size} ranks by memorization: pass scores=")
+    memorization = _memorization(scores)
+    shuffled = memorization.iloc[rng.permutation(n)]
+    order = shuffled.sort_values(kind="stable").index.to_numpy()
+    if spec.kind == "low":
+        return np.sort(order[:size])
+    if spec.kind == "high":
+        return np.sort(order[-size:])
+    per_group = [size // 3 + (i < size % 3) for i in range(3)]  # low, medium, high
+    low, high = order[:per_group[0]], order[n - per_group[2]:]
+    rest = order[per_group[0]:n - per_group[2]]
+    nearest_median = np.argsort(np.abs(memorization.loc[rest].to_numpy() - memorization.median()), kind="stable")
+    return np.sort(np.concatenate([low, rest[nearest_median[:per_group[1]]], high]))
