@@ -96,8 +96,11 @@ def test_bad_ids_files(tmp_path, scores):
         read_ids(columns)
     held_out = tmp_path / "held_out.csv"
     held_out.write_text("source_row\n5\n")
-    with pytest.raises(ValueError, match="not in the training split"):
+    with pytest.raises(ValueError, match="none of its 1 source rows is in the training split"):
         read_ids(held_out, source_rows=np.arange(100, 200))
+    held_out.write_text("source_row\n5\n101\n")
+    with pytest.warns(UserWarning, match="1 of 2 source rows were never trained on"):
+        assert read_ids(held_out, source_rows=np.arange(100, 200)).tolist() == [1]
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
     with pytest.raises(ValueError, match="lists no training indices"):

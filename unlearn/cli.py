@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -632,8 +633,14 @@ COMMANDS = {"train": cmd_train, "run": cmd_run, "proxies": cmd_proxies, "attack"
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"unlearn {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            COMMANDS[args.command](args)
     except (UsageError, ValueError, OSError) as err:
         if args.verbose:
             raise

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def read_ids(path: str | os.PathLike, *, source_rows: np.ndarray | None = None) 
         source_rows: the official training-file row of each training example, to translate a ``source_row`` column.
 
     Raises:
-        ValueError: unreadable content, an empty list, or a ``source_row`` that is not in the training split.
+        ValueError: unreadable content, an empty list, or ``source_row`` values none of which is in the training
+            split (those that are not are skipped with a warning: the model never trained on them).
         OSError: a missing or unreadable file.
     """
     path = Path(path)
@@ -101,10 +103,13 @@ def read_ids(path: str | os.PathLike, *, source_rows: np.ndarray | None = None) 
             rows = table["source_row"].to_numpy()
             position = {int(r): i for i, r in enumerate(source_rows)}
             unknown = [int(r) for r in rows if int(r) not in position]
-            if unknown:
-                raise ValueError(f"{path}: {len(unknown)} source rows are not in the training split (e.g. "
-                                 f"{unknown[0]}: held out for validation, or outside --train-size)")
-            ids = np.array([position[int(r)] for r in rows], dtype=np.int64)
+            if len(unknown) == len(rows):
+                raise ValueError(f"{path}: none of its {len(rows)} source rows is in the training split")
+            if unknown:  # the model never trained on them (validation split, or outside train_size): nothing to do
+                warnings.warn(f"{path}: {len(unknown)} of {len(rows)} source rows were never trained on (e.g. "
+                              f"{unknown[0]}: held out for validation, or outside the training subset); they are "
+                              "skipped", stacklevel=2)
+            ids = np.array([position[int(r)] for r in rows if int(r) in position], dtype=np.int64)
         else:
             raise ValueError(f"{path}: a CSV of ids needs an 'index' or 'source_row' column, got {list(table.columns)}")
     else:
