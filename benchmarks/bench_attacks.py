@@ -148,8 +148,8 @@ def bench_unlearning_attacks(name: str, options: dict, k: int, forget_size: int,
                              cache: Path, seed: int = 0) -> pd.DataFrame:
     """U-LiRA (train-then-unlearn shadows per method) and the NeurIPS 2023 forgetting score (``models`` unlearned
     and ``models`` retrained copies) for every method, on one forget set."""
-    from unlearn.attacks import extract_signals, forgetting_score, ulira
-    from unlearn.metrics import roc_summary
+    from unlearn.attacks import extract_signals, forgetting_score
+    from unlearn.evaluation import evaluate_ulira
     from unlearn.shadows import train_unlearned_shadow_models
     from unlearn.training import accuracy
 
@@ -168,21 +168,16 @@ def bench_unlearning_attacks(name: str, options: dict, k: int, forget_size: int,
         shadows = train_unlearned_shadow_models(splits.train, splits.test, model_fn, method=method, k=k,
                                                 folder=cache / f"ulira-{name}-{len(splits.train)}-{method}-k{k}",
                                                 **recipe)
-        positions = shadows.locate("train", forget_ids)
         unlearned = [unlearn(original, forget=forget, retain=retain, method=method, seed=s).model
                      for s in range(models)]
         phi_unlearned = np.stack([extract_signals(m, forget).phi[:, 0] for m in unlearned])
-        scores = [ulira(phi, shadows.phi(positions), shadows.unlearned_mask[:, positions],
-                        shadows.out_mask[:, positions]) for phi in (phi_unlearned[0], phi_retrained[0])]
-        usable = np.isfinite(scores[0]) & np.isfinite(scores[1])
-        summary = roc_summary(np.r_[scores[0][usable], scores[1][usable]],
-                              np.r_[np.ones(usable.sum()), np.zeros(usable.sum())])
+        summary, _ = evaluate_ulira(unlearned[0], retrained[0], forget=forget, shadows=shadows)
         accuracy_unlearned = [np.mean([accuracy(m, d) for m in unlearned]) for d in (retain, splits.test)]
         score = forgetting_score(phi_unlearned, phi_retrained,
                                  retain_accuracy=(accuracy_unlearned[0], accuracy_retrained[0]),
                                  test_accuracy=(accuracy_unlearned[1], accuracy_retrained[1]))
         rows.append({"dataset": name, "method": method, "ulira_auc": summary["auc"],
-                     "ulira_tpr@1%": summary["tpr_at_fpr_0.01"], "examples_scored": int(usable.sum()),
+                     "ulira_tpr@1%": summary["tpr_at_fpr_0.01"], "examples_scored": int(summary["scored"]),
                      **score})
     return pd.DataFrame(rows)
 
