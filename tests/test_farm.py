@@ -1,7 +1,9 @@
+import sys
+
 import numpy as np
 import pytest
 
-from unlearn.farm import Job, LocalFarm, check_manifest, get_farm
+from unlearn.farm import Job, LocalFarm, check_manifest, farms, get_farm
 
 
 def _square(job, shared):
@@ -35,11 +37,22 @@ def test_jobs_and_farms_are_checked(tmp_path):
         Job("../escape", np.arange(2), seed=0)
     with pytest.raises(ValueError, match="unique"):
         LocalFarm(tmp_path).pending([Job("a", np.arange(1), 0), Job("a", np.arange(1), 1)])
-    with pytest.raises(ValueError, match="unknown farm 'slurm'"):
+    with pytest.raises(ValueError, match="unknown farm 'slurm'; expected one of 'local', 'ray'"):
         get_farm("slurm", tmp_path)
     with pytest.raises(TypeError, match="run"):
         get_farm(object(), tmp_path)
+    local = LocalFarm(tmp_path)
+    with pytest.raises(TypeError, match="farm options \\(address\\)"):
+        get_farm(local, tmp_path, address="auto")
+    assert get_farm(local, tmp_path) is local
     assert isinstance(get_farm("local", tmp_path), LocalFarm)
+    assert farms() == ["local", "ray"]
+
+
+def test_the_ray_farm_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail as if it were not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'memunlearn\[ray\]'"):
+        get_farm("ray", tmp_path)
 
 
 def test_manifest_refuses_other_settings_unless_forced(tmp_path):
