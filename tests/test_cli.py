@@ -99,11 +99,12 @@ def test_run_removes_the_ids_of_a_request(tmp_path, capsys):
     pd.DataFrame({"source_row": [0, 1, 2, 5]}).to_csv(request, index=False)
     out = tmp_path / "run"
     assert main(["run", "--epochs", "1", "--checkpoints", "1", "--forget", f"ids:{request}", "--method", "finetune",
-                 "--out", str(out)]) == 0
+                 "--proxies", "confidence", "forgetting_events", "--out", str(out)]) == 0
     forget = pd.read_csv(out / "forget.csv")
     assert forget["source_row"].tolist() == [0, 1, 2, 5]
     scores = pd.read_csv(out / "scores.csv", index_col="index")
     assert scores.loc[scores["forget"], "source_row"].tolist() == [0, 1, 2, 5]
+    assert "loss_curvature" not in scores and "forgetting_events" in scores
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -111,6 +112,9 @@ def test_run_removes_the_ids_of_a_request(tmp_path, capsys):
     (["run", "--forget", "ids:/no/such/file"], "no such file"),
     (["run", "--select-by", "memorization"], "needs ground-truth scores"),
     (["run", "--shadows", "2"], "even number >= 4"),
+    (["run", "--proxies", "csl"], "--proxy confidence must be one of the --proxies ['csl']"),
+    (["run", "--proxies", "csl", "--proxy", "csl", "--forget", "high:5", "--select-by", "accuracy"],
+     "--select-by must be memorization or one of the --proxies"),
     (["proxies", "/no/such/run"], "is not a trained run"),
 ])
 def test_run_input_errors_fail_before_training(argv, message, capsys):

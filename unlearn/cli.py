@@ -28,12 +28,16 @@ from proxies import TrainingRecorder
 
 from .attacks import attacks as attack_names
 from .data import DatasetNotFoundError, datasets, load_dataset
+from .farm import farms
 from .models import create_model, models
 from .pipeline import RunFolder, group_of, per_example_scores, subset
 from .registry import methods
 from .scheduler import POLICIES
 from .selection import parse_forget_spec, select_forget
 from .training import RECIPES, TrainConfig, accuracy, load_checkpoint, save_checkpoint, train
+
+DEFAULT_PROXIES = (*proxies.RECORDING_PROXIES, "loss_curvature")
+"""What ``unlearn run`` computes unless ``--proxies`` says otherwise."""
 
 
 class UsageError(Exception):
@@ -106,9 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: memorization when --fz-models is set, else --proxy")
     g.add_argument("--method", default="rum", choices=methods(),
                    help="unlearning method; rum (the default) schedules one per memorization group")
-    g.add_argument("--proxy", default="confidence", choices=proxies.available(), metavar="PROXY",
+    model_proxies = [n for n in proxies.available() if n not in ("memorization", "c_score")]
+    g.add_argument("--proxy", default="confidence", choices=model_proxies, metavar="PROXY",
                    help="memorization proxy that schedules rum and groups the report (default: confidence); one of "
-                        f"{proxies.available()}")
+                        f"{model_proxies}")
+    g.add_argument("--proxies", nargs="+", default=list(DEFAULT_PROXIES), metavar="PROXY", choices=model_proxies,
+                   help="proxies to compute and report (default: the recording-based ones and loss_curvature, which "
+                        "costs ~20 forward-backward passes per checkpoint); --proxy and --select-by must be among them")
     g.add_argument("--policy", default=None, choices=sorted(POLICIES),
                    help="rum's built-in policy (default: RUMConfig's default)")
     g = p.add_argument_group("evaluation")
@@ -172,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_farm_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model farm (shadow and subset models)")
-    g.add_argument("--farm", default="local", choices=["local", "ray"],
+    g.add_argument("--farm", default="local", choices=farms(),
                    help="where the many small models train: here, one after another, or as Ray tasks (pip install "
                         "'memunlearn[ray]')")
     g.add_argument("--ray-address", default=None,
@@ -285,9 +293,6 @@ def _recipe(settings: dict) -> dict:
     return {k: settings[k] for k in TrainConfig().as_kwargs()}
 
 
-DEFAULT_PROXIES = (*proxies.RECORDING_PROXIES, "loss_curvature")
-
-
 def _proxies_stage(run: RunFolder, splits, recorder, checkpoints, after: str, names=DEFAULT_PROXIES) -> pd.DataFrame:
     settings = {"after": after, "proxies": list(names)}
     if run.reusable("proxies", settings, ["proxies.csv"]):
@@ -322,10 +327,12 @@ def _memorization_stage(args, splits, settings, out: Path) -> pd.Series | None:
 
 
 def _forget_stage(run: RunFolder, spec_text: str, ranking: pd.Series | None, splits, seed: int, after: str,
-                  select_by: str) -> np.ndarray:
+                  select_by: str, fz_models: int) -> np.ndarray:
     spec = parse_forget_spec(spec_text)
     settings = {"after": after, "spec": spec_text, "seed": seed,
                 "select_by": select_by if spec.needs_scores else None}
+    if spec.needs_scores and select_by == "memorization":
+        settings["fz_models"] = fz_models  # the ranking changes with the number of subset models
     if spec.kind == "ids":
         if not spec.path.is_file():
             raise UsageError(f"--forget {spec_text}: no such file {spec.path}")
@@ -356,7 +363,7 @@ def _reference_stage(run: RunFolder, retain, model_fn, recipe: dict, seed: int, 
     return reference.eval()
 
 
-def _unlearn_stage(run: RunFolder, args, original, forget, retain, recorder, model_fn, after: str):
+def _unlearn_stage(run: RunFolder, args, original, forget, retain, table: pd.DataFrame, model_fn, after: str):
     from .unlearning import unlearn
 
     rum = args.method == "rum"
@@ -367,7 +374,7 @@ def _unlearn_stage(run: RunFolder, args, original, forget, retain, recorder, mod
         return load_checkpoint(model_fn(), run.path / "unlearned.pt").eval(), pd.read_csv(run.path / "plan.csv")
     print(f"unlearning {len(forget)} examples with {args.method}" + (f" scheduled by {args.proxy}" if rum else ""))
     with run.timed("unlearn", settings):
-        options = {"proxy": args.proxy, "recording": recorder, "policy": args.policy} if rum else {}
+        options = {"scores": _proxy_series(table, args.proxy), "policy": args.policy} if rum else {}
         result = unlearn(original, forget=forget, retain=retain, method=args.method, seed=args.seed,
                          device=args.device, **options)
         save_checkpoint(result.model, run.path / "unlearned.pt")
@@ -413,8 +420,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     select_by = args.select_by or ("memorization" if args.fz_models else args.proxy)
     if select_by == "memorization" and not args.fz_models:
         raise UsageError("--select-by memorization needs ground-truth scores: add --fz-models K")
-    if select_by not in (*DEFAULT_PROXIES, "memorization"):
-        raise UsageError(f"--select-by must be memorization or one of {list(DEFAULT_PROXIES)}, got {select_by!r}")
+    if args.proxy not in args.proxies:
+        raise UsageError(f"--proxy {args.proxy} must be one of the --proxies {args.proxies}")
+    if select_by not in (*args.proxies, "memorization"):
+        raise UsageError(f"--select-by must be memorization or one of the --proxies {args.proxies}, got {select_by!r}")
     if spec.kind == "ids" and not spec.path.is_file():
         raise UsageError(f"--forget {args.forget}: no such file {spec.path}")
 
@@ -427,7 +436,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     model_fn, recipe = _model_fn(settings, splits), _recipe(settings)
 
     print("\n[2/6] memorization proxies")
-    table = _proxies_stage(run, splits, recorder, checkpoints, after_train)
+    table = _proxies_stage(run, splits, recorder, checkpoints, after_train, args.proxies)
     memorization = _memorization_stage(args, splits, settings, out)
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
         print(f"most memorized by {args.proxy} (the first {args.rows} of {len(table)}; scores.csv has all):")
@@ -441,7 +450,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(f"{int(ranking.isna().sum())} examples have no {select_by} score (with few subset models, some are "
               "in all or none of them) and are not ranked")
         ranking = ranking.dropna()
-    forget_ids = _forget_stage(run, args.forget, ranking, splits, args.seed, after_train, select_by)
+    forget_ids = _forget_stage(run, args.forget, ranking, splits, args.seed, after_train, select_by, args.fz_models)
     forget = subset(splits.train, forget_ids)
     retain = subset(splits.train, np.setdiff1d(splits.train.indices.numpy(), forget_ids))
     print(f"forget {len(forget)} of {len(splits.train)} training examples ({args.forget}"
@@ -451,7 +460,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     print("\n[4/6] retrained reference")
     reference = _reference_stage(run, retain, model_fn, recipe, args.seed, args.device, after_forget)
     print(f"\n[5/6] unlearning ({args.method})")
-    unlearned, plan = _unlearn_stage(run, args, original, forget, retain, recorder, model_fn, after_forget)
+    unlearned, plan = _unlearn_stage(run, args, original, forget, retain, table, model_fn, after_forget)
     print(plan.drop(columns=["config"]).to_string(index=False))
 
     print("\n[6/6] evaluation")
