@@ -131,6 +131,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             row[f"{metric}_ci"] = half
         row["seconds"] = group["seconds"].mean()
         row["retrain_seconds"] = group["retrain_seconds"].mean()
+        row["retain_used"] = group["retain_used"].max()
         row["time_vs_retrain"] = (group["seconds"] / group["retrain_seconds"]).mean()
         out.append(row)
     return pd.DataFrame(out)
@@ -177,7 +178,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)
-    tables = []
+    tables, start = [], time.perf_counter()
     for name in args.datasets:
         try:
             tables.append(run_dataset(name, DATASETS[name], args.kinds, args.seeds, args.cache, args.policies,
@@ -194,7 +195,7 @@ def main() -> int:
     path = args.out / "bench_unlearn.json"
     path.write_text(json.dumps({"summary": summary.to_dict("records"), "runs": runs.to_dict("records"),
                                 "targets": notes}, indent=2, default=float) + "\n")
-    print(f"\nwrote {path}")
+    print(f"\nwrote {path} ({(time.perf_counter() - start) / 60:.1f} min, torch threads {torch.get_num_threads()})")
     return 0
 
 

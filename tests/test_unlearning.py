@@ -1,6 +1,7 @@
 """unlearn(): every method on the real digits data, the RUM scheduler, plugins and bad input."""
 
 import importlib.metadata
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,9 @@ from torch.utils.data import Subset, TensorDataset
 
 import proxies
 import unlearn.registry as registry
-from unlearn import RUMConfig, create_model, methods, register_method, train, unlearn
+from unlearn import POLICIES, RUMConfig, create_model, methods, register_method, train, unlearn
+from unlearn.data import IndexedDataset, materialize
+from unlearn.scheduler import retain_sample
 from unlearn.training import accuracy
 
 FAST = {  # fewer epochs than the anchors: the tests check behaviour, the benchmark checks quality
@@ -232,3 +235,117 @@ def test_salun_mask_keeps_exactly_the_ratio_even_when_saliencies_tie():
     total = sum(p.numel() for p in model.parameters())
     assert kept == round(0.5 * total) == 505  # not every weight, although 600 saliencies tie at exactly 0
     assert mask["weight"][:, :40].all() and mask["bias"].all()  # the 410 salient weights are all in
+
+
+# retain subsampling: each RUM step trains on a seeded random sample of ceil(k * group size) retain examples
+
+def _spy(monkeypatch):
+    """Register a method that records the retain set it is handed and leaves the model alone."""
+    seen = []
+
+    @dataclass
+    class SpyConfig:
+        epochs: int = 1
+
+    def spy(model, forget, retain, config, *, seed, device):
+        seen.append(retain.indices.numpy().copy())
+        return model
+
+    monkeypatch.setitem(registry._METHODS, "spy", registry.Method("spy", spy, SpyConfig, ""))
+    return seen
+
+
+def test_retain_sample_is_seeded_sized_and_capped():
+    first = retain_sample(1000, 30, retain_per_forget=2.5, seed=7)
+    assert len(first) == 75 and len(np.unique(first)) == 75 and np.all(np.diff(first) > 0)
+    np.testing.assert_array_equal(first, retain_sample(1000, 30, retain_per_forget=2.5, seed=7))
+    assert not np.array_equal(first, retain_sample(1000, 30, retain_per_forget=2.5, seed=8))
+    assert len(retain_sample(1000, 3, retain_per_forget=0.1, seed=0)) == 1  # rounds up: never an empty sample
+    np.testing.assert_array_equal(retain_sample(50, 30, retain_per_forget=2, seed=0), np.arange(50))  # capped
+    np.testing.assert_array_equal(retain_sample(50, 30, retain_per_forget=None, seed=0), np.arange(50))
+
+
+def test_rum_steps_see_only_their_recorded_retain_sample(trained, monkeypatch):
+    model, _, forget, retain = trained
+    seen = _spy(monkeypatch)
+    retain_ids, forget_ids = np.asarray(retain.indices), np.asarray(forget.indices)
+    policy = {"low": None, "medium": ("spy", {"retain_per_forget": 0.5}), "high": "spy"}
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy,
+                     config=RUMConfig(retain_per_forget=3))
+    assert [s.retain_size for s in result.plan] == [0, 15, 90]  # noop, the entry's 0.5 x 30, the config's 3 x 30
+    assert list(result.summary()["retain"]) == [0, 15, 90]
+    assert "retain_per_forget" not in result.plan[1].config  # the scheduler's key never reaches the method
+    for step, handed in zip(result.plan[1:], seen, strict=True):
+        np.testing.assert_array_equal(step.retain_indices, handed)  # the plan records exactly what the method saw
+        assert np.isin(handed, retain_ids).all() and not np.isin(handed, forget_ids).any()
+    assert not np.array_equal(seen[0][:15], seen[1][:15])  # each step draws its own sample
+    again = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy,
+                    config=RUMConfig(retain_per_forget=3))
+    other_seed = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy,
+                         config=RUMConfig(retain_per_forget=3), seed=1)
+    for a, b, c in zip(result.plan, again.plan, other_seed.plan, strict=True):
+        np.testing.assert_array_equal(a.retain_indices, b.retain_indices)
+        assert a.retain_size == c.retain_size and (a.retain_size == 0 or not np.array_equal(a.retain_indices,
+                                                                                             c.retain_indices))
+    without = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy)  # no default
+    assert [s.retain_size for s in without.plan] == [0, 15, len(retain)]
+
+
+def test_retain_examples_outside_the_sample_do_not_matter(trained):
+    model, _, forget, retain = trained
+    before = _state(model)
+    policy = {"low": None, "medium": None, "high": ("finetune", {"epochs": 1, "lr": 0.05, "retain_per_forget": 4})}
+    scores = np.arange(90.0)
+    result = unlearn(model, forget=forget, retain=retain, scores=scores, policy=policy, seed=3)
+    assert _identical(model, before) and not _identical(result.model, before)
+    sampled = np.isin(np.asarray(retain.indices), result.plan[-1].retain_indices)
+    assert sampled.sum() == 120 == result.plan[-1].retain_size
+    data, outside = materialize(retain), torch.from_numpy(~sampled)
+    inputs, targets = data.inputs.clone(), data.targets.clone()
+    inputs[outside], targets[outside] = torch.randn_like(inputs[outside]), (targets[outside] + 1) % 10
+    altered = IndexedDataset(inputs, targets, indices=data.indices)  # every example outside the sample is garbage
+    again = unlearn(model, forget=forget, retain=altered, scores=scores, policy=policy, seed=3)
+    assert _identical(again.model, _state(result.model))
+
+
+def test_a_retain_sample_as_large_as_the_retain_set_is_the_whole_set(trained):
+    model, _, forget, retain = trained
+    policy = {"low": None, "medium": None, "high": ("finetune", {"epochs": 1})}
+    whole = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy)
+    capped = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy,
+                     config={"retain_per_forget": len(retain) / 30})
+    assert capped.plan[-1].retain_size == len(retain)
+    assert _identical(capped.model, _state(whole.model))
+
+
+def test_the_cheap_builtin_policy_trains_on_small_retain_samples(trained):
+    model, _, forget, retain = trained
+    before = _state(model)
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy="random_label_fast")
+    assert _identical(model, before) and not _identical(result.model, before)
+    for step in result.plan:
+        entry = POLICIES["random_label_fast"][step.group]
+        expected = 0 if entry is None else math.ceil(entry[1]["retain_per_forget"] * 30)
+        assert step.retain_size == expected < len(retain)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf")])
+def test_bad_retain_per_forget_is_refused_before_any_step(trained, monkeypatch, bad):
+    model, _, forget, retain = trained
+    seen = _spy(monkeypatch)
+    with pytest.raises(ValueError, match="retain_per_forget must be a positive finite number"):
+        RUMConfig(retain_per_forget=bad)
+    with pytest.raises(ValueError, match="retain_per_forget must be a positive finite number"):
+        unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), config={"retain_per_forget": bad})
+    with pytest.raises(ValueError, match="retain_per_forget of group 'high' must be a positive finite number"):
+        unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                policy={"low": "spy", "medium": "spy", "high": ("spy", {"retain_per_forget": bad})})
+    assert seen == []  # refused while checking the policy, before the first group ran
+    with pytest.raises(ValueError, match="positive finite number"):
+        retain_sample(100, 10, retain_per_forget=bad, seed=0)
+
+
+@pytest.mark.parametrize("bad", ["8", True, [8]])
+def test_retain_per_forget_of_the_wrong_type_is_refused(bad):
+    with pytest.raises(TypeError, match="retain_per_forget must be a positive number or None"):
+        RUMConfig(retain_per_forget=bad)

@@ -32,7 +32,7 @@ from .farm import farms
 from .models import create_model, models
 from .pipeline import RunFolder, group_of, per_example_scores, subset
 from .registry import methods
-from .scheduler import POLICIES
+from .scheduler import POLICIES, RUMConfig
 from .selection import parse_forget_spec, select_forget
 from .training import RECIPES, TrainConfig, accuracy, load_checkpoint, save_checkpoint, train
 
@@ -368,7 +368,7 @@ def _unlearn_stage(run: RunFolder, args, original, forget, retain, table: pd.Dat
 
     rum = args.method == "rum"
     settings = {"after": after, "method": args.method, "proxy": args.proxy if rum else None,
-                "policy": args.policy if rum else None, "seed": args.seed}
+                "policy": (args.policy or RUMConfig().policy) if rum else None, "seed": args.seed}
     if run.reusable("unlearn", settings, ["unlearned.pt", "plan.csv"]):
         print("reusing the unlearned model in unlearned.pt")
         return load_checkpoint(model_fn(), run.path / "unlearned.pt").eval(), pd.read_csv(run.path / "plan.csv")
