@@ -75,7 +75,7 @@ def test_run_reuses_finished_stages_and_refuses_other_settings(run_folder, capsy
     assert main([*RUN, "--out", str(run_folder), "--method", "neggrad"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and err.endswith("choose another folder or force it (--force)\n")
-    assert "unlearn stage of a run with other settings (method, proxy)" in err
+    assert "unlearn stage of a run with other settings (method, policy, proxy)" in err
 
 
 def test_proxies_and_attack_commands_read_a_run(run_folder, capsys):

@@ -113,7 +113,7 @@ class LocalFarm(_FolderFarm):
         self.folder.mkdir(parents=True, exist_ok=True)
         todo = self.pending(jobs)
         for job in tqdm(todo, desc=f"models ({len(jobs) - len(todo)} of {len(jobs)} on disk)", unit="model",
-                        disable=not self.progress):
+                        disable=not self.progress or not todo):
             _save(self.path(job.key), fn(job, shared))
         return self.collect(jobs)
 
