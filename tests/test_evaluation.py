@@ -3,6 +3,7 @@
 import functools
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.utils.data import Subset
@@ -105,3 +106,16 @@ def test_ulira_shadows_unlearn_with_rum_scheduled_by_their_own_recording(small_d
         train_unlearned_shadow_models(small_digits.train, small_digits.test, model_fn, method="rum",
                                       method_config={"proxy": "nope"}, k=2, folder=tmp_path / "x", progress=False,
                                       epochs=1)
+
+
+def test_several_named_models_match_separate_evaluations(setup, small_digits):
+    original, retrained, forget, retain, _ = setup
+    common = {"forget": forget, "retain": retain, "test": small_digits.test, "reference": retrained,
+              "attacks": ("loss_threshold", "svc")}
+    both = evaluate({"original": original, "again": original}, **common)
+    alone = evaluate(original, **common)
+    assert list(both.columns) == ["original", "again", "reference"]
+    pd.testing.assert_series_equal(both["original"], alone["model"], check_names=False)
+    pd.testing.assert_series_equal(both["again"], alone["model"], check_names=False)
+    with pytest.raises(ValueError, match="not 'reference'"):
+        evaluate({"reference": original}, **common)

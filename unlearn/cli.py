@@ -468,9 +468,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     attacks = list(dict.fromkeys([*args.attacks, *(["lira", "rmia"] if shadows is not None else [])]))
     common = {"forget": forget, "retain": retain, "test": splits.test, "reference": reference, "attacks": attacks,
               "shadows": shadows, "seed": args.seed, "device": args.device}
-    before, after = evaluate(original, **common), evaluate(unlearned, **common)
-    results = pd.DataFrame({"original": before["model"], "unlearned": after["model"],
-                            "retrained": after["reference"]})
+    results = evaluate({"original": original, "unlearned": unlearned}, **common).rename(
+        columns={"reference": "retrained"})
     models = {"original": original, "unlearned": unlearned, "retrained": reference}
     examples = per_example_scores(models, splits.train, shadows=shadows, device=args.device)
     if unlearned_shadows is not None:

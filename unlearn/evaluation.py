@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 import torch
@@ -51,13 +53,14 @@ def _mia_fraction(column: dict[str, float]) -> tuple[str, float] | None:
     return None
 
 
-def evaluate(model: nn.Module, *, forget: Dataset, retain: Dataset, test: Dataset, reference: nn.Module | None = None,
-             attacks=("loss_logreg", "svc"), shadows=None, seed: int = 0,
+def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, retain: Dataset, test: Dataset,
+             reference: nn.Module | None = None, attacks=("loss_logreg", "svc"), shadows=None, seed: int = 0,
              device: torch.device | str | None = None) -> pd.DataFrame:
     """Evaluate an unlearned model, and a retrained-from-scratch ``reference`` beside it.
 
     Args:
-        model: the model to evaluate.
+        model: the model to evaluate, or several by name (``{"original": ..., "unlearned": ...}``: one column
+            each, all scored against one evaluation of the reference).
         forget, retain, test: the forget set, the retain set and held-out data (items ``(x, y[, index])``).
         reference: the model retrained without the forget set; adds a ``reference`` column and ToW / ToW-MIA.
         attacks: names from :func:`unlearn.attacks.attacks`. ``lira``, ``lira_offline`` and ``rmia`` need
@@ -68,7 +71,7 @@ def evaluate(model: nn.Module, *, forget: Dataset, retain: Dataset, test: Datase
 
     Returns:
         A DataFrame indexed by metric (``accuracy.forget``, ``svc.confidence``, ``lira.auc``, ``tow``...) with a
-        ``model`` column and, given a reference, a ``reference`` column.
+        ``model`` column (or one per named model) and, given a reference, a ``reference`` column.
     """
     if isinstance(attacks, str):
         attacks = (attacks,)
@@ -78,18 +81,23 @@ def evaluate(model: nn.Module, *, forget: Dataset, retain: Dataset, test: Datase
     forget, retain, test = materialize(forget), materialize(retain), materialize(test)
     if min(len(forget), len(retain), len(test)) == 0:
         raise ValueError("forget, retain and test must each hold at least one example")
-    columns = {"model": _report_column(model, forget, retain, test, attacks, shadows, seed, device)}
+    named = dict(model) if isinstance(model, Mapping) else {"model": model}
+    if "reference" in named or not named:
+        raise ValueError(f"models must be named, and not 'reference'; got {list(named)}")
+    columns = {name: _report_column(m, forget, retain, test, attacks, shadows, seed, device)
+               for name, m in named.items()}
     if reference is not None:
         columns["reference"] = _report_column(reference, forget, retain, test, attacks, shadows, seed, device)
         accuracy = {name: {s: columns[name][f"accuracy.{s}"] for s in ("forget", "retain", "test")}
                     for name in columns}
-        columns["model"]["tow"] = tow(accuracy["model"], accuracy["reference"])
-        mia = _mia_fraction(columns["model"])
-        if mia is not None:
-            key = mia[0]
-            columns["model"]["tow_mia"] = tow_mia(accuracy["model"], accuracy["reference"],
-                                                  mia_unlearned=columns["model"][key],
-                                                  mia_retrained=columns["reference"][key])
+        for name in named:
+            columns[name]["tow"] = tow(accuracy[name], accuracy["reference"])
+            mia = _mia_fraction(columns[name])
+            if mia is not None:
+                key = mia[0]
+                columns[name]["tow_mia"] = tow_mia(accuracy[name], accuracy["reference"],
+                                                   mia_unlearned=columns[name][key],
+                                                   mia_retrained=columns["reference"][key])
     report = pd.DataFrame(columns, dtype=float)
     report.index.name = "metric"
     return report
