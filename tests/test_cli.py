@@ -84,6 +84,12 @@ def test_proxies_and_attack_commands_read_a_run(run_folder, capsys):
     assert list(written.columns) == ["confidence", "csl"]
     run_scores = pd.read_csv(run_folder / "scores.csv", index_col="index")
     np.testing.assert_allclose(written["csl"], run_scores["csl"], rtol=1e-5)  # the run's recording, read back
+    assert main(["proxies", str(run_folder), "--proxies", "csl", "--fz-models", "2"]) == 0  # the run's subset models
+    written = pd.read_csv(run_folder / "proxy_scores.csv", index_col="index")
+    assert list(written.columns) == ["csl", "memorization", "c_score"]
+    np.testing.assert_allclose(written["memorization"], run_scores["memorization"], equal_nan=True)
+    assert main(["proxies", str(run_folder), "--proxies", "c_score"]) == 2
+    assert "needs subset models: add --fz-models K" in capsys.readouterr().err
     capsys.readouterr()
     assert main(["attack", str(run_folder), "--attacks", "loss_threshold"]) == 0
     out = capsys.readouterr().out

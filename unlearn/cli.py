@@ -299,17 +299,28 @@ def _proxies_stage(run: RunFolder, splits, recorder, checkpoints, after: str, na
         print("reusing the proxies in proxies.csv")
         return pd.read_csv(run.path / "proxies.csv", index_col="index")
     with run.timed("proxies", settings):
-        recorded = [n for n in names if "recording" in proxies.get_proxy(n).needs]
-        table = proxies.compute(recorded, recording=recorder) if recorded else pd.DataFrame(
-            index=pd.RangeIndex(len(splits.train), name="index"))
-        for name in (n for n in names if n not in recorded):
-            if name == "loss_curvature":
-                print(f"loss curvature over {len(checkpoints)} checkpoints")
-                table[name] = proxies.loss_curvature(checkpoints, splits.train)
-            else:
-                table[name] = proxies.compute(name, model=checkpoints[-1], data=splits.train)
-        table.index.name = "index"
+        table = _compute_proxies(names, splits, recorder, checkpoints)
         table.to_csv(run.path / "proxies.csv")
+    return table
+
+
+def _compute_proxies(names, splits, recorder, checkpoints, subset_models=None) -> pd.DataFrame:
+    """The named proxies of the training set: from the recording, from the checkpoints (loss curvature averages
+    them all; other model proxies read the last) or from subset models."""
+    recorded = [n for n in names if "recording" in proxies.get_proxy(n).needs]
+    table = proxies.compute(recorded, recording=recorder) if recorded else pd.DataFrame(
+        index=pd.RangeIndex(len(splits.train)))
+    for name in (n for n in names if n not in recorded):
+        if "subset_models" in proxies.get_proxy(name).needs:
+            if subset_models is None:
+                raise UsageError(f"proxy {name} needs subset models: add --fz-models K")
+            table[name] = proxies.compute(name, subset_models=subset_models)
+        elif name == "loss_curvature":
+            print(f"loss curvature over {len(checkpoints)} checkpoints")
+            table[name] = proxies.loss_curvature(checkpoints, splits.train)
+        else:
+            table[name] = proxies.compute(name, model=checkpoints[-1], data=splits.train)
+    table.index.name = "index"
     return table
 
 
@@ -558,26 +569,14 @@ def _load_run(folder: Path, root) -> tuple:
 
 def cmd_proxies(args: argparse.Namespace) -> None:
     settings, splits, _, recorder, checkpoints = _load_run(args.run, args.root)
-    names = args.proxies or list(DEFAULT_PROXIES)
-    recorded = [n for n in names if "recording" in proxies.get_proxy(n).needs]
-    table = proxies.compute(recorded, recording=recorder) if recorded else pd.DataFrame(
-        index=pd.RangeIndex(len(splits.train)))
+    names = list(args.proxies or DEFAULT_PROXIES)
     subset_models = None
     if args.fz_models:
         subset_models = proxies.train_subset_models(
             splits.train, _model_fn(settings, splits), k=args.fz_models, folder=args.run / "subset-models",
             seed=settings["seed"], farm=args.farm, farm_options=_farm_options(args), **_recipe(settings))
-        for name in ("memorization", "c_score"):
-            table[name] = proxies.compute(name, subset_models=subset_models)
-    for name in names:
-        if name in recorded or name in table:
-            continue
-        needs = proxies.get_proxy(name).needs
-        if "subset_models" in needs:
-            raise UsageError(f"proxy {name} needs subset models: add --fz-models K")
-        table[name] = (proxies.loss_curvature(checkpoints, splits.train) if name == "loss_curvature"
-                       else proxies.compute(name, model=checkpoints[-1], data=splits.train))
-    table.index.name = "index"
+        names += [n for n in ("memorization", "c_score") if n not in names]
+    table = _compute_proxies(names, splits, recorder, checkpoints, subset_models)
     target = args.to or args.run / "proxy_scores.csv"
     table.to_csv(target)
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
