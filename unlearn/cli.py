@@ -344,9 +344,7 @@ def _forget_stage(run: RunFolder, spec_text: str, ranking: pd.Series | None, spl
                 "select_by": select_by if spec.needs_scores else None}
     if spec.needs_scores and select_by == "memorization":
         settings["fz_models"] = fz_models  # the ranking changes with the number of subset models
-    if spec.kind == "ids":
-        if not spec.path.is_file():
-            raise UsageError(f"--forget {spec_text}: no such file {spec.path}")
+    if spec.kind == "ids":  # cmd_run checked the file exists
         settings["ids_sha1"] = hashlib.sha1(spec.path.read_bytes()).hexdigest()
     if run.reusable("forget", settings, ["forget.csv"]):
         return pd.read_csv(run.path / "forget.csv")["index"].to_numpy()
@@ -397,10 +395,8 @@ def _unlearn_stage(run: RunFolder, args, original, forget, retain, table: pd.Dat
 def _shadow_stage(args, splits, settings, out: Path):
     from .shadows import train_shadow_models, train_unlearned_shadow_models
 
-    if not args.shadows:
+    if not args.shadows:  # cmd_run checked that K is even and >= 4
         return None, None
-    if args.shadows < 4 or args.shadows % 2:
-        raise UsageError(f"--shadows must be an even number >= 4 (RMIA holds one out), got {args.shadows}")
     model_fn, recipe = _model_fn(settings, splits), _recipe(settings)
     farm = {"farm": args.farm, "farm_options": _farm_options(args), "device": args.device, "force": args.force}
     print(f"{args.shadows} shadow models for LiRA / RMIA (cached in {out / 'shadows'})")
