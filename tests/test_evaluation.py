@@ -119,3 +119,55 @@ def test_several_named_models_match_separate_evaluations(setup, small_digits):
     pd.testing.assert_series_equal(both["again"], alone["model"], check_names=False)
     with pytest.raises(ValueError, match="not 'reference'"):
         evaluate({"reference": original}, **common)
+
+
+def _split_signals(model, parts, queries, seed):
+    """The model's signals on the union of ``parts``, each predicted on its own (the batches evaluate() predicts),
+    in a shuffled order: signals of a whole split that evaluate() must find its rows in by index."""
+    from unlearn.attacks.signals import Signals, predict_queries
+
+    logits, labels, index = (torch.cat(t).numpy() for t in zip(*(predict_queries(model, p, queries) for p in parts),
+                                                                strict=True))
+    order = np.random.default_rng(seed).permutation(len(index))
+    return Signals.from_logits(logits[order], labels[order], index[order])
+
+
+def test_evaluate_on_given_signals_matches_predicting(setup, small_digits, monkeypatch):
+    import unlearn.attacks.signals
+
+    original, retrained, forget, retain, shadows = setup
+    common = {"forget": forget, "retain": retain, "test": small_digits.test, "reference": retrained,
+              "attacks": ("lira", "lira_offline", "rmia", "loss_threshold", "loss_logreg", "svc"), "shadows": shadows}
+    plain = evaluate({"original": original}, **common)
+    signals = {name: {"train": _split_signals(m, (retain, forget), shadows.queries, seed=1),
+                      "test": _split_signals(m, (small_digits.test,), shadows.queries, seed=2)}
+               for name, m in (("original", original), ("reference", retrained))}
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("evaluate() predicted although it was given the signals")
+
+    flipped = {"train": _split_signals(original, (retain, forget), ("identity", "hflip"), seed=1)}
+    monkeypatch.setattr(unlearn.attacks.signals, "predict_queries", no_prediction)
+    pd.testing.assert_frame_equal(evaluate({"original": original}, **common, signals=signals), plain, check_exact=True)
+    with pytest.raises(ValueError, match=r"train signals hold 2 augmentation queries, expected 1 \('identity',\)"):
+        evaluate(original, **common, signals={"model": flipped})
+
+
+def test_per_example_scores_on_given_signals_match_predicting(setup, small_digits):
+    from unlearn.attacks import extract_signals
+    from unlearn.pipeline import per_example_scores
+
+    original, retrained, forget, _, shadows = setup
+    models = {"original": original, "retrained": retrained}
+    signals = {name: {split: extract_signals(m, data, queries=shadows.queries)
+                      for split, data in (("train", small_digits.train), ("test", small_digits.test))}
+               for name, m in models.items()}
+    for split in ("train", "test"):
+        data = getattr(small_digits, split)
+        pd.testing.assert_frame_equal(
+            per_example_scores(models, data, shadows=shadows, split=split, signals=signals),
+            per_example_scores(models, data, shadows=shadows, split=split), check_exact=True)
+    train = signals["original"]["train"]
+    assert train.take(train.locate([7, 3])).index.tolist() == [7, 3]
+    with pytest.raises(ValueError, match="1 of 2 examples are not among the signals' 300 examples"):
+        train.locate([3, 300])

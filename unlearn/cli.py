@@ -414,6 +414,7 @@ def _shadow_stage(args, splits, settings, out: Path):
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from .attacks import extract_signals
     from .evaluation import evaluate, evaluate_ulira
     from .metrics import plot_roc
     from .report import plot_group_accuracy, plot_proxies_vs_memorization, write_report
@@ -473,15 +474,21 @@ def cmd_run(args: argparse.Namespace) -> None:
     print("\n[6/6] evaluation")
     shadows, unlearned_shadows = _shadow_stage(args, splits, settings, out)
     attacks = list(dict.fromkeys([*args.attacks, *(["lira", "rmia"] if shadows is not None else [])]))
+    models = {"original": original, "unlearned": unlearned, "retrained": reference}
+    queries = shadows.queries if shadows is not None else ("identity",)
+    # each model predicted once per split; the report, scores.csv and the ROC figure all score these signals
+    signals = {name: {split: extract_signals(model, data, queries=queries, device=args.device)
+                      for split, data in (("train", splits.train), ("test", splits.test))}
+               for name, model in models.items()}
     common = {"forget": forget, "retain": retain, "test": splits.test, "reference": reference, "attacks": attacks,
-              "shadows": shadows, "seed": args.seed, "device": args.device}
+              "shadows": shadows, "seed": args.seed, "device": args.device,
+              "signals": {**signals, "reference": signals["retrained"]}}
     results = evaluate({"original": original, "unlearned": unlearned}, **common).rename(
         columns={"reference": "retrained"})
-    models = {"original": original, "unlearned": unlearned, "retrained": reference}
-    examples = per_example_scores(models, splits.train, shadows=shadows, device=args.device)
+    examples = per_example_scores(models, splits.train, shadows=shadows, device=args.device, signals=signals)
     if unlearned_shadows is not None:
         summary, ulira_scores = evaluate_ulira(unlearned, reference, forget=forget, shadows=unlearned_shadows,
-                                               device=args.device)
+                                               device=args.device, signals=signals)
         for key, value in summary.items():
             results.loc[f"ulira.{key}", "unlearned"] = value
         examples = examples.join(ulira_scores.add_prefix("ulira_"))
@@ -508,7 +515,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     figures = {"membership inference ROC (forget vs test)": "roc.png",
                f"forget accuracy by {args.proxy} group": "forget_accuracy_by_group.png"}
-    test_scores = per_example_scores(models, splits.test, shadows=shadows, split="test", device=args.device)
+    test_scores = per_example_scores(models, splits.test, shadows=shadows, split="test", device=args.device,
+                                     signals=signals)
     kind = "lira" if shadows is not None else "loss"
     sign = 1.0 if kind == "lira" else -1.0  # a low loss marks a member
     curves = {name: (sign * np.r_[scores.loc[forget_ids, f"{kind}_{name}"].to_numpy(),

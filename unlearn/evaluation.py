@@ -21,17 +21,36 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .attacks import AttackInputs, extract_signals, get_attack
+from .attacks import AttackInputs, Signals, extract_signals, get_attack
 from .data import materialize
 from .metrics import roc_summary, tow, tow_mia
 
 __all__ = ["evaluate", "evaluate_ulira"]
 
 
-def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows, seed, device) -> dict[str, float]:
+SplitSignals = Mapping[str, Mapping[str, Signals]]
+"""Signals of models on whole splits, by model name and split (``"train"``, ``"test"``)."""
+
+
+def _signals(model: nn.Module, data, split: str, given: Mapping[str, Signals] | None, queries,
+             device) -> Signals:
+    """``model``'s signals on ``data``: the rows of ``given[split]`` (its signals on the whole split, with the same
+    queries) when there are some, else predicted."""
+    source = (given or {}).get(split)
+    if source is None:
+        return extract_signals(model, data, queries=queries, device=device)
+    if source.phi.shape[1] != len(queries):
+        raise ValueError(f"the given {split} signals hold {source.phi.shape[1]} augmentation queries, expected "
+                         f"{len(queries)} {tuple(queries)} (the shadow models' queries, else identity)")
+    return source.take(source.locate(data.indices.numpy()))
+
+
+def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows, seed, device,
+                   given: Mapping[str, Signals] | None = None) -> dict[str, float]:
     queries = shadows.queries if shadows is not None else ("identity",)
-    signals = {name: extract_signals(model, data, queries=queries, device=device)
-               for name, data in (("forget", forget), ("retain", retain), ("test", test))}
+    signals = {name: _signals(model, data, split, given, queries, device)
+               for name, data, split in (("forget", forget, "train"), ("retain", retain, "train"),
+                                         ("test", test, "test"))}
     column = {f"accuracy.{name}": float(s.correct[:, 0].mean()) for name, s in signals.items()}
     positions = {}
     if shadows is not None:
@@ -55,7 +74,7 @@ def _mia_fraction(column: dict[str, float]) -> tuple[str, float] | None:
 
 def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, retain: Dataset, test: Dataset,
              reference: nn.Module | None = None, attacks=("loss_logreg", "svc"), shadows=None, seed: int = 0,
-             device: torch.device | str | None = None) -> pd.DataFrame:
+             device: torch.device | str | None = None, signals: SplitSignals | None = None) -> pd.DataFrame:
     """Evaluate an unlearned model, and a retrained-from-scratch ``reference`` beside it.
 
     Args:
@@ -68,6 +87,11 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
         shadows: :class:`unlearn.shadows.ShadowModels` trained on the training and test sets
             (:func:`unlearn.shadows.train_shadow_models`; cached on disk, reusable across evaluations).
         seed: seed of the attacks' subsampling and cross-validation.
+        signals: signals already extracted, to take rows from instead of predicting again: by model name
+            (``"model"`` for a single one, ``"reference"``) and split, ``{"train": ..., "test": ...}`` as
+            :func:`unlearn.attacks.extract_signals` gives them on datasets holding the forget and retain examples
+            (``train``) and the test examples (``test``), by index, with ``shadows.queries`` when there are shadows.
+            A model or split missing here is predicted.
 
     Returns:
         A DataFrame indexed by metric (``accuracy.forget``, ``svc.confidence``, ``lira.auc``, ``tow``...) with a
@@ -84,10 +108,12 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
     named = dict(model) if isinstance(model, Mapping) else {"model": model}
     if "reference" in named or not named:
         raise ValueError(f"models must be named, and not 'reference'; got {list(named)}")
-    columns = {name: _report_column(m, forget, retain, test, attacks, shadows, seed, device)
+    signals = signals or {}
+    columns = {name: _report_column(m, forget, retain, test, attacks, shadows, seed, device, signals.get(name))
                for name, m in named.items()}
     if reference is not None:
-        columns["reference"] = _report_column(reference, forget, retain, test, attacks, shadows, seed, device)
+        columns["reference"] = _report_column(reference, forget, retain, test, attacks, shadows, seed, device,
+                                              signals.get("reference"))
         accuracy = {name: {s: columns[name][f"accuracy.{s}"] for s in ("forget", "retain", "test")}
                     for name in columns}
         for name in named:
@@ -104,7 +130,8 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
 
 
 def evaluate_ulira(model: nn.Module, reference: nn.Module, *, forget: Dataset, shadows,
-                   device: torch.device | str | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+                   device: torch.device | str | None = None,
+                   signals: SplitSignals | None = None) -> tuple[dict[str, float], pd.DataFrame]:
     """U-LiRA (Hayes et al. 2024): can an attacker tell the unlearned ``model`` from the retrained ``reference`` on
     the forget examples? Shadows that trained on and then unlearned an example with the same method give its
     "unlearned" distribution, shadows that never saw it the "retrained" one.
@@ -113,18 +140,24 @@ def evaluate_ulira(model: nn.Module, reference: nn.Module, *, forget: Dataset, s
         model, reference: the unlearned and the retrained model.
         forget: the forget set (training examples in the shadows' pool).
         shadows: :class:`unlearn.shadows.UnlearnedShadowModels` of the method that made ``model``.
+        signals: signals already extracted (any queries, identity first), ``{"unlearned": {"train": ...},
+            "retrained": {"train": ...}}`` on a dataset holding the forget examples; the rest is predicted.
 
     Returns:
         ``roc_summary`` of telling the two models apart over the forget examples both kinds of shadow cover (AUC
         0.5: indistinguishable, the goal) plus ``scored`` (how many), and the per-example scores of both models.
     """
-    from .attacks import extract_signals, ulira
+    from .attacks import ulira
 
     forget = materialize(forget)
     positions = shadows.locate("train", forget.indices.numpy())
     scores = {}
     for name, m in (("unlearned", model), ("retrained", reference)):
-        phi = extract_signals(m, forget, device=device).phi[:, 0]
+        source = (signals or {}).get(name, {}).get("train")
+        if source is None:
+            phi = extract_signals(m, forget, device=device).phi[:, 0]
+        else:  # the identity query, the first of any
+            phi = source.phi[source.locate(forget.indices.numpy()), 0]
         scores[name] = ulira(phi, shadows.phi(positions), shadows.unlearned_mask[:, positions],
                              shadows.out_mask[:, positions])
     table = pd.DataFrame(scores, index=pd.Index(forget.indices.numpy(), name="index"))

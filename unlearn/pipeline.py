@@ -125,19 +125,24 @@ def group_of(scores: pd.Series, ids: np.ndarray, groups: int = 3) -> pd.Series:
 
 
 def per_example_scores(models: dict[str, nn.Module], data: IndexedDataset, *, shadows=None, split: str = "train",
-                       device=None) -> pd.DataFrame:
+                       device=None, signals=None) -> pd.DataFrame:
     """Per-example attack scores of each model on ``data``: ``correct_<model>``, ``loss_<model>`` and, given shadow
     models whose pool holds ``data`` (as ``split`` examples), ``lira_<model>`` (online LiRA; higher = more likely a
-    member)."""
-    from .attacks import extract_signals, lira
+    member).
+
+    ``signals[model][split]``, where given, are the model's signals on a dataset holding ``data``'s examples (with
+    the shadow models' queries, else identity), as :func:`unlearn.evaluate` takes them: their rows are scored instead
+    of predicting again."""
+    from .attacks import lira
+    from .evaluation import _signals
 
     table = {}
     positions = shadows.locate(split, data.indices.numpy()) if shadows is not None else None
+    queries = shadows.queries if shadows is not None else ("identity",)
     for name, model in models.items():
-        queries = shadows.queries if shadows is not None else ("identity",)
-        signals = extract_signals(model, data, queries=queries, device=device)
-        table[f"correct_{name}"] = signals.correct[:, 0].astype(bool)
-        table[f"loss_{name}"] = signals.loss[:, 0]
+        scored = _signals(model, data, split, (signals or {}).get(name), queries, device)
+        table[f"correct_{name}"] = scored.correct[:, 0].astype(bool)
+        table[f"loss_{name}"] = scored.loss[:, 0]
         if shadows is not None:
-            table[f"lira_{name}"] = lira(signals.phi, shadows.phi(positions), shadows.in_mask[:, positions])
+            table[f"lira_{name}"] = lira(scored.phi, shadows.phi(positions), shadows.in_mask[:, positions])
     return pd.DataFrame(table, index=pd.Index(data.indices.numpy(), name="index"))

@@ -8,7 +8,7 @@ cross-entropy loss, the true-class probability, the entropy and Song & Mittal's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -80,6 +80,32 @@ class Signals:
         return cls(phi=logit_scaled_confidence(z, lab), loss=-log_p_true, p_true=np.exp(log_p_true),
                    entropy=-(p * log_p).sum(-1), modified_entropy=modified_entropy(p, lab),
                    correct=(z.argmax(-1) == lab), probs=p[:, 0, :], labels=labels, index=np.asarray(index))
+
+    def take(self, positions) -> Signals:
+        """The signals of the examples at ``positions`` (rows, in that order), e.g. a forget set's rows of the
+        signals of the whole training set.
+
+        >>> s = Signals.from_logits(np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0]]), np.array([0, 1, 1]), [7, 8, 9])
+        >>> s.take(s.locate([9, 7])).index.tolist(), s.take([1]).correct.tolist()
+        ([9, 7], [[True]])
+        """
+        positions = np.asarray(positions, dtype=np.intp)
+        return type(self)(**{f.name: getattr(self, f.name)[positions] for f in fields(self)})
+
+    def locate(self, index) -> np.ndarray:
+        """Row positions of the examples with these ``index`` values (training-set indices for signals of the
+        training set).
+
+        Raises:
+            ValueError: an index is not among these signals' examples.
+        """
+        index = np.asarray(index)
+        missing = ~np.isin(index, self.index)
+        if missing.any():
+            raise ValueError(f"{int(missing.sum())} of {len(index)} examples are not among the signals' "
+                             f"{len(self.index)} examples (e.g. index {index[missing][0]})")
+        order = np.argsort(self.index, kind="stable")
+        return order[np.searchsorted(self.index, index, sorter=order)]
 
 
 @torch.no_grad()
