@@ -12,9 +12,9 @@ from torch.utils.data import Subset, TensorDataset
 
 import proxies
 import unlearn.registry as registry
-from unlearn import POLICIES, RUMConfig, create_model, methods, register_method, train, unlearn
+from unlearn import RUMConfig, create_model, methods, register_method, train, unlearn
 from unlearn.data import IndexedDataset, materialize
-from unlearn.scheduler import retain_sample
+from unlearn.scheduler import resolve_policy, retain_sample
 from unlearn.training import accuracy
 
 FAST = {  # fewer epochs than the anchors: the tests check behaviour, the benchmark checks quality
@@ -291,6 +291,30 @@ def test_rum_steps_see_only_their_recorded_retain_sample(trained, monkeypatch):
     assert [s.retain_size for s in without.plan] == [0, 15, len(retain)]
 
 
+def test_a_group_can_take_several_steps_in_turn(trained, monkeypatch):
+    model, _, forget, retain = trained
+    seen = _spy(monkeypatch)
+    policy = {"low": None, "medium": "spy",
+              "high": [("spy", {"retain_per_forget": 2}), {"method": "spy", "config": {"retain_per_forget": 1}}]}
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy)
+    assert [(s.group, s.method, s.retain_size) for s in result.plan] == [
+        ("low", "noop", 0), ("medium", "spy", len(retain)), ("high", "spy", 60), ("high", "spy", 30)]
+    np.testing.assert_array_equal(result.plan[2].indices, result.plan[3].indices)  # both unlearn the same group
+    assert not np.isin(seen[2], seen[1]).all()  # each step draws its own retain sample
+    for step, handed in zip(result.plan[1:], seen, strict=True):
+        np.testing.assert_array_equal(step.retain_indices, handed)
+
+
+@pytest.mark.parametrize("entry", [[None, "spy"], ["spy", ["spy"]], []])
+def test_a_list_of_steps_holds_only_steps(trained, monkeypatch, entry):
+    model, _, forget, retain = trained
+    seen = _spy(monkeypatch)
+    with pytest.raises(TypeError, match="policy entry for 'high'"):
+        unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                policy={"low": "spy", "medium": "spy", "high": entry})
+    assert seen == []
+
+
 def test_retain_examples_outside_the_sample_do_not_matter(trained):
     model, _, forget, retain = trained
     before = _state(model)
@@ -318,15 +342,18 @@ def test_a_retain_sample_as_large_as_the_retain_set_is_the_whole_set(trained):
     assert _identical(capped.model, _state(whole.model))
 
 
-def test_the_cheap_builtin_policy_trains_on_small_retain_samples(trained):
+@pytest.mark.parametrize("policy", ["random_label_fast", "random_label_repair"])
+def test_the_cheap_builtin_policies_train_on_small_retain_samples(trained, policy):
     model, _, forget, retain = trained
     before = _state(model)
-    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy="random_label_fast")
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy)
     assert _identical(model, before) and not _identical(result.model, before)
-    for step in result.plan:
-        entry = POLICIES["random_label_fast"][step.group]
-        expected = 0 if entry is None else math.ceil(entry[1]["retain_per_forget"] * 30)
-        assert step.retain_size == expected < len(retain)
+    expected = []
+    for group, steps in resolve_policy(policy, ["low", "medium", "high"]).items():
+        expected += [(group, method, math.ceil(settings["retain_per_forget"] * 30)) for method, settings in steps]
+        expected += [] if steps else [(group, "noop", 0)]
+    assert [(s.group, s.method, s.retain_size) for s in result.plan] == expected
+    assert all(s.retain_size < len(retain) for s in result.plan)
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf")])

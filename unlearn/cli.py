@@ -118,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="proxies to compute and report (default: the recording-based ones and loss_curvature, which "
                         "costs ~20 forward-backward passes per checkpoint); --proxy and --select-by must be among them")
     g.add_argument("--policy", default=None, choices=sorted(POLICIES),
-                   help="rum's built-in policy (default: RUMConfig's default)")
+                   help="rum's built-in policy: finetune_salun (the paper's first recipe, the default: fine-tune "
+                        "the medium group, SalUn on the high one, over the whole retain set), neggrad_plus (its "
+                        "second), random_label_fast (random labels on the high group only, 2 epochs on a retain "
+                        "sample of 16 per forget example: a few percent of retraining), random_label_repair (the "
+                        "same plus 1 epoch of fine-tuning on another such sample)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--attacks", nargs="+", default=["loss_threshold", "loss_logreg", "svc"], choices=attack_names(),
                    metavar="ATTACK", help=f"membership-inference attacks, of {attack_names()} (default: "

@@ -151,14 +151,16 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
             indexed by training index; a Series from :func:`proxies.compute` carries its direction).
         proxy: for ``"rum"``: compute the scores with this proxy instead (see :func:`proxies.available`).
         recording: the :class:`proxies.TrainingRecorder` of the model's training, for recording-based proxies.
-        policy: for ``"rum"``: a name from :data:`unlearn.scheduler.POLICIES` or a mapping group -> method.
+        policy: for ``"rum"``: a name from :data:`unlearn.scheduler.POLICIES` or a mapping group -> method (or
+            a list of steps; see :mod:`unlearn.scheduler`).
         config: the method's settings (a dict of overrides or its config dataclass); for ``"rum"`` a
             :class:`~unlearn.scheduler.RUMConfig` or dict (groups, order, policy, retain_per_forget).
         seed: seed of every random choice.
         device: where to unlearn (default: the model's device).
 
     Returns:
-        An :class:`UnlearnResult` with the new ``model``, the ``plan`` (one :class:`Step` per group) and ``seconds``.
+        An :class:`UnlearnResult` with the new ``model``, the ``plan`` (one :class:`Step` per group, or per step of
+        a group's list) and ``seconds``.
 
     Raises:
         TypeError, ValueError: bad input, named in the message.
@@ -203,23 +205,25 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     memorization = _memorization_scores(scores, proxy, model=model, forget=forget_data, recording=recording)
     groups = partition(memorization, rum.groups)
     plan_for = resolve_policy(rum.policy, rum.ordered_groups())
-    for group, (method_name, _) in plan_for.items():
-        if method_name != "noop" and method_name not in methods():
-            raise ValueError(f"policy names unknown method {method_name!r} for group {group!r}; "
-                             f"expected one of {methods()}")
-    plan = []
-    for number, group in enumerate(rum.ordered_groups()):
+    for group, steps in plan_for.items():
+        for method_name, _ in steps:
+            if method_name not in methods() or method_name == "rum":
+                raise ValueError(f"policy names unknown method {method_name!r} for group {group!r}; "
+                                 f"expected one of {[m for m in methods() if m != 'rum']}")
+    plan, number = [], 0
+    for group in rum.ordered_groups():
         positions = torch.from_numpy(groups[group])
         if len(positions) == 0:
             continue
         subset = IndexedDataset(forget_data.inputs[positions], forget_data.targets[positions],
                                 indices=forget_data.indices[positions])
-        method_name, settings = plan_for[group]
-        retain_per_forget = settings.pop(RETAIN_PER_FORGET, rum.retain_per_forget)
-        keep = torch.from_numpy(retain_sample(len(retain_data), len(positions), retain_per_forget=retain_per_forget,
-                                              seed=seed + number))
-        step_retain = retain_data if len(keep) == len(retain_data) else IndexedDataset(
-            retain_data.inputs[keep], retain_data.targets[keep], indices=retain_data.indices[keep])
-        model, step = _run_step(model, group, method_name, settings, subset, step_retain, seed + number, device)
-        plan.append(step)
+        for method_name, settings in plan_for[group] or [("noop", {})]:
+            retain_per_forget = settings.pop(RETAIN_PER_FORGET, rum.retain_per_forget)
+            keep = torch.from_numpy(retain_sample(len(retain_data), len(positions),
+                                                  retain_per_forget=retain_per_forget, seed=seed + number))
+            step_retain = retain_data if len(keep) == len(retain_data) else IndexedDataset(
+                retain_data.inputs[keep], retain_data.targets[keep], indices=retain_data.indices[keep])
+            model, step = _run_step(model, group, method_name, settings, subset, step_retain, seed + number, device)
+            plan.append(step)
+            number += 1
     return UnlearnResult(model, plan, time.perf_counter() - start)
