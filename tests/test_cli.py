@@ -113,6 +113,24 @@ def test_run_removes_the_ids_of_a_request(tmp_path, capsys):
     assert "loss_curvature" not in scores and "forgetting_events" in scores
 
 
+def test_run_trains_its_subset_and_shadow_models_on_ray(tmp_path):
+    ray = pytest.importorskip("ray")
+    out = tmp_path / "run"
+    try:
+        assert main(["run", "--epochs", "1", "--checkpoints", "1", "--forget", "mixed:9", "--method", "finetune",
+                     "--proxies", "confidence", "--fz-models", "2", "--shadows", "4", "--farm", "ray",
+                     "--out", str(out)]) == 0
+        assert ray.is_initialized()  # the models were trained as Ray tasks, on a local instance the run started
+    finally:
+        ray.shutdown()
+    for folder, models in (("subset-models", 2), ("shadows", 4)):
+        manifest = json.loads((out / folder / "manifest.json").read_text())
+        assert len(list((out / folder).glob("*.npz"))) >= models, (folder, manifest)
+    metrics = {row["metric"]: row for row in json.loads((out / "results.json").read_text())["tables"]["results"]}
+    assert {"lira.auc", "rmia.auc", "ulira.auc"} <= set(metrics)
+    assert pd.read_csv(out / "scores.csv", index_col="index")["memorization"].notna().any()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["run", "--forget", "top:5"], "bad forget spec 'top:5'"),
     (["run", "--forget", "ids:/no/such/file"], "no such file"),
