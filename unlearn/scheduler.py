@@ -172,8 +172,8 @@ def _resolve_entry(entry: Any, group: str) -> list[tuple[str, dict]]:
     steps = [_resolve_step(item) for item in entry] if isinstance(entry, list) and entry else [None]
     if any(step is None for step in steps):
         raise TypeError(f"policy entry for {group!r} must be None, a method name, (method, settings), "
-                        f"{{'method': ..., 'config': ...}} or a non-empty list of those but None (steps run in "
-                        f"turn); got {entry!r}")
+                        f"{{'method': ..., 'config': ...}}, or a non-empty list of steps of those three kinds (run "
+                        f"in turn); got {entry!r}")
     return steps
 
 
