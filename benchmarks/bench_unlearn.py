@@ -9,8 +9,11 @@ Reported: forget / retain / test accuracy, ToW, ToW-MIA (SVC attack, confidence 
 95% t-interval over seeds. RUM runs once per policy of ``--policies`` (default: the anchor ``finetune_salun`` and
 the cheap ``random_label_fast``, which trains each step on a small retain sample).
 
-    python benchmarks/bench_unlearn.py [--seeds 3] [--datasets digits fashion-mnist] [--kinds low medium high mixed]
-                                       [--policies finetune_salun random_label_fast] [--methods finetune salun ...]
+    python benchmarks/bench_unlearn.py [--seeds 3] [--first-seed 0] [--datasets digits fashion-mnist]
+                                       [--kinds low medium high mixed] [--policies finetune_salun random_label_fast]
+                                       [--methods finetune salun ...] [--out benchmarks/results] [--fresh]
+
+A rerun with the same ``--out`` reads back the forget sets and seeds already written under ``<out>/runs``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Subset
+from tqdm.auto import tqdm
 
 import proxies
 from unlearn import create_model, train, unlearn
@@ -67,9 +71,12 @@ def rum_label(policy: str, scheduled_by: str) -> str:
     return f"rum {policy} ({'FZ scores' if scheduled_by == 'fz' else 'confidence proxy'})"
 
 
-def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, singles) -> pd.DataFrame:
+def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, singles, saved: Path) -> pd.DataFrame:
     """Every (forget-set selection, kind, seed): retrain, then each single method of ``singles`` and RUM with each
-    policy of ``policies`` scheduled by FZ scores and by the confidence proxy."""
+    policy of ``policies`` scheduled by FZ scores and by the confidence proxy.
+
+    Each (selection, kind, seed) is written to ``saved/<dataset>-<selection>-<kind>-seed<seed>.csv`` as soon as it is
+    done; one already there with every requested method is read back instead of run again (resume)."""
     options = {"train_size": spec["train_size"]} if spec["train_size"] else {}
     splits = load_dataset(name, **options)
     test = splits.test if spec["test_size"] is None else Subset(splits.test, range(spec["test_size"]))
@@ -85,14 +92,25 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
     confidence = proxies.compute("confidence", recording=recorder)
     by = {"fz": fz, "confidence": -confidence}  # oriented: higher = more memorized
 
-    rows = []
+    labels = [*singles, *(rum_label(p, sched) for p in policies for sched in ("fz", "confidence"))]
+    saved.mkdir(parents=True, exist_ok=True)
+    tables = []
     everyone = np.arange(len(splits.train))
+    bar = tqdm(total=len(by) * len(kinds) * len(seeds), desc=f"{name}: forget sets x seeds", unit="set")
     for selection, scores in by.items():
         for kind in kinds:
             forget_ids = select(scores, kind, spec["group"])
             forget = Subset(splits.train, forget_ids.tolist())
             retain = Subset(splits.train, np.setdiff1d(everyone, forget_ids).tolist())
             for seed in seeds:
+                path = saved / f"{name}-{selection}-{kind}-seed{seed}.csv"
+                if path.exists():
+                    done = pd.read_csv(path)
+                    if set(labels) <= set(done["method"]):
+                        tables.append(done[done["method"].isin(labels)])
+                        bar.update()
+                        continue
+                rows = []
                 torch.manual_seed(1000 + seed)
                 start = time.perf_counter()
                 retrained, _ = train(model_fn(), retain, seed=1000 + seed, progress=False, **recipe)
@@ -117,8 +135,11 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
                                  "tow": tow(acc, ref_acc), "tow_mia": tow_mia(acc, ref_acc, mia_unlearned=mia,
                                                                               mia_retrained=ref_mia),
                                  "seconds": result.seconds, "retrain_seconds": retrain_s})
-                print(f"{name} {selection} {kind} seed {seed}: done", file=sys.stderr)
-    return pd.DataFrame(rows)
+                pd.DataFrame(rows).to_csv(path, index=False)
+                tables.append(pd.DataFrame(rows))
+                bar.update()
+    bar.close()
+    return pd.concat(tables, ignore_index=True)
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -191,7 +212,11 @@ def main() -> int:
     parser.add_argument("--methods", nargs="*", default=singles, choices=singles,
                         help="single methods to compare with (default: all)")
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results"), help="subset-model cache")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="JSON output folder")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+                        help="output folder: bench_unlearn.json, and runs/ with one CSV per forget set and seed, "
+                             "which a rerun reads back instead of running again")
+    parser.add_argument("--fresh", action="store_true",
+                        help="forget the saved runs/ of the datasets run (after changing a method or a policy)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     pd.set_option("display.width", 250)
@@ -199,9 +224,12 @@ def main() -> int:
     tables, start = [], time.perf_counter()
     for name in args.datasets:
         try:
+            if args.fresh:
+                for path in (args.out / "runs").glob(f"{name}-*.csv"):
+                    path.unlink()
             tables.append(run_dataset(name, DATASETS[name], args.kinds,
                                       range(args.first_seed, args.first_seed + args.seeds), args.cache, args.policies,
-                                      args.methods))
+                                      args.methods, saved=args.out / "runs"))
         except DatasetNotFoundError as err:
             print(f"skipping {name}: {err}", file=sys.stderr)
     runs = pd.concat(tables)
