@@ -71,12 +71,40 @@ def rum_label(policy: str, scheduled_by: str) -> str:
     return f"rum {policy} ({'FZ scores' if scheduled_by == 'fz' else 'confidence proxy'})"
 
 
+def run_seed(setting: dict, train_set, forget_ids: np.ndarray, test, seed: int, runs: dict) -> pd.DataFrame:
+    """One forget set and seed: retrain the reference, then unlearn from the original model with each of ``runs``
+    (label -> ``unlearn`` keyword arguments); one row per label."""
+    forget = Subset(train_set, forget_ids.tolist())
+    retain = Subset(train_set, np.setdiff1d(np.arange(len(train_set)), forget_ids).tolist())
+    torch.manual_seed(1000 + seed)
+    start = time.perf_counter()
+    retrained, _ = train(setting["model_fn"](), retain, seed=1000 + seed, progress=False, **setting["recipe"])
+    retrain_s = time.perf_counter() - start
+    parts = (("forget", forget), ("retain", retain), ("test", test))
+    ref_acc = {part: accuracy(retrained, data) for part, data in parts}
+    ref_mia = _mia(retrained, retain, test, forget, seed)
+    rows = []
+    for label, kwargs in runs.items():
+        result = unlearn(setting["original"], forget=forget, retain=retain, seed=seed, **kwargs)
+        acc = {part: accuracy(result.model, data) for part, data in parts}
+        mia = _mia(result.model, retain, test, forget, seed)
+        rows.append({"dataset": setting["dataset"], "selected_by": setting["selected_by"], "forget": setting["forget"],
+                     "n": len(forget_ids), "method": label, "seed": seed, **{f"acc_{k}": v for k, v in acc.items()},
+                     **{f"retrained_acc_{k}": v for k, v in ref_acc.items()},
+                     "retain_used": max(step.retain_size for step in result.plan),
+                     "tow": tow(acc, ref_acc),
+                     "tow_mia": tow_mia(acc, ref_acc, mia_unlearned=mia, mia_retrained=ref_mia),
+                     "seconds": result.seconds, "retrain_seconds": retrain_s})
+    return pd.DataFrame(rows)
+
+
 def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, singles, saved: Path) -> pd.DataFrame:
     """Every (forget-set selection, kind, seed): retrain, then each single method of ``singles`` and RUM with each
     policy of ``policies`` scheduled by FZ scores and by the confidence proxy.
 
     Each (selection, kind, seed) is written to ``saved/<dataset>-<selection>-<kind>-seed<seed>.csv`` as soon as it is
-    done; one already there with every requested method is read back instead of run again (resume)."""
+    done. A rerun reads those back and runs only the methods and policies they lack (after retraining that seed's
+    reference again, which is deterministic on the CPU with a fixed thread count)."""
     options = {"train_size": spec["train_size"]} if spec["train_size"] else {}
     splits = load_dataset(name, **options)
     test = splits.test if spec["test_size"] is None else Subset(splits.test, range(spec["test_size"]))
@@ -92,51 +120,28 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
     confidence = proxies.compute("confidence", recording=recorder)
     by = {"fz": fz, "confidence": -confidence}  # oriented: higher = more memorized
 
-    labels = [*singles, *(rum_label(p, sched) for p in policies for sched in ("fz", "confidence"))]
+    runs = {m: {"method": m} for m in singles}
+    for policy in policies:
+        runs[rum_label(policy, "fz")] = {"method": "rum", "policy": policy, "scores": fz}
+        runs[rum_label(policy, "confidence")] = {"method": "rum", "policy": policy, "proxy": "confidence",
+                                                 "recording": recorder}
     saved.mkdir(parents=True, exist_ok=True)
     tables = []
-    everyone = np.arange(len(splits.train))
     bar = tqdm(total=len(by) * len(kinds) * len(seeds), desc=f"{name}: forget sets x seeds", unit="set")
     for selection, scores in by.items():
         for kind in kinds:
             forget_ids = select(scores, kind, spec["group"])
-            forget = Subset(splits.train, forget_ids.tolist())
-            retain = Subset(splits.train, np.setdiff1d(everyone, forget_ids).tolist())
             for seed in seeds:
                 path = saved / f"{name}-{selection}-{kind}-seed{seed}.csv"
-                if path.exists():
-                    done = pd.read_csv(path)
-                    if set(labels) <= set(done["method"]):
-                        tables.append(done[done["method"].isin(labels)])
-                        bar.update()
-                        continue
-                rows = []
-                torch.manual_seed(1000 + seed)
-                start = time.perf_counter()
-                retrained, _ = train(model_fn(), retain, seed=1000 + seed, progress=False, **recipe)
-                retrain_s = time.perf_counter() - start
-                ref_acc = {s: accuracy(retrained, d) for s, d in (("forget", forget), ("retain", retain),
-                                                                     ("test", test))}
-                ref_mia = _mia(retrained, retain, test, forget, seed)
-                runs = {m: {"method": m} for m in singles}
-                for policy in policies:
-                    runs[rum_label(policy, "fz")] = {"method": "rum", "scores": fz, "policy": policy}
-                    runs[rum_label(policy, "confidence")] = {"method": "rum", "proxy": "confidence",
-                                                             "recording": recorder, "policy": policy}
-                for label, kwargs in runs.items():
-                    result = unlearn(original, forget=forget, retain=retain, seed=seed, **kwargs)
-                    acc = {s: accuracy(result.model, d) for s, d in (("forget", forget), ("retain", retain),
-                                                                       ("test", test))}
-                    mia = _mia(result.model, retain, test, forget, seed)
-                    rows.append({"dataset": name, "selected_by": selection, "forget": kind, "n": len(forget_ids),
-                                 "method": label, "seed": seed, **{f"acc_{s}": v for s, v in acc.items()},
-                                 **{f"retrained_acc_{s}": v for s, v in ref_acc.items()},
-                                 "retain_used": max(step.retain_size for step in result.plan),
-                                 "tow": tow(acc, ref_acc), "tow_mia": tow_mia(acc, ref_acc, mia_unlearned=mia,
-                                                                              mia_retrained=ref_mia),
-                                 "seconds": result.seconds, "retrain_seconds": retrain_s})
-                pd.DataFrame(rows).to_csv(path, index=False)
-                tables.append(pd.DataFrame(rows))
+                setting = {"dataset": name, "selected_by": selection, "forget": kind, "model_fn": model_fn,
+                           "recipe": recipe, "original": original}
+                done = pd.read_csv(path) if path.exists() else pd.DataFrame({"method": []})
+                todo = {label: kwargs for label, kwargs in runs.items() if label not in set(done["method"])}
+                if todo:
+                    new = run_seed(setting, splits.train, forget_ids, test, seed, todo)
+                    done = pd.concat([done, new], ignore_index=True) if len(done) else new
+                    done.to_csv(path, index=False)
+                tables.append(done[done["method"].isin(list(runs))])
                 bar.update()
     bar.close()
     return pd.concat(tables, ignore_index=True)
