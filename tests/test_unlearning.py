@@ -305,7 +305,17 @@ def test_a_group_can_take_several_steps_in_turn(trained, monkeypatch):
         np.testing.assert_array_equal(step.retain_indices, handed)
 
 
-@pytest.mark.parametrize("entry", [[None, "spy"], ["spy", ["spy"]], []])
+def test_a_list_of_two_steps_is_not_read_as_a_pair(trained, monkeypatch):
+    model, _, forget, retain = trained
+    _spy(monkeypatch)
+    policy = {"low": ("noop", {}), "medium": {"method": "noop"},
+              "high": ["spy", {"method": "spy", "config": {"retain_per_forget": 1}}]}
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy)
+    assert [(s.group, s.method, s.retain_size) for s in result.plan] == [
+        ("low", "noop", 0), ("medium", "noop", 0), ("high", "spy", len(retain)), ("high", "spy", 30)]
+
+
+@pytest.mark.parametrize("entry", [[None, "spy"], ["spy", ["spy"]], [], ["spy", ("noop", {})]])
 def test_a_list_of_steps_holds_only_steps(trained, monkeypatch, entry):
     model, _, forget, retain = trained
     seen = _spy(monkeypatch)

@@ -151,26 +151,27 @@ def partition(memorization: np.ndarray, groups: int = 3) -> dict[str, np.ndarray
 
 
 def _resolve_step(entry: Any) -> tuple[str, dict] | None:
-    """One step ``(method, settings)`` from a method name, a pair or a ``{"method", "config"}`` mapping; else None."""
-    if isinstance(entry, str) and entry != "noop":
+    """One step ``(method, settings)`` from a method name, a pair or a ``{"method", "config"}`` mapping; else None.
+    A pair's settings are a mapping without a ``"method"`` key, so ``[name, {"method": ...}]`` is two steps."""
+    if isinstance(entry, str):
         return entry, {}
     if isinstance(entry, Mapping) and "method" in entry:
         return entry["method"], dict(entry.get("config") or {})
     if (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)
-            and (entry[1] is None or isinstance(entry[1], Mapping))):
+            and (entry[1] is None or (isinstance(entry[1], Mapping) and "method" not in entry[1]))):
         return entry[0], dict(entry[1] or {})
     return None
 
 
 def _resolve_entry(entry: Any, group: str) -> list[tuple[str, dict]]:
     """One policy entry as the steps it takes: ``[]`` for a no-op, else ``[(method, settings), ...]``."""
-    if entry is None or entry == "noop":
+    if entry is None:
         return []
     step = _resolve_step(entry)
     if step is not None:
-        return [step]
+        return [] if step[0] == "noop" else [step]
     steps = [_resolve_step(item) for item in entry] if isinstance(entry, list) and entry else [None]
-    if any(step is None for step in steps):
+    if any(step is None or step[0] == "noop" for step in steps):
         raise TypeError(f"policy entry for {group!r} must be None, a method name, (method, settings), "
                         f"{{'method': ..., 'config': ...}}, or a non-empty list of steps of those three kinds (run "
                         f"in turn); got {entry!r}")
