@@ -19,7 +19,9 @@ A rerun with the same ``--out`` reads back the forget sets and seeds already wri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import hashlib
 import json
 import sys
 import time
@@ -36,8 +38,8 @@ from unlearn import create_model, train, unlearn
 from unlearn.attacks import extract_signals, svc
 from unlearn.data import DatasetNotFoundError, load_dataset
 from unlearn.metrics import mean_interval, tow, tow_mia
-from unlearn.registry import methods
-from unlearn.scheduler import POLICIES
+from unlearn.registry import get_method, make_config, methods
+from unlearn.scheduler import POLICIES, group_names, resolve_policy
 from unlearn.training import RECIPES, accuracy
 
 DATASETS = {  # training subset, test subset, subset models (as bench_proxies.py), epochs, N per group
@@ -71,30 +73,45 @@ def rum_label(policy: str, scheduled_by: str) -> str:
     return f"rum {policy} ({'FZ scores' if scheduled_by == 'fz' else 'confidence proxy'})"
 
 
-def run_seed(setting: dict, train_set, forget_ids: np.ndarray, test, seed: int, runs: dict) -> pd.DataFrame:
-    """One forget set and seed: retrain the reference, then unlearn from the original model with each of ``runs``
-    (label -> ``unlearn`` keyword arguments); one row per label."""
-    forget = Subset(train_set, forget_ids.tolist())
-    retain = Subset(train_set, np.setdiff1d(np.arange(len(train_set)), forget_ids).tolist())
+def fingerprint(what: dict, kwargs: dict) -> str:
+    """A short hash of what a saved row depends on: the setting ``what`` (forget set, recipe, dataset spec) and the
+    run itself (a method's default settings, or a policy as resolved and what schedules it)."""
+    if kwargs["method"] == "rum":
+        run = {"policy": resolve_policy(kwargs["policy"], group_names(3)),
+               "scheduled_by": "fz" if "scores" in kwargs else kwargs["proxy"]}
+    else:
+        run = {"method": kwargs["method"], "config": dataclasses.asdict(make_config(get_method(kwargs["method"])))}
+    text = json.dumps({**what, **run}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def retrain_reference(setting: dict, forget, retain, test, seed: int) -> dict:
+    """The seed's model retrained without ``forget``: its accuracies, SVC efficacy and seconds."""
     torch.manual_seed(1000 + seed)
     start = time.perf_counter()
     retrained, _ = train(setting["model_fn"](), retain, seed=1000 + seed, progress=False, **setting["recipe"])
-    retrain_s = time.perf_counter() - start
-    parts = (("forget", forget), ("retain", retain), ("test", test))
-    ref_acc = {part: accuracy(retrained, data) for part, data in parts}
-    ref_mia = _mia(retrained, retain, test, forget, seed)
+    seconds = time.perf_counter() - start
+    acc = {part: accuracy(retrained, data) for part, data in (("forget", forget), ("retain", retain), ("test", test))}
+    return {"acc": acc, "mia": _mia(retrained, retain, test, forget, seed), "seconds": seconds}
+
+
+def run_methods(setting: dict, forget, retain, test, seed: int, reference: dict, runs: dict) -> pd.DataFrame:
+    """Unlearn from the original model with each of ``runs`` (label -> ``unlearn`` keyword arguments), scored
+    against ``reference``; one row per label."""
     rows = []
     for label, kwargs in runs.items():
         result = unlearn(setting["original"], forget=forget, retain=retain, seed=seed, **kwargs)
-        acc = {part: accuracy(result.model, data) for part, data in parts}
+        acc = {part: accuracy(result.model, data) for part, data in (("forget", forget), ("retain", retain),
+                                                                     ("test", test))}
         mia = _mia(result.model, retain, test, forget, seed)
         rows.append({"dataset": setting["dataset"], "selected_by": setting["selected_by"], "forget": setting["forget"],
-                     "n": len(forget_ids), "method": label, "seed": seed, **{f"acc_{k}": v for k, v in acc.items()},
-                     **{f"retrained_acc_{k}": v for k, v in ref_acc.items()},
+                     "n": len(forget), "method": label, "seed": seed, **{f"acc_{k}": v for k, v in acc.items()},
+                     **{f"retrained_acc_{k}": v for k, v in reference["acc"].items()},
                      "retain_used": max(step.retain_size for step in result.plan),
-                     "tow": tow(acc, ref_acc),
-                     "tow_mia": tow_mia(acc, ref_acc, mia_unlearned=mia, mia_retrained=ref_mia),
-                     "seconds": result.seconds, "retrain_seconds": retrain_s})
+                     "tow": tow(acc, reference["acc"]),
+                     "tow_mia": tow_mia(acc, reference["acc"], mia_unlearned=mia, mia_retrained=reference["mia"]),
+                     "seconds": result.seconds, "retrain_seconds": reference["seconds"],
+                     "fingerprint": setting["fingerprints"][label]})
     return pd.DataFrame(rows)
 
 
@@ -103,8 +120,9 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
     policy of ``policies`` scheduled by FZ scores and by the confidence proxy.
 
     Each (selection, kind, seed) is written to ``saved/<dataset>-<selection>-<kind>-seed<seed>.csv`` as soon as it is
-    done. A rerun reads those back and runs only the methods and policies they lack (after retraining that seed's
-    reference again, which is deterministic on the CPU with a fixed thread count)."""
+    done, every row with a :func:`fingerprint` of what made it. A rerun reads those back and runs only the methods
+    and policies they lack or that changed, after retraining that seed's reference again; if the reference comes
+    out different (it is deterministic on the CPU for a fixed thread count), every method runs again."""
     options = {"train_size": spec["train_size"]} if spec["train_size"] else {}
     splits = load_dataset(name, **options)
     test = splits.test if spec["test_size"] is None else Subset(splits.test, range(spec["test_size"]))
@@ -131,14 +149,28 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
     for selection, scores in by.items():
         for kind in kinds:
             forget_ids = select(scores, kind, spec["group"])
+            forget = Subset(splits.train, forget_ids.tolist())
+            retain = Subset(splits.train, np.setdiff1d(np.arange(len(splits.train)), forget_ids).tolist())
+            what = {"spec": spec, "recipe": recipe, "forget_ids": forget_ids.tolist()}
+            setting = {"dataset": name, "selected_by": selection, "forget": kind, "model_fn": model_fn,
+                       "recipe": recipe, "original": original,
+                       "fingerprints": {label: fingerprint(what, kwargs) for label, kwargs in runs.items()}}
             for seed in seeds:
                 path = saved / f"{name}-{selection}-{kind}-seed{seed}.csv"
-                setting = {"dataset": name, "selected_by": selection, "forget": kind, "model_fn": model_fn,
-                           "recipe": recipe, "original": original}
-                done = pd.read_csv(path) if path.exists() else pd.DataFrame({"method": []})
+                done = pd.read_csv(path) if path.exists() else pd.DataFrame({"method": [], "fingerprint": []})
+                if "fingerprint" not in done:
+                    done["fingerprint"] = ""  # written before rows had fingerprints: nothing to trust
+                # a saved row counts only if made by the same method or policy on the same setting
+                done = done[done["fingerprint"] == done["method"].map(setting["fingerprints"])]
                 todo = {label: kwargs for label, kwargs in runs.items() if label not in set(done["method"])}
                 if todo:
-                    new = run_seed(setting, splits.train, forget_ids, test, seed, todo)
+                    reference = retrain_reference(setting, forget, retain, test, seed)
+                    saved_acc = done[[f"retrained_acc_{part}" for part in reference["acc"]]].drop_duplicates()
+                    if len(saved_acc) and not np.allclose(saved_acc.to_numpy(), list(reference["acc"].values())):
+                        print(f"{path.name}: the retrained reference differs from the saved rows' (another thread "
+                              "count or machine?); running every method again", file=sys.stderr)
+                        done, todo = done.iloc[:0], runs
+                    new = run_methods(setting, forget, retain, test, seed, reference, todo)
                     done = pd.concat([done, new], ignore_index=True) if len(done) else new
                     done.to_csv(path, index=False)
                 tables.append(done[done["method"].isin(list(runs))])
