@@ -251,9 +251,10 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results"), help="subset-model cache")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                         help="output folder: bench_unlearn.json, and runs/ with one CSV per forget set and seed, "
-                             "which a rerun reads back instead of running again")
+                             "which a rerun reads back, running only what is missing or changed")
     parser.add_argument("--fresh", action="store_true",
-                        help="forget the saved runs/ of the datasets run (after changing a method or a policy)")
+                        help="forget the saved runs/ of the datasets run (changed settings and policies are found "
+                             "by their fingerprint; this is for a change of code, which the fingerprint cannot see)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     pd.set_option("display.width", 250)
