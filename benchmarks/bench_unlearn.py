@@ -165,8 +165,8 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
                 todo = {label: kwargs for label, kwargs in runs.items() if label not in set(done["method"])}
                 if todo:
                     reference = retrain_reference(setting, forget, retain, test, seed)
-                    saved_acc = done[[f"retrained_acc_{part}" for part in reference["acc"]]].drop_duplicates()
-                    if len(saved_acc) and not np.allclose(saved_acc.to_numpy(), list(reference["acc"].values())):
+                    saved_acc = done.filter(like="retrained_acc_").drop_duplicates()
+                    if len(done) and not np.allclose(saved_acc.to_numpy(), list(reference["acc"].values())):
                         print(f"{path.name}: the retrained reference differs from the saved rows' (another thread "
                               "count or machine?); running every method again", file=sys.stderr)
                         done, todo = done.iloc[:0], runs
