@@ -122,6 +122,14 @@ def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDat
     return values if higher_is_memorized else -values
 
 
+def _sampled(retain: IndexedDataset, forget_size: int, retain_per_forget: float | None, seed: int) -> IndexedDataset:
+    """The retain examples one step trains on (see :func:`unlearn.scheduler.retain_sample`)."""
+    keep = torch.from_numpy(retain_sample(len(retain), forget_size, retain_per_forget=retain_per_forget, seed=seed))
+    if len(keep) == len(retain):
+        return retain
+    return IndexedDataset(retain.inputs[keep], retain.targets[keep], indices=retain.indices[keep])
+
+
 def _run_step(model, group: str, method_name: str, settings, forget: IndexedDataset, retain: IndexedDataset,
               seed: int, device) -> tuple[nn.Module, Step]:
     start = time.perf_counter()
@@ -219,10 +227,8 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
                                 indices=forget_data.indices[positions])
         for method_name, settings in plan_for[group] or [("noop", {})]:
             retain_per_forget = settings.pop(RETAIN_PER_FORGET, rum.retain_per_forget)
-            keep = torch.from_numpy(retain_sample(len(retain_data), len(positions),
-                                                  retain_per_forget=retain_per_forget, seed=seed + number))
-            step_retain = retain_data if len(keep) == len(retain_data) else IndexedDataset(
-                retain_data.inputs[keep], retain_data.targets[keep], indices=retain_data.indices[keep])
+            step_retain = retain_data if method_name == "noop" else _sampled(
+                retain_data, len(positions), retain_per_forget, seed + number)
             model, step = _run_step(model, group, method_name, settings, subset, step_retain, seed + number, device)
             plan.append(step)
             number += 1
