@@ -39,7 +39,7 @@ from unlearn.attacks import extract_signals, svc
 from unlearn.data import DatasetNotFoundError, load_dataset
 from unlearn.metrics import mean_interval, tow, tow_mia
 from unlearn.registry import get_method, make_config, methods
-from unlearn.scheduler import POLICIES, group_names, resolve_policy
+from unlearn.scheduler import POLICIES, group_names, resolve_policy, uses_expected
 from unlearn.training import RECIPES, accuracy
 
 DATASETS = {  # training subset, test subset, subset models (as bench_proxies.py), epochs, N per group
@@ -77,8 +77,10 @@ def fingerprint(what: dict, kwargs: dict) -> str:
     """A short hash of what a saved row depends on: the setting ``what`` (forget set, recipe, dataset spec) and the
     run itself (a method's default settings, or a policy as resolved and what schedules it)."""
     if kwargs["method"] == "rum":
-        run = {"policy": resolve_policy(kwargs["policy"], group_names(3)),
-               "scheduled_by": "fz" if "scores" in kwargs else kwargs["proxy"]}
+        policy = resolve_policy(kwargs["policy"], group_names(3))
+        run = {"policy": policy, "scheduled_by": "fz" if "scores" in kwargs else kwargs["proxy"]}
+        if uses_expected(policy):
+            run["expected_from"] = "c_score" if "expected_accuracy" in kwargs else "early_accuracy"
     else:
         run = {"method": kwargs["method"], "config": dataclasses.asdict(make_config(get_method(kwargs["method"])))}
     text = json.dumps({**what, **run}, sort_keys=True, default=str)
@@ -134,13 +136,18 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
     original, _ = train(model_fn(), splits.train, seed=0, recorder=recorder, progress=False, **recipe)
     subset_models = proxies.train_subset_models(splits.train, model_fn, k=spec["k"],
                                                 folder=cache / f"fz-{name}-k{spec['k']}", **recipe)
-    fz = subset_models.scores()["memorization"].fillna(0.0)
+    fz_table = subset_models.scores()
+    fz = fz_table["memorization"].fillna(0.0)
     confidence = proxies.compute("confidence", recording=recorder)
     by = {"fz": fz, "confidence": -confidence}  # oriented: higher = more memorized
 
     runs = {m: {"method": m} for m in singles}
     for policy in policies:
-        runs[rum_label(policy, "fz")] = {"method": "rum", "policy": policy, "scores": fz}
+        # a policy that stops at expected accuracies takes them from the same source as its scores: FZ's c_score,
+        # or the recording (the early_accuracy proxy) for the proxy-scheduled run
+        stops = uses_expected(resolve_policy(policy, group_names(3)))
+        expected = {"expected_accuracy": fz_table["c_score"]} if stops else {}
+        runs[rum_label(policy, "fz")] = {"method": "rum", "policy": policy, "scores": fz, **expected}
         runs[rum_label(policy, "confidence")] = {"method": "rum", "policy": policy, "proxy": "confidence",
                                                  "recording": recorder}
     saved.mkdir(parents=True, exist_ok=True)

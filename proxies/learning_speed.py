@@ -84,3 +84,27 @@ def first_learned(recording: TrainingRecorder, backend: str = "auto") -> np.ndar
 def presentations_needed(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
     """Presentations until the example stayed learned: last incorrect presentation + 1."""
     return _events(recording, backend)["presentations_needed"]
+
+
+@register_proxy("early_accuracy", higher_is_memorized=False, needs=("recording",))
+def early_accuracy(recording: TrainingRecorder, fraction: float = 0.9) -> np.ndarray:
+    """Correctness at the first epoch whose training accuracy reaches ``fraction`` of the last epoch's.
+
+    An estimate of the accuracy a model that never saw the example would have on it, Feldman and Zhang's
+    ``c_score``: up to that epoch the model has fitted what generalizes and memorized little (how fast an example is
+    learned tracks its C-score, Jiang et al. 2021). An example not presented in that epoch takes its next
+    presentation's value (NaN if none).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    correct = recording["correct"]
+    if recording.num_epochs == 0:
+        raise ValueError("the recording has no epochs")
+    with np.errstate(invalid="ignore"):
+        curve = np.nanmean(correct, axis=1)
+    epoch = int(np.argmax(curve >= fraction * curve[-1]))
+    later = correct[epoch:]
+    presented = ~np.isnan(later)
+    first = np.argmax(presented, axis=0)
+    values = later[first, np.arange(correct.shape[1])]
+    return np.where(presented.any(axis=0), values, np.nan).astype(np.float64)

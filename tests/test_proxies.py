@@ -45,6 +45,31 @@ def test_missed_presentations_are_skipped_not_counted():
     assert table["forgetting_events"].tolist() == [0, 1]
 
 
+def _early_accuracy_by_hand(correct, fraction):
+    """Slow reference: find the epoch by a loop over epochs, then each example's value there or later."""
+    correct = np.asarray(correct, dtype=float)
+    last = np.nanmean(correct[-1])
+    epoch = next(e for e in range(len(correct)) if np.nanmean(correct[e]) >= fraction * last)
+    values = []
+    for i in range(correct.shape[1]):
+        later = [c for c in correct[epoch:, i] if not np.isnan(c)]
+        values.append(later[0] if later else np.nan)
+    return epoch, values
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9, 1.0])
+def test_early_accuracy_reads_the_epoch_training_accuracy_first_nears_its_end(fraction):
+    nan = np.nan
+    rows = [[0, 0, 1, 0, nan], [1, 0, 1, 0, 0], [1, nan, 1, 0, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+    epoch, expected = _early_accuracy_by_hand(rows, fraction)
+    got = proxies.compute("early_accuracy", recording=_recording(rows), fraction=fraction)
+    assert epoch == {0.5: 2, 0.9: 3, 1.0: 3}[fraction]  # epoch 2 leaves example 1 out: its next value counts
+    np.testing.assert_array_equal(got.to_numpy(), expected)
+    assert got.attrs["higher_is_memorized"] is False
+    with pytest.raises(ValueError, match="fraction"):
+        proxies.compute("early_accuracy", recording=_recording(rows), fraction=0.0)
+
+
 def test_registry_errors_and_plugins():
     with pytest.raises(ValueError, match="unknown proxy 'fz'; expected one of"):
         proxies.compute("fz", recording=None)

@@ -1,5 +1,6 @@
 """unlearn(): every method on the real digits data, the RUM scheduler, plugins and bad input."""
 
+import copy
 import importlib.metadata
 import math
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from torch.utils.data import Subset, TensorDataset
 import proxies
 import unlearn.registry as registry
 from unlearn import RUMConfig, create_model, methods, register_method, train, unlearn
+from unlearn.algorithms.loop import forget_accuracy, run_sgd
+from unlearn.algorithms.random_label import RandomLabelConfig, relabelled_losses
 from unlearn.data import IndexedDataset, materialize
 from unlearn.scheduler import resolve_policy, retain_sample
 from unlearn.training import accuracy
@@ -352,11 +355,11 @@ def test_a_retain_sample_as_large_as_the_retain_set_is_the_whole_set(trained):
     assert _identical(capped.model, _state(whole.model))
 
 
-@pytest.mark.parametrize("policy", ["random_label_fast", "random_label_repair"])
+@pytest.mark.parametrize("policy", ["random_label_fast", "random_label_repair", "random_label_to_expected"])
 def test_the_cheap_builtin_policies_train_on_small_retain_samples(trained, policy):
-    model, _, forget, retain = trained
+    model, recorder, forget, retain = trained
     before = _state(model)
-    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy)
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy, recording=recorder)
     assert _identical(model, before) and not _identical(result.model, before)
     expected = []
     for group, steps in resolve_policy(policy, ["low", "medium", "high"]).items():
@@ -386,3 +389,98 @@ def test_bad_retain_per_forget_is_refused_before_any_step(trained, monkeypatch, 
 def test_retain_per_forget_of_the_wrong_type_is_refused(bad):
     with pytest.raises(TypeError, match="retain_per_forget must be a positive number or None"):
         RUMConfig(retain_per_forget=bad)
+
+
+# ----------------------------------------------------------------------------- stopping at a target accuracy
+def _logged_relabelling(model, forget, retain, target, log):
+    """random_label's loop through run_sgd, logging the forget accuracy before every step (the last entry: after
+    the last step taken)."""
+    config = RandomLabelConfig(epochs=3, lr=0.05, batch_size=64, target_accuracy=target)
+    generator, cpu = torch.Generator().manual_seed(0), torch.device("cpu")
+
+    def losses(epoch):
+        batches = relabelled_losses(model, forget, retain, config.batch_size, 10, generator, cpu)
+        while True:
+            log.append(forget_accuracy(model, forget, cpu))
+            model.train()
+            loss = next(batches, None)
+            if loss is None:
+                log.pop()  # the epoch ended: the next epoch logs the same state again
+                return
+            yield loss
+
+    run_sgd(model, config, losses, seed=0, forget=forget)
+    log.append(forget_accuracy(model, forget, cpu))
+
+
+def test_a_step_stops_at_the_first_check_that_reaches_its_target(trained):
+    model, _, forget, retain = trained
+    forget, retain = materialize(forget), materialize(Subset(retain, range(400)))
+    reference = []  # accuracy after 0, 1, 2... steps of an unstopped run
+    _logged_relabelling(copy.deepcopy(model), forget, retain, None, reference)
+    check_every = math.ceil(len(forget) / 64)
+    target = 0.6
+    assert reference[0] == 1.0 and min(reference) <= target  # the run crosses the target, it can stop
+    stop = next(s for s in range(0, len(reference), check_every) if reference[s] <= target)
+    stopped = []
+    _logged_relabelling(copy.deepcopy(model), forget, retain, target, stopped)
+    assert len(stopped) - 1 == stop  # steps taken
+    assert stopped == reference[:stop + 1]  # the checks did not change training
+    unreached = []
+    _logged_relabelling(copy.deepcopy(model), forget, retain, 0.0, unreached)
+    assert unreached == reference  # a target never reached: every epoch runs, as without one
+
+
+def test_a_target_already_met_takes_no_step_and_retrain_refuses_one(trained):
+    model, _, forget, retain = trained
+    before = _state(model)
+    result = unlearn(model, forget=forget, retain=retain, method="random_label",
+                     config={"epochs": 2, "target_accuracy": 1.0})
+    assert _identical(result.model, before)
+    with pytest.raises(ValueError, match="cannot stop at a target_accuracy"):
+        unlearn(model, forget=forget, retain=retain, method="retrain", config={"epochs": 1, "target_accuracy": 0.5})
+    for bad in (1.5, -0.1, True, "0.5"):
+        with pytest.raises(ValueError, match="target_accuracy must be None or a fraction"):
+            unlearn(model, forget=forget, retain=retain, method="finetune", config={"target_accuracy": bad})
+
+
+EXPECTED_POLICY = {"low": None, "medium": ("finetune", {"epochs": 1, "target_accuracy": "expected"}),
+                   "high": ("random_label", {"epochs": 5, "lr": 0.05, "batch_size": 64, "target_accuracy": "expected",
+                                             "retain_per_forget": 4})}
+
+
+def test_rum_stops_each_group_at_its_expected_accuracy(trained):
+    model, recorder, forget, retain = trained
+    indices = np.asarray(forget.indices)
+    scores = pd.Series(np.arange(90.0), index=indices)
+    expected = pd.Series(np.linspace(1.0, 0.4, 90), index=indices)  # the more memorized, the lower
+    result = unlearn(model, forget=forget, retain=retain, scores=scores, expected_accuracy=expected,
+                     policy=EXPECTED_POLICY)
+    targets = {s.group: s.config["target_accuracy"] for s in result.plan if s.method != "noop"}
+    assert targets == pytest.approx({"medium": expected.iloc[30:60].mean(), "high": expected.iloc[60:].mean()})
+    high = Subset(forget.dataset, [int(i) for i in indices[60:]])
+    assert accuracy(result.model, high) <= targets["high"]  # reached within 5 epochs
+    # without expected_accuracy= the recording's early_accuracy proxy estimates it
+    estimated = proxies.compute("early_accuracy", recording=recorder).loc[indices]
+    result = unlearn(model, forget=forget, retain=retain, scores=scores, recording=recorder, policy=EXPECTED_POLICY)
+    assert result.plan[1].config["target_accuracy"] == pytest.approx(estimated.iloc[30:60].mean())
+
+
+def test_expected_accuracy_bad_input_is_named(trained, monkeypatch):
+    model, _, forget, retain = trained
+    seen = _spy(monkeypatch)
+    scores = np.arange(90.0)
+    with pytest.raises(ValueError, match="pass expected_accuracy= .* or recording="):
+        unlearn(model, forget=forget, retain=retain, scores=scores, policy=EXPECTED_POLICY)
+    with pytest.raises(ValueError, match="expected_accuracy must be fractions in"):
+        unlearn(model, forget=forget, retain=retain, scores=scores, policy=EXPECTED_POLICY,
+                expected_accuracy=np.full(90, 1.5))
+    with pytest.raises(ValueError, match=r"expected_accuracy must hold one value per forget example \(90\)"):
+        unlearn(model, forget=forget, retain=retain, scores=scores, policy=EXPECTED_POLICY,
+                expected_accuracy=np.ones(3))
+    with pytest.raises(ValueError, match="target_accuracy of group 'high' must be a fraction, None or 'expected'"):
+        unlearn(model, forget=forget, retain=retain, scores=scores,
+                policy={"low": "spy", "medium": "spy", "high": ("finetune", {"target_accuracy": "retrained"})})
+    with pytest.raises(ValueError, match="are for method='rum'"):
+        unlearn(model, forget=forget, retain=retain, method="finetune", expected_accuracy=np.ones(90))
+    assert seen == []

@@ -122,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the medium group, SalUn on the high one, over the whole retain set), neggrad_plus (its "
                         "second), random_label_fast (random labels on the high group only, 2 epochs on a retain "
                         "sample of 16 per forget example: a few percent of retraining), random_label_repair (the "
-                        "same plus 1 epoch of fine-tuning on another such sample)")
+                        "same plus 1 epoch of fine-tuning on another such sample), random_label_to_expected (random "
+                        "labels on the medium and high groups, each stopped once its accuracy falls to what a model "
+                        "that never saw it is expected to score, estimated from the recording; then 1 epoch of "
+                        "fine-tuning; up to 10 epochs on a sample of 16 per forget example)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--attacks", nargs="+", default=["loss_threshold", "loss_logreg", "svc"], choices=attack_names(),
                    metavar="ATTACK", help=f"membership-inference attacks, of {attack_names()} (default: "
@@ -376,7 +379,8 @@ def _reference_stage(run: RunFolder, retain, model_fn, recipe: dict, seed: int, 
     return reference.eval()
 
 
-def _unlearn_stage(run: RunFolder, args, original, forget, retain, table: pd.DataFrame, model_fn, after: str):
+def _unlearn_stage(run: RunFolder, args, original, forget, retain, table: pd.DataFrame, recorder, model_fn,
+                   after: str):
     from .unlearning import unlearn
 
     rum = args.method == "rum"
@@ -387,7 +391,9 @@ def _unlearn_stage(run: RunFolder, args, original, forget, retain, table: pd.Dat
         return load_checkpoint(model_fn(), run.path / "unlearned.pt").eval(), pd.read_csv(run.path / "plan.csv")
     print(f"unlearning {len(forget)} examples with {args.method}" + (f" scheduled by {args.proxy}" if rum else ""))
     with run.timed("unlearn", settings):
-        options = {"scores": _proxy_series(table, args.proxy), "policy": args.policy} if rum else {}
+        # the recording is there for policies that stop at each group's expected accuracy (early_accuracy)
+        options = ({"scores": _proxy_series(table, args.proxy), "policy": args.policy, "recording": recorder}
+                   if rum else {})
         result = unlearn(original, forget=forget, retain=retain, method=args.method, seed=args.seed,
                          device=args.device, **options)
         save_checkpoint(result.model, run.path / "unlearned.pt")
@@ -472,7 +478,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     print("\n[4/6] retrained reference")
     reference = _reference_stage(run, retain, model_fn, recipe, args.seed, args.device, after_forget)
     print(f"\n[5/6] unlearning ({args.method})")
-    unlearned, plan = _unlearn_stage(run, args, original, forget, retain, table, model_fn, after_forget)
+    unlearned, plan = _unlearn_stage(run, args, original, forget, retain, table, recorder, model_fn,
+                                    after_forget)
     print(plan.drop(columns=["config"]).to_string(index=False))
 
     print("\n[6/6] evaluation")

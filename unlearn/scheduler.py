@@ -4,13 +4,20 @@ group its own method and hyperparameters, and unlearn the groups one after anoth
 A **policy** maps a group name to what unlearns it: ``None`` / ``"noop"`` (leave it), a method name, a
 ``(method, {settings})`` pair, ``{"method": ..., "config": {...}}``, or a list of those: steps that unlearn the
 group in turn (each its own plan step, e.g. random labels and then a short fine-tune that repairs what they broke).
-Built-in policies are the two anchor recipes and two cheap ones that train each step on a small random sample of
-the retain set.
+Built-in policies are the two anchor recipes, two cheap ones that train each step on a small random sample of
+the retain set, and one that stops each group at its expected accuracy (below).
 
 **Retain subsampling.** A step's cost is set by the retain examples it trains on, not by its forget group. With
 ``retain_per_forget=k`` (in :class:`RUMConfig` for every step, or as a ``"retain_per_forget"`` key in one entry's
 settings, which the scheduler takes out before the method sees them) each step draws a fresh seeded random sample of
 ``ceil(k * group size)`` examples of the retain set and the method sees only those; the plan records which.
+
+**Stopping where a model that never saw the group would be.** A step whose settings say
+``"target_accuracy": "expected"`` stops as soon as its group's accuracy falls to the accuracy a model trained
+without the group is expected to have: the mean of the group's expected (held-out) accuracies, which
+:func:`unlearn.unlearn` takes from ``expected_accuracy=`` (e.g. Feldman-Zhang's ``c_score``) or estimates from the
+training ``recording`` (the ``early_accuracy`` proxy). A highly memorized group is pushed far, a group the model
+would classify without having seen it is barely touched; the step's ``epochs`` cap the run.
 
 >>> partition(np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2]), groups=3)
 {'low': array([1, 5]), 'medium': array([2, 3]), 'high': array([0, 4])}
@@ -28,11 +35,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["POLICIES", "RETAIN_PER_FORGET", "RUMConfig", "group_names", "partition", "resolve_policy",
-           "retain_sample"]
+__all__ = ["EXPECTED", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig", "group_names", "partition", "resolve_policy",
+           "retain_sample", "uses_expected"]
 
 RETAIN_PER_FORGET = "retain_per_forget"
 """The settings key of a policy entry that sets that step's retain sample (taken out before the method sees them)."""
+
+EXPECTED = "expected"
+"""``target_accuracy`` value that the scheduler replaces by the group's expected held-out accuracy."""
 
 POLICIES: dict[str, dict[str, Any]] = {
     # anchor (a): leave the least memorized alone, fine-tune the middle, SalUn the most memorized
@@ -64,8 +74,20 @@ POLICIES: dict[str, dict[str, Any]] = {
         "high": [("random_label", {"epochs": 2, "lr": 0.02, "batch_size": 64, RETAIN_PER_FORGET: 16}),
                  ("finetune", {"epochs": 1, "lr": 0.01, "batch_size": 64, RETAIN_PER_FORGET: 16})],
     },
+    # not from the paper: memorization-aware stopping. Random labels on the medium and high groups, each stopped
+    # once its accuracy falls to what a model that never saw it is expected to score (see "Stopping where a model
+    # that never saw the group would be" above), then the repair; up to 10 epochs on a sample of 16 per example.
+    "random_label_to_expected": {
+        "low": None,
+        "medium": [("random_label", {"epochs": 10, "lr": 0.05, "batch_size": 64, RETAIN_PER_FORGET: 16,
+                                     "target_accuracy": EXPECTED}),
+                   ("finetune", {"epochs": 1, "lr": 0.01, "batch_size": 64, RETAIN_PER_FORGET: 16})],
+        "high": [("random_label", {"epochs": 10, "lr": 0.05, "batch_size": 64, RETAIN_PER_FORGET: 16,
+                                   "target_accuracy": EXPECTED}),
+                 ("finetune", {"epochs": 1, "lr": 0.01, "batch_size": 64, RETAIN_PER_FORGET: 16})],
+    },
 }
-"""Built-in policies by name: the RUM paper's two recipes and two cheap ones."""
+"""Built-in policies by name: the RUM paper's two recipes and three of this library's."""
 
 
 @dataclass(frozen=True)
@@ -200,4 +222,13 @@ def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> di
         resolved[group] = _resolve_entry(policy[group], group)
         for _, settings in resolved[group]:
             check_retain_per_forget(settings.get(RETAIN_PER_FORGET), f"{RETAIN_PER_FORGET} of group {group!r}")
+            target = settings.get("target_accuracy")
+            if isinstance(target, str) and target != EXPECTED:
+                raise ValueError(f"target_accuracy of group {group!r} must be a fraction, None or {EXPECTED!r}, "
+                                 f"got {target!r}")
     return resolved
+
+
+def uses_expected(resolved: Mapping[str, list[tuple[str, dict]]]) -> bool:
+    """Whether a resolved policy has a step that stops at the expected accuracy."""
+    return any(settings.get("target_accuracy") == EXPECTED for steps in resolved.values() for _, settings in steps)

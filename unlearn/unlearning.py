@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from .data import IndexedDataset, materialize, subset_root
 from .registry import get_method, make_config, methods
-from .scheduler import RETAIN_PER_FORGET, RUMConfig, partition, resolve_policy, retain_sample
+from .scheduler import EXPECTED, RETAIN_PER_FORGET, RUMConfig, partition, resolve_policy, retain_sample, uses_expected
 
 __all__ = ["Step", "UnlearnResult", "unlearn"]
 
@@ -88,6 +88,28 @@ def _check_model(model: nn.Module, forget: IndexedDataset, retain: IndexedDatase
                          f"[{int(labels.min())}, {int(labels.max())}]")
 
 
+def _per_forget(values, forget: IndexedDataset, name: str) -> np.ndarray:
+    """One finite float per forget example, in forget order, from an array in that order or a Series indexed by
+    training index."""
+    if isinstance(values, pd.Series):
+        if values.index.has_duplicates:
+            raise ValueError(f"{name} must have one value per training index (the Series index has duplicates)")
+        wanted = forget.indices.numpy()
+        missing = wanted[~np.isin(wanted, values.index.to_numpy())]
+        if len(missing):
+            raise ValueError(f"{name} has no value for {len(missing)} forget examples (e.g. training index "
+                             f"{int(missing[0])}); index the Series by training index")
+        array = values.reindex(wanted).to_numpy(dtype=float)
+    else:
+        array = np.asarray(values, dtype=float)
+        if array.shape != (len(forget),):
+            raise ValueError(f"{name} must hold one value per forget example ({len(forget)}), got shape "
+                             f"{array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite; {int((~np.isfinite(array)).sum())} are NaN or infinite")
+    return array
+
+
 def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDataset, recording) -> np.ndarray:
     """One score per forget example, oriented so that higher means more memorized."""
     import proxies
@@ -101,25 +123,26 @@ def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDat
             raise ValueError(f"proxy {proxy!r} is read from training dynamics: pass recording= (the "
                              "TrainingRecorder filled while training the model)")
         scores = proxies.compute(proxy, recording=recording, model=model, data=forget, progress=False)
-    higher_is_memorized = True
-    if isinstance(scores, pd.Series):
-        higher_is_memorized = scores.attrs.get("higher_is_memorized", True)
-        if scores.index.has_duplicates:
-            raise ValueError("scores must have one value per training index (the Series index has duplicates)")
-        wanted = forget.indices.numpy()
-        missing = wanted[~np.isin(wanted, scores.index.to_numpy())]
-        if len(missing):
-            raise ValueError(f"scores has no value for {len(missing)} forget examples (e.g. training index "
-                             f"{int(missing[0])}); index the Series by training index")
-        values = scores.reindex(wanted).to_numpy(dtype=float)
-    else:
-        values = np.asarray(scores, dtype=float)
-        if values.shape != (len(forget),):
-            raise ValueError(f"scores must hold one value per forget example ({len(forget)}), got shape "
-                             f"{values.shape}")
-    if not np.isfinite(values).all():
-        raise ValueError(f"scores must be finite; {int((~np.isfinite(values)).sum())} are NaN or infinite")
+    higher_is_memorized = scores.attrs.get("higher_is_memorized", True) if isinstance(scores, pd.Series) else True
+    values = _per_forget(scores, forget, "scores")
     return values if higher_is_memorized else -values
+
+
+def _expected_accuracy(expected_accuracy, recording, forget: IndexedDataset) -> np.ndarray:
+    """Each forget example's expected accuracy under a model that never saw it, in forget order."""
+    if expected_accuracy is None:
+        if recording is None:
+            raise ValueError(f"the policy stops at target_accuracy={EXPECTED!r}: pass expected_accuracy= (each "
+                             "forget example's accuracy under a model trained without it, e.g. the Feldman-Zhang "
+                             "c_score) or recording= (estimated with the 'early_accuracy' proxy)")
+        import proxies
+
+        expected_accuracy = proxies.compute("early_accuracy", recording=recording)
+    values = _per_forget(expected_accuracy, forget, "expected_accuracy")
+    if ((values < 0) | (values > 1)).any():
+        raise ValueError("expected_accuracy must be fractions in [0, 1], got values in "
+                         f"[{values.min():.3g}, {values.max():.3g}]")
+    return values
 
 
 def _sampled(retain: IndexedDataset, forget_size: int, retain_per_forget: float | None, seed: int) -> IndexedDataset:
@@ -146,7 +169,7 @@ def _run_step(model, group: str, method_name: str, settings, forget: IndexedData
 
 def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str = "rum", scores=None,
             proxy: str | None = None, recording=None, policy=None, config=None, seed: int = 0,
-            device: torch.device | str | None = None) -> UnlearnResult:
+            device: torch.device | str | None = None, expected_accuracy=None) -> UnlearnResult:
     """Remove ``forget`` from a trained classifier; the caller's model is never modified.
 
     Args:
@@ -165,6 +188,10 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
             :class:`~unlearn.scheduler.RUMConfig` or dict (groups, order, policy, retain_per_forget).
         seed: seed of every random choice.
         device: where to unlearn (default: the model's device).
+        expected_accuracy: for ``"rum"`` policies with steps that stop at ``target_accuracy="expected"``: each
+            forget example's accuracy under a model trained without it (array in forget order or a Series indexed
+            by training index, fractions), e.g. the Feldman-Zhang ``c_score``. Default: estimated from
+            ``recording`` with the ``early_accuracy`` proxy.
 
     Returns:
         An :class:`UnlearnResult` with the new ``model``, the ``plan`` (one :class:`Step` per group, or per step of
@@ -181,8 +208,9 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
             raise TypeError(f"{name} must be a torch Dataset with __len__ and __getitem__, got {type(data).__name__}")
     if not isinstance(method, str) or method not in methods():
         raise ValueError(f"unknown unlearning method {method!r}; expected one of {methods()}")
-    if method != "rum" and (scores is not None or proxy is not None or policy is not None):
-        raise ValueError(f"scores, proxy and policy are for method='rum', not {method!r}")
+    if method != "rum" and (scores is not None or proxy is not None or policy is not None
+                            or expected_accuracy is not None):
+        raise ValueError(f"scores, proxy, policy and expected_accuracy are for method='rum', not {method!r}")
     if len(forget) == 0:
         raise ValueError("the forget set is empty: nothing to unlearn")
     if len(retain) == 0:
@@ -218,6 +246,7 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
             if method_name not in methods() or method_name == "rum":
                 raise ValueError(f"policy names unknown method {method_name!r} for group {group!r}; "
                                  f"expected one of {[m for m in methods() if m != 'rum']}")
+    expected = _expected_accuracy(expected_accuracy, recording, forget_data) if uses_expected(plan_for) else None
     plan, number = [], 0
     for group in rum.ordered_groups():
         positions = torch.from_numpy(groups[group])
@@ -227,6 +256,8 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
                                 indices=forget_data.indices[positions])
         for method_name, settings in plan_for[group] or [("noop", {})]:
             retain_per_forget = settings.pop(RETAIN_PER_FORGET, rum.retain_per_forget)
+            if settings.get("target_accuracy") == EXPECTED:
+                settings["target_accuracy"] = float(expected[groups[group]].mean())
             step_retain = retain_data if method_name == "noop" else _sampled(
                 retain_data, len(positions), retain_per_forget, seed + number)
             model, step = _run_step(model, group, method_name, settings, subset, step_retain, seed + number, device)

@@ -26,4 +26,4 @@ def finetune(model, forget, retain, config: FinetuneConfig, *, seed, device):
         for x, y in shuffled(retain, config.batch_size, generator, device):
             yield F.cross_entropy(model(x), y)
 
-    return run_sgd(model, config, losses, seed=seed)
+    return run_sgd(model, config, losses, seed=seed, forget=forget)

@@ -32,4 +32,4 @@ def l1_sparse(model, forget, retain, config: L1SparseConfig, *, seed, device):
             l1 = sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
             yield F.cross_entropy(model(x), y) + alpha * l1
 
-    return run_sgd(model, config, losses, seed=seed)
+    return run_sgd(model, config, losses, seed=seed, forget=forget)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -14,7 +15,12 @@ from ..training import lr_factor
 
 @dataclass
 class SGDConfig:
-    """Optimizer settings every gradient-based method has (anchor defaults: batch 256, momentum 0.9, wd 5e-4)."""
+    """Optimizer settings every gradient-based method has (anchor defaults: batch 256, momentum 0.9, wd 5e-4).
+
+    ``target_accuracy`` (a fraction, or ``None``) stops training early: as soon as the model's accuracy on the
+    forget set is at or below it. ``epochs`` then caps the run. The memorization-aware scheduler sets it to the
+    accuracy a model that never saw the group is expected to have (see :mod:`unlearn.scheduler`).
+    """
 
     epochs: int = 10
     lr: float = 0.01
@@ -22,26 +28,50 @@ class SGDConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "constant"
+    target_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.lr < 0 or self.batch_size < 1:
             raise ValueError(f"expected epochs >= 0, lr >= 0, batch_size >= 1; got {self.epochs}, {self.lr}, "
                              f"{self.batch_size}")
         lr_factor(self.schedule, 0, 1)  # rejects an unknown schedule now, not mid-run
+        target = self.target_accuracy
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
+                                   or not 0.0 <= target <= 1.0):
+            raise ValueError(f"target_accuracy must be None or a fraction in [0, 1], got {target!r}")
 
 
 def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterable[Tensor]], *, seed: int,
-            grad_hook: Callable[[nn.Module], None] | None = None) -> nn.Module:
+            grad_hook: Callable[[nn.Module], None] | None = None, forget: IndexedDataset | None = None) -> nn.Module:
     """Step SGD on every loss ``losses(epoch)`` yields, for ``config.epochs`` epochs; returns ``model`` in eval mode.
 
-    ``grad_hook(model)`` runs between ``backward`` and the step (SalUn masks gradients there).
+    ``grad_hook(model)`` runs between ``backward`` and the step (SalUn masks gradients there). With
+    ``config.target_accuracy`` set, training stops once the accuracy on ``forget`` is at or below it, checked
+    before the first step and then every ``ceil(len(forget) / batch_size)`` steps: each check is a forward pass
+    over the forget set, which this spacing keeps to about one forward pass per example trained on.
+
+    Raises:
+        ValueError: ``config.target_accuracy`` is set and no ``forget`` set was given (the method cannot stop
+            on it, e.g. ``retrain``).
     """
+    target = config.target_accuracy
+    if target is not None and forget is None:
+        raise ValueError("this method cannot stop at a target_accuracy (it does not pass its forget set)")
+    check_every = math.ceil(len(forget) / config.batch_size) if target is not None else 0
+
+    def reached() -> bool:
+        return target is not None and forget_accuracy(model, forget, device) <= target
+
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    steps = 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
+        done = reached()
         for epoch in range(config.epochs):
+            if done:
+                break
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_factor(config.schedule, epoch, config.epochs)
             model.train()
@@ -51,8 +81,23 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
                 if grad_hook is not None:
                     grad_hook(model)
                 optimizer.step()
+                steps += 1
+                if check_every and steps % check_every == 0:
+                    done = reached()
+                    if done:
+                        break
+                    model.train()
     model.eval()
     return model
+
+
+@torch.no_grad()
+def forget_accuracy(model: nn.Module, forget: IndexedDataset, device: torch.device) -> float:
+    """Eval-mode top-1 accuracy on an in-memory dataset (the model is left in eval mode)."""
+    model.eval()
+    correct = sum(int((model(x.to(device)).argmax(1).cpu() == y).sum())
+                  for x, y in tensor_batches(forget.inputs, forget.targets, batch_size=1024))
+    return correct / max(len(forget), 1)
 
 
 def shuffled(data: IndexedDataset, batch_size: int, generator: torch.Generator,

@@ -36,4 +36,4 @@ def neggrad_plus(model, forget, retain, config: NegGradPlusConfig, *, seed, devi
             retain_loss = F.cross_entropy(model(xr), yr)
             yield config.alpha * retain_loss - (1 - config.alpha) * F.cross_entropy(model(xf), yf)
 
-    return run_sgd(model, config, losses, seed=seed)
+    return run_sgd(model, config, losses, seed=seed, forget=forget)

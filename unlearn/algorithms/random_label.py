@@ -39,4 +39,4 @@ def random_label(model, forget, retain, config: RandomLabelConfig, *, seed, devi
     generator = torch.Generator().manual_seed(seed)
     classes = num_classes(model, forget, device)
     return run_sgd(model, config, lambda epoch: relabelled_losses(model, forget, retain, config.batch_size, classes,
-                                                                  generator, device), seed=seed)
+                                                                  generator, device), seed=seed, forget=forget)

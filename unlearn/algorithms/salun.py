@@ -67,4 +67,5 @@ def salun(model, forget, retain, config: SalUnConfig, *, seed, device):
     generator = torch.Generator().manual_seed(seed)
     classes = num_classes(model, forget, device)
     return run_sgd(model, config, lambda epoch: relabelled_losses(model, forget, retain, config.batch_size, classes,
-                                                                  generator, device), seed=seed, grad_hook=apply_mask)
+                                                                  generator, device), seed=seed, grad_hook=apply_mask,
+                   forget=forget)

@@ -52,4 +52,4 @@ def scrub(model, forget, retain, config: ScrubConfig, *, seed, device):
             yield config.ce_weight * F.cross_entropy(logits, y) + config.kl_weight * distill_kl(
                 logits, target, config.temperature)
 
-    return run_sgd(model, config, losses, seed=seed)
+    return run_sgd(model, config, losses, seed=seed, forget=forget)
