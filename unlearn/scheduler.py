@@ -44,6 +44,10 @@ RETAIN_PER_FORGET = "retain_per_forget"
 EXPECTED = "expected"
 """``target_accuracy`` value that the scheduler replaces by the group's expected held-out accuracy."""
 
+_TO_EXPECTED = [("random_label", {"epochs": 10, "lr": 0.05, "batch_size": 64, RETAIN_PER_FORGET: 16,
+                                  "target_accuracy": EXPECTED}),
+                 ("finetune", {"epochs": 1, "lr": 0.01, "batch_size": 64, RETAIN_PER_FORGET: 16})]
+
 POLICIES: dict[str, dict[str, Any]] = {
     # anchor (a): leave the least memorized alone, fine-tune the middle, SalUn the most memorized
     "finetune_salun": {
@@ -77,15 +81,7 @@ POLICIES: dict[str, dict[str, Any]] = {
     # not from the paper: memorization-aware stopping. Random labels on the medium and high groups, each stopped
     # once its accuracy falls to what a model that never saw it is expected to score (see "Stopping where a model
     # that never saw the group would be" above), then the repair; up to 10 epochs on a sample of 16 per example.
-    "random_label_to_expected": {
-        "low": None,
-        "medium": [("random_label", {"epochs": 10, "lr": 0.05, "batch_size": 64, RETAIN_PER_FORGET: 16,
-                                     "target_accuracy": EXPECTED}),
-                   ("finetune", {"epochs": 1, "lr": 0.01, "batch_size": 64, RETAIN_PER_FORGET: 16})],
-        "high": [("random_label", {"epochs": 10, "lr": 0.05, "batch_size": 64, RETAIN_PER_FORGET: 16,
-                                   "target_accuracy": EXPECTED}),
-                 ("finetune", {"epochs": 1, "lr": 0.01, "batch_size": 64, RETAIN_PER_FORGET: 16})],
-    },
+    "random_label_to_expected": {"low": None, "medium": _TO_EXPECTED, "high": _TO_EXPECTED},
 }
 """Built-in policies by name: the RUM paper's two recipes and three of this library's."""
 
