@@ -211,9 +211,10 @@ def paired(runs: pd.DataFrame, a: str, b: str) -> tuple[float, float]:
 
 
 def check_targets(summary: pd.DataFrame, runs: pd.DataFrame, policies) -> list[str]:
-    """The issue's targets, per dataset, forget-set selection and policy: RUM with a proxy within 0.02 ToW of RUM with
-    FZ scores, better than every single method on the mixed forget set, at <= 20% of retraining time. Each
-    comparison also gives the paired per-seed difference with its 95% interval."""
+    """The issue's targets, per dataset, forget-set selection and policy: RUM with a proxy reaches the ToW of RUM with
+    FZ scores within 0.02 (no more than 0.02 below it: a proxy that does better has lost nothing by standing in for
+    FZ), beats every single method on the mixed forget set, at <= 20% of retraining time. Each comparison also
+    gives the paired per-seed difference with its 95% interval."""
     notes = []
     for (dataset, selection), group in summary.groupby(["dataset", "selected_by"], sort=False):
         mixed = group[group.forget == "mixed"].set_index("method")
@@ -225,8 +226,9 @@ def check_targets(summary: pd.DataFrame, runs: pd.DataFrame, policies) -> list[s
         for policy in policies:
             by_proxy, by_fz = rum_label(policy, "confidence"), rum_label(policy, "fz")
             proxy, fz = mixed.loc[by_proxy], mixed.loc[by_fz]
-            gap = abs(proxy.tow - fz.tow)
-            met = [gap <= 0.02, best is not None and proxy.tow > singles.tow.max(), proxy.time_vs_retrain <= 0.2]
+            shortfall = fz.tow - proxy.tow
+            met = [shortfall <= 0.02, best is not None and proxy.tow > singles.tow.max(),
+                   proxy.time_vs_retrain <= 0.2]
             diff = "rum(proxy) - rum(FZ) {:+.3f} ± {:.3f}".format(*paired(mixed_runs, by_proxy, by_fz))
             if best:
                 versus = (f"best of {len(singles)} single methods {best} {singles.tow.max():.3f} "
@@ -235,7 +237,8 @@ def check_targets(summary: pd.DataFrame, runs: pd.DataFrame, policies) -> list[s
             else:
                 versus = "no single method run"
             notes.append(f"{dataset}, forget set by {selection}, mixed, policy {policy}: rum(proxy) ToW "
-                         f"{proxy.tow:.3f} vs rum(FZ) {fz.tow:.3f} (gap {gap:.3f}, target <= 0.02: "
+                         f"{proxy.tow:.3f} vs rum(FZ) {fz.tow:.3f} (short of it by {max(shortfall, 0.0):.3f}, "
+                         f"target <= 0.02: "
                          f"{'met' if met[0] else 'not met'}; paired {diff}); {versus}; rum(proxy) time "
                          f"{100 * proxy.time_vs_retrain:.0f}% of retraining (target <= 20%: "
                          f"{'met' if met[2] else 'not met'}) -> {'ALL MET' if all(met) else 'not all met'}")
