@@ -100,9 +100,13 @@ def early_accuracy(recording: TrainingRecorder, fraction: float = 0.9) -> np.nda
     correct = recording["correct"]
     if recording.num_epochs == 0:
         raise ValueError("the recording has no epochs")
-    with np.errstate(invalid="ignore"):
-        curve = np.nanmean(correct, axis=1)
-    epoch = int(np.argmax(curve >= fraction * curve[-1]))
+    presented_any = ~np.isnan(correct).all(axis=1)
+    if not presented_any.any():
+        raise ValueError("the recording has no presentations")
+    curve = np.full(len(correct), np.nan)
+    curve[presented_any] = np.nanmean(correct[presented_any], axis=1)
+    final = curve[presented_any][-1]  # the last epoch that presented anything
+    epoch = int(np.argmax(curve >= fraction * final))  # NaN (an empty epoch) never qualifies
     later = correct[epoch:]
     presented = ~np.isnan(later)
     first = np.argmax(presented, axis=0)

@@ -66,6 +66,9 @@ def test_early_accuracy_reads_the_epoch_training_accuracy_first_nears_its_end(fr
     assert epoch == {0.5: 2, 0.9: 3, 1.0: 3}[fraction]  # epoch 2 leaves example 1 out: its next value counts
     np.testing.assert_array_equal(got.to_numpy(), expected)
     assert got.attrs["higher_is_memorized"] is False
+    # an epoch that presented nothing (the last, here) is skipped, not read as accuracy 0 or NaN
+    padded = proxies.compute("early_accuracy", recording=_recording(rows + [[nan] * 5]), fraction=fraction)
+    np.testing.assert_array_equal(padded.to_numpy(), expected)
     with pytest.raises(ValueError, match="fraction"):
         proxies.compute("early_accuracy", recording=_recording(rows), fraction=0.0)
 
