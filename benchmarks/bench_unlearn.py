@@ -144,7 +144,8 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
     runs = {m: {"method": m} for m in singles}
     for policy in policies:
         # a policy that stops at expected accuracies takes them from the same source as its scores: FZ's c_score,
-        # or the recording (the early_accuracy proxy) for the proxy-scheduled run
+        # or the recording (the early_accuracy proxy) for the proxy-scheduled run. c_score is NaN only for an
+        # example in every subset model (chance 2^-K), which unlearn() would refuse by name.
         stops = uses_expected(resolve_policy(policy, group_names(3)))
         expected = {"expected_accuracy": fz_table["c_score"]} if stops else {}
         runs[rum_label(policy, "fz")] = {"method": "rum", "policy": policy, "scores": fz, **expected}

@@ -15,6 +15,8 @@ from .memorization import SubsetModels, feldman_zhang, train_subset_models
 from .recording import TrainingRecorder
 from .registry import Proxy, available, compute, get_proxy, register_proxy
 
+# the memorization proxies read off a recording; early_accuracy, also read off one, estimates held-out accuracy
+# (a stopping target for unlearning) rather than memorization, and is not among them
 RECORDING_PROXIES = ("confidence", "max_confidence", "negative_entropy", "accuracy", "forgetting_events",
                      "first_learned", "presentations_needed", "csl")
 

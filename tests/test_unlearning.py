@@ -437,8 +437,11 @@ def test_a_target_already_met_takes_no_step_and_retrain_refuses_one(trained):
     result = unlearn(model, forget=forget, retain=retain, method="random_label",
                      config={"epochs": 2, "target_accuracy": 1.0})
     assert _identical(result.model, before)
-    with pytest.raises(ValueError, match="cannot stop at a target_accuracy"):
+    with pytest.raises(ValueError, match="retrain cannot stop at a target_accuracy"):
         unlearn(model, forget=forget, retain=retain, method="retrain", config={"epochs": 1, "target_accuracy": 0.5})
+    numpy_target = unlearn(model, forget=forget, retain=retain, method="finetune",
+                           config={"epochs": 1, "target_accuracy": np.float32(1.0)})
+    assert _identical(numpy_target.model, before)  # a numpy fraction is a fraction
     for bad in (1.5, -0.1, True, "0.5"):
         with pytest.raises(ValueError, match="target_accuracy must be None or a fraction"):
             unlearn(model, forget=forget, retain=retain, method="finetune", config={"target_accuracy": bad})
@@ -470,17 +473,30 @@ def test_expected_accuracy_bad_input_is_named(trained, monkeypatch):
     model, _, forget, retain = trained
     seen = _spy(monkeypatch)
     scores = np.arange(90.0)
+    spied = {"low": "spy", "medium": "spy", "high": ("finetune", {"target_accuracy": "expected"})}
     with pytest.raises(ValueError, match="pass expected_accuracy= .* or recording="):
-        unlearn(model, forget=forget, retain=retain, scores=scores, policy=EXPECTED_POLICY)
+        unlearn(model, forget=forget, retain=retain, scores=scores, policy=spied)
     with pytest.raises(ValueError, match="expected_accuracy must be fractions in"):
-        unlearn(model, forget=forget, retain=retain, scores=scores, policy=EXPECTED_POLICY,
-                expected_accuracy=np.full(90, 1.5))
+        unlearn(model, forget=forget, retain=retain, scores=scores, policy=spied, expected_accuracy=np.full(90, 1.5))
     with pytest.raises(ValueError, match=r"expected_accuracy must hold one value per forget example \(90\)"):
-        unlearn(model, forget=forget, retain=retain, scores=scores, policy=EXPECTED_POLICY,
-                expected_accuracy=np.ones(3))
+        unlearn(model, forget=forget, retain=retain, scores=scores, policy=spied, expected_accuracy=np.ones(3))
+    values = np.full((2, len(forget.dataset), len(proxies.TrainingRecorder.columns)), np.nan, dtype=np.float32)
+    values[:, 0] = 1.0  # only example 0 was ever presented: the others have no estimate
+    never_presented = proxies.TrainingRecorder.from_values(values)
+    with pytest.raises(ValueError, match="the early_accuracy estimate from recording= must be finite"):
+        unlearn(model, forget=forget, retain=retain, scores=scores, policy=spied, recording=never_presented)
     with pytest.raises(ValueError, match="target_accuracy of group 'high' must be a fraction, None or 'expected'"):
         unlearn(model, forget=forget, retain=retain, scores=scores,
                 policy={"low": "spy", "medium": "spy", "high": ("finetune", {"target_accuracy": "retrained"})})
+    with pytest.raises(ValueError, match="policy step 'influence' of group 'high': unknown settings "
+                                         r"\['target_accuracy'\]"):
+        unlearn(model, forget=forget, retain=retain, scores=scores, expected_accuracy=np.ones(90),
+                policy={"low": "spy", "medium": "spy", "high": ("influence", {"target_accuracy": "expected"})})
+    with pytest.raises(ValueError, match="policy step 'retrain' of group 'medium': retrain cannot stop"):
+        unlearn(model, forget=forget, retain=retain, scores=scores,
+                policy={"low": "spy", "medium": ("retrain", {"target_accuracy": 0.5}), "high": "spy"})
     with pytest.raises(ValueError, match="are for method='rum'"):
         unlearn(model, forget=forget, retain=retain, method="finetune", expected_accuracy=np.ones(90))
-    assert seen == []
+    with pytest.raises(ValueError, match="'expected' is for steps of a rum policy"):
+        unlearn(model, forget=forget, retain=retain, method="finetune", config={"target_accuracy": "expected"})
+    assert seen == []  # every refusal came before the first group ran

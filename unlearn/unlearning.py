@@ -137,8 +137,10 @@ def _expected_accuracy(expected_accuracy, recording, forget: IndexedDataset) -> 
                              "c_score) or recording= (estimated with the 'early_accuracy' proxy)")
         import proxies
 
-        expected_accuracy = proxies.compute("early_accuracy", recording=recording)
-    values = _per_forget(expected_accuracy, forget, "expected_accuracy")
+        estimate = proxies.compute("early_accuracy", recording=recording)
+        values = _per_forget(estimate, forget, "the early_accuracy estimate from recording=")
+    else:
+        values = _per_forget(expected_accuracy, forget, "expected_accuracy")
     if ((values < 0) | (values > 1)).any():
         raise ValueError("expected_accuracy must be fractions in [0, 1], got values in "
                          f"[{values.min():.3g}, {values.max():.3g}]")
@@ -242,10 +244,18 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     groups = partition(memorization, rum.groups)
     plan_for = resolve_policy(rum.policy, rum.ordered_groups())
     for group, steps in plan_for.items():
-        for method_name, _ in steps:
+        for method_name, settings in steps:
             if method_name not in methods() or method_name == "rum":
                 raise ValueError(f"policy names unknown method {method_name!r} for group {group!r}; "
                                  f"expected one of {[m for m in methods() if m != 'rum']}")
+            # every step's settings are checked before the first step runs
+            trial = {k: v for k, v in settings.items() if k != RETAIN_PER_FORGET}
+            if trial.get("target_accuracy") == EXPECTED:
+                trial["target_accuracy"] = 0.5  # a stand-in: the group's own value is known when it runs
+            try:
+                make_config(get_method(method_name), trial)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"policy step {method_name!r} of group {group!r}: {error}") from error
     expected = _expected_accuracy(expected_accuracy, recording, forget_data) if uses_expected(plan_for) else None
     plan, number = [], 0
     for group in rum.ordered_groups():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 from torch import Tensor, nn
@@ -17,9 +18,10 @@ from ..training import lr_factor
 class SGDConfig:
     """Optimizer settings every gradient-based method has (anchor defaults: batch 256, momentum 0.9, wd 5e-4).
 
-    ``target_accuracy`` (a fraction, or ``None``) stops training early: as soon as the model's accuracy on the
-    forget set is at or below it. ``epochs`` then caps the run. The memorization-aware scheduler sets it to the
-    accuracy a model that never saw the group is expected to have (see :mod:`unlearn.scheduler`).
+    ``target_accuracy`` (a fraction, or ``None``) stops training early, at the first check (see :func:`run_sgd`)
+    that finds the model's accuracy on the forget set at or below it. ``epochs`` then caps the run. The
+    memorization-aware scheduler sets it to the accuracy a model that never saw the group is expected to have (see
+    :mod:`unlearn.scheduler`).
     """
 
     epochs: int = 10
@@ -36,9 +38,10 @@ class SGDConfig:
                              f"{self.batch_size}")
         lr_factor(self.schedule, 0, 1)  # rejects an unknown schedule now, not mid-run
         target = self.target_accuracy
-        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
+        if target is not None and (isinstance(target, bool) or not isinstance(target, Real)
                                    or not 0.0 <= target <= 1.0):
-            raise ValueError(f"target_accuracy must be None or a fraction in [0, 1], got {target!r}")
+            hint = " ('expected' is for steps of a rum policy)" if target == "expected" else ""
+            raise ValueError(f"target_accuracy must be None or a fraction in [0, 1], got {target!r}{hint}")
 
 
 def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterable[Tensor]], *, seed: int,
@@ -95,7 +98,7 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
 def forget_accuracy(model: nn.Module, forget: IndexedDataset, device: torch.device) -> float:
     """Eval-mode top-1 accuracy on an in-memory dataset (the model is left in eval mode)."""
     model.eval()
-    correct = sum(int((model(x.to(device)).argmax(1).cpu() == y).sum())
+    correct = sum(int((model(x.to(device)).argmax(1) == y.to(device)).sum())
                   for x, y in tensor_batches(forget.inputs, forget.targets, batch_size=1024))
     return correct / max(len(forget), 1)
 

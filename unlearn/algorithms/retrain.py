@@ -20,6 +20,12 @@ class RetrainConfig(SGDConfig):
     batch_size: int = 128
     schedule: str = "cosine"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target_accuracy is not None:
+            raise ValueError("retrain cannot stop at a target_accuracy: it starts from scratch, where the forget "
+                             "accuracy is already low")
+
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     """Reset every layer's parameters (``reset_parameters``) with a seeded generator; in place."""
