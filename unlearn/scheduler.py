@@ -13,11 +13,12 @@ settings, which the scheduler takes out before the method sees them) each step d
 ``ceil(k * group size)`` examples of the retain set and the method sees only those; the plan records which.
 
 **Stopping where a model that never saw the group would be.** A step whose settings say
-``"target_accuracy": "expected"`` stops as soon as its group's accuracy falls to the accuracy a model trained
-without the group is expected to have: the mean of the group's expected (held-out) accuracies, which
-:func:`unlearn.unlearn` takes from ``expected_accuracy=`` (e.g. Feldman-Zhang's ``c_score``) or estimates from the
-training ``recording`` (the ``early_accuracy`` proxy). A highly memorized group is pushed far, a group the model
-would classify without having seen it is barely touched; the step's ``epochs`` cap the run.
+``"target_accuracy": "expected"`` stops once its group's accuracy has fallen to the accuracy a model trained
+without the group is expected to have (checked about once per group's worth of examples trained on): the mean of
+the group's expected (held-out) accuracies, which :func:`unlearn.unlearn` takes from ``expected_accuracy=`` (e.g.
+Feldman-Zhang's ``c_score``) or estimates from the training ``recording`` (the ``early_accuracy`` proxy). A highly
+memorized group is pushed far, a group the model would classify without having seen it is barely touched; the
+step's ``epochs`` cap the run.
 
 >>> partition(np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2]), groups=3)
 {'low': array([1, 5]), 'medium': array([2, 3]), 'high': array([0, 4])}

@@ -61,13 +61,13 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
     if target is not None and forget is None:
         raise ValueError("this method cannot stop at a target_accuracy (it does not pass its forget set)")
     check_every = math.ceil(len(forget) / config.batch_size) if target is not None else 0
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     def reached() -> bool:
         return target is not None and forget_accuracy(model, forget, device) <= target
 
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     steps = 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
