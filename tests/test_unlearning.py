@@ -107,6 +107,13 @@ def test_rum_with_a_confidence_proxy_flips_its_direction(trained):
     assert set(by_proxy.plan[-1].indices) == set(forget_conf.nsmallest(30).index)  # least confident = high
     by_series = unlearn(model, forget=forget, retain=retain, scores=confidence, policy=policy)
     assert _identical(by_series.model, _state(by_proxy.model))
+    # a column of a table of proxies carries the table's {column: direction} attrs
+    table = proxies.compute(["confidence", "csl"], recording=recorder)
+    by_column = unlearn(model, forget=forget, retain=retain, scores=table["confidence"], policy=policy)
+    assert _identical(by_column.model, _state(by_proxy.model))
+    renamed = table["confidence"].rename("conf")
+    with pytest.raises(ValueError, match="named 'conf': pass one column"):
+        unlearn(model, forget=forget, retain=retain, scores=renamed, policy=policy)
     # a model-based proxy needs no recording; the built-in anchor policies run end to end
     result = unlearn(model, forget=forget, retain=retain, proxy="loss_curvature", policy="neggrad_plus")
     assert [s.method for s in result.plan] == ["neggrad_plus"] * 3
