@@ -58,6 +58,21 @@ def test_signals_reject_bad_input():
         signals(torch.zeros(1, 2), torch.tensor([0]), backend="jax")
 
 
+@pytest.mark.parametrize("backend", [b for b in proxies.backends() if b != "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unchecked_non_finite_rows_are_nan_on_every_backend(backend, dtype):
+    # the recorder scores a diverged model's logits with check_finite=False: one rule everywhere, no crash
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[nan, 1.0, 2.0], [1.0, nan, 0.0], [inf, 1.0, 2.0], [-inf, -inf, 0.0], [1.0, 2.0, 3.0]],
+                          dtype=dtype)
+    labels = torch.tensor([0, 0, 0, 2, 2])
+    out = signals(logits, labels, backend=backend, check_finite=False)
+    assert torch.isnan(out[:4]).all()
+    torch.testing.assert_close(out[4:], signals(logits[4:], labels[4:], backend="torch"))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):  # checked whether or not check_finite
+        signals(logits, labels + 1, backend=backend, check_finite=False)
+
+
 def test_learning_events_by_hand():
     correct = torch.tensor([[1, 0, 0, 1], [0, 0, 1, 1], [1, 0, 0, 1], [0, 0, 1, 1]], dtype=torch.bool)
     events = learning_events(correct)

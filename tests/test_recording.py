@@ -90,3 +90,13 @@ def test_labels_out_of_range_are_refused_before_the_kernels_see_them():
     rec.record(torch.zeros(2, 4), torch.tensor([1, 7]), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
         rec.end_epoch()
+
+
+def test_non_finite_logits_are_recorded_as_not_presented():
+    rec = TrainingRecorder(3)
+    rec.start_epoch()
+    rec.record(torch.tensor([[float("nan"), 0.0], [2.0, 0.0], [float("inf"), 0.0]]), torch.tensor([0, 0, 0]),
+               torch.tensor([0, 1, 2]))
+    rec.end_epoch()
+    assert rec.presented.tolist() == [[False, True, False]]
+    assert np.isnan(rec["correct"][0, [0, 2]]).all() and rec["correct"][0, 1] == 1.0
