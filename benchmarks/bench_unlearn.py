@@ -41,6 +41,7 @@ from unlearn.metrics import mean_interval, tow, tow_mia
 from unlearn.registry import get_method, make_config, methods
 from unlearn.scheduler import POLICIES, group_names, resolve_policy, uses_expected
 from unlearn.training import RECIPES, accuracy
+from unlearn.unlearning import step_seed_of
 
 DATASETS = {  # training subset, test subset, subset models (as bench_proxies.py), epochs, N per group
     "digits": {"train_size": None, "test_size": None, "k": 256, "epochs": None, "group": 30},
@@ -78,7 +79,9 @@ def fingerprint(what: dict, kwargs: dict) -> str:
     run itself (a method's default settings, or a policy as resolved and what schedules it)."""
     if kwargs["method"] == "rum":
         policy = resolve_policy(kwargs["policy"], group_names(3))
-        run = {"policy": policy, "scheduled_by": "fz" if "scores" in kwargs else kwargs["proxy"]}
+        # step_seed: how a step's seed follows from the run's (it changed in session 5), so rows made before are redone
+        run = {"policy": policy, "scheduled_by": "fz" if "scores" in kwargs else kwargs["proxy"],
+               "step_seed": step_seed_of(12345, 1)}
         if uses_expected(policy):
             run["expected_from"] = "c_score" if "expected_accuracy" in kwargs else "early_accuracy"
     else:

@@ -140,6 +140,7 @@ def test_run_trains_its_subset_and_shadow_models_on_ray(tmp_path):
     (["run", "--proxies", "csl", "--proxy", "csl", "--forget", "high:5", "--select-by", "accuracy"],
      "--select-by must be memorization or one of the --proxies"),
     (["proxies", "/no/such/run"], "is not a trained run"),
+    (["run", "--method", "finetune", "--policy", "random_label_fast"], "--policy is for --method rum, not finetune"),
 ])
 def test_run_input_errors_fail_before_training(argv, message, capsys):
     assert main(argv) == 2

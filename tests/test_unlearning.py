@@ -160,6 +160,47 @@ def test_registration_refuses_duplicates():
         register_method("finetune", config=Config)(lambda *a, **k: None)
     with pytest.raises(TypeError, match="dataclass"):
         register_method("bad", config=dict)
+    for name in ("rum", "noop"):
+        with pytest.raises(ValueError, match="scheduler's own name"):
+            register_method(name, config=Config)
+    with pytest.raises(ValueError, match=r"unknown unlearning method 'rum'; expected one of \[(?!.*'rum')"):
+        registry.get_method("rum")
+
+
+@pytest.mark.parametrize("method, settings, error, message", [
+    ("finetune", {"epochs": "5"}, TypeError, "epochs must be a whole number, got str '5'"),
+    ("finetune", {"epochs": 2.5}, TypeError, "epochs must be a whole number"),
+    ("finetune", {"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+    ("finetune", {"lr": float("nan")}, ValueError, r"lr must be a finite number in \[0.0, inf\]"),
+    ("finetune", {"lr": float("inf")}, ValueError, "lr must be a finite number"),
+    ("finetune", {"momentum": True}, TypeError, "momentum must be a number, got bool"),
+    ("neggrad_plus", {"alpha": 1.5}, ValueError, r"alpha must be a finite number in \[0.0, 1.0\]"),
+    ("l1_sparse", {"alpha": -1.0}, ValueError, "alpha must be a finite number"),
+    ("salun", {"mask_ratio": 0.0}, ValueError, r"mask_ratio must be a finite number in \(0.0, 1.0\]"),
+    ("scrub", {"temperature": 0.0}, ValueError, "temperature must be a finite number"),
+    ("scrub", {"msteps": -1}, ValueError, "msteps must be >= 0"),
+    ("influence", {"alpha": float("nan")}, ValueError, "alpha must be a finite number"),
+    ("influence", {"damping": 0.0}, ValueError, "damping must be a finite number"),
+])
+def test_bad_settings_are_named(trained, method, settings, error, message):
+    model, recorder, forget, retain = trained
+    with pytest.raises(error, match=message):
+        unlearn(model, forget=forget, retain=retain, method=method, config=settings)
+
+
+def test_bad_rum_settings_and_seeds_are_named(trained):
+    model, recorder, forget, retain = trained
+    with pytest.raises(TypeError, match="groups must be a whole number, got float 2.5"):
+        RUMConfig(groups=2.5)
+    with pytest.raises(TypeError, match="seed must be a whole number, got str 'a'"):
+        unlearn(model, forget=forget, retain=retain, method="finetune", seed="a")
+    with pytest.raises(ValueError, match=r"policy has entries for \['hihg'\]"):
+        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90),
+                policy={"low": None, "medium": None, "high": None, "hihg": "finetune"})
+    with pytest.raises(ValueError, match=r"entries for \['medium'\], which are not groups of this split"):
+        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90), config=RUMConfig(groups=2))
+    with pytest.raises(ValueError, match="recording, policy and expected_accuracy are for method='rum'"):
+        unlearn(model, forget=forget, retain=retain, method="finetune", recording=recorder)
 
 
 def test_bad_input_is_named(trained, digits):
@@ -222,6 +263,38 @@ def test_separately_built_datasets_are_not_compared_by_index():
     assert unlearn(model, forget=forget, retain=retain, method="finetune", config={"epochs": 1}).plan
 
 
+def test_retrain_resets_every_parameter_or_refuses():
+    from unlearn.algorithms.retrain import reinitialize
+
+    for name in ("digits_cnn", "cnn28", "resnet18"):
+        model = create_model(name, num_classes=10, in_channels=1)
+        before = _state(model)
+        reinitialize(model, seed=1)
+        assert not any(torch.equal(model.state_dict()[k], v) for k, v in before.items()
+                       if "weight" in k and "bn" not in k and v.ndim > 1)
+
+    class Scaled(torch.nn.Module):  # a bare parameter: no layer knows how to reset it
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(4, 1)  # resets through _reset_parameters
+            self.temperature = torch.nn.Parameter(torch.ones(1))
+
+    model = Scaled()
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"re-initialise parameters \['temperature'\]"):
+        reinitialize(model, seed=1)
+    assert not torch.equal(model.attn.in_proj_weight, before["attn.in_proj_weight"])
+
+
+def test_sets_built_with_training_indices_are_compared_across_objects(digits):
+    from unlearn.pipeline import subset
+
+    forget, retain = subset(digits.train, np.arange(30)), subset(digits.train, np.arange(20, 400))
+    with pytest.raises(ValueError, match="share 10 examples"):
+        unlearn(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), forget=forget, retain=retain,
+                method="finetune")
+
+
 @pytest.mark.parametrize("method", ["random_label", "salun"])
 def test_relabelling_methods_work_with_batch_norm(method):
     torch.manual_seed(0)
@@ -263,6 +336,18 @@ def _spy(monkeypatch):
 
     monkeypatch.setitem(registry._METHODS, "spy", registry.Method("spy", spy, SpyConfig, ""))
     return seen
+
+
+def test_rum_runs_with_different_seeds_share_no_step_sample(trained):
+    # step seeds are drawn from (seed, step number): with seed + number, seed 0's fine-tune step (number 2) would
+    # reuse seed 1's random-label step's sample (number 1), the groups being the same size
+    model, recorder, forget, retain = trained
+    samples = {seed: [s.retain_indices for s in unlearn(model, forget=forget, retain=retain, scores=np.zeros(90),
+                                                        policy="random_label_repair", seed=seed).plan
+                      if s.method != "noop"] for seed in (0, 1)}
+    assert len(samples[0]) == 2 and all(len(s) == 480 for s in samples[0])
+    assert not any(np.array_equal(a, b) for a in samples[0] for b in samples[1])
+    assert not np.array_equal(*samples[0])  # nor do two steps of one run
 
 
 def test_retain_sample_is_seeded_sized_and_capped():

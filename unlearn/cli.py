@@ -444,6 +444,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise UsageError(f"--select-by must be memorization or one of the --proxies {args.proxies}, got {select_by!r}")
     if spec.kind == "ids" and not spec.path.is_file():
         raise UsageError(f"--forget {args.forget}: no such file {spec.path}")
+    if args.policy and args.method != "rum":
+        raise UsageError(f"--policy is for --method rum, not {args.method}")
 
     print("[1/6] original model")
     splits, original, recorder, checkpoints, settings, seconds = _train_stage(args, out)

@@ -58,7 +58,9 @@ class IndexedDataset(Dataset):
         inputs: float tensor ``[N, ...]`` (already normalised).
         targets: integer class labels ``[N]``.
         classes: optional class names.
-        indices: training-set index of each example (default ``0..N-1``).
+        indices: training-set index of each example (default ``0..N-1``). Given explicitly, they say which
+            training example each item is: :func:`unlearn.unlearn` then refuses a forget and a retain set built
+            this way that share one, even from different objects (``explicit_indices`` records it).
 
     >>> ds = IndexedDataset(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 1]))
     >>> len(ds), ds[2][1].item(), ds[2][2]
@@ -81,6 +83,7 @@ class IndexedDataset(Dataset):
         self.targets = targets.long()
         self.classes = classes
         self.indices = torch.arange(len(targets)) if indices is None else indices.long()
+        self.explicit_indices = indices is not None
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -34,6 +34,7 @@ class Method:
 
 
 _METHODS: dict[str, Method] = {}
+_RESERVED = ("rum", "noop")  # method="rum" and a policy's "noop" are the scheduler's, not registered methods
 _plugins_loaded = False
 
 
@@ -41,6 +42,8 @@ def register_method(name: str, *, config: type, force: bool = False):
     """Register an unlearning function under ``name`` with its config dataclass; duplicates are refused."""
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config of method {name!r} must be a dataclass, got {config!r}")
+    if name in _RESERVED:
+        raise ValueError(f"{name!r} is the scheduler's own name; register the method under another")
 
     def decorator(fn: Callable) -> Callable:
         if name in _METHODS and not force:
@@ -74,8 +77,9 @@ def methods() -> list[str]:
 
 
 def get_method(name: str) -> Method:
-    if name not in methods() or name == "rum":
-        raise ValueError(f"unknown unlearning method {name!r}; expected one of {methods()}")
+    methods()  # registers the built-in methods and the plugins'
+    if name not in _METHODS:
+        raise ValueError(f"unknown unlearning method {name!r}; expected one of {sorted(_METHODS)}")
     return _METHODS[name]
 
 

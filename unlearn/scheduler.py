@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import whole
+
 __all__ = ["EXPECTED", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig", "group_names", "partition", "resolve_policy",
            "retain_sample", "uses_expected"]
 
@@ -110,8 +112,7 @@ class RUMConfig:
     retain_per_forget: float | None = None
 
     def __post_init__(self) -> None:
-        if self.groups < 1:
-            raise ValueError(f"groups must be >= 1, got {self.groups}")
+        whole("groups", self.groups, minimum=1)
         names = group_names(self.groups)
         if self.order is not None and sorted(self.order) != sorted(names):
             raise ValueError(f"order must list each group once, {list(names)}; got {list(self.order)}")
@@ -214,6 +215,10 @@ def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> di
     missing = [g for g in groups if g not in policy]
     if missing:
         raise ValueError(f"policy has no entry for groups {missing} (groups: {list(groups)})")
+    extra = [g for g in policy if g not in groups]
+    if extra:
+        raise ValueError(f"policy has entries for {extra}, which are not groups of this split ({list(groups)}): a "
+                         "misspelt group, or a policy written for another number of groups")
     resolved = {}
     for group in groups:
         resolved[group] = _resolve_entry(policy[group], group)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ._checks import whole
 from .data import IndexedDataset, materialize, subset_root
 from .registry import get_method, make_config, methods
 from .scheduler import EXPECTED, RETAIN_PER_FORGET, RUMConfig, partition, resolve_policy, retain_sample, uses_expected
@@ -66,9 +67,13 @@ class UnlearnResult:
 
 def _check_disjoint(forget: Dataset, retain: Dataset, forget_data: IndexedDataset,
                     retain_data: IndexedDataset) -> None:
-    """Refuse forget and retain sets drawn from the same dataset that share an example. Sets from different
-    dataset objects cannot be compared (their indices need not refer to the same examples) and pass."""
-    if subset_root(forget)[0] is not subset_root(retain)[0]:
+    """Refuse forget and retain sets that share an example: sets drawn from the same dataset, or in-memory sets
+    whose ``indices=`` were given as training-set indices. Other sets from different dataset objects cannot be
+    compared (their positions need not refer to the same examples) and pass."""
+    forget_root, retain_root = subset_root(forget)[0], subset_root(retain)[0]
+    both_indexed = all(isinstance(root, IndexedDataset) and root.explicit_indices
+                       for root in (forget_root, retain_root))
+    if forget_root is not retain_root and not both_indexed:
         return
     shared = np.intersect1d(forget_data.indices.numpy(), retain_data.indices.numpy())
     if len(shared):
@@ -162,6 +167,13 @@ def _expected_accuracy(expected_accuracy, recording, forget: IndexedDataset) -> 
     return values
 
 
+def step_seed_of(seed: int, number: int) -> int:
+    """The seed of step ``number`` of a ``rum`` run with ``seed``: drawn from both, so that no step of one run
+    shares its random choices with a step of another (``seed + number`` would: step 1 of seed 0 is step 0 of seed
+    1)."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
 def _sampled(retain: IndexedDataset, forget_size: int, retain_per_forget: float | None, seed: int) -> IndexedDataset:
     """The retain examples one step trains on (see :func:`unlearn.scheduler.retain_sample`)."""
     keep = torch.from_numpy(retain_sample(len(retain), forget_size, retain_per_forget=retain_per_forget, seed=seed))
@@ -203,7 +215,7 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
             a list of steps; see :mod:`unlearn.scheduler`).
         config: the method's settings (a dict of overrides or its config dataclass); for ``"rum"`` a
             :class:`~unlearn.scheduler.RUMConfig` or dict (groups, order, policy, retain_per_forget).
-        seed: seed of every random choice.
+        seed: seed of every random choice (a ``rum`` step's own seed is drawn from it and the step's number).
         device: where to unlearn (default: the model's device).
         expected_accuracy: for ``"rum"`` policies with steps that stop at ``target_accuracy="expected"``: each
             forget example's accuracy under a model trained without it (array in forget order or a Series indexed
@@ -226,8 +238,9 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     if not isinstance(method, str) or method not in methods():
         raise ValueError(f"unknown unlearning method {method!r}; expected one of {methods()}")
     if method != "rum" and (scores is not None or proxy is not None or policy is not None
-                            or expected_accuracy is not None):
-        raise ValueError(f"scores, proxy, policy and expected_accuracy are for method='rum', not {method!r}")
+                            or expected_accuracy is not None or recording is not None):
+        raise ValueError(f"scores, proxy, recording, policy and expected_accuracy are for method='rum', not {method!r}")
+    whole("seed", seed)
     if len(forget) == 0:
         raise ValueError("the forget set is empty: nothing to unlearn")
     if len(retain) == 0:
@@ -283,9 +296,10 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
             retain_per_forget = settings.pop(RETAIN_PER_FORGET, rum.retain_per_forget)
             if settings.get("target_accuracy") == EXPECTED:
                 settings["target_accuracy"] = float(expected[groups[group]].mean())
+            step_seed = step_seed_of(seed, number)
             step_retain = retain_data if method_name == "noop" else _sampled(
-                retain_data, len(positions), retain_per_forget, seed + number)
-            model, step = _run_step(model, group, method_name, settings, subset, step_retain, seed + number, device)
+                retain_data, len(positions), retain_per_forget, step_seed)
+            model, step = _run_step(model, group, method_name, settings, subset, step_retain, step_seed, device)
             plan.append(step)
             number += 1
     return UnlearnResult(model, plan, time.perf_counter() - start)

@@ -5,7 +5,8 @@ retain set.
 ``theta <- theta + alpha * (F + damping)^-1 (mean grad CE(forget) - mean grad CE(retain))``
 
 The defaults were chosen on the digits CNN (a random forget set ends near test accuracy, retain accuracy kept);
-like the anchors, sweep ``alpha`` for a new model: the step grows quickly with it.
+like the anchors, sweep ``alpha`` for a new model: the step grows quickly with it. Per-sample gradients come from
+opacus, which refuses BatchNorm layers (e.g. ``resnet18``; opacus' own error names the layer): use GroupNorm there.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._checks import real, whole
 from ..data import tensor_batches
 from ..registry import register_method
 
@@ -26,8 +28,9 @@ class InfluenceConfig:
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if self.damping <= 0 or self.batch_size < 1:
-            raise ValueError(f"expected damping > 0 and batch_size >= 1, got {self.damping}, {self.batch_size}")
+        real("alpha", self.alpha)
+        real("damping", self.damping, low=0.0, low_open=True)
+        whole("batch_size", self.batch_size, minimum=1)
 
 
 @register_method("influence", config=InfluenceConfig)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._checks import real
 from ..registry import register_method
 from .loop import SGDConfig, run_sgd, shuffled
 
@@ -17,6 +18,10 @@ class L1SparseConfig(SGDConfig):
     alpha: float = 5e-4
     epochs: int = 10
     lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        real("alpha", self.alpha, low=0.0)
 
 
 @register_method("l1_sparse", config=L1SparseConfig)

@@ -10,6 +10,7 @@ from numbers import Real
 import torch
 from torch import Tensor, nn
 
+from .._checks import real, whole
 from ..data import IndexedDataset, tensor_batches
 from ..training import lr_factor
 
@@ -33,9 +34,11 @@ class SGDConfig:
     target_accuracy: float | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.lr < 0 or self.batch_size < 1:
-            raise ValueError(f"expected epochs >= 0, lr >= 0, batch_size >= 1; got {self.epochs}, {self.lr}, "
-                             f"{self.batch_size}")
+        whole("epochs", self.epochs)
+        whole("batch_size", self.batch_size, minimum=1)
+        real("lr", self.lr, low=0.0)
+        real("momentum", self.momentum, low=0.0)
+        real("weight_decay", self.weight_decay, low=0.0)
         lr_factor(self.schedule, 0, 1)  # rejects an unknown schedule now, not mid-run
         target = self.target_accuracy
         if target is not None and (isinstance(target, bool) or not isinstance(target, Real)

@@ -8,6 +8,7 @@ from itertools import cycle
 import torch
 import torch.nn.functional as F
 
+from .._checks import real
 from ..registry import register_method
 from .loop import SGDConfig, run_sgd, shuffled
 
@@ -20,8 +21,7 @@ class NegGradPlusConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        real("alpha", self.alpha, low=0.0, high=1.0)
 
 
 @register_method("neggrad_plus", config=NegGradPlusConfig)

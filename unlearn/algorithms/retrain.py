@@ -28,12 +28,26 @@ class RetrainConfig(SGDConfig):
 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:
-    """Reset every layer's parameters (``reset_parameters``) with a seeded generator; in place."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    """Reset every layer's parameters (``reset_parameters``, or ``_reset_parameters`` as attention layers have it)
+    with a seeded generator, in place; the caller's random state is left as it was.
+
+    Raises:
+        ValueError: a module holds parameters of its own but has no reset method: retraining would start from
+            those trained values, so it is refused.
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    stale = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(seed)
-        for module in model.modules():
-            if callable(getattr(module, "reset_parameters", None)):
-                module.reset_parameters()
+        for name, module in model.named_modules():
+            reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+            if callable(reset):
+                reset()
+            else:
+                stale += [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
+    if stale:
+        raise ValueError(f"retrain cannot re-initialise parameters {stale}: their modules have no "
+                         "reset_parameters(); add one, or retrain a freshly built model yourself")
     return model
 
 

@@ -2,7 +2,9 @@
 
 The saliency of a weight is ``|grad CE(forget)|``, accumulated over the whole forget set without any optimizer step;
 the mask keeps the LARGEST ``mask_ratio`` of them over all parameters. (A widely copied implementation keeps the
-smallest and steps the optimizer while accumulating; both are bugs.)
+smallest and steps the optimizer while accumulating; both are bugs.) The mask zeroes the gradients of the other
+weights; SGD's weight decay, applied inside the step as in the paper's code, still shrinks them slightly (set
+``weight_decay=0`` to leave them exactly as they were).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import real
 from ..data import IndexedDataset, tensor_batches
 from ..registry import register_method
 from .loop import SGDConfig, num_classes, run_sgd
@@ -27,8 +30,7 @@ class SalUnConfig(SGDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < self.mask_ratio <= 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1], got {self.mask_ratio}")
+        real("mask_ratio", self.mask_ratio, low=0.0, high=1.0, low_open=True)
 
 
 def saliency_mask(model: nn.Module, forget: IndexedDataset, ratio: float, batch_size: int,

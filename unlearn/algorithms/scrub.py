@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import real, whole
 from ..registry import register_method
 from .loop import SGDConfig, run_sgd, shuffled
 
@@ -22,6 +23,13 @@ class ScrubConfig(SGDConfig):
     ce_weight: float = 0.99  # gamma: weight of the retain cross-entropy
     epochs: int = 5
     lr: float = 5e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        whole("msteps", self.msteps)
+        real("temperature", self.temperature, low=0.0, low_open=True)
+        real("kl_weight", self.kl_weight, low=0.0)
+        real("ce_weight", self.ce_weight, low=0.0)
 
 
 def distill_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
