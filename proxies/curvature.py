@@ -7,6 +7,7 @@ input gradients come from one ``backward`` of the summed loss, since in eval mod
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -66,6 +67,8 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
     if n_probes < 1:
         raise ValueError(f"n_probes must be >= 1, got {n_probes}")
     h = (1e-3 if variant == "rademacher" else 0.01) if h is None else h
+    if isinstance(h, bool) or not isinstance(h, (int, float)) or not (math.isfinite(h) and h > 0):
+        raise ValueError(f"h must be a positive finite probe size, got {h!r}")
     checkpoints = as_checkpoints(model)
     total, index = None, None
     for checkpoint in tqdm(checkpoints, desc="loss curvature", unit="checkpoint", disable=not progress or

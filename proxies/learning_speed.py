@@ -1,7 +1,7 @@
 """Proxies read off a training recording: the confidence family, learning events and cumulative sample loss.
 
 They cost nothing beyond training: the :class:`~proxies.TrainingRecorder` already holds every presentation.
-Averages skip presentations an example missed (``drop_last``).
+Averages skip presentations an example missed (``drop_last``); an example never presented scores NaN.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def csl(recording: TrainingRecorder) -> np.ndarray:
     """Cumulative sample loss: the sum of the training loss over presentations (Ravikumar et al. 2025)."""
     if recording.num_epochs == 0:
         raise ValueError("the recording has no epochs")
-    return np.nansum(recording["loss"], axis=0)
+    loss = recording["loss"]
+    return np.where(np.isnan(loss).all(axis=0), np.nan, np.nansum(loss, axis=0))
 
 
 def _events(recording: TrainingRecorder, backend: str) -> dict[str, np.ndarray]:
@@ -65,7 +66,8 @@ def _events(recording: TrainingRecorder, backend: str) -> dict[str, np.ndarray]:
             filled[epoch] = np.where(missing[epoch], filled[epoch - 1], filled[epoch])
         correct = filled
     events = learning_events(torch.from_numpy(correct > 0.5), backend=backend)
-    return {k: v.numpy() for k, v in events.items()}
+    never = missing.all(axis=0)  # as float with NaN only where needed: counts stay integers otherwise
+    return {k: np.where(never, np.nan, v.numpy()) if never.any() else v.numpy() for k, v in events.items()}
 
 
 @register_proxy("forgetting_events", higher_is_memorized=True, needs=("recording",))

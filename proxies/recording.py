@@ -59,7 +59,18 @@ class TrainingRecorder:
         """Store one batch: train-mode ``logits [B, C]``, ``labels [B]``, training-set ``index [B]``."""
         if self._current is None:
             raise RuntimeError("call start_epoch() before record()")
-        index = torch.as_tensor(index)
+        index, labels = torch.as_tensor(index), torch.as_tensor(labels)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise ValueError(f"logits must be a tensor [B, C], got {getattr(logits, 'shape', type(logits).__name__)}")
+        if labels.shape != (len(logits),) or index.shape != (len(logits),):
+            raise ValueError(f"labels and index must be [B] = [{len(logits)}] like the logits' rows, got "
+                             f"{list(labels.shape)} and {list(index.shape)}")
+        for name, value in (("labels", labels), ("index", index)):
+            if value.is_floating_point() or value.dtype == torch.bool:
+                raise TypeError(f"{name} must be integers, got {value.dtype}")
+        if self._logits is not None and self._logits.shape[1] != logits.shape[1] and bool(self._current.any()):
+            raise ValueError(f"logits have {logits.shape[1]} classes, earlier batches of this epoch had "
+                             f"{self._logits.shape[1]}")
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_examples):
             raise ValueError(f"index must lie in [0, {self.num_examples}), "
                              f"got [{int(index.min())}, {int(index.max())}]")
@@ -118,8 +129,9 @@ class TrainingRecorder:
 
     # ------------------------------------------------------------------------------------------------- I/O
     def save(self, path: str | os.PathLike) -> None:
-        """Write a compressed ``.npz`` (no pickled objects)."""
-        np.savez_compressed(path, signals=self.values, columns=np.array(self.columns))
+        """Write a compressed ``.npz`` (no pickled objects) to ``path`` exactly, whatever its suffix."""
+        with open(path, "wb") as file:  # a path, not a file, would get ".npz" appended by numpy
+            np.savez_compressed(file, signals=self.values, columns=np.array(self.columns))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainingRecorder:

@@ -67,6 +67,20 @@ def _accepted(fn: Callable, inputs: dict) -> dict:
     return {k: v for k, v in inputs.items() if k in parameters}
 
 
+def _check_inputs(inputs: dict) -> None:
+    """Refuse a keyword no registered proxy takes (a misspelt option would otherwise be dropped silently). Inputs
+    one proxy takes and another does not pass: callers hand every proxy all they have."""
+    known = set()
+    for proxy in _PROXIES.values():
+        parameters = inspect.signature(proxy.fn).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return
+        known |= set(proxy.needs) | {p.name for p in parameters}
+    unknown = sorted(set(inputs) - known)
+    if unknown:
+        raise TypeError(f"no proxy takes {unknown}; proxies take {sorted(known)}")
+
+
 def compute(names: str | Iterable[str], **inputs) -> pd.Series | pd.DataFrame:
     """Compute one proxy (a Series) or several (a DataFrame with one column each), indexed by training index.
 
@@ -83,6 +97,7 @@ def compute(names: str | Iterable[str], **inputs) -> pd.Series | pd.DataFrame:
     >>> compute("accuracy", recording=rec).tolist()
     [1.0, 0.0]
     """
+    _check_inputs(inputs)
     if isinstance(names, str):
         proxy = get_proxy(names)
         missing = [k for k in proxy.needs if inputs.get(k) is None]
@@ -96,6 +111,9 @@ def compute(names: str | Iterable[str], **inputs) -> pd.Series | pd.DataFrame:
             series = pd.Series(values, index=pd.RangeIndex(len(values), name="index"), name=proxy.name)
         series.attrs["higher_is_memorized"] = proxy.higher_is_memorized
         return series
+    names = list(names)
+    if not names:
+        raise ValueError(f"names is empty: name at least one proxy of {available()}")
     columns = [compute(name, **inputs) for name in names]
     frame = pd.concat(columns, axis=1)
     frame.attrs["higher_is_memorized"] = {c.name: c.attrs["higher_is_memorized"] for c in columns}

@@ -71,6 +71,8 @@ def test_cure_variant_and_checkpoint_average(digits, digits_model):
     np.testing.assert_allclose(both.to_numpy(), (single[0] + single[1]).to_numpy() / 2, rtol=1e-6)
     with pytest.raises(ValueError, match="variant"):
         proxies.loss_curvature(digits_model, data, variant="hutchinson")
+    with pytest.raises(ValueError, match="h must be a positive finite probe size, got -1"):
+        proxies.loss_curvature(digits_model, data, h=-1)
     with pytest.raises(TypeError, match="checkpoints"):
         proxies.loss_curvature([], data)
 

@@ -45,6 +45,21 @@ def test_missed_presentations_are_skipped_not_counted():
     assert table["forgetting_events"].tolist() == [0, 1]
 
 
+def test_an_example_never_presented_scores_nan_everywhere():
+    rec = _recording([[1, np.nan, 0], [0, np.nan, 1]])
+    table = proxies.compute(proxies.RECORDING_PROXIES, recording=rec)
+    assert table.loc[1].isna().all() and table.drop(index=1).notna().all().all()
+    assert table["forgetting_events"].tolist()[::2] == [1, 0]
+
+
+def test_compute_names_a_misspelt_option_and_an_empty_list():
+    rec = _recording([[1, 0]])
+    with pytest.raises(TypeError, match=r"no proxy takes \['fractoin'\]"):
+        proxies.compute("early_accuracy", recording=rec, fractoin=0.5)
+    with pytest.raises(ValueError, match="names is empty"):
+        proxies.compute([], recording=rec)
+
+
 def _early_accuracy_by_hand(correct, fraction):
     """Slow reference: find the epoch by a loop over epochs, then each example's value there or later."""
     correct = np.asarray(correct, dtype=float)

@@ -92,6 +92,29 @@ def test_labels_out_of_range_are_refused_before_the_kernels_see_them():
         rec.end_epoch()
 
 
+def test_record_refuses_batches_that_do_not_line_up():
+    rec = TrainingRecorder(4)
+    rec.start_epoch()
+    with pytest.raises(ValueError, match=r"labels and index must be \[B\] = \[1\]"):
+        rec.record(torch.zeros(1, 2), torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2]))  # would broadcast
+    with pytest.raises(ValueError, match=r"logits must be a tensor \[B, C\]"):
+        rec.record(torch.zeros(3), torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2]))
+    with pytest.raises(TypeError, match="labels must be integers"):
+        rec.record(torch.zeros(1, 2), torch.tensor([0.0]), torch.tensor([0]))
+    rec.record(torch.zeros(1, 2), torch.tensor([0]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="logits have 3 classes, earlier batches of this epoch had 2"):
+        rec.record(torch.zeros(1, 3), torch.tensor([0]), torch.tensor([1]))
+
+
+def test_save_writes_the_path_it_is_given(tmp_path):
+    rec = TrainingRecorder(2)
+    rec.start_epoch()
+    rec.record(torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0]), torch.tensor([0, 1]))
+    rec.end_epoch()
+    rec.save(tmp_path / "run")  # no suffix: numpy alone would write run.npz
+    np.testing.assert_array_equal(TrainingRecorder.load(tmp_path / "run").values, rec.values)
+
+
 def test_non_finite_logits_are_recorded_as_not_presented():
     rec = TrainingRecorder(3)
     rec.start_epoch()
