@@ -96,6 +96,10 @@ def test_proxies_and_attack_commands_read_a_run(run_folder, capsys):
     assert "loss_threshold.auc" in out and "tow" in out  # beside the run's reference
     saved = json.loads((run_folder / "attack-unlearned.json").read_text())
     assert saved["forget"] == 30
+    assert main(["attack", str(run_folder), "--attacks", "loss_threshold", "--forget", "high:5",
+                 "--select-by", "csl"]) == 0
+    saved = json.loads((run_folder / "attack-unlearned.json").read_text())
+    assert sorted(saved["forget_ids"]) == sorted(run_scores["csl"].nlargest(5).index)
     assert main(["attack", str(run_folder), "--checkpoint", str(run_folder / "nope.pt")]) == 2
     assert "nope.pt" in capsys.readouterr().err
 

@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="state_dict of the model to attack (default: <run>/unlearned.pt)")
     p.add_argument("--forget", default=None, metavar="SPEC",
                    help="forget set, as in `unlearn run` (default: the run's forget.csv)")
+    p.add_argument("--select-by", default="confidence", choices=proxies.RECORDING_PROXIES, metavar="PROXY",
+                   help="the proxy that ranks examples for --forget high:N / low:N / mixed:N, read from the run's "
+                        f"recording: one of {proxies.RECORDING_PROXIES} (default: confidence)")
     p.add_argument("--attacks", nargs="+", default=["loss_threshold", "loss_logreg", "svc"], choices=attack_names(),
                    metavar="ATTACK", help=f"attacks to run, of {attack_names()} (default: loss_threshold "
                                           "loss_logreg svc; lira and rmia are added with --shadows)")
@@ -613,7 +616,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
         spec = parse_forget_spec(args.forget)
         ranking = None
         if spec.needs_scores:
-            ranking = _proxy_series(proxies.compute(["confidence"], recording=recorder), "confidence")
+            ranking = _proxy_series(proxies.compute([args.select_by], recording=recorder), args.select_by)
         forget_ids = select_forget(spec, ranking, num_train=len(splits.train), seed=settings["seed"],
                                    source_rows=splits.train_rows.numpy())
     elif (args.run / "forget.csv").is_file():
@@ -636,7 +639,8 @@ def cmd_attack(args: argparse.Namespace) -> None:
     with pd.option_context("display.width", 160, "display.precision", 4):
         print(report.to_string())
     target = args.run / f"attack-{checkpoint.stem}.json"
-    target.write_text(json.dumps({"checkpoint": str(checkpoint), "forget": len(forget_ids), "attacks": attacks,
+    target.write_text(json.dumps({"checkpoint": str(checkpoint), "forget": len(forget_ids),
+                                  "forget_ids": [int(i) for i in forget_ids], "attacks": attacks,
                                   "report": report.to_dict()}, indent=2) + "\n")
     print(f"\nwrote {target}")
 
