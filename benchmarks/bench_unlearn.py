@@ -5,6 +5,9 @@ For each dataset the original model is trained once with the training recorder; 
 models that ``bench_proxies.py`` caches (same settings, so they are reused). Forget sets hold N examples per group:
 low = the N least memorized, high = the N most, medium = the N closest to the median, mixed = all three; they are
 chosen once by FZ scores and once by the proxy. For every seed the retrained reference and each method run again.
+One more row, ``retrain (another seed)``, is exact unlearning: ``method="retrain"`` with the original's recipe and
+the seed's own seed, scored against the reference like any method. It is the ToW a perfect method reaches in
+expectation, below 1 because two retrainings differ; it is not counted among the single methods a policy must beat.
 Reported: forget / retain / test accuracy, ToW, ToW-MIA (SVC attack, confidence feature) and seconds, as mean and
 95% t-interval over seeds. RUM runs once per policy of ``--policies`` (default: the anchor ``finetune_salun`` and
 the cheap ``random_label_fast``, which trains each step on a small retain sample).
@@ -69,6 +72,10 @@ def _mia(model, retain, test, forget, seed) -> float:
     return svc(*signals, features=("confidence",), seed=seed)["confidence"]
 
 
+CEILING = "retrain (another seed)"
+"""The row of exact unlearning: a retraining that differs from the reference only by its seed."""
+
+
 def rum_label(policy: str, scheduled_by: str) -> str:
     """The method column of a RUM run: ``rum <policy> (FZ scores)`` or ``rum <policy> (confidence proxy)``."""
     return f"rum {policy} ({'FZ scores' if scheduled_by == 'fz' else 'confidence proxy'})"
@@ -85,7 +92,8 @@ def fingerprint(what: dict, kwargs: dict) -> str:
         if uses_expected(policy):
             run["expected_from"] = "c_score" if "expected_accuracy" in kwargs else "early_accuracy"
     else:
-        run = {"method": kwargs["method"], "config": dataclasses.asdict(make_config(get_method(kwargs["method"])))}
+        config = make_config(get_method(kwargs["method"]), kwargs.get("config"))
+        run = {"method": kwargs["method"], "config": dataclasses.asdict(config)}
     text = json.dumps({**what, **run}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -145,6 +153,7 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
     by = {"fz": fz, "confidence": -confidence}  # oriented: higher = more memorized
 
     runs = {m: {"method": m} for m in singles}
+    runs[CEILING] = {"method": "retrain", "config": {k: v for k, v in recipe.items() if k != "drop_last"}}
     for policy in policies:
         # a policy that stops at expected accuracies takes them from the same source as its scores: FZ's c_score,
         # or the recording (the early_accuracy proxy) for the proxy-scheduled run. c_score is NaN only for an
@@ -225,7 +234,8 @@ def check_targets(summary: pd.DataFrame, runs: pd.DataFrame, policies) -> list[s
         if mixed.empty:
             continue
         mixed_runs = runs[(runs.dataset == dataset) & (runs.selected_by == selection) & (runs.forget == "mixed")]
-        singles = mixed[~mixed.index.str.startswith("rum ")]
+        singles = mixed[~mixed.index.str.startswith("rum ") & (mixed.index != CEILING)]
+        ceiling = f"; retraining with another seed {mixed.loc[CEILING].tow:.3f}" if CEILING in mixed.index else ""
         best = singles["tow"].idxmax() if len(singles) else None
         for policy in policies:
             by_proxy, by_fz = rum_label(policy, "confidence"), rum_label(policy, "fz")
@@ -245,7 +255,7 @@ def check_targets(summary: pd.DataFrame, runs: pd.DataFrame, policies) -> list[s
                          f"target <= 0.02: "
                          f"{'met' if met[0] else 'not met'}; paired {diff}); {versus}; rum(proxy) time "
                          f"{100 * proxy.time_vs_retrain:.0f}% of retraining (target <= 20%: "
-                         f"{'met' if met[2] else 'not met'}) -> {'ALL MET' if all(met) else 'not all met'}")
+                         f"{'met' if met[2] else 'not met'}){ceiling} -> {'ALL MET' if all(met) else 'not all met'}")
     return notes
 
 
