@@ -13,7 +13,7 @@ from .holdout import holdout_retraining
 from .kernels import learning_events, signals, symmetric_kl
 from .memorization import SubsetModels, feldman_zhang, train_subset_models
 from .recording import TrainingRecorder
-from .registry import Proxy, available, compute, get_proxy, register_proxy
+from .registry import Proxy, available, compute, get_proxy, higher_is_memorized, register_proxy
 
 # the memorization proxies read off a recording; early_accuracy, also read off one, estimates held-out accuracy
 # (a stopping target for unlearning) rather than memorization, and is not among them
@@ -31,6 +31,7 @@ __all__ = [
     "feldman_zhang",
     "get_proxy",
     "gradient_norm",
+    "higher_is_memorized",
     "holdout_retraining",
     "learning_events",
     "loss_curvature",

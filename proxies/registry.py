@@ -8,13 +8,13 @@ typical, so its sign flips).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["Proxy", "available", "compute", "get_proxy", "register_proxy"]
+__all__ = ["Proxy", "available", "compute", "get_proxy", "higher_is_memorized", "register_proxy"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,24 @@ def _check_inputs(inputs: dict) -> None:
     unknown = sorted(set(inputs) - known)
     if unknown:
         raise TypeError(f"no proxy takes {unknown}; proxies take {sorted(known)}")
+
+
+def higher_is_memorized(scores: pd.Series) -> bool:
+    """The direction :func:`compute` records in ``scores.attrs["higher_is_memorized"]``: a bool on one proxy's
+    Series, a ``{column: bool}`` dict on a table (which a column taken from it carries along); True without it.
+
+    Raises:
+        ValueError: a dict that has no entry for the Series' name, or a direction that is not a bool.
+    """
+    direction = scores.attrs.get("higher_is_memorized", True)
+    if isinstance(direction, Mapping):
+        if scores.name not in direction:
+            raise ValueError(f"scores.attrs['higher_is_memorized'] gives directions for {sorted(map(str, direction))} "
+                             f"but the scores Series is named {scores.name!r}: pass one column of the table")
+        direction = direction[scores.name]
+    if not isinstance(direction, (bool, np.bool_)):
+        raise ValueError(f"scores.attrs['higher_is_memorized'] must be True or False, got {direction!r}")
+    return bool(direction)
 
 
 def compute(names: str | Iterable[str], **inputs) -> pd.Series | pd.DataFrame:

@@ -46,6 +46,14 @@ def test_a_confidence_like_proxy_is_ranked_the_other_way(scores):
     confidence = 1.0 - scores
     confidence.attrs["higher_is_memorized"] = False
     assert select_forget("high:10", confidence).tolist() == select_forget("high:10", scores).tolist()
+    # a column of a proxies table carries the table's {column: direction} dict
+    column = (1.0 - scores).rename("confidence")
+    column.attrs["higher_is_memorized"] = {"confidence": False, "csl": True}
+    assert select_forget("high:10", column).tolist() == select_forget("high:10", scores).tolist()
+    ids = np.asarray(scores.index[:30])
+    assert group_of(column, ids).tolist() == group_of(scores, ids).tolist()
+    with pytest.raises(ValueError, match="named 'conf'"):
+        select_forget("high:10", column.rename("conf"))
 
 
 def test_random_is_seeded_and_sized(scores):

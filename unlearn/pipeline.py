@@ -115,8 +115,10 @@ def subset(data: IndexedDataset, indices: np.ndarray) -> IndexedDataset:
 def group_of(scores: pd.Series, ids: np.ndarray, groups: int = 3) -> pd.Series:
     """The memorization group (``low`` / ``medium`` / ``high``, as RUM splits it) of each forget example, by the
     scores (a proxy Series from :func:`proxies.compute` carries its direction)."""
+    import proxies
+
     values = scores.reindex(ids).to_numpy(dtype=float)
-    if not scores.attrs.get("higher_is_memorized", True):
+    if not proxies.higher_is_memorized(scores):
         values = -values
     labels = np.empty(len(ids), dtype=object)
     for name, positions in partition(values, groups).items():

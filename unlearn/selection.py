@@ -128,12 +128,14 @@ def read_ids(path: str | os.PathLike, *, source_rows: np.ndarray | None = None) 
 
 
 def _memorization(scores: pd.Series) -> pd.Series:
+    import proxies
+
     if not isinstance(scores, pd.Series):
         raise TypeError(f"scores must be a pandas Series indexed by training index, got {type(scores).__name__}")
     values = scores.astype(float)
     if not np.isfinite(values.to_numpy()).all():
         raise ValueError("scores must be finite to rank examples by memorization")
-    return values if scores.attrs.get("higher_is_memorized", True) else -values
+    return values if proxies.higher_is_memorized(scores) else -values
 
 
 def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, num_train: int | None = None,

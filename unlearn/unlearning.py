@@ -129,23 +129,9 @@ def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDat
                              "TrainingRecorder filled while training the model)")
         scores = proxies.compute(proxy, recording=recording, model=model, data=forget, progress=False)
     values = _per_forget(scores, forget, "scores")
-    return values if _higher_is_memorized(scores) else -values
+    higher = proxies.higher_is_memorized(scores) if isinstance(scores, pd.Series) else True
+    return values if higher else -values
 
-
-def _higher_is_memorized(scores) -> bool:
-    """The direction :func:`proxies.compute` records in ``attrs["higher_is_memorized"]``: a bool on one proxy's
-    Series, a ``{column: bool}`` dict on a table (which a column taken from it carries along); True without it."""
-    if not isinstance(scores, pd.Series):
-        return True
-    direction = scores.attrs.get("higher_is_memorized", True)
-    if isinstance(direction, Mapping):
-        if scores.name not in direction:
-            raise ValueError(f"scores.attrs['higher_is_memorized'] gives directions for {sorted(map(str, direction))} "
-                             f"but the scores Series is named {scores.name!r}: pass one column of the table")
-        direction = direction[scores.name]
-    if not isinstance(direction, (bool, np.bool_)):
-        raise ValueError(f"scores.attrs['higher_is_memorized'] must be True or False, got {direction!r}")
-    return bool(direction)
 
 
 def _expected_accuracy(expected_accuracy, recording, forget: IndexedDataset) -> np.ndarray:
