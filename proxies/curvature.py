@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Real
 
 import numpy as np
 import pandas as pd
@@ -67,7 +68,7 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
     if n_probes < 1:
         raise ValueError(f"n_probes must be >= 1, got {n_probes}")
     h = (1e-3 if variant == "rademacher" else 0.01) if h is None else h
-    if isinstance(h, bool) or not isinstance(h, (int, float)) or not (math.isfinite(h) and h > 0):
+    if isinstance(h, bool) or not isinstance(h, Real) or not (math.isfinite(h) and h > 0):
         raise ValueError(f"h must be a positive finite probe size, got {h!r}")
     checkpoints = as_checkpoints(model)
     total, index = None, None

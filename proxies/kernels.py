@@ -51,8 +51,9 @@ def signals(logits: Tensor, labels: Tensor, *, backend: str = "auto", check_fini
         logits: ``[N, C]`` float32 or float64 (half precision is computed in float32).
         labels: ``[N]`` integer class labels in ``[0, C)``.
         backend: ``"auto"`` or one of :func:`proxies.backends`.
-        check_finite: raise on NaN/inf logits (costs one reduction). The training recorder turns it off: then a
-            row with a NaN or infinite logit gets NaN in every column, ``correct`` included, on every backend.
+        check_finite: raise on NaN/inf logits. The training recorder turns it off: then a row with a NaN or
+            infinite logit gets NaN in every column, ``correct`` included, on every backend. Either way it costs
+            one reduction over the logits (and one more pass when there are non-finite rows).
 
     Returns:
         ``[N, 5]`` in the logits' dtype (float32 for half precision), columns :data:`SIGNAL_COLUMNS`. Correctness

@@ -194,10 +194,12 @@ def test_bad_rum_settings_and_seeds_are_named(trained):
         RUMConfig(groups=2.5)
     with pytest.raises(TypeError, match="seed must be a whole number, got str 'a'"):
         unlearn(model, forget=forget, retain=retain, method="finetune", seed="a")
+    assert unlearn(model, forget=forget, retain=retain, scores=np.zeros(90), seed=-1,  # any seed torch takes
+                   policy={"low": None, "medium": None, "high": ("neggrad", {"lr": 1e-3})}).plan
     with pytest.raises(ValueError, match=r"policy has entries for \['hihg'\]"):
         unlearn(model, forget=forget, retain=retain, scores=np.zeros(90),
                 policy={"low": None, "medium": None, "high": None, "hihg": "finetune"})
-    with pytest.raises(ValueError, match=r"entries for \['medium'\], which are not groups of this split"):
+    with pytest.raises(ValueError, match=r"policy 'finetune_salun' has entries for \['medium'\], which are not"):
         unlearn(model, forget=forget, retain=retain, scores=np.zeros(90), config=RUMConfig(groups=2))
     with pytest.raises(ValueError, match="recording, policy and expected_accuracy are for method='rum'"):
         unlearn(model, forget=forget, retain=retain, method="finetune", recording=recorder)
@@ -260,6 +262,9 @@ def test_separately_built_datasets_are_not_compared_by_index():
     forget = IndexedDataset(torch.randn(10, 4), torch.randint(0, 2, (10,)))  # both carry indices 0..N-1
     retain = IndexedDataset(torch.randn(30, 4), torch.randint(0, 2, (30,)))
     model = torch.nn.Linear(4, 2)
+    assert unlearn(model, forget=forget, retain=retain, method="finetune", config={"epochs": 1}).plan
+    pairs = [TensorDataset(torch.randn(n, 4), torch.randint(0, 2, (n,))) for n in (10, 30)]
+    forget, retain = (materialize(d) for d in pairs)  # positions, not training indices
     assert unlearn(model, forget=forget, retain=retain, method="finetune", config={"epochs": 1}).plan
 
 

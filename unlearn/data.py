@@ -353,7 +353,8 @@ def as_tensors(dataset: Dataset) -> tuple[Tensor, Tensor, Tensor] | None:
 def materialize(dataset: Dataset, *, batch_size: int = 1024) -> IndexedDataset:
     """Any dataset of ``(x, y)`` or ``(x, y, index)`` items as an in-memory :class:`IndexedDataset`.
 
-    Items without an index get their position. An :class:`IndexedDataset` comes back as it is.
+    Items without an index get their position. An :class:`IndexedDataset` comes back as it is; otherwise the
+    result's ``explicit_indices`` is its source's (False for any dataset that is not an :class:`IndexedDataset`).
 
     >>> from torch.utils.data import TensorDataset
     >>> ds = materialize(TensorDataset(torch.randn(4, 2), torch.tensor([1, 0, 1, 0])))
@@ -363,13 +364,16 @@ def materialize(dataset: Dataset, *, batch_size: int = 1024) -> IndexedDataset:
     if isinstance(dataset, IndexedDataset):
         return dataset
     tensors = as_tensors(dataset)
+    explicit = tensors is not None and subset_root(dataset)[0].explicit_indices
     if tensors is None:
         parts = list(zip(*batches(dataset, batch_size), strict=True))
         if not parts:
             raise ValueError("cannot materialize an empty dataset")
         tensors = tuple(torch.cat(p) for p in parts)
     inputs, targets, indices = tensors
-    return IndexedDataset(inputs, targets, indices=indices)
+    result = IndexedDataset(inputs, targets, indices=indices)
+    result.explicit_indices = explicit  # positions of a dataset that had no training indices stay positions
+    return result
 
 
 class WithIndex(Dataset):

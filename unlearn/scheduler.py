@@ -206,10 +206,11 @@ def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> di
     >>> resolve_policy("random_label_repair", ["low", "medium", "high"])["high"][1][0]
     'finetune'
     """
+    name = "the policy"
     if isinstance(policy, str):
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; expected one of {sorted(POLICIES)} or a mapping")
-        policy = POLICIES[policy]
+        name, policy = f"policy {policy!r}", POLICIES[policy]
     if not isinstance(policy, Mapping):
         raise TypeError(f"policy must be a name or a mapping from group to method, got {type(policy).__name__}")
     missing = [g for g in groups if g not in policy]
@@ -217,8 +218,9 @@ def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> di
         raise ValueError(f"policy has no entry for groups {missing} (groups: {list(groups)})")
     extra = [g for g in policy if g not in groups]
     if extra:
-        raise ValueError(f"policy has entries for {extra}, which are not groups of this split ({list(groups)}): a "
-                         "misspelt group, or a policy written for another number of groups")
+        raise ValueError(f"{name} has entries for {extra}, which are not groups of this split ({list(groups)}): a "
+                         "misspelt group, or a policy written for another number of groups (pass policy= with "
+                         "one entry per group)")
     resolved = {}
     for group in groups:
         resolved[group] = _resolve_entry(policy[group], group)

@@ -157,7 +157,7 @@ def step_seed_of(seed: int, number: int) -> int:
     """The seed of step ``number`` of a ``rum`` run with ``seed``: drawn from both, so that no step of one run
     shares its random choices with a step of another (``seed + number`` would: step 1 of seed 0 is step 0 of seed
     1)."""
-    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed % 2**64, number]).generate_state(1)[0])  # a negative seed too
 
 
 def _sampled(retain: IndexedDataset, forget_size: int, retain_per_forget: float | None, seed: int) -> IndexedDataset:
@@ -226,7 +226,7 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     if method != "rum" and (scores is not None or proxy is not None or policy is not None
                             or expected_accuracy is not None or recording is not None):
         raise ValueError(f"scores, proxy, recording, policy and expected_accuracy are for method='rum', not {method!r}")
-    whole("seed", seed)
+    whole("seed", seed, minimum=-(2**63))
     if len(forget) == 0:
         raise ValueError("the forget set is empty: nothing to unlearn")
     if len(retain) == 0:

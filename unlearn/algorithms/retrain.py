@@ -29,7 +29,7 @@ class RetrainConfig(SGDConfig):
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     """Reset every layer's parameters (``reset_parameters``, or ``_reset_parameters`` as attention layers have it)
-    with a seeded generator, in place; the caller's random state is left as it was.
+    with a seeded generator, in place; the CPU's random state and the model's GPU's are left as they were.
 
     Raises:
         ValueError: a module holds parameters of its own but has no reset method: retraining would start from
