@@ -363,8 +363,9 @@ def materialize(dataset: Dataset, *, batch_size: int = 1024) -> IndexedDataset:
     """
     if isinstance(dataset, IndexedDataset):
         return dataset
+    root = subset_root(dataset)[0]
+    explicit = isinstance(root, IndexedDataset) and root.explicit_indices
     tensors = as_tensors(dataset)
-    explicit = tensors is not None and subset_root(dataset)[0].explicit_indices
     if tensors is None:
         parts = list(zip(*batches(dataset, batch_size), strict=True))
         if not parts:

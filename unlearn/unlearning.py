@@ -133,7 +133,6 @@ def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDat
     return values if higher else -values
 
 
-
 def _expected_accuracy(expected_accuracy, recording, forget: IndexedDataset) -> np.ndarray:
     """Each forget example's expected accuracy under a model that never saw it, in forget order."""
     if expected_accuracy is None:
