@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .devices import model_device, model_on
 from .registry import register_proxy
 
 __all__ = ["as_checkpoints", "input_gradients", "loss_curvature"]
@@ -55,8 +56,8 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
         variant: ``"rademacher"`` (Garg et al.) or ``"cure"``: one probe along
             ``z = h sign(g) / ||sign(g)||`` with ``g = grad_x L`` (the CURE-style variant of the RUM code).
         batch_size: examples per batched forward/backward.
-        seed: seed of the probes.
-        device: where to compute (default: the model's device).
+        seed: seed of the probes (drawn on the CPU, the same on every device).
+        device: where to compute (default: where each checkpoint is; one elsewhere is copied there).
 
     Returns:
         A Series indexed by the examples' training-set indices.
@@ -74,10 +75,12 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
     total, index = None, None
     for checkpoint in tqdm(checkpoints, desc="loss curvature", unit="checkpoint", disable=not progress or
                            len(checkpoints) == 1, leave=False):
-        dev = torch.device(device) if device is not None else next(checkpoint.parameters()).device
+        checkpoint = model_on(checkpoint, device)
+        dev = model_device(checkpoint)
         was_training = checkpoint.training
         checkpoint.eval()
-        generator = torch.Generator(device=dev).manual_seed(seed)
+        # the probes come from a CPU generator whatever the device, so a GPU run scores what a CPU run does
+        generator = torch.Generator().manual_seed(seed)
         values, indices = [], []
         try:
             for x, y, idx in batches(data, batch_size, device=dev):
@@ -90,7 +93,7 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
                 else:
                     curvature = torch.zeros(len(y), device=dev, dtype=grad.dtype)
                     for _ in range(n_probes):
-                        v = torch.randint(0, 2, x.shape, generator=generator, device=dev, dtype=x.dtype) * 2 - 1
+                        v = (torch.randint(0, 2, x.shape, generator=generator, dtype=x.dtype) * 2 - 1).to(dev)
                         curvature += (input_gradients(checkpoint, x + h * v, y) - grad).flatten(1).norm(dim=1)
                     curvature /= n_probes
                 values.append(curvature.detach().double().cpu())

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .devices import model_device, model_on
 from .kernels import symmetric_kl
 from .registry import register_proxy
 
@@ -32,6 +33,7 @@ def holdout_retraining(model: nn.Module, data: Dataset, holdout: Dataset, *, lr:
         lr, max_epochs, patience, batch_size, momentum, weight_decay: the fine-tuning (constant learning rate).
         seed: seed of the fine-tuning.
         backend: scoring backend of :func:`proxies.symmetric_kl`.
+        device: where to fine-tune and predict (default: where the model is; a model elsewhere is copied there).
 
     Returns:
         A Series indexed by the examples' training-set indices.
@@ -40,7 +42,8 @@ def holdout_retraining(model: nn.Module, data: Dataset, holdout: Dataset, *, lr:
 
     if len(holdout) == 0:
         raise ValueError("holdout must hold at least one example")
-    device = device if device is not None else next(model.parameters()).device
+    model = model_on(model, device)  # the fine-tuning and both predictions run where this copy is
+    device = model_device(model)
     tuned, _ = train(model, holdout, epochs=max_epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                      weight_decay=weight_decay, schedule="constant", patience=patience, seed=seed, device=device,
                      progress=progress)

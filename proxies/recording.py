@@ -40,6 +40,7 @@ class TrainingRecorder:
         self.num_examples = num_examples
         self._epochs: list[Tensor] = []
         self._current: Tensor | None = None  # presented-this-epoch mask while an epoch is open
+        self._epoch_has_rows = False
         self._logits: Tensor | None = None  # [N, C] logits of the open epoch's presentations
         self._labels: Tensor | None = None
         self._stacked: np.ndarray | None = None
@@ -52,6 +53,7 @@ class TrainingRecorder:
         if self._current is not None:
             self.end_epoch()
         self._current = torch.zeros(self.num_examples, dtype=torch.bool)  # presented this epoch
+        self._epoch_has_rows = False  # kept on the host: asking the mask would sync with the device
         if self._logits is not None:
             self._current = self._current.to(self._logits.device)
 
@@ -68,22 +70,26 @@ class TrainingRecorder:
         for name, value in (("labels", labels), ("index", index)):
             if value.is_floating_point() or value.dtype == torch.bool:
                 raise TypeError(f"{name} must be integers, got {value.dtype}")
-        if self._logits is not None and self._logits.shape[1] != logits.shape[1] and bool(self._current.any()):
+        if self._logits is not None and self._logits.shape[1] != logits.shape[1] and self._epoch_has_rows:
             raise ValueError(f"logits have {logits.shape[1]} classes, earlier batches of this epoch had "
                              f"{self._logits.shape[1]}")
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_examples):
             raise ValueError(f"index must lie in [0, {self.num_examples}), "
                              f"got [{int(index.min())}, {int(index.max())}]")
         logits = logits.detach()
-        if self._logits is None or self._logits.shape[1] != logits.shape[1] or self._logits.device != logits.device:
+        if self._logits is None or self._logits.shape[1] != logits.shape[1] or (
+                self._logits.device != logits.device and not self._epoch_has_rows):
             # the buffers live where the logits are: no device sync per batch
             self._logits = torch.zeros(self.num_examples, logits.shape[1], dtype=torch.float32, device=logits.device)
             self._labels = torch.zeros(self.num_examples, dtype=torch.long, device=logits.device)
             self._current = self._current.to(logits.device)
-        index = index.to(logits.device)
-        self._logits[index] = logits.to(torch.float32)
-        self._labels[index] = labels
+        # a batch from another device in the middle of an epoch joins the epoch's buffers, which keep its rows
+        device = self._logits.device
+        index = index.to(device)
+        self._logits[index] = logits.to(device=device, dtype=torch.float32)
+        self._labels[index] = labels.to(device)
         self._current[index] = True
+        self._epoch_has_rows = self._epoch_has_rows or bool(len(index))
 
     def end_epoch(self) -> None:
         """Close the current epoch: score every presented example's logits in one pass."""

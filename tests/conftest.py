@@ -13,6 +13,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request):
+    """Each device a test should pass on: the CPU, and CUDA where there is one (skipped elsewhere)."""
+    return torch.device(request.param)
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_dataset("digits")

@@ -20,7 +20,7 @@ from unlearn.training import predict, train
 def digits_model(digits):
     torch.manual_seed(0)
     model, _ = train(create_model("digits_cnn", num_classes=10, in_channels=1), digits.train, epochs=5,
-                     batch_size=64, progress=False)
+                     batch_size=64, progress=False, device="cpu")
     return model
 
 
@@ -102,7 +102,8 @@ def test_holdout_retraining_scores_the_shift_of_a_fine_tuned_copy(digits, digits
     got = proxies.compute("holdout_retraining", model=digits_model, data=data, holdout=digits.val, max_epochs=3,
                           progress=False)
     assert all(torch.equal(v, digits_model.state_dict()[k]) for k, v in before.items())
-    tuned, _ = train(digits_model, digits.val, epochs=3, lr=0.1, schedule="constant", patience=4, progress=False)
+    tuned, _ = train(digits_model, digits.val, epochs=3, lr=0.1, schedule="constant", patience=4, progress=False,
+                     device="cpu")
     expected = reference.symmetric_kl(predict(digits_model, data)[0].double(), predict(tuned, data)[0].double())
     np.testing.assert_allclose(got.to_numpy(), expected.numpy(), rtol=1e-6, atol=1e-12)
     assert (got >= 0).all() and got.max() > 0

@@ -43,7 +43,7 @@ def test_recorded_values_match_the_logits_of_each_presentation(digits, batch_siz
     n = len(digits.train)
     spy = SpyRecorder(n)
     _, history = train(model, digits.train, epochs=3, batch_size=batch_size, drop_last=drop_last, seed=1,
-                       recorder=spy, progress=False)
+                       recorder=spy, progress=False, device="cpu")
     assert spy.num_epochs == 3 and spy.values.shape == (3, n, 5)
     for epoch, batches in enumerate(spy.batches):
         expected = _expected(batches, n)

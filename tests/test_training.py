@@ -11,7 +11,7 @@ from unlearn.training import RECIPES, accuracy, load_checkpoint, predict, save_c
 def digits_model(digits):
     torch.manual_seed(0)
     model = create_model("digits_cnn", num_classes=10, in_channels=1)
-    return train(model, digits.train, seed=0, progress=False, **RECIPES["digits"].as_kwargs())
+    return train(model, digits.train, seed=0, progress=False, device="cpu", **RECIPES["digits"].as_kwargs())
 
 
 def test_digits_cnn_reaches_95_percent_on_real_test_digits(digits, digits_model):
@@ -26,9 +26,9 @@ def test_training_is_deterministic_and_leaves_the_caller_alone(digits):
     model = create_model("digits_cnn", num_classes=10, in_channels=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng_before = torch.get_rng_state()
-    a, _ = train(model, digits.train, epochs=2, seed=3, progress=False)
-    b, _ = train(model, digits.train, epochs=2, seed=3, progress=False)
-    c, _ = train(model, digits.train, epochs=2, seed=4, progress=False)
+    a, _ = train(model, digits.train, epochs=2, seed=3, progress=False, device="cpu")
+    b, _ = train(model, digits.train, epochs=2, seed=3, progress=False, device="cpu")
+    c, _ = train(model, digits.train, epochs=2, seed=4, progress=False, device="cpu")
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in before)
     assert not all(torch.equal(a.state_dict()[k], c.state_dict()[k]) for k in before)
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
@@ -43,7 +43,7 @@ def test_training_is_deterministic_and_leaves_the_caller_alone(digits):
 ])
 def test_schedules_set_the_learning_rate_per_epoch(schedule, expected):
     data = TensorDataset(torch.randn(8, 3), torch.tensor([0, 1] * 4))
-    _, history = train(nn.Linear(3, 2), data, epochs=6, lr=0.1, schedule=schedule, progress=False)
+    _, history = train(nn.Linear(3, 2), data, epochs=6, lr=0.1, schedule=schedule, progress=False, device="cpu")
     assert history["lr"].tolist() == pytest.approx(expected)
 
 
@@ -73,7 +73,7 @@ def test_patience_stops_when_the_training_loss_stalls():
     data = TensorDataset(torch.randn(8, 3), torch.tensor([0, 1] * 4))
     # lr schedule 0 after the first epoch: the loss can no longer improve, so training stops 2 epochs later
     _, history = train(nn.Linear(3, 2), data, epochs=20, lr=0.1, schedule=lambda e, n: 1.0 if e == 0 else 0.0,
-                       patience=2, progress=False)
+                       patience=2, progress=False, device="cpu")
     assert len(history) == 4
 
 
@@ -82,7 +82,8 @@ def test_dp_training_reports_the_accountants_epsilon(digits):
 
     torch.manual_seed(0)
     model, history = train(create_model("digits_cnn", num_classes=10, in_channels=1), digits.train, epochs=2,
-                           lr=0.5, momentum=0.0, weight_decay=0.0, dp=DPConfig(epsilon=4.0), progress=False)
+                           lr=0.5, momentum=0.0, weight_decay=0.0, dp=DPConfig(epsilon=4.0), progress=False,
+                           device="cpu")
     assert history["epsilon"].is_monotonic_increasing
     assert 3.0 < history["epsilon"].iloc[-1] <= 4.0 + 1e-6  # the budget is spent, not exceeded
     assert accuracy(model, digits.test) > 0.3  # it learns despite clipping and noise
@@ -91,4 +92,4 @@ def test_dp_training_reports_the_accountants_epsilon(digits):
         DPConfig(epsilon=0)
     with pytest.raises(ValueError, match="BatchNorm"):
         train(nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10)), digits.train,
-              epochs=1, dp=DPConfig(epsilon=1.0), progress=False)
+              epochs=1, dp=DPConfig(epsilon=1.0), progress=False, device="cpu")

@@ -26,6 +26,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from proxies.devices import model_device, model_on
+
 from .data import batches
 
 __all__ = ["RECIPES", "DPConfig", "TrainConfig", "accuracy", "load_checkpoint", "predict", "save_checkpoint", "train"]
@@ -75,7 +77,8 @@ def lr_factor(schedule: Schedule, epoch: int, epochs: int) -> float:
     raise ValueError(f"unknown schedule {schedule!r}; expected 'constant', 'cosine', 'step', 'linear' or a callable")
 
 
-def _resolve_device(device: torch.device | str | None) -> torch.device:
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``device``, or CUDA when none is given and one is available, else the CPU: where training goes by default."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -115,7 +118,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
     lr_factor(schedule, 0, max(epochs, 1))  # reject a bad schedule before any work
-    device = _resolve_device(device)
+    device = resolve_device(device)
     model = copy.deepcopy(model).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     rows, best_loss, stale = [], float("inf"), 0
@@ -221,16 +224,18 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
             device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eval-mode logits ``[N, C]`` (on CPU), labels ``[N]`` and indices ``[N]`` of a dataset, in its order.
 
+    ``device``: where to predict (default: where the model is); a model elsewhere is copied there, never moved.
     The model's train/eval mode is restored afterwards.
     """
-    device = _resolve_device(device) if device is not None else next(model.parameters()).device
+    model = model_on(model, device)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     outputs, labels, indices = [], [], []
     try:
-        for x, y, index in batches(dataset, batch_size, device=device):
-            outputs.append(model(x).float().cpu())
-            labels.append(y.cpu())
+        for x, y, index in batches(dataset, batch_size):  # labels stay on the CPU, where they are returned
+            outputs.append(model(x.to(device)).float().cpu())
+            labels.append(y)
             indices.append(index)
     finally:
         model.train(was_training)
@@ -250,11 +255,13 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a ``state_dict`` written by :func:`save_checkpoint` into ``model`` (never unpickles objects)."""
+def load_checkpoint(model: nn.Module, path: str | os.PathLike,
+                    device: torch.device | str | None = None) -> nn.Module:
+    """Load a ``state_dict`` written by :func:`save_checkpoint` into ``model`` (never unpickles objects), and move
+    ``model`` to ``device`` when one is given."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which file, keep the cause
         raise ValueError(f"cannot read checkpoint {os.fspath(path)}: {err}") from err
     model.load_state_dict(state)
-    return model
+    return model if device is None else model.to(device)

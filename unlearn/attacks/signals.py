@@ -111,20 +111,25 @@ class Signals:
 @torch.no_grad()
 def predict_queries(model: nn.Module, data: Dataset, queries=("identity",), *, batch_size: int = 1024,
                     device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Eval-mode logits ``[N, A, C]`` for each augmentation query, labels ``[N]`` and training indices ``[N]``."""
+    """Eval-mode logits ``[N, A, C]`` for each augmentation query, labels ``[N]`` and training indices ``[N]``, on
+    the CPU; ``device``: where to predict (default: where the model is; a model elsewhere is copied there)."""
+    from proxies.devices import model_device, model_on
+
     from ..data import batches
 
     unknown = [q for q in queries if q not in QUERIES]
     if unknown:
         raise ValueError(f"unknown queries {unknown}; expected some of {sorted(QUERIES)}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model_on(model, device)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     logits, labels, indices = [], [], []
     try:
-        for x, y, idx in batches(data, batch_size, device=device):
+        for x, y, idx in batches(data, batch_size):  # labels stay on the CPU, where they are returned
+            x = x.to(device)
             logits.append(torch.stack([model(QUERIES[q](x)).float().cpu() for q in queries], dim=1))
-            labels.append(y.cpu())
+            labels.append(y)
             indices.append(idx)
     finally:
         model.train(was_training)
