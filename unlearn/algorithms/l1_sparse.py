@@ -26,7 +26,11 @@ class L1SparseConfig(SGDConfig):
 
 @register_method("l1_sparse", config=L1SparseConfig)
 def l1_sparse(model, forget, retain, config: L1SparseConfig, *, seed, device):
-    """``CE(retain) + alpha_t * ||theta||_1`` with ``alpha_t`` going linearly from ``alpha`` to 0."""
+    """``CE(retain) + alpha_t * ||theta||_1`` with ``alpha_t`` going linearly from ``alpha`` to 0.
+
+    ``alpha_t = alpha * (1 - t / T)`` at step ``t`` of the ``T`` steps of training (the paper's code lowers it once
+    per epoch instead, ``alpha * (1 - epoch / epochs)``).
+    """
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(retain) / config.batch_size)
     total = max(1, config.epochs * steps_per_epoch)

@@ -48,10 +48,14 @@ class SGDConfig:
 
 
 def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterable[Tensor]], *, seed: int,
-            grad_hook: Callable[[nn.Module], None] | None = None, forget: IndexedDataset | None = None) -> nn.Module:
+            grad_hook: Callable[[nn.Module], None] | None = None,
+            step_hook: Callable[[torch.optim.Optimizer], None] | None = None,
+            forget: IndexedDataset | None = None) -> nn.Module:
     """Step SGD on every loss ``losses(epoch)`` yields, for ``config.epochs`` epochs; returns ``model`` in eval mode.
 
-    ``grad_hook(model)`` runs between ``backward`` and the step (SalUn masks gradients there). With
+    ``grad_hook(model)`` runs between ``backward`` and the step (SalUn masks gradients there);
+    ``step_hook(optimizer)`` right after each step (SalUn puts back the weights it froze, which weight decay and
+    momentum moved inside the step). With
     ``config.target_accuracy`` set, training stops once the accuracy on ``forget`` is at or below it, checked
     before the first step and then every ``ceil(len(forget) / batch_size)`` steps: each check is a forward pass
     over the forget set, which this spacing keeps to about one forward pass per example trained on.
@@ -87,6 +91,8 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
                 if grad_hook is not None:
                     grad_hook(model)
                 optimizer.step()
+                if step_hook is not None:
+                    step_hook(optimizer)
                 steps += 1
                 if check_every and steps % check_every == 0:
                     done = reached()

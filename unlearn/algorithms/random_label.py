@@ -23,14 +23,16 @@ class RandomLabelConfig(SGDConfig):
 def relabelled_losses(model: nn.Module, forget: IndexedDataset, retain: IndexedDataset, batch_size: int,
                       classes: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
     """One epoch of cross-entropy over retain and forget shuffled together; forget examples get a fresh wrong
-    label out of ``classes`` in every batch."""
+    label out of ``classes`` in every batch. Each batch is moved to ``device`` before its labels are combined, so
+    the data may live on any device (the shuffling and the random labels are drawn on the CPU by ``generator``)."""
     inputs = torch.cat([retain.inputs, forget.inputs])
     labels = torch.cat([retain.targets, forget.targets])
-    is_forget = torch.cat([torch.zeros(len(retain), dtype=torch.bool), torch.ones(len(forget), dtype=torch.bool)])
+    is_forget = torch.arange(len(labels), device=labels.device) >= len(retain)
     for x, y, mask in tensor_batches(inputs, labels, is_forget, batch_size=batch_size, shuffle=True,
                                      generator=generator):
+        x, y, mask = x.to(device), y.to(device), mask.to(device)
         y = torch.where(mask, wrong_labels(y, classes, generator), y)
-        yield F.cross_entropy(model(x.to(device)), y.to(device))
+        yield F.cross_entropy(model(x), y)
 
 
 @register_method("random_label", config=RandomLabelConfig)

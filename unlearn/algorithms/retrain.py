@@ -1,30 +1,92 @@
-"""Retrain from scratch on the retain set: the gold standard every other method is measured against."""
+"""Retrain from scratch on the retain set: the gold standard every other method is measured against.
+
+Given the model's factory (``model_fn``) and the original training recipe, ``retrain`` builds exactly the model the
+retrained reference of ``unlearn run`` is: ``torch.manual_seed(seed)``, a fresh model from the factory, then
+:func:`unlearn.training.train` on the retain set with the recipe and ``seed``. The same seed and recipe give the same
+weights, bit for bit (on the CPU; CUDA kernels may not be deterministic).
+
+>>> import torch
+>>> from torch.utils.data import Subset
+>>> from unlearn import create_model, load_dataset, train, unlearn
+>>> from unlearn.training import RECIPES
+>>> splits = load_dataset("digits")
+>>> forget, retain = Subset(splits.train, range(20)), Subset(splits.train, range(20, 120))
+>>> recipe = {**RECIPES["digits"].as_kwargs(), "epochs": 1}
+>>> model = create_model("digits_cnn", num_classes=10, in_channels=1)  # the model to unlearn from
+>>> retrained = unlearn(model, forget=forget, retain=retain, method="retrain", seed=3,
+...                     config={"model_fn": "digits_cnn", **recipe}).model
+>>> _ = torch.manual_seed(3)  # the reference, as ``unlearn run`` trains it
+>>> reference, _ = train(create_model("digits_cnn", num_classes=10, in_channels=1), retain, seed=3, device="cpu",
+...                      progress=False, **recipe)
+>>> all(torch.equal(a, b) for a, b in zip(retrained.state_dict().values(), reference.state_dict().values()))
+True
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 
+from ..data import IndexedDataset
+from ..models import create_model, models
 from ..registry import register_method
-from .loop import SGDConfig, run_sgd, shuffled
+from ..training import TrainConfig, train
+from .loop import SGDConfig, num_classes
 
 
 @dataclass
 class RetrainConfig(SGDConfig):
-    """Set these as in the original training (the defaults are the library's CNN recipe)."""
+    """The original training recipe (the fields and defaults of :class:`~unlearn.training.TrainConfig`, e.g.
+    ``{**RECIPES["digits"].as_kwargs(), "model_fn": "digits_cnn"}``) and how to build the fresh model.
 
-    epochs: int = 20
-    lr: float = 0.05
-    batch_size: int = 128
-    schedule: str = "cosine"
+    ``model_fn`` is the name of a registered model (built by :func:`~unlearn.models.create_model` with
+    ``model_kwargs``, whose ``num_classes`` and ``in_channels`` default to the model's number of logits and the
+    data's channels) or a callable that returns a new model (e.g. the ``model_fn`` of the shadow models). It is called
+    right after ``torch.manual_seed(seed)``, the random state restored afterwards, so its own initialisation is kept.
+
+    Without ``model_fn`` (the behaviour from before it existed, kept so that such calls run as they did), the model
+    handed to the method is re-initialised in place by each layer's ``reset_parameters()`` under ``seed`` (see
+    :func:`reinitialize`) and trained the same way. That is the factory's own initialisation only for a model whose
+    factory keeps PyTorch's default layer init and builds its layers in the order they are registered
+    (``digits_cnn`` and ``cnn28``; not torchvision's ``resnet18``, which initialises its convolutions and norms
+    itself): pass ``model_fn`` for a retraining that is the reference's.
+    """
+
+    epochs: int = TrainConfig.epochs
+    lr: float = TrainConfig.lr
+    batch_size: int = TrainConfig.batch_size
+    momentum: float = TrainConfig.momentum
+    weight_decay: float = TrainConfig.weight_decay
+    schedule: str = TrainConfig.schedule
+    drop_last: bool = TrainConfig.drop_last
+    model_fn: str | Callable[[], nn.Module] | None = None
+    model_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.target_accuracy is not None:
             raise ValueError("retrain cannot stop at a target_accuracy: it starts from scratch, where the forget "
                              "accuracy is already low")
+        if not isinstance(self.drop_last, bool):
+            raise TypeError(f"drop_last must be a bool, got {type(self.drop_last).__name__} {self.drop_last!r}")
+        if isinstance(self.model_fn, str):
+            if self.model_fn not in models():
+                raise ValueError(f"unknown model {self.model_fn!r}; expected one of {models()} or a callable")
+        elif self.model_fn is not None and not callable(self.model_fn):
+            raise TypeError("model_fn must be a registered model's name, a callable returning a new model or None, "
+                            f"got {type(self.model_fn).__name__}")
+        if not isinstance(self.model_kwargs, Mapping):
+            raise TypeError(f"model_kwargs must be a dict, got {type(self.model_kwargs).__name__}")
+        if self.model_kwargs and not isinstance(self.model_fn, str):
+            raise ValueError("model_kwargs are for a model_fn given by name; a callable takes no arguments")
+
+    def recipe(self) -> dict:
+        """The keyword arguments of :func:`~unlearn.training.train` this config sets."""
+        return {f.name: getattr(self, f.name) for f in fields(TrainConfig)}
 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:
@@ -51,14 +113,36 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+def fresh_model(config: RetrainConfig, like: nn.Module, data: IndexedDataset, seed: int,
+                device: torch.device) -> nn.Module:
+    """A new model from ``config.model_fn``, built right after ``torch.manual_seed(seed)`` (the random state is
+    restored afterwards).
+
+    Raises:
+        ValueError: the new model's parameters and buffers have other names or shapes than ``like``'s.
+    """
+    build = config.model_fn
+    if isinstance(build, str):
+        sizes = {"num_classes": num_classes(like, data, device), "in_channels": int(data.inputs.shape[1])}
+        build = functools.partial(create_model, build, **{**sizes, **config.model_kwargs})
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = build()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model_fn returned {type(model).__name__}, not an nn.Module")
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    expected = {name: tuple(t.shape) for name, t in like.state_dict().items()}
+    if shapes != expected:
+        differ = sorted(name for name in shapes.keys() | expected.keys() if shapes.get(name) != expected.get(name))
+        raise ValueError(f"model_fn builds a model whose parameters differ from the model's: {differ[:3]}"
+                         f"{' ...' if len(differ) > 3 else ''} (name -> shape: {[shapes.get(n) for n in differ[:3]]} "
+                         f"vs {[expected.get(n) for n in differ[:3]]})")
+    return model
+
+
 @register_method("retrain", config=RetrainConfig)
 def retrain(model, forget, retain, config: RetrainConfig, *, seed, device):
     """Retrain a freshly initialised copy of the architecture on the retain set only."""
-    reinitialize(model, seed)
-    generator = torch.Generator().manual_seed(seed)
-
-    def losses(epoch):
-        for x, y in shuffled(retain, config.batch_size, generator, device):
-            yield nn.functional.cross_entropy(model(x), y)
-
-    return run_sgd(model, config, losses, seed=seed)
+    start = reinitialize(model, seed) if config.model_fn is None else fresh_model(config, model, retain, seed, device)
+    retrained, _ = train(start, retain, seed=seed, device=device, progress=False, **config.recipe())
+    return retrained

@@ -2,10 +2,11 @@
 
 The saliency of a weight is ``|grad CE(forget)|``, accumulated over the whole forget set without any optimizer step;
 the mask keeps the LARGEST ``mask_ratio`` of them over all parameters. (A widely copied implementation keeps the
-smallest and steps the optimizer while accumulating; both are bugs.) The mask zeroes the gradients of the other
-weights; SGD's weight decay, applied inside the step as in the paper's code, still shrinks them slightly (set
-``weight_decay=0`` to leave them exactly as they were).
-"""
+smallest and steps the optimizer while accumulating; both are bugs.) Only the weights in the mask train: every other
+weight stays bit for bit as it was, whatever ``weight_decay`` and ``momentum`` are. Masking their gradients is not
+enough, since SGD adds the weight decay inside the step (and momentum carries it on), so after every step they are
+put back to their starting values and their momentum is cleared, as the paper's code does since its "Fix weight
+decay" commit (before it, weight decay shrank them)."""
 
 from __future__ import annotations
 
@@ -57,17 +58,28 @@ def saliency_mask(model: nn.Module, forget: IndexedDataset, ratio: float, batch_
 
 @register_method("salun", config=SalUnConfig)
 def salun(model, forget, retain, config: SalUnConfig, *, seed, device):
-    """Random-label unlearning on the weights most salient for the forget loss."""
+    """Random-label unlearning on the weights most salient for the forget loss; the others stay fixed."""
     mask = saliency_mask(model, forget, config.mask_ratio, config.batch_size, device)
     params = dict(model.named_parameters())
+    kept = {name: keep.bool() for name, keep in mask.items()}
+    start = {name: params[name].detach().clone() for name in mask}
 
-    def apply_mask(m: nn.Module) -> None:
+    def mask_gradients(m: nn.Module) -> None:
         for name, keep in mask.items():
             if params[name].grad is not None:
                 params[name].grad.mul_(keep)
 
+    @torch.no_grad()
+    def freeze(optimizer: torch.optim.Optimizer) -> None:
+        for name, keep in kept.items():
+            p = params[name]
+            p.copy_(torch.where(keep, p, start[name]))  # bit for bit: no arithmetic touches a frozen weight
+            momentum = optimizer.state.get(p, {}).get("momentum_buffer")
+            if momentum is not None:
+                momentum.mul_(mask[name])
+
     generator = torch.Generator().manual_seed(seed)
     classes = num_classes(model, forget, device)
     return run_sgd(model, config, lambda epoch: relabelled_losses(model, forget, retain, config.batch_size, classes,
-                                                                  generator, device), seed=seed, grad_hook=apply_mask,
-                   forget=forget)
+                                                                  generator, device), seed=seed,
+                   grad_hook=mask_gradients, step_hook=freeze, forget=forget)
