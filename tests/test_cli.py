@@ -23,20 +23,22 @@ def test_console_script_help():
 
 def test_train_writes_checkpoint_recording_and_config(tmp_path, capsys):
     out = tmp_path / "model"
-    assert main(["train", "--dataset", "digits", "--epochs", "2", "--out", str(out)]) == 0
+    assert main(["train", "--dataset", "digits", "--train-size", "300", "--epochs", "2", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"model.pt", "recording.npz", "history.csv", "config.json", "checkpoints"}
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["epoch-001.pt", "epoch-002.pt"]
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
     assert "test accuracy" in capsys.readouterr().out
 
 
-RUN = ["run", "--epochs", "2", "--checkpoints", "1", "--rows", "3", "--forget", "mixed:30", "--fz-models", "2",
-       "--shadows", "4"]
+RUN = ["run", "--train-size", "300", "--epochs", "2", "--checkpoints", "1", "--rows", "3", "--forget", "mixed:30",
+       "--fz-models", "2", "--shadows", "4", "--proxies", "confidence", "csl", "holdout_retraining",
+       "--policy", "random_label_fast"]
 
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
-    """One small end-to-end run: 2 epochs, 2 subset models, 4 + 4 shadows, a mixed forget set ranked by FZ."""
+    """One small end-to-end run on 300 digits: 2 epochs, 2 subset models, 4 + 4 shadows, a mixed forget set ranked
+    by FZ, and holdout retraining (fine-tuned on the validation split) among the proxies."""
     out = tmp_path_factory.mktemp("run")
     assert main([*RUN, "--out", str(out)]) == 0
     return out
@@ -54,14 +56,18 @@ def test_run_writes_the_report(run_folder):
     assert metrics["tow"]["unlearned"] is not None and 0 <= metrics["tow"]["unlearned"] <= 1
     assert results["time_vs_retrain"] > 0
     scores = pd.read_csv(run_folder / "scores.csv", index_col="index")
-    assert len(scores) == 1293 and scores["forget"].sum() == 30
+    assert len(scores) == 300 and scores["forget"].sum() == 30
     assert scores.loc[scores["forget"], "group"].value_counts().to_dict() == {"low": 10, "medium": 10, "high": 10}
     assert scores["group"][~scores["forget"]].isna().all()
-    assert {"memorization", "loss_curvature", "lira_original", "lira_unlearned", "ulira_unlearned"} <= set(scores)
-    # the forget set is the mixed selection by FZ memorization: the 10 most memorized are all in it
-    top = scores["memorization"].sort_values(kind="stable").index[-10:]
-    if scores["memorization"].nunique() > 20:
-        assert scores.loc[top, "forget"].all()
+    assert {"memorization", "holdout_retraining", "lira_original", "lira_unlearned", "ulira_unlearned"} <= set(scores)
+    assert (scores["holdout_retraining"] >= 0).all() and scores["holdout_retraining"].gt(0).any()
+    # the forget set is the mixed selection by FZ memorization: its 10 most and 10 least memorized carry the 10
+    # largest and 10 smallest scores of all ranked examples (with 2 subset models scores tie: compare the values)
+    ranked = scores["memorization"].dropna().sort_values().to_numpy()
+    chosen = scores.loc[scores["forget"], "memorization"].sort_values().to_numpy()
+    assert len(chosen) == 30 and not np.isnan(chosen).any()
+    np.testing.assert_array_equal(chosen[-10:], ranked[-10:])
+    np.testing.assert_array_equal(chosen[:10], ranked[:10])
     report = (run_folder / "report.md").read_text()
     assert "| accuracy.forget" in report and "![membership inference ROC" in report
 
@@ -72,10 +78,46 @@ def test_run_reuses_finished_stages_and_refuses_other_settings(run_folder, capsy
     out = capsys.readouterr().out
     for what in ("trained model", "proxies", "retrained reference", "unlearned model"):
         assert f"reusing the {what}" in out
-    assert main([*RUN, "--out", str(run_folder), "--method", "neggrad"]) == 2
+    without_policy = [a for a in RUN if a not in ("--policy", "random_label_fast")]
+    assert main([*without_policy, "--out", str(run_folder), "--method", "neggrad"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and err.endswith("choose another folder or force it (--force)\n")
     assert "unlearn stage of a run with other settings (method, policy, proxy)" in err
+
+
+def test_a_rerun_puts_every_reused_model_on_the_device(run_folder, monkeypatch, capsys):
+    """``--device`` is not a setting of the run: a rerun elsewhere reuses the stages and loads their models there
+    (``meta`` stands in for a GPU; the evaluation's first prediction is where the check stops)."""
+    import unlearn.attacks
+    from proxies.devices import model_device
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def spy(model, data, **kwargs):
+        seen.append(model_device(model).type)
+        if len(seen) == 6:  # original, unlearned and retrained, on train and test
+            raise Stop
+        return real(model, data, **kwargs) if model_device(model).type == "cpu" else None
+
+    real = unlearn.attacks.extract_signals
+    monkeypatch.setattr(unlearn.attacks, "extract_signals", spy)
+    with pytest.raises(Stop):
+        main([*RUN, "--out", str(run_folder), "--device", "meta"])
+    assert seen == ["meta"] * 6
+    assert capsys.readouterr().out.count("reusing the") >= 4
+
+
+def test_the_default_device_is_cuda_when_there_is_one(monkeypatch):
+    import torch
+
+    from unlearn.training import resolve_device
+
+    assert resolve_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == torch.device("cuda") and resolve_device("cpu") == torch.device("cpu")
 
 
 def test_proxies_and_attack_commands_read_a_run(run_folder, capsys):
@@ -159,10 +201,24 @@ def test_bench_runs_a_benchmark_script(capsys):
 
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
-    assert main(["run", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    small = ["--train-size", "200", "--proxies", "confidence", "--forget", "random:20"]
+    assert main(["run", "--epochs", "1", *small, "--out", str(tmp_path)]) == 0
     capsys.readouterr()
-    assert main(["run", "--epochs", "2", "--out", str(tmp_path)]) == 2
+    assert main(["run", "--epochs", "2", *small, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "other settings (checkpoint_epochs, epochs)" in err and "--force" in err
     assert main(["train", "--dataset", "mnist", "--root", str(tmp_path / "none"), "--out", str(tmp_path / "m")]) == 2
     assert "download" in capsys.readouterr().err
+
+
+def test_run_with_method_retrain_unlearns_into_its_own_reference(tmp_path):
+    """``--method retrain`` rebuilds the run's model with the run's recipe and seed: it is the retrained reference."""
+    import torch
+
+    out = tmp_path / "run"
+    assert main(["run", "--train-size", "200", "--epochs", "2", "--checkpoints", "1", "--proxies", "confidence",
+                 "--forget", "random:20", "--method", "retrain", "--out", str(out)]) == 0
+    unlearned = torch.load(out / "unlearned.pt", weights_only=True)
+    reference = torch.load(out / "reference.pt", weights_only=True)
+    assert unlearned.keys() == reference.keys()
+    assert all(torch.equal(unlearned[k], reference[k]) for k in reference)

@@ -34,7 +34,7 @@ from .pipeline import RunFolder, group_of, per_example_scores, subset
 from .registry import methods
 from .scheduler import POLICIES, RUMConfig
 from .selection import parse_forget_spec, select_forget
-from .training import RECIPES, TrainConfig, accuracy, load_checkpoint, save_checkpoint, train
+from .training import RECIPES, TrainConfig, accuracy, load_checkpoint, resolve_device, save_checkpoint, train
 
 DEFAULT_PROXIES = (*proxies.RECORDING_PROXIES, "loss_curvature")
 """What ``unlearn run`` computes unless ``--proxies`` says otherwise."""
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train K subset models for Feldman-Zhang memorization and c-scores (0: none)")
     p.add_argument("--to", type=Path, default=None, help="CSV to write (default: <run>/proxy_scores.csv)")
     p.add_argument("--root", default=None, help="dataset folder, as when the run was trained")
+    p.add_argument("--device", default=None, help="torch device for the models, e.g. cpu or cuda (default: cuda if "
+                                                  "available)")
     p.add_argument("--rows", type=int, default=10, help="rows of the table to print (default: 10)")
     _add_farm_options(p)
 
@@ -176,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shadows", type=int, default=0, metavar="K",
                    help="train (or reuse) K shadow models for LiRA and RMIA (0: none)")
     p.add_argument("--root", default=None, help="dataset folder, as when the run was trained")
+    p.add_argument("--device", default=None, help="torch device for the models, e.g. cpu or cuda (default: cuda if "
+                                                  "available)")
     _add_farm_options(p)
 
     p = sub.add_parser("bench", help="run one of the benchmarks in benchmarks/",
@@ -237,6 +241,7 @@ def _train_stage(args: argparse.Namespace, out: Path):
     keep = sorted({round(config.epochs * (i + 1) / args.checkpoints) for i in range(args.checkpoints)} - {0})
     settings = {"dataset": args.dataset, "model": model_name, "seed": args.seed, "train_size": args.train_size,
                 "val_fraction": args.val_fraction, "checkpoint_epochs": keep, **config.as_kwargs()}
+    device = resolve_device(args.device)  # a reused model goes where a new one would train
     torch.manual_seed(args.seed)
     model = create_model(model_name, num_classes=splits.num_classes, in_channels=splits.in_channels)
 
@@ -250,8 +255,8 @@ def _train_stage(args: argparse.Namespace, out: Path):
                          "choose another --out or pass --force to overwrite it")
     if saved == settings and all(f.is_file() for f in files + checkpoint_files):
         print(f"reusing the trained model in {out}")
-        checkpoints = [load_checkpoint(copy.deepcopy(model), f).eval() for f in checkpoint_files]
-        model = load_checkpoint(model, out / "model.pt").eval()
+        checkpoints = [load_checkpoint(copy.deepcopy(model), f, device).eval() for f in checkpoint_files]
+        model = load_checkpoint(model, out / "model.pt", device).eval()
         return splits, model, TrainingRecorder.load(out / "recording.npz"), checkpoints, settings, None
 
     config_file.unlink(missing_ok=True)  # until training finishes, the folder holds no finished run
@@ -266,7 +271,7 @@ def _train_stage(args: argparse.Namespace, out: Path):
 
     print(f"training {model_name} on {splits!r} for {config.epochs} epochs")
     start = time.perf_counter()
-    model, history = train(model, splits.train, seed=args.seed, recorder=recorder, device=args.device,
+    model, history = train(model, splits.train, seed=args.seed, recorder=recorder, device=device,
                            on_epoch_end=keep_checkpoint, **config.as_kwargs())
     seconds = time.perf_counter() - start
     save_checkpoint(model, out / "model.pt")
@@ -316,7 +321,8 @@ def _proxies_stage(run: RunFolder, splits, recorder, checkpoints, after: str, na
 
 def _compute_proxies(names, splits, recorder, checkpoints, subset_models=None) -> pd.DataFrame:
     """The named proxies of the training set: from the recording, from the checkpoints (loss curvature averages
-    them all; other model proxies read the last) or from subset models."""
+    them all; other model proxies read the last, on the checkpoints' device) or from subset models. Holdout
+    retraining fine-tunes on the validation split, which the model never trained on."""
     recorded = [n for n in names if "recording" in proxies.get_proxy(n).needs]
     table = proxies.compute(recorded, recording=recorder) if recorded else pd.DataFrame(
         index=pd.RangeIndex(len(splits.train)))
@@ -329,7 +335,7 @@ def _compute_proxies(names, splits, recorder, checkpoints, subset_models=None) -
             print(f"loss curvature over {len(checkpoints)} checkpoints")
             table[name] = proxies.loss_curvature(checkpoints, splits.train)
         else:
-            table[name] = proxies.compute(name, model=checkpoints[-1], data=splits.train)
+            table[name] = proxies.compute(name, model=checkpoints[-1], data=splits.train, holdout=splits.val)
     table.index.name = "index"
     return table
 
@@ -373,7 +379,7 @@ def _reference_stage(run: RunFolder, retain, model_fn, recipe: dict, seed: int, 
     model = model_fn()
     if run.reusable("reference", settings, ["reference.pt"]):
         print("reusing the retrained reference in reference.pt")
-        return load_checkpoint(model, run.path / "reference.pt").eval()
+        return load_checkpoint(model, run.path / "reference.pt", device).eval()
     print(f"retraining the reference from scratch on the {len(retain)} retained examples")
     with run.timed("reference", settings):
         torch.manual_seed(seed)
@@ -382,23 +388,32 @@ def _reference_stage(run: RunFolder, retain, model_fn, recipe: dict, seed: int, 
     return reference.eval()
 
 
+def _method_config(args, settings: dict) -> dict:
+    """The method's settings ``unlearn run`` passes: ``retrain`` rebuilds the run's model with its recipe, exactly
+    as the retrained reference is built."""
+    return {"model_fn": settings["model"], **_recipe(settings)} if args.method == "retrain" else {}
+
+
 def _unlearn_stage(run: RunFolder, args, original, forget, retain, table: pd.DataFrame, recorder, model_fn,
-                   after: str):
+                   after: str, device: torch.device, config: dict):
     from .unlearning import unlearn
 
     rum = args.method == "rum"
     settings = {"after": after, "method": args.method, "proxy": args.proxy if rum else None,
                 "policy": (args.policy or RUMConfig().policy) if rum else None, "seed": args.seed}
+    if config:
+        settings["config"] = config
     if run.reusable("unlearn", settings, ["unlearned.pt", "plan.csv"]):
         print("reusing the unlearned model in unlearned.pt")
-        return load_checkpoint(model_fn(), run.path / "unlearned.pt").eval(), pd.read_csv(run.path / "plan.csv")
+        return (load_checkpoint(model_fn(), run.path / "unlearned.pt", device).eval(),
+                pd.read_csv(run.path / "plan.csv"))
     print(f"unlearning {len(forget)} examples with {args.method}" + (f" scheduled by {args.proxy}" if rum else ""))
     with run.timed("unlearn", settings):
         # the recording is there for policies that stop at each group's expected accuracy (early_accuracy)
         options = ({"scores": _proxy_series(table, args.proxy), "policy": args.policy, "recording": recorder}
-                   if rum else {})
+                   if rum else {"config": config} if config else {})
         result = unlearn(original, forget=forget, retain=retain, method=args.method, seed=args.seed,
-                         device=args.device, **options)
+                         device=device, **options)
         save_checkpoint(result.model, run.path / "unlearned.pt")
         plan = result.summary()
         plan.to_csv(run.path / "plan.csv", index=False)
@@ -415,7 +430,7 @@ def _shadow_stage(args, splits, settings, out: Path):
     print(f"{args.shadows} shadow models for LiRA / RMIA (cached in {out / 'shadows'})")
     shadows = train_shadow_models(splits.train, splits.test, model_fn, k=args.shadows, folder=out / "shadows",
                                   queries=splits.queries, seed=args.seed, **farm, **recipe)
-    config = {}
+    config = _method_config(args, settings)
     if args.method == "rum":
         config = {"proxy": args.proxy, **({"policy": args.policy} if args.policy else {})}
     print(f"{args.shadows} shadow models that train and then unlearn with {args.method}, for U-LiRA")
@@ -450,6 +465,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.policy and args.method != "rum":
         raise UsageError(f"--policy is for --method rum, not {args.method}")
 
+    device = resolve_device(args.device)  # every stage, trained or reused, runs its models here
     print("[1/6] original model")
     splits, original, recorder, checkpoints, settings, seconds = _train_stage(args, out)
     run = RunFolder(out, force=args.force)
@@ -481,10 +497,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     after_forget = run.digest("forget")
 
     print("\n[4/6] retrained reference")
-    reference = _reference_stage(run, retain, model_fn, recipe, args.seed, args.device, after_forget)
+    reference = _reference_stage(run, retain, model_fn, recipe, args.seed, device, after_forget)
     print(f"\n[5/6] unlearning ({args.method})")
     unlearned, plan = _unlearn_stage(run, args, original, forget, retain, table, recorder, model_fn,
-                                    after_forget)
+                                    after_forget, device, _method_config(args, settings))
     print(plan.drop(columns=["config"]).to_string(index=False))
 
     print("\n[6/6] evaluation")
@@ -493,18 +509,18 @@ def cmd_run(args: argparse.Namespace) -> None:
     models = {"original": original, "unlearned": unlearned, "retrained": reference}
     queries = shadows.queries if shadows is not None else ("identity",)
     # each model predicted once per split; the report, scores.csv and the ROC figure all score these signals
-    signals = {name: {split: extract_signals(model, data, queries=queries, device=args.device)
+    signals = {name: {split: extract_signals(model, data, queries=queries, device=device)
                       for split, data in (("train", splits.train), ("test", splits.test))}
                for name, model in models.items()}
     common = {"forget": forget, "retain": retain, "test": splits.test, "reference": reference, "attacks": attacks,
-              "shadows": shadows, "seed": args.seed, "device": args.device,
+              "shadows": shadows, "seed": args.seed, "device": device,
               "signals": {**signals, "reference": signals["retrained"]}}
     results = evaluate({"original": original, "unlearned": unlearned}, **common).rename(
         columns={"reference": "retrained"})
-    examples = per_example_scores(models, splits.train, shadows=shadows, device=args.device, signals=signals)
+    examples = per_example_scores(models, splits.train, shadows=shadows, device=device, signals=signals)
     if unlearned_shadows is not None:
         summary, ulira_scores = evaluate_ulira(unlearned, reference, forget=forget, shadows=unlearned_shadows,
-                                               device=args.device, signals=signals)
+                                               device=device, signals=signals)
         for key, value in summary.items():
             results.loc[f"ulira.{key}", "unlearned"] = value
         examples = examples.join(ulira_scores.add_prefix("ulira_"))
@@ -531,7 +547,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     figures = {"membership inference ROC (forget vs test)": "roc.png",
                f"forget accuracy by {args.proxy} group": "forget_accuracy_by_group.png"}
-    test_scores = per_example_scores(models, splits.test, shadows=shadows, split="test", device=args.device,
+    test_scores = per_example_scores(models, splits.test, shadows=shadows, split="test", device=device,
                                      signals=signals)
     kind = "lira" if shadows is not None else "loss"
     sign = 1.0 if kind == "lira" else -1.0  # a low loss marks a member
@@ -565,8 +581,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"wrote report.md, results.json, scores.csv and {len(figures)} figures to {out}")
 
 
-def _load_run(folder: Path, root) -> tuple:
-    """The splits, original model, recording and checkpoints of a folder written by ``train`` or ``run``."""
+def _load_run(folder: Path, root, device: torch.device | None = None) -> tuple:
+    """The splits, original model, recording and checkpoints of a folder written by ``train`` or ``run``, with the
+    models on ``device``."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UsageError(f"{folder} is not a trained run (no config.json): run `unlearn train --out {folder}` first")
@@ -578,8 +595,8 @@ def _load_run(folder: Path, root) -> tuple:
         raise UsageError(str(err)) from err
     model_fn = _model_fn(settings, splits)
     try:
-        model = load_checkpoint(model_fn(), folder / "model.pt").eval()
-        checkpoints = [load_checkpoint(model_fn(), folder / "checkpoints" / f"epoch-{e:03d}.pt").eval()
+        model = load_checkpoint(model_fn(), folder / "model.pt", device).eval()
+        checkpoints = [load_checkpoint(model_fn(), folder / "checkpoints" / f"epoch-{e:03d}.pt", device).eval()
                        for e in settings["checkpoint_epochs"]]
         recorder = TrainingRecorder.load(folder / "recording.npz")
     except (OSError, RuntimeError, KeyError) as err:
@@ -588,7 +605,7 @@ def _load_run(folder: Path, root) -> tuple:
 
 
 def cmd_proxies(args: argparse.Namespace) -> None:
-    settings, splits, _, recorder, checkpoints = _load_run(args.run, args.root)
+    settings, splits, _, recorder, checkpoints = _load_run(args.run, args.root, resolve_device(args.device))
     names = list(args.proxies or DEFAULT_PROXIES)
     subset_models = None
     if args.fz_models:
@@ -608,10 +625,11 @@ def cmd_attack(args: argparse.Namespace) -> None:
     from .evaluation import evaluate
     from .shadows import train_shadow_models
 
-    settings, splits, original, recorder, _ = _load_run(args.run, args.root)
+    device = resolve_device(args.device)
+    settings, splits, original, recorder, _ = _load_run(args.run, args.root, device)
     model_fn = _model_fn(settings, splits)
     checkpoint = args.checkpoint or args.run / "unlearned.pt"
-    model = load_checkpoint(model_fn(), checkpoint).eval()  # an unreadable file raises a one-line ValueError
+    model = load_checkpoint(model_fn(), checkpoint, device).eval()  # an unreadable file raises a one-line ValueError
     if args.forget is not None:
         spec = parse_forget_spec(args.forget)
         ranking = None
@@ -627,7 +645,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
     retain = subset(splits.train, np.setdiff1d(splits.train.indices.numpy(), forget_ids))
     reference = None
     if args.forget is None and (args.run / "reference.pt").is_file():
-        reference = load_checkpoint(model_fn(), args.run / "reference.pt").eval()
+        reference = load_checkpoint(model_fn(), args.run / "reference.pt", device).eval()
     shadows = None
     if args.shadows:
         shadows = train_shadow_models(splits.train, splits.test, model_fn, k=args.shadows,
