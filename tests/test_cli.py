@@ -222,3 +222,57 @@ def test_run_with_method_retrain_unlearns_into_its_own_reference(tmp_path):
     reference = torch.load(out / "reference.pt", weights_only=True)
     assert unlearned.keys() == reference.keys()
     assert all(torch.equal(unlearned[k], reference[k]) for k in reference)
+
+
+def test_a_second_command_on_a_folder_in_use_is_refused_in_one_line(tmp_path, capsys):
+    from unlearn.pipeline import locked
+
+    out = tmp_path / "run"
+    with locked(out):
+        assert main(["run", "--train-size", "100", "--epochs", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is in use by another unlearn command" in err
+        assert not (out / "config.json").exists()  # refused before any work
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    """A killed holder leaves no lock behind: the OS drops it with the process."""
+    from unlearn.pipeline import locked
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom unlearn.pipeline import locked\n"
+                               f"with locked({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match="in use"):
+            with locked(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with locked(tmp_path):
+        pass
+
+
+def test_a_forced_rerun_removes_what_the_redone_stage_made_stale(tmp_path, monkeypatch, capsys):
+    import unlearn.unlearning
+
+    out = tmp_path / "run"
+    small = ["run", "--train-size", "200", "--epochs", "1", "--checkpoints", "1", "--proxies", "confidence",
+             "--policy", "random_label_fast", "--out", str(out)]
+    assert main([*small, "--forget", "random:20"]) == 0
+    assert {"report.md", "results.json", "scores.csv", "unlearned.pt", "reference.pt"} <= {p.name for p in
+                                                                                            out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise ValueError("unlearning failed")
+
+    monkeypatch.setattr(unlearn.unlearning, "unlearn", broken)
+    assert main([*small, "--forget", "random:10", "--force"]) == 2
+    assert "unlearning failed" in capsys.readouterr().err
+    left = {p.name for p in out.iterdir()}
+    # the new forget set and its reference are there; nothing that described the old forget set is
+    assert {"forget.csv", "reference.pt", "model.pt"} <= left
+    assert not left & {"report.md", "results.json", "scores.csv", "unlearned.pt", "plan.csv", "roc.png"}
+    assert len(pd.read_csv(out / "forget.csv")) == 10
+    assert "unlearn" not in json.loads((out / "stages.json").read_text())

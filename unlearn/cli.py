@@ -30,7 +30,7 @@ from .attacks import attacks as attack_names
 from .data import DatasetNotFoundError, datasets, load_dataset
 from .farm import farms
 from .models import create_model, models
-from .pipeline import RunFolder, group_of, per_example_scores, subset
+from .pipeline import RunFolder, group_of, locked, per_example_scores, subset
 from .registry import methods
 from .scheduler import POLICIES, RUMConfig
 from .selection import parse_forget_spec, select_forget
@@ -224,8 +224,9 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return replace(config, **overrides)
 
 
-def _train_stage(args: argparse.Namespace, out: Path):
-    """Train the original model into ``out``, or load it when ``out`` already holds the same run.
+def _train_stage(args: argparse.Namespace, out: Path, run: RunFolder | None = None):
+    """Train the original model into ``out``, or load it when ``out`` already holds the same run (``run``: the
+    folder's later stages, cleared when training starts).
 
     Returns the splits, the model, its recording, its checkpoints, the settings and the training seconds (None
     when reused)."""
@@ -260,6 +261,8 @@ def _train_stage(args: argparse.Namespace, out: Path):
         return splits, model, TrainingRecorder.load(out / "recording.npz"), checkpoints, settings, None
 
     config_file.unlink(missing_ok=True)  # until training finishes, the folder holds no finished run
+    if run is not None:
+        run.clear("train")
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     recorder = TrainingRecorder(len(splits.train))
     checkpoints = []
@@ -284,7 +287,8 @@ def _train_stage(args: argparse.Namespace, out: Path):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    splits, model, _, _, _, _ = _train_stage(args, args.out)
+    with locked(args.out):
+        splits, model, _, _, _, _ = _train_stage(args, args.out)
     print(f"test accuracy {accuracy(model, splits.test):.4f}")
 
 
@@ -441,13 +445,27 @@ def _shadow_stage(args, splits, settings, out: Path):
     return shadows, unlearned
 
 
+RUN_STAGES = {"train": (), "proxies": ("proxies.csv",), "forget": ("forget.csv",), "reference": ("reference.pt",),
+              "unlearn": ("unlearned.pt", "plan.csv")}
+"""The stages of ``unlearn run`` in order, with the files each writes (training keeps its own, to resume from)."""
+
+RUN_OUTPUTS = ("report.md", "results.json", "scores.csv", "roc.png", "forget_accuracy_by_group.png",
+               "proxies_vs_memorization.png")
+"""What the evaluation writes from all the stages: removed as soon as any stage is redone."""
+
+
 def cmd_run(args: argparse.Namespace) -> None:
+    out = args.out or Path("runs") / args.dataset
+    with locked(out):  # a second run on the same folder is refused while this one lives
+        _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: Path) -> None:
     from .attacks import extract_signals
     from .evaluation import evaluate, evaluate_ulira
     from .metrics import plot_roc
     from .report import plot_group_accuracy, plot_proxies_vs_memorization, write_report
 
-    out = args.out or Path("runs") / args.dataset
     spec = parse_forget_spec(args.forget)  # a bad spec fails before any training
     if args.fz_models < 0 or args.shadows < 0:
         raise UsageError("--fz-models and --shadows must be >= 0")
@@ -466,9 +484,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise UsageError(f"--policy is for --method rum, not {args.method}")
 
     device = resolve_device(args.device)  # every stage, trained or reused, runs its models here
+    run = RunFolder(out, force=args.force, order=RUN_STAGES, outputs=RUN_OUTPUTS)
     print("[1/6] original model")
-    splits, original, recorder, checkpoints, settings, seconds = _train_stage(args, out)
-    run = RunFolder(out, force=args.force)
+    splits, original, recorder, checkpoints, settings, seconds = _train_stage(args, out, run)
     after_train = _digest(settings)
     if seconds is not None:
         run.finish("train", {"config": after_train}, seconds=seconds)
@@ -581,13 +599,18 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"wrote report.md, results.json, scores.csv and {len(figures)} figures to {out}")
 
 
-def _load_run(folder: Path, root, device: torch.device | None = None) -> tuple:
-    """The splits, original model, recording and checkpoints of a folder written by ``train`` or ``run``, with the
-    models on ``device``."""
+def _trained_run(folder: Path) -> Path:
+    """The ``config.json`` of a folder written by ``train`` or ``run``, or a :class:`UsageError`."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UsageError(f"{folder} is not a trained run (no config.json): run `unlearn train --out {folder}` first")
-    settings = json.loads(config_file.read_text())
+    return config_file
+
+
+def _load_run(folder: Path, root, device: torch.device | None = None) -> tuple:
+    """The splits, original model, recording and checkpoints of a folder written by ``train`` or ``run``, with the
+    models on ``device``."""
+    settings = json.loads(_trained_run(folder).read_text())
     try:
         splits = load_dataset(settings["dataset"], root=root, val_fraction=settings["val_fraction"],
                               train_size=settings["train_size"], seed=settings["seed"])
@@ -605,6 +628,12 @@ def _load_run(folder: Path, root, device: torch.device | None = None) -> tuple:
 
 
 def cmd_proxies(args: argparse.Namespace) -> None:
+    _trained_run(args.run)
+    with locked(args.run):
+        _proxies(args)
+
+
+def _proxies(args: argparse.Namespace) -> None:
     settings, splits, _, recorder, checkpoints = _load_run(args.run, args.root, resolve_device(args.device))
     names = list(args.proxies or DEFAULT_PROXIES)
     subset_models = None
@@ -622,6 +651,12 @@ def cmd_proxies(args: argparse.Namespace) -> None:
 
 
 def cmd_attack(args: argparse.Namespace) -> None:
+    _trained_run(args.run)
+    with locked(args.run):
+        _attack(args)
+
+
+def _attack(args: argparse.Namespace) -> None:
     from .evaluation import evaluate
     from .shadows import train_shadow_models
 

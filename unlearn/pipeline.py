@@ -20,11 +20,13 @@ ValueError: ... holds the forget stage of a run with other settings (spec); choo
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,7 +38,37 @@ from torch import nn
 from .data import IndexedDataset
 from .scheduler import partition
 
-__all__ = ["RunFolder", "group_of", "per_example_scores", "subset"]
+__all__ = ["FolderInUseError", "RunFolder", "group_of", "locked", "per_example_scores", "subset"]
+
+LOCK_FILE = ".lock"
+
+
+class FolderInUseError(ValueError):
+    """Another process holds a run folder's lock."""
+
+
+@contextmanager
+def locked(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``path``'s lock (an OS file lock on ``path/.lock``, created with the folder) for the body: a second
+    process that asks for it is refused at once with :class:`FolderInUseError`. The lock goes when the body ends
+    or the process dies, however it dies (``kill -9`` included): the OS drops it with the process's files."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise FolderInUseError(f"{folder} is in use by another unlearn command (pid {holder}); wait for it to "
+                                   "finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _jsonable(settings: dict) -> dict:
@@ -49,11 +81,18 @@ class RunFolder:
     Args:
         path: the folder (created when missing).
         force: redo a stage recorded with other settings instead of refusing.
+        order: every stage's files, in the order the stages run. Before a stage's work starts (:meth:`timed`,
+            :meth:`clear`), its files and those of every later stage are removed and the later stages forgotten,
+            so a folder never holds outputs derived from a stage that is being redone.
+        outputs: files derived from all the stages (the report): removed whenever any stage is redone.
     """
 
-    def __init__(self, path: str | os.PathLike, *, force: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, force: bool = False,
+                 order: Mapping[str, Sequence[str]] | None = None, outputs: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self.force = force
+        self.order = dict(order or {})
+        self.outputs = tuple(outputs)
         self.path.mkdir(parents=True, exist_ok=True)
         self._file = self.path / "stages.json"
         self.stages: dict[str, dict] = json.loads(self._file.read_text()) if self._file.is_file() else {}
@@ -86,9 +125,26 @@ class RunFolder:
         self.stages[stage] = {"settings": _jsonable(settings), "seconds": round(float(seconds), 3)}
         self._write()
 
+    def clear(self, stage: str) -> None:
+        """Remove what redoing ``stage`` makes stale: the outputs, the files of ``stage`` and of every stage after
+        it in :attr:`order`, and the records of those later stages."""
+        later = list(self.order)[list(self.order).index(stage):] if stage in self.order else []
+        for name in self.outputs:
+            (self.path / name).unlink(missing_ok=True)
+        for name in later:
+            for file in self.order[name]:
+                (self.path / file).unlink(missing_ok=True)
+        forgotten = [name for name in later if name != stage and name in self.stages]
+        for name in forgotten:
+            del self.stages[name]
+        if forgotten:
+            self._write()
+
     @contextmanager
     def timed(self, stage: str, settings: dict):
-        """Run the body as ``stage`` and record it finished (with its time) when the body returns."""
+        """Run the body as ``stage`` (after :meth:`clear`) and record it finished, with its time, when the body
+        returns."""
+        self.clear(stage)
         start = time.perf_counter()
         yield
         self.finish(stage, settings, seconds=time.perf_counter() - start)
