@@ -24,7 +24,8 @@ def test_console_script_help():
 def test_train_writes_checkpoint_recording_and_config(tmp_path, capsys):
     out = tmp_path / "model"
     assert main(["train", "--dataset", "digits", "--train-size", "300", "--epochs", "2", "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {"model.pt", "recording.npz", "history.csv", "config.json", "checkpoints"}
+    assert {p.name for p in out.iterdir()} == {"model.pt", "recording.npz", "history.csv", "config.json", "checkpoints",
+                                           ".lock"}
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["epoch-001.pt", "epoch-002.pt"]
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
     assert "test accuracy" in capsys.readouterr().out
