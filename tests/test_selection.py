@@ -145,3 +145,23 @@ def test_run_folder_reuses_refuses_and_forces(tmp_path):
     run = RunFolder(tmp_path)
     run.finish("b", {"k": 1}, seconds=0.0)
     assert not run.reusable("b", {"k": 1}, ["missing.pt"])  # same settings, files gone: redo
+
+
+@pytest.mark.parametrize("text, message", [
+    ("5\n99999999999999999999999\n", "too large for any dataset"),
+    ("1.0\n2\n", "whole numbers: 1, not 1.0"),
+    ("index\n1.5\n2\n", "whole numbers: 1, not 1.0"),
+    ("5\nfive\n", "found 'five'"),
+])
+def test_an_ids_file_says_what_is_wrong_with_it(tmp_path, text, message):
+    path = tmp_path / "ids.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_ids(path)
+
+
+def test_duplicate_ids_are_removed_once_with_a_warning(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_text("5\n5\n7\n")
+    with pytest.warns(UserWarning, match="1 ids are listed more than once"):
+        assert read_ids(path).tolist() == [5, 7]

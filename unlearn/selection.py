@@ -24,6 +24,7 @@ ForgetSpec(kind='random', size=0.1, path=None)
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -70,6 +71,8 @@ def parse_forget_spec(spec: str) -> ForgetSpec:
         number = float(value)
     except ValueError:
         raise ValueError(f"bad forget spec {spec!r}: {value!r} is not a number; expected {forms}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"bad forget spec {spec!r}: expected a finite number of examples; expected {forms}")
     if kind == "random" and 0.0 < number < 1.0:
         return ForgetSpec(kind, size=number)
     if number != int(number) or number < 1:
@@ -93,7 +96,7 @@ def read_ids(path: str | os.PathLike, *, source_rows: np.ndarray | None = None) 
     path = Path(path)
     text = path.read_text()
     first = next(iter(re.split(r"[\s,;]+", text.strip())), "")
-    if first and not first.lstrip("-").isdigit():  # a header: read it as a CSV
+    if first and not _is_number(first):  # a header: read it as a CSV
         table = pd.read_csv(path)
         if "index" in table.columns:
             ids = table["index"].to_numpy()
@@ -114,17 +117,35 @@ def read_ids(path: str | os.PathLike, *, source_rows: np.ndarray | None = None) 
             raise ValueError(f"{path}: a CSV of ids needs an 'index' or 'source_row' column, got {list(table.columns)}")
     else:
         tokens = [t for t in re.split(r"[\s,;]+", text) if t]
-        try:
-            ids = np.array([int(t) for t in tokens], dtype=np.int64)
-        except ValueError:
-            bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-            raise ValueError(f"{path}: expected integer training indices, found {bad!r}") from None
-    if not np.issubdtype(np.asarray(ids).dtype, np.integer):
-        raise ValueError(f"{path}: expected integer training indices")
-    ids = np.unique(np.asarray(ids, dtype=np.int64))
+        bad = next((t for t in tokens if not t.lstrip("-").isdigit()), None)
+        if bad is not None:
+            raise ValueError(f"{path}: expected integer training indices, found {bad!r}"
+                             + (" (indices are written as whole numbers: 1, not 1.0)" if _is_number(bad) else ""))
+        ids = [int(t) for t in tokens]
+    ids = np.asarray(ids)
     if len(ids) == 0:
         raise ValueError(f"{path} lists no training indices")
-    return ids
+    if ids.dtype == object or np.issubdtype(ids.dtype, np.integer):
+        too_big = [int(i) for i in ids.tolist() if not -(2**63) <= int(i) < 2**63]
+        if too_big:
+            raise ValueError(f"{path}: {too_big[0]} is no training index (too large for any dataset)")
+    if not np.issubdtype(ids.dtype, np.integer) and ids.dtype != object:
+        raise ValueError(f"{path}: expected integer training indices, got {ids.dtype} values (e.g. "
+                         f"{ids.tolist()[0]!r}); indices are written as whole numbers: 1, not 1.0")
+    ids = np.asarray(ids, dtype=np.int64)
+    unique = np.unique(ids)
+    if len(unique) < len(ids):
+        warnings.warn(f"{path}: {len(ids) - len(unique)} ids are listed more than once (e.g. "
+                      f"{int(pd.Series(ids).value_counts().index[0])}); each is removed once", stacklevel=2)
+    return unique
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _memorization(scores: pd.Series) -> pd.Series:
