@@ -10,11 +10,14 @@ the seed's own seed, scored against the reference like any method. It is the ToW
 expectation, below 1 because two retrainings differ; it is not counted among the single methods a policy must beat.
 Reported: forget / retain / test accuracy, ToW, ToW-MIA (SVC attack, confidence feature) and seconds, as mean and
 95% t-interval over seeds. RUM runs once per policy of ``--policies`` (default: the anchor ``finetune_salun`` and
-the cheap ``random_label_fast``, which trains each step on a small retain sample).
+the cheap ``random_label_fast``, which trains each step on a small retain sample). RUM forms its groups by the
+request's own quantiles (``grouping="request"``, the RUM paper's split), as the published tables were made;
+``--groupings request training_set`` adds rows grouped by the training set's score quantiles (the library's default).
 
     python benchmarks/bench_unlearn.py [--seeds 3] [--first-seed 0] [--datasets digits fashion-mnist]
                                        [--kinds low medium high mixed] [--policies finetune_salun random_label_fast]
-                                       [--methods finetune salun ...] [--out benchmarks/results] [--fresh]
+                                       [--methods finetune salun ...] [--groupings request training_set]
+                                       [--out benchmarks/results] [--fresh]
 
 A rerun with the same ``--out`` reads back the forget sets and seeds already written under ``<out>/runs``.
 """
@@ -76,9 +79,11 @@ CEILING = "retrain (another seed)"
 """The row of exact unlearning: a retraining that differs from the reference only by its seed."""
 
 
-def rum_label(policy: str, scheduled_by: str) -> str:
-    """The method column of a RUM run: ``rum <policy> (FZ scores)`` or ``rum <policy> (confidence proxy)``."""
-    return f"rum {policy} ({'FZ scores' if scheduled_by == 'fz' else 'confidence proxy'})"
+def rum_label(policy: str, scheduled_by: str, grouping: str = "request") -> str:
+    """The method column of a RUM run: ``rum <policy> (FZ scores)`` or ``rum <policy> (confidence proxy)``, with
+    ``, training-set groups`` inside the brackets for a run grouped by the training set's quantiles."""
+    groups = "" if grouping == "request" else ", training-set groups"
+    return f"rum {policy} ({'FZ scores' if scheduled_by == 'fz' else 'confidence proxy'}{groups})"
 
 
 def fingerprint(what: dict, kwargs: dict) -> str:
@@ -91,6 +96,8 @@ def fingerprint(what: dict, kwargs: dict) -> str:
                "step_seed": step_seed_of(12345, 1)}
         if uses_expected(policy):
             run["expected_from"] = "c_score" if "expected_accuracy" in kwargs else "early_accuracy"
+        if kwargs.get("grouping", "request") != "request":  # absent for the request's split: saved rows stay valid
+            run["grouping"] = kwargs["grouping"]
     else:
         config = make_config(get_method(kwargs["method"]), kwargs.get("config"))
         run = {"method": kwargs["method"], "config": dataclasses.asdict(config)}
@@ -128,7 +135,8 @@ def run_methods(setting: dict, forget, retain, test, seed: int, reference: dict,
     return pd.DataFrame(rows)
 
 
-def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, singles, saved: Path) -> pd.DataFrame:
+def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, singles, saved: Path,
+                groupings=("request",)) -> pd.DataFrame:
     """Every (forget-set selection, kind, seed): retrain, then each single method of ``singles`` and RUM with each
     policy of ``policies`` scheduled by FZ scores and by the confidence proxy.
 
@@ -160,9 +168,12 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
         # example in every subset model (chance 2^-K), which unlearn() would refuse by name.
         stops = uses_expected(resolve_policy(policy, group_names(3)))
         expected = {"expected_accuracy": fz_table["c_score"]} if stops else {}
-        runs[rum_label(policy, "fz")] = {"method": "rum", "policy": policy, "scores": fz, **expected}
-        runs[rum_label(policy, "confidence")] = {"method": "rum", "policy": policy, "proxy": "confidence",
-                                                 "recording": recorder}
+        for grouping in groupings:  # "request": the request's own quantiles, as the published tables were made
+            runs[rum_label(policy, "fz", grouping)] = {"method": "rum", "policy": policy, "scores": fz,
+                                                       "grouping": grouping, **expected}
+            runs[rum_label(policy, "confidence", grouping)] = {"method": "rum", "policy": policy,
+                                                               "proxy": "confidence", "recording": recorder,
+                                                               "grouping": grouping}
     saved.mkdir(parents=True, exist_ok=True)
     tables = []
     bar = tqdm(total=len(by) * len(kinds) * len(seeds), desc=f"{name}: forget sets x seeds", unit="set")
@@ -239,6 +250,8 @@ def check_targets(summary: pd.DataFrame, runs: pd.DataFrame, policies) -> list[s
         best = singles["tow"].idxmax() if len(singles) else None
         for policy in policies:
             by_proxy, by_fz = rum_label(policy, "confidence"), rum_label(policy, "fz")
+            if by_proxy not in mixed.index or by_fz not in mixed.index:  # run without the request's grouping
+                continue
             proxy, fz = mixed.loc[by_proxy], mixed.loc[by_fz]
             shortfall = fz.tow - proxy.tow
             met = [shortfall <= 0.02, best is not None and proxy.tow > singles.tow.max(),
@@ -272,6 +285,10 @@ def main() -> int:
     singles = [m for m in methods() if m not in ("rum", "retrain")]
     parser.add_argument("--methods", nargs="*", default=singles, choices=singles,
                         help="single methods to compare with (default: all)")
+    parser.add_argument("--groupings", nargs="+", default=["request"], choices=["request", "training_set"],
+                        help="how RUM forms its groups (default: request, the RUM paper's split by the forget set's "
+                             "own quantiles, as the published tables were made; training_set: bins of the training "
+                             "set's score quantiles, the library's default)")
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results"), help="subset-model cache")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                         help="output folder: bench_unlearn.json, and runs/ with one CSV per forget set and seed, "
@@ -291,7 +308,7 @@ def main() -> int:
                     path.unlink()
             tables.append(run_dataset(name, DATASETS[name], args.kinds,
                                       range(args.first_seed, args.first_seed + args.seeds), args.cache, args.policies,
-                                      args.methods, saved=args.out / "runs"))
+                                      args.methods, saved=args.out / "runs", groupings=args.groupings))
         except DatasetNotFoundError as err:
             print(f"skipping {name}: {err}", file=sys.stderr)
     runs = pd.concat(tables)

@@ -102,14 +102,16 @@ def test_rum_with_a_confidence_proxy_flips_its_direction(trained):
     model, recorder, forget, retain = trained
     confidence = proxies.compute("confidence", recording=recorder)
     policy = {"low": None, "medium": None, "high": ("neggrad", {"lr": 1e-3})}
-    by_proxy = unlearn(model, forget=forget, retain=retain, proxy="confidence", recording=recorder, policy=policy)
+    by_proxy = unlearn(model, forget=forget, retain=retain, proxy="confidence", recording=recorder, policy=policy,
+                       grouping="request")
     forget_conf = confidence.loc[np.asarray(forget.indices)]
     assert set(by_proxy.plan[-1].indices) == set(forget_conf.nsmallest(30).index)  # least confident = high
-    by_series = unlearn(model, forget=forget, retain=retain, scores=confidence, policy=policy)
+    by_series = unlearn(model, forget=forget, retain=retain, scores=confidence, policy=policy, grouping="request")
     assert _identical(by_series.model, _state(by_proxy.model))
     # a column of a table of proxies carries the table's {column: direction} attrs
     table = proxies.compute(["confidence", "csl"], recording=recorder)
-    by_column = unlearn(model, forget=forget, retain=retain, scores=table["confidence"], policy=policy)
+    by_column = unlearn(model, forget=forget, retain=retain, scores=table["confidence"], policy=policy,
+                        grouping="request")
     assert _identical(by_column.model, _state(by_proxy.model))
     renamed = table["confidence"].rename("conf")
     with pytest.raises(ValueError, match="named 'conf': pass one column"):
@@ -249,8 +251,8 @@ def test_subsets_of_a_plain_dataset_keep_their_training_index():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     scores = pd.Series(np.arange(200.0))  # by training index: higher index = more memorized
     forget, retain = Subset(data, range(100, 130)), Subset(data, range(130, 200))
-    result = unlearn(model, forget=forget, retain=retain, scores=scores, policy={"low": None, "medium": None,
-                                                                                  "high": "finetune"})
+    result = unlearn(model, forget=forget, retain=retain, scores=scores, grouping="request",
+                     policy={"low": None, "medium": None, "high": "finetune"})
     assert result.plan[-1].indices.tolist() == list(range(120, 130))
     with pytest.raises(ValueError, match="share 10 examples"):
         unlearn(model, forget=forget, retain=Subset(data, range(120, 160)), method="finetune")
@@ -597,3 +599,79 @@ def test_expected_accuracy_bad_input_is_named(trained, monkeypatch):
     with pytest.raises(ValueError, match="'expected' is for steps of a rum policy"):
         unlearn(model, forget=forget, retain=retain, method="finetune", config={"target_accuracy": "expected"})
     assert seen == []  # every refusal came before the first group ran
+
+
+def _most_memorized(recorder, digits, n=2):
+    """Forget the n least confident training examples (the most memorized by the confidence proxy)."""
+    confidence = proxies.compute("confidence", recording=recorder)
+    forget_ids = np.sort(confidence.nsmallest(n).index.to_numpy())
+    retain_ids = np.setdiff1d(np.arange(len(digits.train)), forget_ids)
+    return confidence, Subset(digits.train, forget_ids.tolist()), Subset(digits.train, retain_ids.tolist())
+
+
+def test_rum_unlearns_the_most_memorized_examples_as_the_high_group(trained, digits):
+    """A request for the 2 most memorized examples: ranked against the training set both are ``high`` and get
+    unlearned; ranked against each other (the paper's split) they are ``low`` and ``medium``, no-ops here."""
+    model, recorder, _, _ = trained
+    confidence, forget, retain = _most_memorized(recorder, digits)
+    assert accuracy(model, forget) == 1.0
+    before = _state(model)
+    result = unlearn(model, forget=forget, retain=retain, proxy="confidence", recording=recorder,
+                     policy="random_label_fast")
+    assert [(s.group, s.method, sorted(s.indices)) for s in result.plan] == [
+        ("high", "random_label", sorted(forget.indices))]
+    assert result.grouping == "training_set"
+    np.testing.assert_allclose(result.thresholds, np.quantile(confidence, [1 / 3, 2 / 3]))
+    assert accuracy(result.model, forget) < 1.0 and not _identical(result.model, before)
+    request = unlearn(model, forget=forget, retain=retain, proxy="confidence", recording=recorder,
+                      policy="random_label_fast", grouping="request")
+    assert [(s.group, s.method, len(s.indices)) for s in request.plan] == [("low", "noop", 1), ("medium", "noop", 1)]
+    assert _identical(request.model, before) and accuracy(request.model, forget) == 1.0
+
+
+def test_a_recording_of_another_training_set_is_refused(trained, digits):
+    model, recorder, forget, retain = trained
+    leave = {"low": None, "medium": None, "high": None}
+    assert recorder.num_classes == 10 and recorder.labels.dtype == np.int64
+    np.testing.assert_array_equal(recorder.labels, digits.train.targets.numpy())  # every example was presented
+    unlearn(model, forget=forget, retain=retain, proxy="confidence", recording=recorder, policy=leave)  # its own
+    # the same inputs under other labels (as another dataset of the same shape would have)
+    other = IndexedDataset(digits.train.inputs, (digits.train.targets + 1) % 10)
+    other_forget, other_retain = Subset(other, list(forget.indices)), Subset(other, list(retain.indices))
+    with pytest.raises(ValueError, match=r"recording= was made on another training set: .*labels.* 1293 of 1293"):
+        unlearn(model, forget=other_forget, retain=other_retain, proxy="confidence", recording=recorder,
+                policy=leave)
+    small = proxies.TrainingRecorder.from_values(recorder.values[:, :100], labels=recorder.labels[:100],
+                                                 num_classes=10)
+    with pytest.raises(ValueError, match=r"recording= holds 100 examples but .* training index 1292"):
+        unlearn(model, forget=forget, retain=retain, proxy="confidence", recording=small, policy=leave)
+    wider = create_model("digits_cnn", num_classes=12, in_channels=1)
+    with pytest.raises(ValueError, match="recording= was made with 10 classes but the model returns 12"):
+        unlearn(wider, forget=forget, retain=retain, proxy="confidence", recording=recorder, policy=leave)
+    # the expected-accuracy estimate reads the recording too: refused just the same
+    with pytest.raises(ValueError, match="another training set"):
+        unlearn(model, forget=other_forget, retain=other_retain, scores=np.arange(90.0), recording=recorder,
+                policy=EXPECTED_POLICY)
+
+
+def test_a_saved_recording_keeps_its_fingerprint_and_an_old_one_still_loads(trained, digits, tmp_path):
+    model, recorder, forget, retain = trained
+    recorder.save(tmp_path / "rec.npz")
+    loaded = proxies.TrainingRecorder.load(tmp_path / "rec.npz")
+    np.testing.assert_array_equal(loaded.labels, recorder.labels)
+    assert loaded.num_classes == 10 and loaded.num_examples == len(digits.train)
+    # written before recordings carried a fingerprint: only signals and columns; it loads, the check is skipped
+    np.savez(tmp_path / "old.npz", signals=recorder.values, columns=np.array(recorder.columns))
+    old = proxies.TrainingRecorder.load(tmp_path / "old.npz")
+    assert old.labels is None and old.num_classes is None
+    np.testing.assert_array_equal(old.values, recorder.values)
+    other = IndexedDataset(digits.train.inputs, (digits.train.targets + 1) % 10)
+    leave = {"low": None, "medium": None, "high": None}
+    unlearn(model, forget=Subset(other, list(forget.indices)), retain=Subset(other, list(retain.indices)),
+            proxy="confidence", recording=old, policy=leave)
+    never = proxies.TrainingRecorder(5)
+    assert never.labels.tolist() == [-1] * 5 and never.num_classes is None  # nothing presented yet
+    with pytest.raises(ValueError, match="labels must be -1"):
+        proxies.TrainingRecorder.from_values(recorder.values[:, :3], labels=np.array([0, -2, 1]))
+    with pytest.raises(ValueError, match=r"labels must be \[3\]"):
+        proxies.TrainingRecorder.from_values(recorder.values[:, :3], labels=np.array([0, 1]))

@@ -7,7 +7,7 @@ from .data import IndexedDataset, Splits, datasets, load_dataset
 from .evaluation import evaluate
 from .models import create_model, models, register_model
 from .registry import methods, register_method
-from .scheduler import POLICIES, RUMConfig
+from .scheduler import POLICIES, RUMConfig, policies, register_policy
 from .training import TrainConfig, accuracy, load_checkpoint, predict, save_checkpoint, train
 from .unlearning import Step, UnlearnResult, unlearn
 
@@ -27,9 +27,11 @@ __all__ = [
     "load_dataset",
     "methods",
     "models",
+    "policies",
     "predict",
     "register_method",
     "register_model",
+    "register_policy",
     "save_checkpoint",
     "train",
     "unlearn",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Method", "get_method", "make_config", "methods", "register_method"]
+__all__ = ["Method", "get_method", "load_entry_points", "make_config", "methods", "register_method"]
 
 ENTRY_POINT_GROUP = "unlearn.methods"
 
@@ -55,17 +55,29 @@ def register_method(name: str, *, config: type, force: bool = False):
     return decorator
 
 
+def load_entry_points(group: str, kind: str) -> list[tuple[importlib.metadata.EntryPoint, Any]]:
+    """Load every entry point of ``group``: ``(entry point, what it names)`` for each (importing a module registers
+    what it defines). Shared by the method and policy registries.
+
+    Raises:
+        RuntimeError: a plugin that fails to load, named (``kind`` says what sort of plugin it is).
+    """
+    loaded = []
+    for entry_point in importlib.metadata.entry_points(group=group):
+        try:
+            loaded.append((entry_point, entry_point.load()))
+        except Exception as err:
+            raise RuntimeError(f"{kind} plugin {entry_point.name!r} ({entry_point.value}) failed to load: "
+                               f"{err}") from err
+    return loaded
+
+
 def _load_plugins() -> None:
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            entry_point.load()  # importing the plugin's module registers its methods
-        except Exception as err:
-            raise RuntimeError(f"unlearning-method plugin {entry_point.name!r} ({entry_point.value}) failed to "
-                               f"load: {err}") from err
+    load_entry_points(ENTRY_POINT_GROUP, "unlearning-method")  # importing a plugin's module registers its methods
 
 
 def methods() -> list[str]:

@@ -20,8 +20,30 @@ Feldman-Zhang's ``c_score``) or estimates from the training ``recording`` (the `
 memorized group is pushed far, a group the model would classify without having seen it is barely touched; the
 step's ``epochs`` cap the run.
 
+**Groups mean the same memorization level whatever the request.** By default (``grouping="training_set"``) the
+groups are bins of the memorization score over the *whole training set*: the thresholds between them are its
+quantiles (tertiles for 3 groups, :func:`group_thresholds`), and each forget example goes to the bin its score falls
+in (a score equal to a threshold goes to the less memorized group; :func:`partition` with ``thresholds=``). A
+request for the two most memorized examples is then the ``high`` group, as it should be, and the groups may be
+uneven or empty (an empty group takes no step: it is left out of the plan). :func:`unlearn.unlearn` has every
+example's score when ``scores=`` is a Series indexed by training index that covers the forget and retain sets (a
+column of :func:`proxies.compute` on the recording, or the CLI's proxies table) or when it computes them itself
+with ``proxy=`` (a recording proxy scores every recorded example; a model proxy is run on the forget and retain sets
+together). Given only the forget set's scores (an array in forget order, or a Series of the forget examples alone)
+it warns and falls back to the request's own split. ``grouping="request"`` asks for that split: the RUM paper's,
+N per group by rank within the forget set (:func:`partition` without thresholds).
+
+**Plugins.** :func:`register_policy` adds a named policy (duplicates refused unless ``force=True``); outside packages
+add theirs through the entry-point group ``unlearn.policies``, read the first time a policy is looked up by name
+(:func:`policies`, or ``policy="name"``): an entry point naming a module registers its policies when imported (as
+for ``unlearn.methods``), one naming a mapping (``my_policy = "my_package.policies:MY_POLICY"``) is registered
+under the entry point's name. A plugin that fails to load raises ``RuntimeError`` naming it.
+
 >>> partition(np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2]), groups=3)
 {'low': array([1, 5]), 'medium': array([2, 3]), 'high': array([0, 4])}
+>>> cut = group_thresholds(np.arange(10.0), groups=3)  # the training set's tertiles
+>>> cut, partition(np.array([8.5, 9.0]), groups=3, thresholds=cut)
+(array([3., 6.]), {'low': array([], dtype=int64), 'medium': array([], dtype=int64), 'high': array([0, 1])})
 >>> retain_sample(1000, 30, retain_per_forget=4, seed=0).shape
 (120,)
 """
@@ -38,8 +60,16 @@ import numpy as np
 
 from ._checks import whole
 
-__all__ = ["EXPECTED", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig", "group_names", "partition", "resolve_policy",
+__all__ = ["ENTRY_POINT_GROUP", "EXPECTED", "GROUPINGS", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig",
+           "group_names", "group_thresholds", "partition", "policies", "register_policy", "resolve_policy",
            "retain_sample", "uses_expected"]
+
+ENTRY_POINT_GROUP = "unlearn.policies"
+"""The entry-point group through which outside packages add policies (see the module doc)."""
+
+GROUPINGS = ("training_set", "request")
+"""How ``rum`` forms its groups: bins of the training set's score quantiles (the default), or the request's own
+split by rank (the RUM paper's)."""
 
 RETAIN_PER_FORGET = "retain_per_forget"
 """The settings key of a policy entry that sets that step's retain sample (taken out before the method sees them)."""
@@ -86,7 +116,9 @@ POLICIES: dict[str, dict[str, Any]] = {
     # that never saw the group would be" above), then the repair; up to 10 epochs on a sample of 16 per example.
     "random_label_to_expected": {"low": None, "medium": _TO_EXPECTED, "high": _TO_EXPECTED},
 }
-"""Built-in policies by name: the RUM paper's two recipes and three of this library's."""
+"""Policies by name: the RUM paper's two recipes, three of this library's, and any :func:`register_policy` added."""
+
+_plugins_loaded = False
 
 
 @dataclass(frozen=True)
@@ -94,22 +126,27 @@ class RUMConfig:
     """How ``method="rum"`` splits and orders the forget set.
 
     Args:
-        groups: number of equal-count memorization groups.
+        groups: number of memorization groups.
         order: group names in the order they are unlearned (default: least memorized first).
         policy: a name from :data:`POLICIES` or a mapping from group name to what unlearns it.
         retain_per_forget: retain examples per forget example that each step trains on (a fresh seeded random
             sample of ``ceil(k * group size)``, the whole retain set when that is not smaller); ``None``: the whole
             retain set. A policy entry's own ``"retain_per_forget"`` setting wins over this one.
+        grouping: ``"training_set"`` (default): each group is a bin between quantiles of the score over the whole
+            training set, so a group means the same memorization level whatever the request (it falls back to
+            ``"request"``, with a warning, when only the forget set's scores are known); ``"request"``: the RUM
+            paper's split, equal-count groups by rank within the forget set (see the module doc).
 
     Raises:
-        ValueError: fewer than one group, an order that does not list each group once, or a ``retain_per_forget``
-            that is not a positive finite number.
+        ValueError: fewer than one group, an order that does not list each group once, a ``retain_per_forget``
+            that is not a positive finite number, or a grouping not in :data:`GROUPINGS`.
     """
 
     groups: int = 3
     order: Sequence[str] | None = None
     policy: str | Mapping[str, Any] = "finetune_salun"
     retain_per_forget: float | None = None
+    grouping: str = "training_set"
 
     def __post_init__(self) -> None:
         whole("groups", self.groups, minimum=1)
@@ -117,9 +154,16 @@ class RUMConfig:
         if self.order is not None and sorted(self.order) != sorted(names):
             raise ValueError(f"order must list each group once, {list(names)}; got {list(self.order)}")
         check_retain_per_forget(self.retain_per_forget, "retain_per_forget")
+        check_grouping(self.grouping)
 
     def ordered_groups(self) -> tuple[str, ...]:
         return tuple(self.order) if self.order is not None else group_names(self.groups)
+
+
+def check_grouping(grouping: Any) -> None:
+    """Refuse a grouping that is not one of :data:`GROUPINGS`."""
+    if not isinstance(grouping, str) or grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {list(GROUPINGS)}, got {grouping!r}")
 
 
 def check_retain_per_forget(value: Any, where: str) -> None:
@@ -158,16 +202,50 @@ def group_names(groups: int) -> tuple[str, ...]:
         groups, tuple(f"q{i}" for i in range(groups)))
 
 
-def partition(memorization: np.ndarray, groups: int = 3) -> dict[str, np.ndarray]:
-    """Positions of the examples in each group of (as near as possible) equal size, by increasing memorization.
+def group_thresholds(memorization: np.ndarray, groups: int = 3) -> np.ndarray:
+    """The ``groups - 1`` thresholds between memorization groups: the ``1/groups, 2/groups, ...`` quantiles (numpy's
+    default, linear interpolation) of the finite scores, e.g. of every training example (NaN, e.g. an example a
+    recording never saw, is left out).
 
     ``memorization`` must point the usual way (higher = more memorized): negate a confidence-like score first.
-    Ties keep their order (stable sort).
+
+    Raises:
+        ValueError: no finite score.
+    """
+    whole("groups", groups, minimum=1)
+    memorization = np.asarray(memorization, dtype=float).ravel()
+    finite = memorization[np.isfinite(memorization)]
+    if len(finite) == 0:
+        raise ValueError("no finite memorization score to take the group thresholds from")
+    return np.quantile(finite, np.arange(1, groups) / groups)
+
+
+def partition(memorization: np.ndarray, groups: int = 3, *, thresholds=None) -> dict[str, np.ndarray]:
+    """Positions of the examples in each group, least memorized group first.
+
+    Without ``thresholds``: groups of (as near as possible) equal size by rank within ``memorization`` (the RUM
+    paper's split of a request; ties keep their order, a stable sort). With ``thresholds`` (``groups - 1``
+    non-decreasing values, e.g. :func:`group_thresholds` of the whole training set): group ``k`` holds the scores in
+    ``(thresholds[k-1], thresholds[k]]``, so a score equal to a threshold goes to the less memorized group; groups
+    may be empty.
+
+    ``memorization`` must point the usual way (higher = more memorized): negate a confidence-like score first.
+
+    Raises:
+        ValueError: thresholds that are not ``groups - 1`` non-decreasing numbers.
     """
     memorization = np.asarray(memorization, dtype=float)
-    order = np.argsort(memorization, kind="stable")
-    return {name: np.sort(chunk) for name, chunk in zip(group_names(groups), np.array_split(order, groups),
-                                                        strict=True)}
+    names = group_names(groups)
+    if thresholds is None:
+        order = np.argsort(memorization, kind="stable")
+        return {name: np.sort(chunk) for name, chunk in zip(names, np.array_split(order, groups), strict=True)}
+    thresholds = np.asarray(thresholds, dtype=float)
+    if thresholds.shape != (groups - 1,):
+        raise ValueError(f"need {groups - 1} thresholds for {groups} groups, got shape {thresholds.shape}")
+    if (np.diff(thresholds) < 0).any() or np.isnan(thresholds).any():
+        raise ValueError(f"thresholds must be non-decreasing numbers, got {thresholds.tolist()}")
+    bins = np.searchsorted(thresholds, memorization, side="left")  # how many thresholds each score exceeds
+    return {name: np.flatnonzero(bins == k) for k, name in enumerate(names)}
 
 
 def _resolve_step(entry: Any) -> tuple[str, dict] | None:
@@ -208,7 +286,7 @@ def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> di
     """
     name = "the policy"
     if isinstance(policy, str):
-        if policy not in POLICIES:
+        if policy not in policies():
             raise ValueError(f"unknown policy {policy!r}; expected one of {sorted(POLICIES)} or a mapping")
         name, policy = f"policy {policy!r}", POLICIES[policy]
     if not isinstance(policy, Mapping):
@@ -236,3 +314,55 @@ def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> di
 def uses_expected(resolved: Mapping[str, list[tuple[str, dict]]]) -> bool:
     """Whether a resolved policy has a step that stops at the expected accuracy."""
     return any(settings.get("target_accuracy") == EXPECTED for steps in resolved.values() for _, settings in steps)
+
+
+def register_policy(name: str, policy: Mapping[str, Any], force: bool = False) -> None:
+    """Add ``policy`` (a mapping from group name to what unlearns it; see the module doc) to :data:`POLICIES` as
+    ``name``, so that ``policy=name`` (and the CLI's ``--policy``, built from :func:`policies`) finds it.
+
+    Args:
+        name: the policy's name.
+        policy: group -> entry; every entry is checked now (the groups it must cover are checked when it runs).
+        force: replace a policy already registered under ``name`` (a built-in one too).
+
+    Raises:
+        ValueError: an empty name, or one already registered without ``force``.
+        TypeError: a policy that is not a mapping, or an entry of the wrong kind.
+
+    >>> register_policy("doc_high_only", {"low": None, "medium": None, "high": ("finetune", {"epochs": 1})})
+    >>> "doc_high_only" in policies()
+    True
+    >>> del POLICIES["doc_high_only"]
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a policy's name must be a non-empty string, got {name!r}")
+    if not isinstance(policy, Mapping) or not policy:
+        raise TypeError(f"policy {name!r} must be a non-empty mapping from group name to what unlearns it, got "
+                        f"{type(policy).__name__} {policy!r}")
+    resolve_policy(policy, list(policy))  # every entry's kind and settings, before it is registered
+    if name in POLICIES and not force:
+        raise ValueError(f"policy {name!r} is already registered (pass force=True to replace it)")
+    POLICIES[name] = dict(policy)
+
+
+def _load_plugins() -> None:
+    """Read the ``unlearn.policies`` entry points once (see the module doc)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from .registry import load_entry_points
+
+    for entry_point, loaded in load_entry_points(ENTRY_POINT_GROUP, "policy"):
+        if isinstance(loaded, Mapping):  # an entry point naming a policy, not a module that registers some
+            try:
+                register_policy(entry_point.name, loaded)
+            except (TypeError, ValueError) as err:
+                raise RuntimeError(f"policy plugin {entry_point.name!r} ({entry_point.value}) failed to "
+                                   f"register: {err}") from err
+
+
+def policies() -> list[str]:
+    """Names of the registered policies (built-in, registered and plugins'), sorted."""
+    _load_plugins()
+    return sorted(POLICIES)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -28,7 +29,17 @@ from torch.utils.data import Dataset
 from ._checks import whole
 from .data import IndexedDataset, materialize, subset_root
 from .registry import get_method, make_config, methods
-from .scheduler import EXPECTED, RETAIN_PER_FORGET, RUMConfig, partition, resolve_policy, retain_sample, uses_expected
+from .scheduler import (
+    EXPECTED,
+    RETAIN_PER_FORGET,
+    RUMConfig,
+    check_grouping,
+    group_thresholds,
+    partition,
+    resolve_policy,
+    retain_sample,
+    uses_expected,
+)
 
 __all__ = ["Step", "UnlearnResult", "unlearn"]
 
@@ -36,7 +47,11 @@ __all__ = ["Step", "UnlearnResult", "unlearn"]
 @dataclass(frozen=True)
 class Step:
     """One step of a plan: which forget examples (training indices), which method and settings, which retain
-    examples it trained on (training indices; none for a no-op), how long."""
+    examples it trained on (training indices; none for a no-op), how long.
+
+    ``score_bin`` (``rum`` only) is ``(lower, upper)`` in the scores' own units: with training-set grouping the
+    group's bin between the training set's thresholds (``-inf`` / ``inf`` at the open ends), with the request's
+    grouping the lowest and highest score of the group's examples."""
 
     group: str
     method: str
@@ -44,6 +59,7 @@ class Step:
     indices: np.ndarray = field(repr=False)
     seconds: float
     retain_indices: np.ndarray = field(repr=False)
+    score_bin: tuple[float, float] | None = None
 
     @property
     def retain_size(self) -> int:
@@ -51,18 +67,60 @@ class Step:
         return len(self.retain_indices)
 
 
+class PlanTable(pd.DataFrame):
+    """A DataFrame whose printed form is the whole table (every row, column and cell: ``to_string()``), not
+    pandas' elided view: a plan has a few rows, and its ``config`` column is wide."""
+
+    @property
+    def _constructor(self):
+        return PlanTable
+
+    def __repr__(self) -> str:
+        return self.to_string()
+
+    __str__ = __repr__
+
+
+def _describe_bin(score_bin: tuple[float, float] | None, grouping: str | None, higher: bool | None) -> str:
+    """A step's scores as text: the training-set bin as an interval (a score on a threshold belongs to the less
+    memorized side), or the range of the group's scores under the request's grouping."""
+    if score_bin is None:
+        return ""
+    lower, upper = (f"{v:.4g}" for v in score_bin)
+    if grouping == "request":
+        return f"[{lower}, {upper}]"
+    if higher:
+        return f"({lower}, {upper}{')' if upper == 'inf' else ']'}"
+    return f"{'(' if lower == '-inf' else '['}{lower}, {upper})"
+
+
 @dataclass(frozen=True)
 class UnlearnResult:
-    """What :func:`unlearn` returns: a new ``model``, the ``plan`` it followed, and the total ``seconds``."""
+    """What :func:`unlearn` returns: a new ``model``, the ``plan`` it followed, and the total ``seconds``.
+
+    For ``method="rum"`` also how the groups were formed: ``grouping`` (``"training_set"`` or ``"request"``, the one
+    used, after any fallback), ``thresholds`` (with training-set grouping: the ``groups - 1`` thresholds between the
+    groups in the scores' own units, ascending; else None) and ``higher_is_memorized`` (the scores' direction: with
+    a confidence-like score the most memorized group lies *below* the lowest threshold)."""
 
     model: nn.Module
     plan: list[Step]
     seconds: float
+    grouping: str | None = None
+    thresholds: tuple[float, ...] | None = None
+    higher_is_memorized: bool | None = None
 
     def summary(self) -> pd.DataFrame:
-        """The plan as a table: one row per step."""
-        return pd.DataFrame([{"group": s.group, "method": s.method, "examples": len(s.indices),
-                              "retain": s.retain_size, "seconds": s.seconds, "config": s.config} for s in self.plan])
+        """The plan as a table: one row per step, with ``grouping`` and ``scores`` (the step's :attr:`Step.score_bin`
+        as text: an interval of the training-set grouping, or ``[lowest, highest]`` of the request's) for ``rum``.
+        Printing it shows the whole table (a :class:`PlanTable`; ``.to_string()`` of any DataFrame does too)."""
+        rows = [{"group": s.group, "method": s.method, "examples": len(s.indices), "retain": s.retain_size,
+                 "seconds": s.seconds,
+                 **({"grouping": self.grouping, "scores": _describe_bin(s.score_bin, self.grouping,
+                                                                        self.higher_is_memorized)}
+                    if self.grouping is not None else {}),
+                 "config": s.config} for s in self.plan]
+        return PlanTable(rows)
 
 
 def _check_disjoint(forget: Dataset, retain: Dataset, forget_data: IndexedDataset,
@@ -81,7 +139,8 @@ def _check_disjoint(forget: Dataset, retain: Dataset, forget_data: IndexedDatase
                          "the retain set must exclude every forget example")
 
 
-def _check_model(model: nn.Module, forget: IndexedDataset, retain: IndexedDataset, device: torch.device) -> None:
+def _check_model(model: nn.Module, forget: IndexedDataset, retain: IndexedDataset, device: torch.device) -> int:
+    """Refuse a model that does not return logits wide enough for the labels; return its number of classes."""
     with torch.no_grad():
         out = model(forget.inputs[:2].to(device))
     labels = torch.cat([forget.targets, retain.targets])
@@ -91,6 +150,17 @@ def _check_model(model: nn.Module, forget: IndexedDataset, retain: IndexedDatase
     if int(labels.max()) >= out.shape[1] or int(labels.min()) < 0:
         raise ValueError(f"model returns {out.shape[1]} logits but the labels span "
                          f"[{int(labels.min())}, {int(labels.max())}]")
+    return int(out.shape[1])
+
+
+def _check_recording(recording, forget: IndexedDataset, retain: IndexedDataset, num_classes: int) -> None:
+    """Refuse a recording not made on this training set (see :meth:`proxies.TrainingRecorder.check_matches`)."""
+    import proxies
+
+    if not isinstance(recording, proxies.TrainingRecorder):
+        raise TypeError(f"recording must be a proxies.TrainingRecorder, got {type(recording).__name__}")
+    recording.check_matches(torch.cat([forget.indices, retain.indices]), torch.cat([forget.targets, retain.targets]),
+                            num_classes=num_classes, what="the forget and retain sets")
 
 
 def _per_forget(values, forget: IndexedDataset, name: str) -> np.ndarray:
@@ -115,8 +185,14 @@ def _per_forget(values, forget: IndexedDataset, name: str) -> np.ndarray:
     return array
 
 
-def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDataset, recording) -> np.ndarray:
-    """One score per forget example, oriented so that higher means more memorized."""
+def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDataset, retain: IndexedDataset,
+                         recording, grouping: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """The forget examples' scores oriented so that higher means more memorized, the same for every example of the
+    training set where they are known (None: only the forget set's), and the scores' own direction.
+
+    The training set's scores are known from a Series that covers the forget and retain sets (e.g. a recording
+    proxy's, which scores every recorded example). A model proxy is run on the forget set alone for the request's
+    grouping (as it always was), on the forget and retain sets together for the training set's."""
     import proxies
 
     if scores is None and proxy is None:
@@ -127,10 +203,21 @@ def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDat
         if "recording" in spec.needs and recording is None:
             raise ValueError(f"proxy {proxy!r} is read from training dynamics: pass recording= (the "
                              "TrainingRecorder filled while training the model)")
-        scores = proxies.compute(proxy, recording=recording, model=model, data=forget, progress=False)
+        data = forget
+        if grouping == "training_set" and "recording" not in spec.needs:
+            data = IndexedDataset(torch.cat([forget.inputs, retain.inputs]),
+                                  torch.cat([forget.targets, retain.targets]),
+                                  indices=torch.cat([forget.indices, retain.indices]))
+        scores = proxies.compute(proxy, recording=recording, model=model, data=data, progress=False)
     values = _per_forget(scores, forget, "scores")
     higher = proxies.higher_is_memorized(scores) if isinstance(scores, pd.Series) else True
-    return values if higher else -values
+    population = None
+    if isinstance(scores, pd.Series):
+        everyone = np.concatenate([forget.indices.numpy(), retain.indices.numpy()])
+        if np.isin(everyone, scores.index.to_numpy()).all():
+            population = scores.to_numpy(dtype=float)
+    sign = 1.0 if higher else -1.0
+    return sign * values, None if population is None else sign * population, higher
 
 
 def _expected_accuracy(expected_accuracy, recording, forget: IndexedDataset) -> np.ndarray:
@@ -150,6 +237,34 @@ def _expected_accuracy(expected_accuracy, recording, forget: IndexedDataset) -> 
         raise ValueError("expected_accuracy must be fractions in [0, 1], got values in "
                          f"[{values.min():.3g}, {values.max():.3g}]")
     return values
+
+
+def _groups(memorization: np.ndarray, population: np.ndarray | None, higher: bool, rum: RUMConfig):
+    """The forget set's groups (positions), the thresholds in the scores' own units (None for the request's split)
+    and each group's score bin (see :attr:`Step.score_bin`); ``memorization`` and ``population`` point the usual
+    way. Training-set grouping without the training set's scores warns and falls back to the request's split."""
+    if rum.grouping == "training_set" and population is None:
+        warnings.warn("rum was given only the forget set's scores, so its groups are the request's own split (the "
+                      "RUM paper's: equal-count groups by rank within the forget set), and their meaning depends on "
+                      "the request. For groups that mean the same memorization level whatever the request "
+                      "(thresholds at the whole training set's quantiles), pass scores= as a Series indexed by "
+                      "training index that covers the whole training set (e.g. proxies.compute(proxy, "
+                      "recording=...)) or proxy= with recording=; pass grouping='request' to ask for this split "
+                      "and silence the warning.", UserWarning, stacklevel=3)
+    if rum.grouping == "request" or population is None:
+        groups = partition(memorization, rum.groups)
+        own = memorization if higher else -memorization
+        bins = {g: (float(own[p].min()), float(own[p].max())) if len(p) else None for g, p in groups.items()}
+        return groups, None, bins
+    cut = group_thresholds(population, rum.groups)
+    groups = partition(memorization, rum.groups, thresholds=cut)
+    edges = np.concatenate([[-np.inf], cut, [np.inf]])
+    bins = {}
+    for k, g in enumerate(groups):
+        lower, upper = float(edges[k]), float(edges[k + 1])
+        bins[g] = (lower, upper) if higher else (-upper, -lower)
+    thresholds = tuple(float(t) for t in (cut if higher else -cut[::-1]))
+    return groups, thresholds, bins
 
 
 def step_seed_of(seed: int, number: int) -> int:
@@ -183,7 +298,8 @@ def _run_step(model, group: str, method_name: str, settings, forget: IndexedData
 
 def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str = "rum", scores=None,
             proxy: str | None = None, recording=None, policy=None, config=None, seed: int = 0,
-            device: torch.device | str | None = None, expected_accuracy=None) -> UnlearnResult:
+            device: torch.device | str | None = None, expected_accuracy=None,
+            grouping: str | None = None) -> UnlearnResult:
     """Remove ``forget`` from a trained classifier; the caller's model is never modified.
 
     Args:
@@ -192,10 +308,18 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
             ``(x, y, index)``).
         retain: training examples to keep (must not share examples with ``forget``).
         method: a name from :func:`unlearn.methods` (``"rum"``: memorization-aware scheduling).
-        scores: for ``"rum"``: one memorization score per forget example (array in forget order, or a Series
-            indexed by training index; a Series from :func:`proxies.compute` carries its direction).
-        proxy: for ``"rum"``: compute the scores with this proxy instead (see :func:`proxies.available`).
-        recording: the :class:`proxies.TrainingRecorder` of the model's training, for recording-based proxies.
+        scores: for ``"rum"``: memorization scores, a Series indexed by training index (one from
+            :func:`proxies.compute` carries its direction) or an array in forget order. A Series that also covers
+            the retain set (e.g. of the whole training set) gives training-set grouping its thresholds; scores of
+            the forget set alone fall back to the request's own split, with a warning.
+        proxy: for ``"rum"``: compute the scores with this proxy instead (see :func:`proxies.available`): a
+            recording proxy scores every recorded example; a model proxy is run on the forget and retain sets
+            together (on the forget set alone with ``grouping="request"``).
+        recording: the :class:`proxies.TrainingRecorder` of the model's training, for recording-based proxies. It
+            must have been made on this training set: one with fewer examples than the largest training index, with
+            other labels at the forget or retain examples' indices, or with another number of classes than the
+            model's outputs is refused (a recording loaded from a file that predates the fingerprint is checked
+            for its size only).
         policy: for ``"rum"``: a name from :data:`unlearn.scheduler.POLICIES` or a mapping group -> method (or
             a list of steps; see :mod:`unlearn.scheduler`).
         config: the method's settings (a dict of overrides or its config dataclass); for ``"rum"`` a
@@ -206,10 +330,15 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
             forget example's accuracy under a model trained without it (array in forget order or a Series indexed
             by training index, fractions), e.g. the Feldman-Zhang ``c_score``. Default: estimated from
             ``recording`` with the ``early_accuracy`` proxy.
+        grouping: for ``"rum"``: ``"training_set"`` (the groups are bins between the training set's score quantiles,
+            the same memorization levels whatever the request) or ``"request"`` (the RUM paper's: equal-count
+            groups by rank within the forget set); overrides the config's (default ``"training_set"``). See
+            :mod:`unlearn.scheduler`.
 
     Returns:
         An :class:`UnlearnResult` with the new ``model``, the ``plan`` (one :class:`Step` per group, or per step of
-        a group's list) and ``seconds``.
+        a group's list; a group with no forget example takes no step) and ``seconds``; for ``"rum"`` also the
+        ``grouping`` used and its ``thresholds``.
 
     Raises:
         TypeError, ValueError: bad input, named in the message.
@@ -225,6 +354,10 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     if method != "rum" and (scores is not None or proxy is not None or policy is not None
                             or expected_accuracy is not None or recording is not None):
         raise ValueError(f"scores, proxy, recording, policy and expected_accuracy are for method='rum', not {method!r}")
+    if method != "rum" and grouping is not None:
+        raise ValueError(f"grouping is for method='rum', not {method!r}")
+    if grouping is not None:
+        check_grouping(grouping)
     whole("seed", seed, minimum=-(2**63))
     if len(forget) == 0:
         raise ValueError("the forget set is empty: nothing to unlearn")
@@ -237,7 +370,9 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     model = copy.deepcopy(model).to(device).eval()
-    _check_model(model, forget_data, retain_data, device)
+    num_classes = _check_model(model, forget_data, retain_data, device)
+    if recording is not None:
+        _check_recording(recording, forget_data, retain_data, num_classes)
 
     if method != "rum":
         model, step = _run_step(model, "all", method, config, forget_data, retain_data, seed, device)
@@ -253,8 +388,11 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
         raise TypeError(f"config for method='rum' must be a RUMConfig or dict, got {type(config).__name__}")
     if policy is not None:
         rum = dataclasses.replace(rum, policy=policy)
-    memorization = _memorization_scores(scores, proxy, model=model, forget=forget_data, recording=recording)
-    groups = partition(memorization, rum.groups)
+    if grouping is not None:
+        rum = dataclasses.replace(rum, grouping=grouping)
+    memorization, population, higher = _memorization_scores(scores, proxy, model=model, forget=forget_data,
+                                                            retain=retain_data, recording=recording,
+                                                            grouping=rum.grouping)
     plan_for = resolve_policy(rum.policy, rum.ordered_groups())
     for group, steps in plan_for.items():
         for method_name, settings in steps:
@@ -270,6 +408,7 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
             except (TypeError, ValueError) as error:
                 raise type(error)(f"policy step {method_name!r} of group {group!r}: {error}") from error
     expected = _expected_accuracy(expected_accuracy, recording, forget_data) if uses_expected(plan_for) else None
+    groups, thresholds, bins = _groups(memorization, population, higher, rum)  # after every check: its warning too
     plan, number = [], 0
     for group in rum.ordered_groups():
         positions = torch.from_numpy(groups[group])
@@ -285,6 +424,8 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
             step_retain = retain_data if method_name == "noop" else _sampled(
                 retain_data, len(positions), retain_per_forget, step_seed)
             model, step = _run_step(model, group, method_name, settings, subset, step_retain, step_seed, device)
-            plan.append(step)
+            plan.append(dataclasses.replace(step, score_bin=bins[group]))
             number += 1
-    return UnlearnResult(model, plan, time.perf_counter() - start)
+    return UnlearnResult(model, plan, time.perf_counter() - start,
+                         grouping="request" if thresholds is None else "training_set", thresholds=thresholds,
+                         higher_is_memorized=higher)
