@@ -8,21 +8,25 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
 
-.PHONY: install demo test bench fashion-mnist check-cuda lint clean
+.PHONY: install demo test test-fast bench fashion-mnist check-cuda lint clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py $(CSRC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[dev,ray]"
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --disable-pip-version-check --no-build-isolation -e ".[dev,ray]"
 	touch $(STAMP)
 
 demo: install
 	$(BIN)/unlearn run
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
+
+# The suite without the tests marked slow (kill-and-resume, Ray): for a quick loop while editing.
+test-fast: install
+	$(BIN)/python -m pytest -q -rs -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/bench_recorder.py

@@ -23,6 +23,9 @@ def test_console_script_help():
 
 def test_train_writes_checkpoint_recording_and_config(tmp_path, capsys):
     out = tmp_path / "model"
+    assert main(["train", "--train-size", "30", "--epochs", "2", "--checkpoints", "1000000000", "--out",
+                 str(tmp_path / "many")]) == 0  # as many as there are epochs, at once
+    assert len(list((tmp_path / "many" / "checkpoints").iterdir())) == 2
     assert main(["train", "--dataset", "digits", "--train-size", "300", "--epochs", "2", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"model.pt", "recording.npz", "history.csv", "config.json", "checkpoints",
                                            ".lock"}
@@ -58,7 +61,12 @@ def test_run_writes_the_report(run_folder):
     assert results["time_vs_retrain"] > 0
     scores = pd.read_csv(run_folder / "scores.csv", index_col="index")
     assert len(scores) == 300 and scores["forget"].sum() == 30
-    assert scores.loc[scores["forget"], "group"].value_counts().to_dict() == {"low": 10, "medium": 10, "high": 10}
+    # rum's groups are levels of the whole training set: thirds of -confidence over every training example
+    memorized = -scores["confidence"]
+    low, high = np.quantile(memorized, [1 / 3, 2 / 3])
+    expected = np.where(memorized <= low, "low", np.where(memorized <= high, "medium", "high"))
+    forget = scores["forget"].to_numpy()
+    assert scores.loc[forget, "group"].tolist() == expected[forget].tolist()
     assert scores["group"][~scores["forget"]].isna().all()
     assert {"memorization", "holdout_retraining", "lira_original", "lira_unlearned", "ulira_unlearned"} <= set(scores)
     assert (scores["holdout_retraining"] >= 0).all() and scores["holdout_retraining"].gt(0).any()
@@ -83,7 +91,7 @@ def test_run_reuses_finished_stages_and_refuses_other_settings(run_folder, capsy
     assert main([*without_policy, "--out", str(run_folder), "--method", "neggrad"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and err.endswith("choose another folder or force it (--force)\n")
-    assert "unlearn stage of a run with other settings (method, policy, proxy)" in err
+    assert "unlearn stage of a run with other settings (grouping, method, policy, proxy)" in err
 
 
 def test_a_rerun_puts_every_reused_model_on_the_device(run_folder, monkeypatch, capsys):
@@ -188,8 +196,33 @@ def test_run_trains_its_subset_and_shadow_models_on_ray(tmp_path):
      "--select-by must be memorization or one of the --proxies"),
     (["proxies", "/no/such/run"], "is not a trained run"),
     (["run", "--method", "finetune", "--policy", "random_label_fast"], "--policy is for --method rum, not finetune"),
+    (["run", "--forget", "high:5000"], "asks for 5000 of 1293 training examples"),
+    (["run", "--forget", "random:1293"], "asks for 1293 of 1293 training examples"),
+    (["run", "--forget", "random:inf"], "expected a finite number of examples"),
+    (["run", "--lr", "nan"], "--lr must be a finite number > 0"),
+    (["run", "--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),
+    (["run", "--device", "nosuchdev"], "unknown device 'nosuchdev'"),
+    (["run", "--device", "cuda:7"], "CUDA device(s)"),
+    (["run", "--model", "cnn28"], "--model cnn28 does not take digits's inputs [1, 8, 8]"),
+    (["run", "--shadows", "100000000"], "--shadows must be between 0 and 10000"),
+    (["run", "--checkpoints", "0"], "--checkpoints must be >= 1"),
+    (["run", "--rows", "-1"], "--rows must be between 0"),
+    (["run", "--train-size", "1"], "--train-size must be >= 10"),
+    (["run", "--epochs", "0"], "--epochs must be >= 1"),
+    (["train", "--out", "/tmp/never-written", "--lr", "inf"], "--lr must be a finite number > 0"),
+    (["run", "--method", "finetune", "--method-config", "epoch=3"], "epoch"),
+    (["run", "--method-config", "groups"], "expected KEY=VALUE"),
+    (["run", "--method-config", "nope=1"], "rum has no setting 'nope'"),
 ])
-def test_run_input_errors_fail_before_training(argv, message, capsys):
+def test_run_input_errors_fail_before_training(argv, message, capsys, tmp_path, monkeypatch):
+    import unlearn.cli
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the inputs were checked")
+
+    monkeypatch.setattr(unlearn.cli, "train", no_training)
+    if argv[0] == "run":
+        argv = [*argv, "--out", str(tmp_path / "run")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
@@ -277,3 +310,71 @@ def test_a_forced_rerun_removes_what_the_redone_stage_made_stale(tmp_path, monke
     assert not left & {"report.md", "results.json", "scores.csv", "unlearned.pt", "plan.csv", "roc.png"}
     assert len(pd.read_csv(out / "forget.csv")) == 10
     assert "unlearn" not in json.loads((out / "stages.json").read_text())
+
+
+FAULT_RUN = ["run", "--train-size", "200", "--epochs", "1", "--checkpoints", "1", "--proxies", "confidence",
+             "--policy", "random_label_fast", "--forget", "random:20"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults") / "run"
+    assert main([*FAULT_RUN, "--out", str(out)]) == 0
+    return out
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
+
+
+def _wrong_weights(path):
+    import torch
+    from torch import nn
+
+    torch.save(nn.Linear(2, 2).state_dict(), path)
+
+
+FAULTS = {
+    "truncated recording.npz": ("recording.npz", _truncate, 2),
+    "truncated model.pt": ("model.pt", _truncate, 2),
+    "garbage config.json": ("config.json", lambda p: p.write_text("{not json"), 2),
+    "stages.json is []": ("stages.json", lambda p: p.write_text("[]"), 2),
+    "stages.json lacks a field": ("stages.json", lambda p: p.write_text('{"proxies": {"settings": {}}}'), 2),
+    "truncated unlearned.pt": ("unlearned.pt", _truncate, 0),
+    "reference.pt of another model": ("reference.pt", _wrong_weights, 0),
+    "garbage forget.csv": ("forget.csv", lambda p: p.write_text("what,ever\n1,2\n"), 0),
+    "garbage plan.csv": ("plan.csv", lambda p: p.write_bytes(b"\x00\x01garbage"), 0),
+    "garbage proxies.csv": ("proxies.csv", lambda p: p.write_text("index,confidence\n0,abc\n"), 0),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_damaged_run_folder_is_rebuilt_or_refused_in_one_line(finished_run, tmp_path, fault, capsys):
+    """A file a later stage made is rebuilt with a warning; one the run cannot rebuild is refused in one line
+    that names it and says what to do. Never a traceback."""
+    import shutil
+
+    name, damage, code = FAULTS[fault]
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    (out / ".lock").unlink()
+    damage(out / name)
+    capsys.readouterr()
+    assert main([*FAULT_RUN, "--out", str(out)]) == code
+    err = capsys.readouterr().err
+    assert name in err and "Traceback" not in err
+    if code == 2:
+        assert err.count("\n") == 1 and ("--force" in err or "delete" in err)
+    else:
+        assert "warning:" in err and "redoing" in err
+        assert json.loads((out / "results.json").read_text())["tables"]["results"]
+
+
+def test_method_settings_from_the_command_line_reach_the_method(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--verbose", "--train-size", "100", "--epochs", "1", "--checkpoints", "1", "--proxies",
+                 "confidence", "--forget", "random:10", "--method", "finetune", "--method-config", "epochs=2",
+                 "lr=0.003", "--out", str(out)]) == 0  # --verbose after the command is taken too
+    plan = pd.read_csv(out / "plan.csv")
+    config = json.loads(plan.loc[0, "config"])
+    assert config["epochs"] == 2 and config["lr"] == 0.003

@@ -63,3 +63,29 @@ def test_manifest_refuses_other_settings_unless_forced(tmp_path):
         check_manifest(tmp_path, {"k": 4, "epochs": [1, 2]})
     check_manifest(tmp_path, {"k": 4, "epochs": [1, 2]}, force=True)
     assert not (tmp_path / "m0.npz").exists()
+
+
+def test_an_unreadable_result_is_made_again_with_a_warning(tmp_path):
+    jobs = [Job(f"m{i}", np.arange(i + 1), seed=i) for i in range(3)]
+    farm = LocalFarm(tmp_path, progress=False)
+    farm.run(_square, jobs, shared=0)
+    damaged = tmp_path / "m1.npz"
+    damaged.write_bytes(damaged.read_bytes()[:20])  # a disk that filled up mid-write, or a copy cut short
+    calls = []
+
+    def counted(job, shared):
+        calls.append(job.key)
+        return _square(job, shared)
+
+    with pytest.warns(UserWarning, match="m1.npz is unreadable"):
+        results = farm.run(counted, jobs, shared=0)
+    assert calls == ["m1"]
+    np.testing.assert_array_equal(results["m1"]["ids"], np.arange(2) ** 2)
+
+
+@pytest.mark.parametrize("text", ["[]", "{not json"])
+def test_an_unreadable_manifest_is_refused_unless_forced(tmp_path, text):
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(ValueError, match="unreadable manifest.*--force"):
+        check_manifest(tmp_path, {"k": 3})
+    check_manifest(tmp_path, {"k": 3}, force=True)

@@ -1,3 +1,5 @@
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -51,7 +53,7 @@ def test_bad_arguments_raise():
     data = TensorDataset(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
     with pytest.raises(TypeError, match="nn.Module"):
         train(lambda x: x, data, epochs=1)
-    with pytest.raises(ValueError, match="lr > 0"):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
         train(nn.Linear(3, 2), data, epochs=1, lr=0)
     with pytest.raises(ValueError, match="unknown schedule"):
         train(nn.Linear(3, 2), data, epochs=1, schedule="warmup")
@@ -93,3 +95,42 @@ def test_dp_training_reports_the_accountants_epsilon(digits):
     with pytest.raises(ValueError, match="BatchNorm"):
         train(nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10)), digits.train,
               epochs=1, dp=DPConfig(epsilon=1.0), progress=False, device="cpu")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_training_stopped_mid_way_resumes_to_the_same_bits(digits, tmp_path):
+    from proxies import TrainingRecorder
+
+    data = torch.utils.data.Subset(digits.train, range(300))
+    recipe = {"epochs": 4, "lr": 0.05, "batch_size": 64, "seed": 2, "progress": False, "device": "cpu"}
+    torch.manual_seed(0)
+    model = create_model("digits_cnn", num_classes=10, in_channels=1)
+    whole_recording = TrainingRecorder(len(digits.train))
+    whole, whole_history = train(model, data, recorder=whole_recording, **recipe)
+
+    def kill_after_third(epoch, _):
+        if epoch == 3:
+            raise Killed  # as a kill would, mid-way: the state on disk is the one after epoch 2
+
+    state = tmp_path / "state.pt"
+    with pytest.raises(Killed):
+        train(model, data, recorder=TrainingRecorder(len(digits.train)), resume=state, on_epoch_end=kill_after_third,
+              **recipe)
+    recording = TrainingRecorder(len(digits.train))
+    resumed, history = train(model, data, recorder=recording, resume=state, **recipe)
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(),
+                                                 strict=True))
+    np.testing.assert_array_equal(recording.values, whole_recording.values)
+    pd.testing.assert_frame_equal(history.drop(columns="seconds"), whole_history.drop(columns="seconds"))
+    with pytest.raises(ValueError, match="other settings \\(lr\\)"):
+        train(model, data, recorder=TrainingRecorder(len(digits.train)), resume=state, **{**recipe, "lr": 0.1})
+
+
+@pytest.mark.parametrize("bad", [{"lr": float("nan")}, {"weight_decay": float("nan")}, {"momentum": float("inf")},
+                                 {"epochs": 2.5}, {"batch_size": 0}])
+def test_settings_that_cannot_train_are_refused_before_any_work(digits, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        train(nn.Linear(64, 10), digits.train, **{"epochs": 1, **bad}, progress=False, device="cpu")

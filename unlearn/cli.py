@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
+import math
 import subprocess
 import sys
 import time
 import warnings
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 import proxies
 from proxies import TrainingRecorder
@@ -32,7 +36,7 @@ from .farm import farms
 from .models import create_model, models
 from .pipeline import RunFolder, group_of, locked, per_example_scores, subset
 from .registry import methods
-from .scheduler import POLICIES, RUMConfig
+from .scheduler import GROUPINGS, RUMConfig, policies
 from .selection import parse_forget_spec, select_forget
 from .training import RECIPES, TrainConfig, accuracy, load_checkpoint, resolve_device, save_checkpoint, train
 
@@ -82,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "memorization with cheap proxies, and remove training examples from a classifier.")
     parser.add_argument("--verbose", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)  # options every command also takes after its name
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks on errors")
 
-    p = sub.add_parser("train", help="train a model and record its per-example training dynamics",
+    p = sub.add_parser("train", parents=[common], help="train a model and record its per-example training dynamics",
                        description="Train a model with the training recorder; writes model.pt (state_dict), "
                                    "recording.npz, history.csv and config.json to --out.")
     _add_data_options(p)
@@ -92,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite a folder trained with other settings")
 
     p = sub.add_parser(
-        "run", help="the main job: train, score memorization, unlearn a forget set, attack, report",
+        "run", parents=[common], help="the main job: train, score memorization, unlearn a forget set, attack, report",
         description="Train (or reuse from --out) the original model with the training recorder, compute the "
                     "memorization proxies, choose a forget set, retrain a reference without it, unlearn it, evaluate "
                     "both with membership-inference attacks, and write results.json, report.md, scores.csv and PNG "
@@ -117,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--proxies", nargs="+", default=list(DEFAULT_PROXIES), metavar="PROXY", choices=model_proxies,
                    help="proxies to compute and report (default: the recording-based ones and loss_curvature, which "
                         "costs ~20 forward-backward passes per checkpoint); --proxy and --select-by must be among them")
-    g.add_argument("--policy", default=None, choices=sorted(POLICIES),
+    g.add_argument("--grouping", default="training_set", choices=list(GROUPINGS),
+                   help="how rum forms its memorization groups: training_set (the default: bins between the "
+                        "training set's score tertiles, the same levels whatever the request's size) or request (the "
+                        "RUM paper's: a third of the forget set each, by rank within it)")
+    g.add_argument("--policy", default=None, choices=policies(),
                    help="rum's built-in policy: finetune_salun (the paper's first recipe, the default: fine-tune "
                         "the medium group, SalUn on the high one, over the whole retain set), neggrad_plus (its "
                         "second), random_label_fast (random labels on the high group only, 2 epochs on a retain "
@@ -126,13 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "labels on the medium and high groups, each stopped once its accuracy falls to what a model "
                         "that never saw it is expected to score, estimated from the recording; then 1 epoch of "
                         "fine-tuning; up to 10 epochs on a sample of 16 per forget example)")
+    g.add_argument("--method-config", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="settings of --method, e.g. epochs=3 lr=0.01 (values read as JSON: numbers, true/false, "
+                        "quoted or bare strings); for rum: groups, order, retain_per_forget; `unlearn run --method M "
+                        "--method-config nope=1` lists a method's settings")
     g = p.add_argument_group("evaluation")
     g.add_argument("--attacks", nargs="+", default=["loss_threshold", "loss_logreg", "svc"], choices=attack_names(),
                    metavar="ATTACK", help=f"membership-inference attacks, of {attack_names()} (default: "
                                           "loss_threshold loss_logreg svc; lira and rmia are added with --shadows)")
     g.add_argument("--shadows", type=int, default=0, metavar="K",
-                   help="train K shadow models (even, >= 4; 16+ for stable scores) for LiRA and RMIA, and K train-then-"
-                        "unlearn shadows for U-LiRA (default 0: none)")
+                   help="train K shadow models (even, >= 4; default 0: none) for LiRA and RMIA, and K train-then-"
+                        "unlearn shadows for U-LiRA. Each example is IN for K/2 shadows and OUT for K/2 (RMIA tunes "
+                        "on one); each U-LiRA shadow unlearns a random 20%% of the training examples in its half, "
+                        "so a forget example has Binomial(K/2, 0.2) unlearned shadows, K/10 on average. K=4: 64%% "
+                        "of forget examples have none (not scored) and 32%% one (scored with the global variance); "
+                        "K=16: 17%% / 34%%; use K >= 32 for U-LiRA (3%% none, 86%% with two or more, a variance of "
+                        "their own)")
     g.add_argument("--fz-models", type=int, default=0, metavar="K",
                    help="train K subset models for ground-truth Feldman-Zhang memorization (hundreds for stable "
                         "scores; default 0: none); adds the proxy-vs-memorization figure")
@@ -143,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="redo stages that --out holds with other settings instead of refusing")
     g.add_argument("--rows", type=int, default=10, help="rows of the proxy table to print (default: 10)")
 
-    p = sub.add_parser("proxies", help="compute the memorization proxies of a trained run folder",
+    p = sub.add_parser("proxies", parents=[common], help="compute the memorization proxies of a trained run folder",
                        description="Compute per-example memorization proxies for the model and training recording "
                                    "in a folder written by `unlearn train` or `unlearn run`; writes them as a CSV "
                                    "indexed by training index.")
@@ -160,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=10, help="rows of the table to print (default: 10)")
     _add_farm_options(p)
 
-    p = sub.add_parser("attack", help="evaluate a saved model with membership-inference attacks",
+    p = sub.add_parser("attack", parents=[common], help="evaluate a saved model with membership-inference attacks",
                        description="Attack a saved model (default: the run's unlearned.pt) on the run's forget set "
                                    "(or --forget), beside the run's retrained reference when it has one; prints the "
                                    "report and writes attack-<model>.json to the run folder.")
@@ -176,13 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="ATTACK", help=f"attacks to run, of {attack_names()} (default: loss_threshold "
                                           "loss_logreg svc; lira and rmia are added with --shadows)")
     p.add_argument("--shadows", type=int, default=0, metavar="K",
-                   help="train (or reuse) K shadow models for LiRA and RMIA (0: none)")
+                   help="train (or reuse) K shadow models for LiRA and RMIA (even, >= 4; 0: none): each example is "
+                        "IN for K/2 of them and OUT for K/2; 16+ for stable scores")
     p.add_argument("--root", default=None, help="dataset folder, as when the run was trained")
     p.add_argument("--device", default=None, help="torch device for the models, e.g. cpu or cuda (default: cuda if "
                                                   "available)")
     _add_farm_options(p)
 
-    p = sub.add_parser("bench", help="run one of the benchmarks in benchmarks/",
+    p = sub.add_parser("bench", parents=[common], help="run one of the benchmarks in benchmarks/",
                        description="Run benchmarks/bench_<NAME>.py from a source checkout, passing the remaining "
                                    "arguments through (e.g. `unlearn bench proxies --part kernels`; "
                                    "`unlearn bench unlearn -- --help` shows a benchmark's own options).")
@@ -217,11 +238,80 @@ def _benchmarks() -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ stages
 
+MAX_MODELS = 10_000
+"""The most shadow or subset models a run may ask for (the LiRA paper used 256, Feldman and Zhang 4,000)."""
+
+MIN_TRAIN_SIZE = 10
+"""The smallest --train-size: a forget set, a retain set and the attacks' cross-validation need examples."""
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    """``--device``, or CUDA when there is one: checked to exist on this machine."""
+    try:
+        return resolve_device(args.device)
+    except ValueError as err:
+        raise UsageError(f"--device {args.device}: {err}") from None
+
+
+def _check_options(args: argparse.Namespace) -> torch.device:
+    """Everything the options alone decide, checked before any data is read; returns the device."""
+    device = _device(args)
+    config = _train_config(args)
+    for name in ("lr", "momentum", "weight_decay", "val_fraction"):
+        value = getattr(config, name, None) if name != "val_fraction" else args.val_fraction
+        if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number "
+                             f"{'> 0' if name == 'lr' else '>= 0'}, got {value}")
+    if not 0 < args.val_fraction < 1:
+        raise UsageError(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
+    if config.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1 (the recording and every proxy need a trained epoch), got "
+                         f"{config.epochs}")
+    if config.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {config.batch_size}")
+    if args.checkpoints < 1:
+        raise UsageError(f"--checkpoints must be >= 1, got {args.checkpoints}")
+    if args.train_size is not None and args.train_size < MIN_TRAIN_SIZE:
+        raise UsageError(f"--train-size must be >= {MIN_TRAIN_SIZE}, got {args.train_size}")
+    for name in ("rows", "shadows", "fz_models"):
+        value = getattr(args, name, 0)
+        if value < 0 or (name != "rows" and value > MAX_MODELS):
+            raise UsageError(f"--{name.replace('_', '-')} must be between 0 and "
+                             f"{MAX_MODELS if name != 'rows' else 'the number of examples'}, got {value}")
+    return device
+
+
+def _check_data(args: argparse.Namespace, splits, model: nn.Module, model_name: str) -> None:
+    """What the data decides, checked before training: the model takes the inputs, the forget set fits."""
+    try:
+        with torch.no_grad():
+            model.eval()(splits.train.inputs[:2])
+    except RuntimeError as err:
+        raise UsageError(f"--model {model_name} does not take {args.dataset}'s inputs "
+                         f"{list(splits.train.inputs.shape[1:])}: {str(err).splitlines()[0]}") from None
+    spec = getattr(args, "forget", None)
+    if spec is None:
+        return
+    spec = parse_forget_spec(spec)
+    n = len(splits.train)
+    if spec.needs_scores:
+        if spec.size >= n:
+            raise UsageError(f"--forget {args.forget} asks for {spec.size} of {n} training examples; expected "
+                             f"fewer than {n}, so that some are retained")
+    else:  # random and ids need no scores: the selection itself is the check
+        select_forget(spec, None, num_train=n, seed=args.seed,
+                      source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
+
+
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     config = RECIPES.get(args.dataset, TrainConfig())
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "momentum", "weight_decay", "schedule")
                  if getattr(args, k) is not None}
     return replace(config, **overrides)
+
+
+TRAIN_STATE = "train-state.pt"
+"""The training state after the last finished epoch, in ``OUT/checkpoints``: a killed training resumes from it."""
 
 
 def _train_stage(args: argparse.Namespace, out: Path, run: RunFolder | None = None):
@@ -237,56 +327,83 @@ def _train_stage(args: argparse.Namespace, out: Path, run: RunFolder | None = No
         raise UsageError(str(err)) from err
     model_name = args.model or splits.default_model
     config = _train_config(args)
-    if args.checkpoints < 1:
-        raise UsageError(f"--checkpoints must be >= 1, got {args.checkpoints}")
-    keep = sorted({round(config.epochs * (i + 1) / args.checkpoints) for i in range(args.checkpoints)} - {0})
+    every = min(args.checkpoints, config.epochs)  # more checkpoints than epochs: one per epoch
+    keep = sorted({round(config.epochs * (i + 1) / every) for i in range(every)} - {0})
     settings = {"dataset": args.dataset, "model": model_name, "seed": args.seed, "train_size": args.train_size,
                 "val_fraction": args.val_fraction, "checkpoint_epochs": keep, **config.as_kwargs()}
-    device = resolve_device(args.device)  # a reused model goes where a new one would train
+    device = _check_options(args)  # a reused model goes where a new one would train
     torch.manual_seed(args.seed)
     model = create_model(model_name, num_classes=splits.num_classes, in_channels=splits.in_channels)
+    _check_data(args, splits, model, model_name)
 
     config_file = out / "config.json"
     checkpoint_files = [out / "checkpoints" / f"epoch-{e:03d}.pt" for e in keep]
     files = [out / "model.pt", out / "recording.npz", config_file]
-    saved = json.loads(config_file.read_text()) if config_file.is_file() else None
+    saved = _read_config(config_file) if config_file.is_file() else None
     if saved is not None and saved != settings and not args.force:
         changed = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
         raise UsageError(f"{out} holds a run with other settings ({', '.join(changed)}); "
                          "choose another --out or pass --force to overwrite it")
     if saved == settings and all(f.is_file() for f in files + checkpoint_files):
         print(f"reusing the trained model in {out}")
-        checkpoints = [load_checkpoint(copy.deepcopy(model), f, device).eval() for f in checkpoint_files]
-        model = load_checkpoint(model, out / "model.pt", device).eval()
-        return splits, model, TrainingRecorder.load(out / "recording.npz"), checkpoints, settings, None
+        checkpoints = []
+        try:
+            for reading in checkpoint_files:
+                checkpoints.append(load_checkpoint(copy.deepcopy(model), reading, device).eval())
+            reading = out / "model.pt"
+            model = load_checkpoint(model, reading, device).eval()
+            reading = out / "recording.npz"
+            recorder = TrainingRecorder.load(reading)
+        except UNREADABLE as err:
+            reason = str(err).splitlines()[0].replace(f"{reading}: ", "")
+            raise UsageError(f"cannot read {reading} ({reason}); pass --force to train again, or delete it") from None
+        return splits, model, recorder, checkpoints, settings, None
 
     config_file.unlink(missing_ok=True)  # until training finishes, the folder holds no finished run
     if run is not None:
         run.clear("train")
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    state = out / "checkpoints" / TRAIN_STATE
+    if saved is not None and saved != settings:  # --force over another run: its state is not this run's
+        state.unlink(missing_ok=True)
     recorder = TrainingRecorder(len(splits.train))
-    checkpoints = []
 
     def keep_checkpoint(epoch, trained):
         if epoch in keep:
             save_checkpoint(trained, out / "checkpoints" / f"epoch-{epoch:03d}.pt")
-            checkpoints.append(copy.deepcopy(trained).eval())
 
-    print(f"training {model_name} on {splits!r} for {config.epochs} epochs")
+    resumed = state.is_file()
+    print(f"training {model_name} on {splits!r} for {config.epochs} epochs"
+          + (f" (resuming from {state})" if resumed else ""))
     start = time.perf_counter()
-    model, history = train(model, splits.train, seed=args.seed, recorder=recorder, device=device,
-                           on_epoch_end=keep_checkpoint, **config.as_kwargs())
+    options = {"seed": args.seed, "device": device, "on_epoch_end": keep_checkpoint, "resume": state,
+               **config.as_kwargs()}
+    try:
+        trained, history = train(model, splits.train, recorder=recorder, **options)
+    except ValueError as err:  # a state file of another training, or unreadable
+        if not (resumed and str(state) in str(err)):
+            raise
+        if not args.force:
+            raise UsageError(f"{err}, or pass --force") from err
+        print(f"{state} is not this training's state: training from the start (--force)")
+        state.unlink()
+        recorder = TrainingRecorder(len(splits.train))
+        trained, history = train(model, splits.train, recorder=recorder, **options)
+    model = trained
     seconds = time.perf_counter() - start
+    checkpoints = [load_checkpoint(copy.deepcopy(model), f, device).eval() for f in checkpoint_files]
     save_checkpoint(model, out / "model.pt")
     recorder.save(out / "recording.npz")
     history.to_csv(out / "history.csv", index=False)
     config_file.write_text(json.dumps(settings, indent=2) + "\n")  # written last: marks the stage finished
+    state.unlink(missing_ok=True)
     print(f"trained in {seconds:.1f} s; wrote {', '.join(f.name for f in files)}, history.csv and "
           f"{len(checkpoints)} checkpoints to {out}")
     return splits, model, recorder, checkpoints, settings, seconds
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    _check_options(args)
     with locked(args.out):
         splits, model, _, _, _, _ = _train_stage(args, args.out)
     print(f"test accuracy {accuracy(model, splits.test):.4f}")
@@ -312,11 +429,45 @@ def _recipe(settings: dict) -> dict:
     return {k: settings[k] for k in TrainConfig().as_kwargs()}
 
 
+UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile)
+"""What reading a damaged file of a run folder raises (pandas' parser errors are ValueErrors)."""
+
+
+def _reuse(run: RunFolder, stage: str, settings: dict, files: list[str], read):
+    """``read()`` of a finished stage, or None when the stage must be done: not finished with these settings, or
+    one of its files unreadable (then it is redone from the stages before it, with a warning)."""
+    if not run.reusable(stage, settings, files):
+        return None
+    try:
+        return read()
+    except UNREADABLE as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        warnings.warn(f"{run.path}: cannot read the {stage} stage's {' or '.join(files)} ({reason}); redoing the "
+                      f"{stage} stage", stacklevel=2)
+        run.forget(stage)
+        return None
+
+
+def _columns(table: pd.DataFrame, path: Path, needed) -> pd.DataFrame:
+    missing = [c for c in needed if c not in table.columns]
+    if missing or table.empty:
+        raise ValueError(f"{path.name} lacks {missing or 'rows'}")
+    return table
+
+
 def _proxies_stage(run: RunFolder, splits, recorder, checkpoints, after: str, names=DEFAULT_PROXIES) -> pd.DataFrame:
     settings = {"after": after, "proxies": list(names)}
-    if run.reusable("proxies", settings, ["proxies.csv"]):
+    path = run.path / "proxies.csv"
+    table = _reuse(run, "proxies", settings, ["proxies.csv"],
+                   lambda: _columns(pd.read_csv(path, index_col="index"), path, names).astype(float))
+    if table is not None and len(table) != len(splits.train):
+        warnings.warn(f"{path} scores {len(table)} examples, not {len(splits.train)}; redoing the proxies stage",
+                      stacklevel=2)
+        run.forget("proxies")
+        table = None
+    if table is not None:
         print("reusing the proxies in proxies.csv")
-        return pd.read_csv(run.path / "proxies.csv", index_col="index")
+        return table
     with run.timed("proxies", settings):
         table = _compute_proxies(names, splits, recorder, checkpoints)
         table.to_csv(run.path / "proxies.csv")
@@ -366,8 +517,11 @@ def _forget_stage(run: RunFolder, spec_text: str, ranking: pd.Series | None, spl
         settings["fz_models"] = fz_models  # the ranking changes with the number of subset models
     if spec.kind == "ids":  # cmd_run checked the file exists
         settings["ids_sha1"] = hashlib.sha1(spec.path.read_bytes()).hexdigest()
-    if run.reusable("forget", settings, ["forget.csv"]):
-        return pd.read_csv(run.path / "forget.csv")["index"].to_numpy()
+    path = run.path / "forget.csv"
+    ids = _reuse(run, "forget", settings, ["forget.csv"],
+                 lambda: _forget_ids(_columns(pd.read_csv(path), path, ["index"]), len(splits.train)))
+    if ids is not None:
+        return ids
     with run.timed("forget", settings):
         ids = select_forget(spec, ranking if spec.needs_scores else None, num_train=len(splits.train), seed=seed,
                             source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
@@ -378,12 +532,20 @@ def _forget_stage(run: RunFolder, spec_text: str, ranking: pd.Series | None, spl
     return ids
 
 
+def _forget_ids(table: pd.DataFrame, num_train: int) -> np.ndarray:
+    ids = table["index"].to_numpy()
+    if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= num_train:
+        raise ValueError(f"its index column holds no training indices in [0, {num_train})")
+    return ids
+
+
 def _reference_stage(run: RunFolder, retain, model_fn, recipe: dict, seed: int, device, after: str):
     settings = {"after": after, "seed": seed, **recipe}
-    model = model_fn()
-    if run.reusable("reference", settings, ["reference.pt"]):
+    reference = _reuse(run, "reference", settings, ["reference.pt"],
+                       lambda: load_checkpoint(model_fn(), run.path / "reference.pt", device))
+    if reference is not None:
         print("reusing the retrained reference in reference.pt")
-        return load_checkpoint(model, run.path / "reference.pt", device).eval()
+        return reference.eval()
     print(f"retraining the reference from scratch on the {len(retain)} retained examples")
     with run.timed("reference", settings):
         torch.manual_seed(seed)
@@ -393,9 +555,40 @@ def _reference_stage(run: RunFolder, retain, model_fn, recipe: dict, seed: int, 
 
 
 def _method_config(args, settings: dict) -> dict:
-    """The method's settings ``unlearn run`` passes: ``retrain`` rebuilds the run's model with its recipe, exactly
-    as the retrained reference is built."""
-    return {"model_fn": settings["model"], **_recipe(settings)} if args.method == "retrain" else {}
+    """The method's settings ``unlearn run`` passes: ``--method-config``, over (for ``retrain``) the run's model and
+    recipe, so that it rebuilds the model exactly as the retrained reference is built."""
+    base = {"model_fn": settings["model"], **_recipe(settings)} if args.method == "retrain" else {}
+    return {**base, **parse_method_config(args.method, getattr(args, "method_config", []))}
+
+
+def parse_method_config(method: str, items: list[str]) -> dict:
+    """``KEY=VALUE`` strings as a method's settings, checked against its config dataclass (before any work)."""
+    from .registry import get_method, make_config
+    from .scheduler import RUMConfig
+
+    config = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--method-config {item!r}: expected KEY=VALUE, e.g. epochs=3")
+        try:
+            config[key] = json.loads(text)
+        except ValueError:
+            config[key] = text  # a bare string, e.g. order=low,medium,high is a string the method reads
+    if not config:
+        return config
+    known = [f.name for f in dataclasses.fields(RUMConfig)] if method == "rum" else None
+    try:
+        if known is not None:
+            unknown = sorted(set(config) - set(known))
+            if unknown:
+                raise ValueError(f"rum has no setting {unknown[0]!r}; expected some of {known}")
+            RUMConfig(**config)
+        else:
+            make_config(get_method(method), config)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--method-config: {err}") from None
+    return config
 
 
 def _unlearn_stage(run: RunFolder, args, original, forget, retain, table: pd.DataFrame, recorder, model_fn,
@@ -405,22 +598,30 @@ def _unlearn_stage(run: RunFolder, args, original, forget, retain, table: pd.Dat
     rum = args.method == "rum"
     settings = {"after": after, "method": args.method, "proxy": args.proxy if rum else None,
                 "policy": (args.policy or RUMConfig().policy) if rum else None, "seed": args.seed}
+    if rum:
+        settings["grouping"] = args.grouping
     if config:
         settings["config"] = config
-    if run.reusable("unlearn", settings, ["unlearned.pt", "plan.csv"]):
+    path = run.path / "plan.csv"
+    reused = _reuse(run, "unlearn", settings, ["unlearned.pt", "plan.csv"],
+                    lambda: (load_checkpoint(model_fn(), run.path / "unlearned.pt", device),
+                             _columns(pd.read_csv(path), path, ["group", "method", "examples", "config"])))
+    if reused is not None:
         print("reusing the unlearned model in unlearned.pt")
-        return (load_checkpoint(model_fn(), run.path / "unlearned.pt", device).eval(),
-                pd.read_csv(run.path / "plan.csv"))
+        return reused[0].eval(), reused[1]
     print(f"unlearning {len(forget)} examples with {args.method}" + (f" scheduled by {args.proxy}" if rum else ""))
     with run.timed("unlearn", settings):
         # the recording is there for policies that stop at each group's expected accuracy (early_accuracy)
-        options = ({"scores": _proxy_series(table, args.proxy), "policy": args.policy, "recording": recorder}
-                   if rum else {"config": config} if config else {})
+        options = {"scores": _proxy_series(table, args.proxy), "policy": args.policy, "recording": recorder,
+                   "grouping": args.grouping} if rum else {}
+        if config:
+            options["config"] = config
         result = unlearn(original, forget=forget, retain=retain, method=args.method, seed=args.seed,
                          device=device, **options)
         save_checkpoint(result.model, run.path / "unlearned.pt")
         plan = result.summary()
-        plan.to_csv(run.path / "plan.csv", index=False)
+        written = pd.DataFrame(plan).assign(config=[json.dumps(c, default=str, sort_keys=True) for c in plan["config"]])
+        written.to_csv(run.path / "plan.csv", index=False)  # the settings as JSON, readable from any language
     return result.model.eval(), plan
 
 
@@ -436,7 +637,8 @@ def _shadow_stage(args, splits, settings, out: Path):
                                   queries=splits.queries, seed=args.seed, **farm, **recipe)
     config = _method_config(args, settings)
     if args.method == "rum":
-        config = {"proxy": args.proxy, **({"policy": args.policy} if args.policy else {})}
+        config = {**config, "proxy": args.proxy, "grouping": args.grouping,
+                  **({"policy": args.policy} if args.policy else {})}
     print(f"{args.shadows} shadow models that train and then unlearn with {args.method}, for U-LiRA")
     unlearned = train_unlearned_shadow_models(splits.train, splits.test, model_fn, method=args.method,
                                               method_config=config, k=args.shadows,
@@ -456,6 +658,7 @@ RUN_OUTPUTS = ("report.md", "results.json", "scores.csv", "roc.png", "forget_acc
 
 def cmd_run(args: argparse.Namespace) -> None:
     out = args.out or Path("runs") / args.dataset
+    _check_options(args)
     with locked(out):  # a second run on the same folder is refused while this one lives
         _run(args, out)
 
@@ -482,8 +685,9 @@ def _run(args: argparse.Namespace, out: Path) -> None:
         raise UsageError(f"--forget {args.forget}: no such file {spec.path}")
     if args.policy and args.method != "rum":
         raise UsageError(f"--policy is for --method rum, not {args.method}")
+    parse_method_config(args.method, args.method_config)  # a misspelt setting fails before any work
 
-    device = resolve_device(args.device)  # every stage, trained or reused, runs its models here
+    device = _check_options(args)  # every stage, trained or reused, runs its models here
     run = RunFolder(out, force=args.force, order=RUN_STAGES, outputs=RUN_OUTPUTS)
     print("[1/6] original model")
     splits, original, recorder, checkpoints, settings, seconds = _train_stage(args, out, run)
@@ -547,7 +751,7 @@ def _run(args: argparse.Namespace, out: Path) -> None:
                                                                       stage_seconds["unlearn"],
                                                                       stage_seconds["reference"]]
 
-    groups = group_of(_proxy_series(table, args.proxy), forget_ids)
+    groups = group_of(_proxy_series(table, args.proxy), forget_ids, grouping=args.grouping)
     scores = table.copy()
     scores.insert(0, "label", splits.train.targets.numpy())
     if splits.train_rows is not None:
@@ -599,6 +803,17 @@ def _run(args: argparse.Namespace, out: Path) -> None:
     print(f"wrote report.md, results.json, scores.csv and {len(figures)} figures to {out}")
 
 
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as err:
+        raise UsageError(f"{path} is unreadable ({err}); pass --force to train again, or delete it") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path} holds a JSON {type(config).__name__}, not a run's settings; pass --force to train "
+                         "again, or delete it")
+    return config
+
+
 def _trained_run(folder: Path) -> Path:
     """The ``config.json`` of a folder written by ``train`` or ``run``, or a :class:`UsageError`."""
     config_file = folder / "config.json"
@@ -610,7 +825,7 @@ def _trained_run(folder: Path) -> Path:
 def _load_run(folder: Path, root, device: torch.device | None = None) -> tuple:
     """The splits, original model, recording and checkpoints of a folder written by ``train`` or ``run``, with the
     models on ``device``."""
-    settings = json.loads(_trained_run(folder).read_text())
+    settings = _read_config(_trained_run(folder))
     try:
         splits = load_dataset(settings["dataset"], root=root, val_fraction=settings["val_fraction"],
                               train_size=settings["train_size"], seed=settings["seed"])
@@ -622,8 +837,8 @@ def _load_run(folder: Path, root, device: torch.device | None = None) -> tuple:
         checkpoints = [load_checkpoint(model_fn(), folder / "checkpoints" / f"epoch-{e:03d}.pt", device).eval()
                        for e in settings["checkpoint_epochs"]]
         recorder = TrainingRecorder.load(folder / "recording.npz")
-    except (OSError, RuntimeError, KeyError) as err:
-        raise UsageError(f"cannot read the run in {folder}: {err}") from err
+    except UNREADABLE as err:
+        raise UsageError(f"cannot read the run in {folder}: {str(err).splitlines()[0]}") from err
     return settings, splits, model, recorder, checkpoints
 
 
@@ -634,7 +849,7 @@ def cmd_proxies(args: argparse.Namespace) -> None:
 
 
 def _proxies(args: argparse.Namespace) -> None:
-    settings, splits, _, recorder, checkpoints = _load_run(args.run, args.root, resolve_device(args.device))
+    settings, splits, _, recorder, checkpoints = _load_run(args.run, args.root, _device(args))
     names = list(args.proxies or DEFAULT_PROXIES)
     subset_models = None
     if args.fz_models:
@@ -660,7 +875,7 @@ def _attack(args: argparse.Namespace) -> None:
     from .evaluation import evaluate
     from .shadows import train_shadow_models
 
-    device = resolve_device(args.device)
+    device = _device(args)
     settings, splits, original, recorder, _ = _load_run(args.run, args.root, device)
     model_fn = _model_fn(settings, splits)
     checkpoint = args.checkpoint or args.run / "unlearned.pt"

@@ -23,6 +23,8 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +78,19 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+def _readable(path: Path) -> bool:
+    """Whether ``path`` holds a whole result; an unreadable one is removed, with a warning, to be made again."""
+    if not path.is_file():
+        return False
+    try:
+        _load(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        warnings.warn(f"{path} is unreadable ({err}); training that model again", stacklevel=3)
+        path.unlink()
+        return False
+    return True
+
+
 class _FolderFarm:
     """What every farm shares: the results folder, one ``<key>.npz`` per job."""
 
@@ -87,11 +102,12 @@ class _FolderFarm:
         return self.folder / f"{key}.npz"
 
     def pending(self, jobs: Sequence[Job]) -> list[Job]:
-        """The jobs without a result on disk."""
+        """The jobs without a readable result on disk (an unreadable one, e.g. truncated by a full disk, is removed
+        with a warning and trained again)."""
         keys = [job.key for job in jobs]
         if len(set(keys)) != len(keys):
             raise ValueError("job keys must be unique")
-        return [job for job in jobs if not self.path(job.key).is_file()]
+        return [job for job in jobs if not _readable(self.path(job.key))]
 
     def collect(self, jobs: Sequence[Job]) -> dict[str, dict[str, np.ndarray]]:
         """Every job's result, read from disk."""
@@ -233,13 +249,18 @@ def check_manifest(folder: str | os.PathLike, settings: dict, *, force: bool = F
     manifest = folder / "manifest.json"
     settings = json.loads(json.dumps(settings))  # normalise tuples and numpy scalars as JSON sees them
     if manifest.is_file():
-        saved = json.loads(manifest.read_text())
+        try:
+            saved = json.loads(manifest.read_text())
+        except ValueError as err:
+            saved = {"unreadable manifest": str(err)}
+        if not isinstance(saved, dict):
+            saved = {"unreadable manifest": f"a JSON {type(saved).__name__}, not an object"}
         if saved == settings:
             return
         if not force:
             changed = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
             raise ValueError(f"{folder} holds models trained with other settings ({', '.join(changed)}); "
-                             "use another folder or force=True to discard them")
+                             "use another folder, or force (--force) to discard them")
         for old in folder.glob("*.npz"):
             old.unlink()
     manifest.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")

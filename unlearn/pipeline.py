@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,7 +96,25 @@ class RunFolder:
         self.outputs = tuple(outputs)
         self.path.mkdir(parents=True, exist_ok=True)
         self._file = self.path / "stages.json"
-        self.stages: dict[str, dict] = json.loads(self._file.read_text()) if self._file.is_file() else {}
+        self.stages: dict[str, dict] = self._read() if self._file.is_file() else {}
+
+    def _read(self) -> dict[str, dict]:
+        """``stages.json``, checked: an unreadable record is refused (or, with ``force``, dropped with a warning)."""
+        try:
+            stages = json.loads(self._file.read_text())
+            if not isinstance(stages, dict):
+                raise ValueError(f"a JSON {type(stages).__name__}, not an object")
+            for name, entry in stages.items():
+                if not (isinstance(entry, dict) and isinstance(entry.get("settings"), dict)
+                        and isinstance(entry.get("seconds"), (int, float))):
+                    raise ValueError(f"its {name!r} entry lacks settings or seconds")
+        except ValueError as err:
+            if not self.force:
+                raise ValueError(f"{self._file} is unreadable ({err}); delete it, or force (--force) to redo "
+                                 "every stage") from None
+            warnings.warn(f"{self._file} is unreadable ({err}); every stage is redone (--force)", stacklevel=3)
+            return {}
+        return stages
 
     def _write(self) -> None:
         tmp = self._file.with_suffix(".partial")
@@ -119,6 +138,11 @@ class RunFolder:
         del self.stages[stage]
         self._write()
         return False
+
+    def forget(self, stage: str) -> None:
+        """Drop ``stage``'s record (e.g. its file turned out unreadable): it is redone."""
+        if self.stages.pop(stage, None) is not None:
+            self._write()
 
     def finish(self, stage: str, settings: dict, *, seconds: float) -> None:
         """Record ``stage`` as finished with ``settings`` after ``seconds`` of work."""
@@ -168,16 +192,34 @@ def subset(data: IndexedDataset, indices: np.ndarray) -> IndexedDataset:
     return IndexedDataset(data.inputs[keep], data.targets[keep], data.classes, indices=data.indices[keep])
 
 
-def group_of(scores: pd.Series, ids: np.ndarray, groups: int = 3) -> pd.Series:
+def group_of(scores: pd.Series, ids: np.ndarray, groups: int = 3, *, grouping: str = "request") -> pd.Series:
     """The memorization group (``low`` / ``medium`` / ``high``, as RUM splits it) of each forget example, by the
-    scores (a proxy Series from :func:`proxies.compute` carries its direction)."""
+    scores (a proxy Series from :func:`proxies.compute` carries its direction).
+
+    ``grouping`` is the rule of :func:`unlearn.unlearn`'s ``grouping=`` (see :mod:`unlearn.scheduler`):
+    ``"request"`` (the default here, as before): equal-count groups by rank among ``ids``; ``"training_set"``: bins
+    between the quantiles of every finite score of ``scores`` (pass the training set's), as ``unlearn`` forms them
+    from the same Series. A Series of ``ids`` alone falls back to ``"request"`` with a warning, as ``unlearn`` does.
+    """
+    import warnings
+
     import proxies
 
-    values = scores.reindex(ids).to_numpy(dtype=float)
-    if not proxies.higher_is_memorized(scores):
-        values = -values
+    from .scheduler import check_grouping, group_thresholds
+
+    check_grouping(grouping)
+    sign = 1.0 if proxies.higher_is_memorized(scores) else -1.0
+    values = sign * scores.reindex(ids).to_numpy(dtype=float)
+    thresholds = None
+    if grouping == "training_set":
+        if np.isin(scores.index.to_numpy(), ids).all():
+            warnings.warn("group_of was given only the forget set's scores: its groups are the request's own split; "
+                          "pass the whole training set's scores for training-set thresholds", UserWarning,
+                          stacklevel=2)
+        else:
+            thresholds = group_thresholds(sign * scores.to_numpy(dtype=float), groups)
     labels = np.empty(len(ids), dtype=object)
-    for name, positions in partition(values, groups).items():
+    for name, positions in partition(values, groups, thresholds=thresholds).items():
         labels[positions] = name
     return pd.Series(labels, index=pd.Index(ids, name="index"), name="group")
 

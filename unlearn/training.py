@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 import time
 import warnings
@@ -78,17 +79,32 @@ def lr_factor(schedule: Schedule, epoch: int, epochs: int) -> float:
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
-    """``device``, or CUDA when none is given and one is available, else the CPU: where training goes by default."""
+    """``device``, or CUDA when none is given and one is available, else the CPU: where training goes by default.
+
+    Raises:
+        ValueError: a device torch does not know, or a CUDA / MPS device this machine does not have.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}; expected e.g. 'cpu', 'cuda' or 'cuda:1'") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(f"device {str(device)!r} asked for, but this machine has {count} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for, but MPS is not available here")
+    return device
 
 
 def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0.05, batch_size: int = 128,
           momentum: float = 0.9, weight_decay: float = 5e-4, schedule: Schedule = "cosine", seed: int = 0,
           drop_last: bool = False, patience: int | None = None, recorder=None,
           on_epoch_end: Callable[[int, nn.Module], None] | None = None, dp: DPConfig | None = None,
-          device: torch.device | str | None = None, progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
+          device: torch.device | str | None = None, resume: str | os.PathLike | None = None,
+          progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
     """Train a copy of ``model`` with SGD on ``dataset``; the caller's model is left unchanged.
 
     Args:
@@ -106,6 +122,11 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             ``batch_size``, per-example clipping, noise calibrated to ``dp.epsilon`` over ``epochs``); the history
             gains the ``epsilon`` opacus's accountant reports after each epoch.
         device: where to train (default: CUDA if available, else CPU).
+        resume: a file for the training state after each finished epoch (model, optimizer, random states, the
+            recorder's epochs, the history so far), written atomically. When it exists, training continues after
+            its epoch: a run killed at any point and started again ends bit for bit where an uninterrupted run ends
+            (on the CPU; the ``seconds`` column aside). A state written with other settings is refused. Not with
+            ``dp``. ``on_epoch_end`` is called only for the epochs trained in this call.
         progress: show a tqdm bar.
 
     Returns:
@@ -113,18 +134,26 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if epochs < 0 or lr <= 0 or batch_size < 1:
-        raise ValueError(f"expected epochs >= 0, lr > 0, batch_size >= 1; got {epochs}, {lr}, {batch_size}")
+    check_recipe(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay)
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
     lr_factor(schedule, 0, max(epochs, 1))  # reject a bad schedule before any work
+    if resume is not None and (dp is not None or callable(schedule)):
+        raise ValueError("resume= needs a named schedule and no dp: a callable schedule or opacus's accountant "
+                         "cannot be written to the state file")
     device = resolve_device(device)
     model = copy.deepcopy(model).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    rows, best_loss, stale = [], float("inf"), 0
+    rows, best_loss, stale, first = [], float("inf"), 0, 0
+    fingerprint = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "momentum": momentum,
+                   "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "drop_last": drop_last,
+                   "patience": patience, "examples": len(dataset), "recorder": recorder is not None}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
+        if resume is not None and os.path.exists(resume):
+            first, rows, best_loss, stale = _restore(resume, fingerprint, model, optimizer, generator, recorder,
+                                                     device)
         if dp is not None:
             private, optimizer, engine, loader = _make_private(model, optimizer, dataset, dp, batch_size=batch_size,
                                                                epochs=epochs, generator=generator)
@@ -139,7 +168,8 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             def epoch_batches():
                 return batches(dataset, batch_size, shuffle=True, generator=generator, drop_last=drop_last,
                                device=device)
-        bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress, leave=False)
+        bar = tqdm(range(first, epochs), desc="train", unit="epoch", disable=not progress, leave=False,
+                   initial=first, total=epochs)
         for epoch in bar:
             start = time.perf_counter()
             epoch_lr = lr * lr_factor(schedule, epoch, epochs)
@@ -174,13 +204,69 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
                 on_epoch_end(epoch + 1, model)
             if patience is not None:
                 best_loss, stale = (rows[-1]["loss"], 0) if rows[-1]["loss"] < best_loss else (best_loss, stale + 1)
-                if stale >= patience:
-                    break
+            if resume is not None:
+                _save_state(resume, fingerprint, epoch + 1, model, optimizer, generator, recorder, rows, best_loss,
+                            stale, device)
+            if patience is not None and stale >= patience:
+                break
     if dp is not None:
         private._close()  # removes opacus's hooks; ``model`` is the trained module inside
     model.eval()
     columns = ["epoch", "lr", "loss", "accuracy", "seconds"] + (["epsilon"] if dp is not None else [])
     return model, pd.DataFrame(rows, columns=columns)
+
+
+def check_recipe(*, epochs, lr, batch_size, momentum=0.0, weight_decay=0.0) -> None:
+    """Refuse training settings that cannot train: epochs and batch_size whole numbers (>= 0, >= 1), lr finite and
+    > 0, momentum and weight decay finite and >= 0 (a NaN would train and write NaN weights)."""
+    for name, value, least in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    for name, value, positive in (("lr", lr, True), ("momentum", momentum, False),
+                                  ("weight_decay", weight_decay, False)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or (
+                value <= 0 if positive else value < 0):
+            raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+def _save_state(path, fingerprint: dict, epoch: int, model: nn.Module, optimizer, generator: torch.Generator,
+                recorder, rows: list[dict], best_loss: float, stale: int, device: torch.device) -> None:
+    """Write the state after ``epoch`` finished epochs to ``path`` (through a temporary file: a kill mid-write
+    leaves the previous state)."""
+    state = {"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+             "generator": generator.get_state(),
+             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+             "recording": recorder.state_dict() if recorder is not None else None,
+             "rows": rows, "best_loss": best_loss, "stale": stale}
+    tmp = f"{os.fspath(path)}.partial"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _restore(path, fingerprint: dict, model: nn.Module, optimizer, generator: torch.Generator, recorder,
+             device: torch.device) -> tuple[int, list[dict], float, int]:
+    """Load a state written by :func:`_save_state` into the training objects; returns ``(epochs done, history
+    rows, best loss, stale epochs)``."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        saved = state["fingerprint"]
+    except Exception as err:
+        raise ValueError(f"cannot read the training state {os.fspath(path)} ({err}); delete it to train from "
+                         "the start") from err
+    if saved != fingerprint:
+        changed = sorted(k for k in saved.keys() | fingerprint.keys() if saved.get(k) != fingerprint.get(k))
+        raise ValueError(f"{os.fspath(path)} holds the state of a training with other settings "
+                         f"({', '.join(changed)}); delete it to train from the start")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    generator.set_state(state["generator"].cpu())
+    if state["cuda_rng"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+    if recorder is not None:
+        recorder.load_state_dict(state["recording"])
+    return state["epoch"], list(state["rows"]), float(state["best_loss"]), int(state["stale"])
 
 
 @dataclass(frozen=True)
@@ -263,5 +349,11 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike,
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which file, keep the cause
         raise ValueError(f"cannot read checkpoint {os.fspath(path)}: {err}") from err
-    model.load_state_dict(state)
+    if not isinstance(state, dict):
+        raise ValueError(f"{os.fspath(path)} holds no state_dict (a {type(state).__name__})")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # other keys or shapes: weights of another model
+        raise ValueError(f"{os.fspath(path)} does not hold this model's weights: "
+                         f"{str(err).splitlines()[0].rstrip(':.')}") from err
     return model if device is None else model.to(device)
