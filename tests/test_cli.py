@@ -168,6 +168,7 @@ def test_run_removes_the_ids_of_a_request(tmp_path, capsys):
     assert "loss_curvature" not in scores and "forgetting_events" in scores
 
 
+@pytest.mark.slow
 def test_run_trains_its_subset_and_shadow_models_on_ray(tmp_path):
     ray = pytest.importorskip("ray")
     out = tmp_path / "run"
@@ -378,3 +379,37 @@ def test_method_settings_from_the_command_line_reach_the_method(tmp_path, capsys
     plan = pd.read_csv(out / "plan.csv")
     config = json.loads(plan.loc[0, "config"])
     assert config["epochs"] == 2 and config["lr"] == 0.003
+
+
+@pytest.mark.slow
+def test_a_training_killed_with_sigkill_resumes_to_the_same_bits(tmp_path):
+    """``kill -9`` in the middle of ``unlearn train``: the rerun continues from the last finished epoch and writes
+    the model and recording an uninterrupted run writes."""
+    import signal
+    import time
+
+    import torch
+
+    args = ["train", "--train-size", "300", "--epochs", "8", "--checkpoints", "2"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-m", "unlearn.cli", *args, "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "checkpoints" / "train-state.pt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if state.is_file() and torch.load(state, weights_only=True)["epoch"] >= 3:
+            break
+        time.sleep(0.02)
+    assert child.poll() is None, "training finished before it could be killed"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (out / "config.json").exists()  # not finished
+    assert main([*args, "--out", str(out)]) == 0
+    for name in ("model.pt", "checkpoints/epoch-004.pt", "checkpoints/epoch-008.pt"):
+        a = torch.load(tmp_path / "whole" / name, weights_only=True)
+        b = torch.load(out / name, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    with np.load(tmp_path / "whole" / "recording.npz") as a, np.load(out / "recording.npz") as b:
+        assert all(np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f") for k in a.files)
+    assert not state.exists()  # a finished training leaves no state behind

@@ -11,6 +11,7 @@ from unlearn.models import create_model
 from unlearn.ray_farm import RayFarm
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # starts a local Ray instance
 
 DIGITS_CNN = functools.partial(create_model, "digits_cnn", num_classes=10, in_channels=1)
 
