@@ -36,8 +36,8 @@ from .farm import farms
 from .models import create_model, models
 from .pipeline import RunFolder, group_of, locked, per_example_scores, subset
 from .registry import methods
-from .scheduler import GROUPINGS, RUMConfig, policies
-from .selection import parse_forget_spec, select_forget
+from .scheduler import GROUPINGS, RUMConfig, group_thresholds, policies
+from .selection import parse_forget_spec, read_ids, select_forget
 from .training import RECIPES, TrainConfig, accuracy, load_checkpoint, resolve_device, save_checkpoint, train
 
 DEFAULT_PROXIES = (*proxies.RECORDING_PROXIES, "loss_curvature")
@@ -532,6 +532,30 @@ def _forget_stage(run: RunFolder, spec_text: str, ranking: pd.Series | None, spl
     return ids
 
 
+def _skipped_request_rows(spec, splits) -> str | None:
+    """What an ids request asked for that the run does not remove, and why (None when nothing was skipped)."""
+    if spec.kind != "ids":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_ids(spec.path, source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
+    return "; ".join(str(w.message) for w in caught) or None
+
+
+def _rum_facts(args, table: pd.DataFrame) -> dict:
+    """The policy, the grouping and its thresholds (in the proxy's own units) of a rum run."""
+    if args.method != "rum":
+        return {}
+    facts = {"policy": args.policy or RUMConfig().policy, "grouping": args.grouping}
+    if args.grouping == "training_set":
+        scores = _proxy_series(table, args.proxy)
+        sign = 1.0 if scores.attrs["higher_is_memorized"] else -1.0
+        cuts = sign * group_thresholds(sign * scores.to_numpy(dtype=float))
+        facts["grouping"] += (f": {args.proxy} tertiles of the training set, low / medium / high split at "
+                              + " and ".join(f"{c:.4g}" for c in cuts))
+    return facts
+
+
 def _forget_ids(table: pd.DataFrame, num_train: int) -> np.ndarray:
     ids = table["index"].to_numpy()
     if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= num_train:
@@ -711,6 +735,7 @@ def _run(args: argparse.Namespace, out: Path) -> None:
         print(f"{int(ranking.isna().sum())} examples have no {select_by} score (with few subset models, some are "
               "in all or none of them) and are not ranked")
         ranking = ranking.dropna()
+    skipped = _skipped_request_rows(spec, splits)
     forget_ids = _forget_stage(run, args.forget, ranking, splits, args.seed, after_train, select_by, args.fz_models)
     forget = subset(splits.train, forget_ids)
     retain = subset(splits.train, np.setdiff1d(splits.train.indices.numpy(), forget_ids))
@@ -788,6 +813,10 @@ def _run(args: argparse.Namespace, out: Path) -> None:
              "forget": f"{args.forget} ({len(forget_ids)} examples" + (f", by {select_by})" if spec.needs_scores
                                                                        else ")"),
              "method": args.method + (f" scheduled by {args.proxy}" if args.method == "rum" else ""),
+             **_rum_facts(args, table),
+             "method settings": json.dumps(_method_config(args, settings)) if args.method_config else "defaults",
+             "training recipe": ", ".join(f"{k} {v}" for k, v in recipe.items()), "seed": args.seed,
+             **({"skipped from the request": skipped} if skipped else {}),
              "attacks": ", ".join(attacks) + (" and U-LiRA" if unlearned_shadows is not None else ""),
              "shadow models": args.shadows, "subset models (FZ)": args.fz_models,
              "unlearning time vs retraining": f"{ratio:.1%}"}

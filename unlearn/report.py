@@ -15,7 +15,28 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["plot_group_accuracy", "plot_proxies_vs_memorization", "write_report"]
+__all__ = ["METRICS", "plot_group_accuracy", "plot_proxies_vs_memorization", "write_report"]
+
+METRICS = {
+    "accuracy": "top-1 accuracy on the forget, retain and test sets (the goal is the retrained column, not 0)",
+    "loss_threshold": "an attacker who thresholds the loss to tell forget (members) from test examples: AUC, "
+                      "balanced accuracy, TPR at 0.1% / 1% FPR (0.5 AUC: no signal)",
+    "loss_logreg": "logistic regression on the loss, forget vs test, balanced, cross-validated accuracy (~0.5 for a "
+                   "model that never saw the forget set)",
+    "svc": "the unlearning papers' SVC attack on softmax features, trained retain vs test: the fraction of forget "
+           "examples it calls non-members",
+    "lira": "online LiRA from the shadow models (Carlini et al. 2022), forget vs test",
+    "lira_offline": "offline LiRA (OUT shadows only), forget vs test",
+    "rmia": "offline RMIA (Zarifzadeh et al. 2024), forget vs test, its population drawn apart from the test x",
+    "ulira": "U-LiRA (Hayes et al. 2024): telling the unlearned model from a retrained one on the forget set, from "
+             "shadows that trained and unlearned each example (0.5 AUC: indistinguishable, the goal)",
+    "forgetting": "the NeurIPS 2023 challenge's forgetting score",
+    "tow": "tug of war: the product over forget, retain and test of 1 - |accuracy - the retrained accuracy| "
+           "(1: the retrained model's accuracies)",
+    "tow_mia": "ToW with the forget term replaced by the SVC attack's (or the loss attack's) gap to retraining",
+    "seconds": "wall-clock seconds: training the original, unlearning, retraining the reference",
+}
+"""One line for each metric family of the results table, written under it in ``report.md``."""
 
 
 def _pyplot():
@@ -70,13 +91,18 @@ def write_report(folder: str | os.PathLike, results: dict, tables: dict[str, pd.
     """Write ``results.json`` (``results`` plus every table as records) and ``report.md`` (a heading, the run's
     facts from ``results["run"]``, each table as markdown and each figure by file name)."""
     folder = Path(folder)
-    payload = {**results, "tables": {name: json.loads(t.reset_index().to_json(orient="records"))
+    positional = {name: isinstance(t.index, pd.RangeIndex) for name, t in tables.items()}  # no index to keep
+    payload = {**results, "tables": {name: json.loads((t if positional[name] else t.reset_index())
+                                                      .to_json(orient="records"))
                                      for name, t in tables.items()}}
     (folder / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# Unlearning report: {results['run'].get('dataset', '')}", ""]
     lines += [f"- **{key}**: {value}" for key, value in results["run"].items()]
     for name, table in tables.items():
-        lines += ["", f"## {name}", "", table.to_markdown(floatfmt=".4g"), ""]
+        lines += ["", f"## {name}", "", table.to_markdown(floatfmt=".4g", index=not positional[name]), ""]
+        if name == "results":
+            families = dict.fromkeys(str(metric).split(".")[0] for metric in table.index)
+            lines += [f"- **{family}**: {METRICS[family]}" for family in families if family in METRICS]
     for name, file in figures.items():
         lines += ["", f"## {name}", "", f"![{name}]({file})", ""]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
