@@ -46,7 +46,7 @@ def _signals(model: nn.Module, data, split: str, given: Mapping[str, Signals] | 
 
 
 def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows, seed, device,
-                   given: Mapping[str, Signals] | None = None) -> dict[str, float]:
+                   given: Mapping[str, Signals] | None = None, population=None) -> dict[str, float]:
     queries = shadows.queries if shadows is not None else ("identity",)
     signals = {name: _signals(model, data, split, given, queries, device)
                for name, data, split in (("forget", forget, "train"), ("retain", retain, "train"),
@@ -56,6 +56,9 @@ def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows
     if shadows is not None:
         positions = {"forget_positions": shadows.locate("train", signals["forget"].index),
                      "test_positions": shadows.locate("test", signals["test"].index)}
+        if population is not None:
+            found = _signals(model, population, "test", given, queries, device)
+            positions |= {"population": found, "population_positions": shadows.locate("test", found.index)}
     inputs = AttackInputs(signals["forget"], signals["retain"], signals["test"], shadows, seed=seed, **positions)
     for name in attack_names:
         for metric, value in get_attack(name).fn(inputs).items():
@@ -74,7 +77,8 @@ def _mia_fraction(column: dict[str, float]) -> tuple[str, float] | None:
 
 def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, retain: Dataset, test: Dataset,
              reference: nn.Module | None = None, attacks=("loss_logreg", "svc"), shadows=None, seed: int = 0,
-             device: torch.device | str | None = None, signals: SplitSignals | None = None) -> pd.DataFrame:
+             device: torch.device | str | None = None, signals: SplitSignals | None = None,
+             population: Dataset | None = None) -> pd.DataFrame:
     """Evaluate an unlearned model, and a retrained-from-scratch ``reference`` beside it.
 
     Args:
@@ -92,6 +96,11 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
             :func:`unlearn.attacks.extract_signals` gives them on datasets holding the forget and retain examples
             (``train``) and the test examples (``test``), by index, with ``shadows.queries`` when there are shadows.
             A model or split missing here is predicted.
+        population: RMIA's population ``z``: examples of the test split the ``shadows`` were trained beside
+            (their pool holds the training and test splits only, so not the validation split), none of them in
+            ``test``. Default: RMIA splits ``test`` in two by index (:func:`unlearn.attacks.disjoint_halves`) and
+            scores one half against the other, so no example is compared with itself; ``rmia.*`` then rests on
+            half the test examples, the other attacks on all of them.
 
     Returns:
         A DataFrame indexed by metric (``accuracy.forget``, ``svc.confidence``, ``lira.auc``, ``tow``...) with a
@@ -105,15 +114,23 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
     forget, retain, test = materialize(forget), materialize(retain), materialize(test)
     if min(len(forget), len(retain), len(test)) == 0:
         raise ValueError("forget, retain and test must each hold at least one example")
+    if population is not None:
+        if shadows is None:
+            raise ValueError("population= is RMIA's, which needs shadows=")
+        population = materialize(population)
+        positions = shadows.locate("test", population.indices.numpy())
+        if not np.array_equal(shadows.labels[positions], population.targets.numpy()):
+            raise ValueError("the population's labels differ from the shadows' test examples of the same index: "
+                             "the population must be test-split examples (the validation split is not in their pool)")
     named = dict(model) if isinstance(model, Mapping) else {"model": model}
     if "reference" in named or not named:
         raise ValueError(f"models must be named, and not 'reference'; got {list(named)}")
     signals = signals or {}
-    columns = {name: _report_column(m, forget, retain, test, attacks, shadows, seed, device, signals.get(name))
-               for name, m in named.items()}
+    columns = {name: _report_column(m, forget, retain, test, attacks, shadows, seed, device, signals.get(name),
+                                    population) for name, m in named.items()}
     if reference is not None:
         columns["reference"] = _report_column(reference, forget, retain, test, attacks, shadows, seed, device,
-                                              signals.get("reference"))
+                                              signals.get("reference"), population)
         accuracy = {name: {s: columns[name][f"accuracy.{s}"] for s in ("forget", "retain", "test")}
                     for name in columns}
         for name in named:
@@ -145,9 +162,13 @@ def evaluate_ulira(model: nn.Module, reference: nn.Module, *, forget: Dataset, s
 
     Returns:
         ``roc_summary`` of telling the two models apart over the forget examples both kinds of shadow cover (AUC
-        0.5: indistinguishable, the goal) plus ``scored`` (how many), and the per-example scores of both models.
+        0.5: indistinguishable, the goal) plus ``scored`` (how many), ``scored_per_example_variance`` (of them,
+        those with at least 2 unlearned and 2 unseen shadows: both Gaussians have their own variance) and
+        ``scored_global_variance`` (the others: a side with a single shadow takes that side's global variance,
+        see :func:`unlearn.attacks.ulira`), and the per-example scores of both models.
     """
     from .attacks import ulira
+    from .attacks.lira import MIN_SHADOWS_FOR_VARIANCE
 
     forget = materialize(forget)
     positions = shadows.locate("train", forget.indices.numpy())
@@ -166,4 +187,7 @@ def evaluate_ulira(model: nn.Module, reference: nn.Module, *, forget: Dataset, s
         raise ValueError("no forget example is covered by both unlearned and unseen shadows: train more shadows")
     summary = roc_summary(np.r_[table["unlearned"][usable], table["retrained"][usable]],
                           np.r_[np.ones(usable.sum()), np.zeros(usable.sum())])
-    return {**summary, "scored": float(usable.sum())}, table
+    own_variance = usable & (shadows.unlearned_mask[:, positions].sum(axis=0) >= MIN_SHADOWS_FOR_VARIANCE) & (
+        shadows.out_mask[:, positions].sum(axis=0) >= MIN_SHADOWS_FOR_VARIANCE)
+    return {**summary, "scored": float(usable.sum()), "scored_per_example_variance": float(own_variance.sum()),
+            "scored_global_variance": float(usable.sum() - own_variance.sum())}, table

@@ -3,14 +3,14 @@
 Signals are extracted once per model and dataset (:func:`extract_signals`); attacks score them:
 :func:`loss_threshold`, :func:`loss_logreg` and :func:`svc` on one model; :func:`lira` / :func:`ulira` and
 :func:`rmia` with shadow or reference models; :func:`epsilons` / :func:`forgetting_score` from many unlearned and
-retrained models.
+retrained models (``rules="challenge"`` for the NeurIPS 2023 scorer's own rules, comparable with its leaderboard).
 """
 
 from .basic import SVC_FEATURES, loss_logreg, loss_threshold, svc
 from .forgetting import epsilons, forgetting_quality, forgetting_score
 from .lira import lira, ulira
 from .registry import AttackInputs, attacks, get_attack, register_attack
-from .rmia import rmia, tune_rmia_a
+from .rmia import disjoint_halves, rmia, tune_rmia_a
 from .signals import QUERIES, Signals, extract_signals, logit_scaled_confidence, modified_entropy
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "SVC_FEATURES",
     "Signals",
     "attacks",
+    "disjoint_halves",
     "epsilons",
     "extract_signals",
     "forgetting_quality",

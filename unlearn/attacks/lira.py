@@ -1,6 +1,10 @@
 """LiRA (Carlini et al. 2022) and its unlearning variant U-LiRA (Hayes et al. 2024): per-example likelihood ratios
 between Gaussians fitted to shadow models' logit-scaled confidences.
 
+Each example's Gaussian on a side has the median of that side's shadows as its mean and their standard
+deviation as its sigma; an example with a single shadow on a side (common for U-LiRA's unlearned side: see
+:func:`ulira`) takes that side's global, fixed-variance sigma instead of a sigma of 0.
+
 The per-example Gaussian fits run as one parallel numba kernel over examples (a masked median and deviation
 each), not a Python loop.
 """
@@ -11,7 +15,11 @@ import numpy as np
 from numba import njit, prange
 from scipy import stats
 
-__all__ = ["lira", "ulira"]
+__all__ = ["MIN_SHADOWS_FOR_VARIANCE", "lira", "ulira"]
+
+MIN_SHADOWS_FOR_VARIANCE = 2
+"""An example gets its own standard deviation on a side (IN / unlearned, OUT) only with at least this many
+shadows there; with fewer it takes the side's global one, the fixed-variance sigma."""
 
 _EPS = 1e-30
 _HALF_LOG_2PI = 0.5 * np.log(2 * np.pi)
@@ -69,14 +77,27 @@ def _masked_fits(shadow, mask, center, spread):
                 spread[i, a] = np.sqrt(total / k)
 
 
+def _global_spread(shadow: np.ndarray, mask: np.ndarray) -> float:
+    """The standard deviation of every value in ``mask`` (all examples and queries): the fixed-variance sigma of
+    that side; NaN with fewer than 2 values."""
+    if mask.sum() < MIN_SHADOWS_FOR_VARIANCE:
+        return np.nan
+    return float(shadow[np.broadcast_to(mask[:, :, None], shadow.shape)].std())
+
+
 def _fit(shadow: np.ndarray, mask: np.ndarray, fix_variance: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per example and query: the median and standard deviation over the shadows in ``mask`` (NaN if none)."""
+    """Per example and query: the median and standard deviation over the shadows in ``mask`` (NaN if none).
+
+    The standard deviation is the side's global one (:func:`_global_spread`) for every example with
+    ``fix_variance``, and for an example with fewer than ``MIN_SHADOWS_FOR_VARIANCE`` shadows in ``mask``
+    otherwise (the spread of one value is 0, which would make its score +-1e58).
+    """
     center = np.empty(shadow.shape[1:])
     spread = np.empty(shadow.shape[1:])
     _masked_fits(np.ascontiguousarray(shadow.transpose(1, 2, 0)), np.ascontiguousarray(mask.T), center, spread)
-    if fix_variance:  # one sigma for all examples, as the reference code: the spread of every value in the mask
-        values = shadow[np.broadcast_to(mask[:, :, None], shadow.shape)]
-        spread = np.full_like(center, values.std() if values.size else np.nan)
+    few = np.ones(mask.shape[1], dtype=bool) if fix_variance else mask.sum(axis=0) < MIN_SHADOWS_FOR_VARIANCE
+    if few.any():
+        spread[few] = _global_spread(shadow, mask)
     return center, spread
 
 
@@ -106,12 +127,21 @@ def lira(target, shadow, in_mask, *, online: bool = True, fix_variance: bool = F
         shadow: the shadow models' signals, ``[M, N]`` or ``[M, N, A]``.
         in_mask: ``[M, N]``, True where shadow ``m`` trained on example ``n``.
         online: fit IN and OUT Gaussians (``log pdf_in - log pdf_out``); offline uses OUT only.
-        fix_variance: one global standard deviation instead of one per example.
+        fix_variance: one standard deviation per side for all examples instead of one per example: the spread
+            of every IN value (over all examples and queries) for the IN Gaussians, of every OUT value for the OUT
+            ones. Without it, an example with fewer than ``MIN_SHADOWS_FOR_VARIANCE`` (2) shadows on a side takes
+            that side's global standard deviation. The reference code (tf-privacy ``research/mi_lira_2021``:
+            ``score.py`` only computes the confidences; the fits are ``generate_ours`` in ``plot.py``) differs
+            online: with ``fix_variance`` it sets ``std_in = std_out = np.std(dat_in)``, the IN values' spread for
+            both Gaussians (offline ``np.std(dat_out)``, as here), and it truncates every example to the smallest
+            number of IN / OUT shadows over examples (no change with the balanced halves of
+            :func:`unlearn.shadows.balanced_halves`).
         one_sided: offline only: ``log CDF_out`` (members sit above the OUT distribution) instead of the
             two-sided ``-log pdf_out``.
 
     Returns:
-        ``[N]`` scores, averaged over queries; NaN for an example with no IN (online) or OUT shadow.
+        ``[N]`` scores, averaged over queries; NaN for an example with no IN (online) or OUT shadow, or whose
+        side has fewer than 2 values in all to take a global standard deviation from.
     """
     target, shadow, (in_mask,) = _as_3d(target, shadow, "in_mask", in_mask)
     return _ratio(target, shadow, in_mask, ~in_mask, online=online, fix_variance=fix_variance, one_sided=one_sided)
@@ -126,6 +156,13 @@ def ulira(target, shadow, unlearned_mask, out_mask, *, fix_variance: bool = Fals
         unlearned_mask: ``[M, N]``, True where shadow ``m`` trained on ``n`` and then unlearned it with the method
             under test.
         out_mask: ``[M, N]``, True where shadow ``m`` never saw ``n``; shadows in neither mask are ignored.
+        fix_variance: as in :func:`lira`.
+
+    An example with a single unlearned (or unseen) shadow takes the global standard deviation of that side, as in
+    :func:`lira`. With :func:`unlearn.shadows.train_unlearned_shadow_models` (K shadows on balanced halves, each
+    unlearning a random 20% of its training examples) a training example is unseen by K/2 shadows and unlearned
+    by Binomial(K/2, 0.2) of them: with K = 4, 64% have none and 32% exactly one; with K = 16, 17% and 34%; with
+    K = 32, 3% and 11%.
 
     Returns:
         ``[N]`` log likelihood ratios; a method that unlearns perfectly makes them useless (AUC 0.5).

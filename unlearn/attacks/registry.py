@@ -9,7 +9,7 @@ score need many models unlearned by the method under test, so they are plain fun
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import numpy as np
 from ..metrics import roc_summary
 from .basic import loss_logreg, loss_threshold, svc
 from .lira import lira
-from .rmia import rmia, tune_rmia_a
+from .rmia import disjoint_halves, rmia, tune_rmia_a
 from .signals import Signals
 
 __all__ = ["AttackInputs", "attacks", "get_attack", "register_attack"]
@@ -26,7 +26,12 @@ __all__ = ["AttackInputs", "attacks", "get_attack", "register_attack"]
 @dataclass(frozen=True)
 class AttackInputs:
     """What an attack sees: the target model's signals on forget / retain / test, and optionally shadow models
-    (:class:`unlearn.shadows.ShadowModels`) with the pool positions of the forget and test examples."""
+    (:class:`unlearn.shadows.ShadowModels`) with the pool positions of the forget and test examples.
+
+    ``population`` (with its pool positions) holds RMIA's population ``z``: non-members of the target that the
+    shadows predicted, none of them a forget or test example. Without one, RMIA splits the test examples in two
+    halves (:func:`unlearn.attacks.disjoint_halves`): one is scored, the other is the population.
+    """
 
     forget: Signals
     retain: Signals
@@ -35,6 +40,8 @@ class AttackInputs:
     forget_positions: np.ndarray | None = None
     test_positions: np.ndarray | None = None
     seed: int = 0
+    population: Signals | None = None
+    population_positions: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -112,18 +119,32 @@ def _lira_offline(inputs: AttackInputs) -> dict[str, float]:
 
 @register_attack("rmia", needs_shadows=True)
 def _rmia(inputs: AttackInputs) -> dict[str, float]:
-    """Offline RMIA with the test examples as population; ``a`` tuned on the first shadow model."""
+    """Offline RMIA: forget examples as members, test examples as non-members ``x``, and a population ``z``
+    disjoint from both: ``inputs.population``, else every second test example by index (scored: the others);
+    ``a`` tuned on the first shadow model."""
     shadows = inputs.shadows
     if len(shadows.in_mask) < 4:  # tuning a holds one shadow out; the rest must leave each example out somewhere
         raise ValueError(f"rmia needs at least 4 shadow models, got {len(shadows.in_mask)}")
+    if inputs.population is None:
+        x_rows, z_rows = disjoint_halves(inputs.test.index)
+        population, z = inputs.test.take(z_rows), inputs.test_positions[z_rows]
+        inputs = replace(inputs, test=inputs.test.take(x_rows), test_positions=inputs.test_positions[x_rows])
+    else:
+        population, z = inputs.population, np.asarray(inputs.population_positions)
+        if len(z) != len(population.index):
+            raise ValueError(f"population_positions must give the pool position of each of the {len(population.index)} "
+                             f"population examples, got {len(z)}")
+        shared = np.isin(z, np.r_[inputs.forget_positions, inputs.test_positions])
+        if shared.any():
+            raise ValueError(f"{int(shared.sum())} of the {len(z)} population examples are also forget or test "
+                             "examples: RMIA's population must be disjoint from the examples it scores")
     p_ref = shadows.p_true()
     a = tune_rmia_a(p_ref, shadows.in_mask)
-    z = inputs.test_positions
     out_z = ~shadows.in_mask[:, z]
 
     def score(_, positions):
         target_p = np.concatenate([inputs.forget.p_true[:, 0], inputs.test.p_true[:, 0]])
-        return rmia(target_p, p_ref[:, positions], inputs.test.p_true[:, 0], p_ref[:, z], a=a,
+        return rmia(target_p, p_ref[:, positions], population.p_true[:, 0], p_ref[:, z], a=a,
                     out_mask_x=~shadows.in_mask[:, positions], out_mask_z=out_z)
 
     return {**_members_vs_test(inputs, score), "a": a}
