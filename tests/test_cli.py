@@ -413,3 +413,19 @@ def test_a_training_killed_with_sigkill_resumes_to_the_same_bits(tmp_path):
     with np.load(tmp_path / "whole" / "recording.npz") as a, np.load(out / "recording.npz") as b:
         assert all(np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f") for k in a.files)
     assert not state.exists()  # a finished training leaves no state behind
+
+
+@pytest.mark.parametrize("forget", ["random:1", "random:2"])
+def test_a_request_of_one_or_two_examples_runs_and_says_what_it_could_not_compute(tmp_path, forget, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--train-size", "60", "--epochs", "1", "--checkpoints", "1", "--proxies", "confidence",
+                 "--policy", "random_label_fast", "--forget", forget, "--shadows", "4", "--out", str(out)]) == 0
+    metrics = {row["metric"] for row in json.loads((out / "results.json").read_text())["tables"]["results"]}
+    assert {"accuracy.forget", "loss_threshold.auc", "svc.confidence", "lira.auc", "tow"} <= metrics
+    report = (out / "report.md").read_text()
+    if forget == "random:1":  # cross-validation needs two forget examples
+        assert "loss_logreg.accuracy" not in metrics and "loss_logreg (cross-validates" in report
+    else:
+        assert "loss_logreg.accuracy" in metrics
+    if "ulira.auc" not in metrics:  # 4 shadows rarely cover one or two examples
+        assert "ulira (none of the" in report and "ulira not computed" in capsys.readouterr().err

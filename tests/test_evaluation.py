@@ -218,3 +218,17 @@ def test_per_example_scores_on_given_signals_match_predicting(setup, small_digit
     assert train.take(train.locate([7, 3])).index.tolist() == [7, 3]
     with pytest.raises(ValueError, match="1 of 2 examples are not among the signals' 300 examples"):
         train.locate([3, 300])
+
+
+def test_an_attack_that_cannot_be_computed_is_left_out_with_its_reason(digits):
+    from torch import nn
+    from torch.utils.data import Subset
+
+    from unlearn import evaluate
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    forget, retain = Subset(digits.train, [0]), Subset(digits.train, range(1, 200))
+    report = evaluate(model, forget=forget, retain=retain, test=digits.test, reference=model)
+    assert "loss_logreg.accuracy" not in report.index and "loss_threshold.auc" in report.index
+    assert "2 forget" in report.attrs["not_computed"]["loss_logreg"]
+    assert np.isfinite(report.loc["tow_mia", "model"])  # from the SVC attack, which one example does not stop

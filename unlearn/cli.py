@@ -30,6 +30,7 @@ from torch import nn
 import proxies
 from proxies import TrainingRecorder
 
+from .attacks import DEFAULT_ATTACKS, NotApplicable
 from .attacks import attacks as attack_names
 from .data import DatasetNotFoundError, datasets, load_dataset
 from .farm import farms
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "quoted or bare strings); for rum: groups, order, retain_per_forget; `unlearn run --method M "
                         "--method-config nope=1` lists a method's settings")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--attacks", nargs="+", default=["loss_threshold", "loss_logreg", "svc"], choices=attack_names(),
+    g.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS), choices=attack_names(),
                    metavar="ATTACK", help=f"membership-inference attacks, of {attack_names()} (default: "
                                           "loss_threshold loss_logreg svc; lira and rmia are added with --shadows)")
     g.add_argument("--shadows", type=int, default=0, metavar="K",
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-by", default="confidence", choices=proxies.RECORDING_PROXIES, metavar="PROXY",
                    help="the proxy that ranks examples for --forget high:N / low:N / mixed:N, read from the run's "
                         f"recording: one of {proxies.RECORDING_PROXIES} (default: confidence)")
-    p.add_argument("--attacks", nargs="+", default=["loss_threshold", "loss_logreg", "svc"], choices=attack_names(),
+    p.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS), choices=attack_names(),
                    metavar="ATTACK", help=f"attacks to run, of {attack_names()} (default: loss_threshold "
                                           "loss_logreg svc; lira and rmia are added with --shadows)")
     p.add_argument("--shadows", type=int, default=0, metavar="K",
@@ -762,15 +763,22 @@ def _run(args: argparse.Namespace, out: Path) -> None:
     common = {"forget": forget, "retain": retain, "test": splits.test, "reference": reference, "attacks": attacks,
               "shadows": shadows, "seed": args.seed, "device": device,
               "signals": {**signals, "reference": signals["retrained"]}}
-    results = evaluate({"original": original, "unlearned": unlearned}, **common).rename(
-        columns={"reference": "retrained"})
+    results = evaluate({"original": original, "unlearned": unlearned}, **common)
+    not_computed = dict(results.attrs.get("not_computed", {}))
+    results = results.rename(columns={"reference": "retrained"})
     examples = per_example_scores(models, splits.train, shadows=shadows, device=device, signals=signals)
     if unlearned_shadows is not None:
-        summary, ulira_scores = evaluate_ulira(unlearned, reference, forget=forget, shadows=unlearned_shadows,
-                                               device=device, signals=signals)
-        for key, value in summary.items():
-            results.loc[f"ulira.{key}", "unlearned"] = value
-        examples = examples.join(ulira_scores.add_prefix("ulira_"))
+        try:
+            summary, ulira_scores = evaluate_ulira(unlearned, reference, forget=forget, shadows=unlearned_shadows,
+                                                   device=device, signals=signals)
+        except NotApplicable as err:
+            not_computed["ulira"] = str(err)
+        else:
+            for key, value in summary.items():
+                results.loc[f"ulira.{key}", "unlearned"] = value
+            examples = examples.join(ulira_scores.add_prefix("ulira_"))
+    for name, reason in not_computed.items():
+        warnings.warn(f"{name} not computed: {reason}", stacklevel=1)
     stage_seconds = {stage: run.seconds(stage) for stage in ("train", "proxies", "reference", "unlearn")}
     results.loc["seconds", ["original", "unlearned", "retrained"]] = [stage_seconds["train"],
                                                                       stage_seconds["unlearn"],
@@ -817,6 +825,7 @@ def _run(args: argparse.Namespace, out: Path) -> None:
              "method settings": json.dumps(_method_config(args, settings)) if args.method_config else "defaults",
              "training recipe": ", ".join(f"{k} {v}" for k, v in recipe.items()), "seed": args.seed,
              **({"skipped from the request": skipped} if skipped else {}),
+             **({"not computed": "; ".join(f"{k} ({v})" for k, v in not_computed.items())} if not_computed else {}),
              "attacks": ", ".join(attacks) + (" and U-LiRA" if unlearned_shadows is not None else ""),
              "shadow models": args.shadows, "subset models (FZ)": args.fz_models,
              "unlearning time vs retraining": f"{ratio:.1%}"}

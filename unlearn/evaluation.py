@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .attacks import AttackInputs, Signals, extract_signals, get_attack
+from .attacks import DEFAULT_ATTACKS, AttackInputs, NotApplicable, Signals, extract_signals, get_attack
 from .data import materialize
 from .metrics import roc_summary, tow, tow_mia
 
@@ -46,7 +46,7 @@ def _signals(model: nn.Module, data, split: str, given: Mapping[str, Signals] | 
 
 
 def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows, seed, device,
-                   given: Mapping[str, Signals] | None = None, population=None) -> dict[str, float]:
+                   given: Mapping[str, Signals] | None, population, not_computed: dict[str, str]) -> dict[str, float]:
     queries = shadows.queries if shadows is not None else ("identity",)
     signals = {name: _signals(model, data, split, given, queries, device)
                for name, data, split in (("forget", forget, "train"), ("retain", retain, "train"),
@@ -61,7 +61,12 @@ def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows
             positions |= {"population": found, "population_positions": shadows.locate("test", found.index)}
     inputs = AttackInputs(signals["forget"], signals["retain"], signals["test"], shadows, seed=seed, **positions)
     for name in attack_names:
-        for metric, value in get_attack(name).fn(inputs).items():
+        try:
+            values = get_attack(name).fn(inputs)
+        except NotApplicable as err:  # e.g. cross-validation over a one-example forget set
+            not_computed[name] = str(err)
+            continue
+        for metric, value in values.items():
             column[f"{name}.{metric}"] = value
     return column
 
@@ -76,7 +81,7 @@ def _mia_fraction(column: dict[str, float]) -> tuple[str, float] | None:
 
 
 def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, retain: Dataset, test: Dataset,
-             reference: nn.Module | None = None, attacks=("loss_logreg", "svc"), shadows=None, seed: int = 0,
+             reference: nn.Module | None = None, attacks=DEFAULT_ATTACKS, shadows=None, seed: int = 0,
              device: torch.device | str | None = None, signals: SplitSignals | None = None,
              population: Dataset | None = None) -> pd.DataFrame:
     """Evaluate an unlearned model, and a retrained-from-scratch ``reference`` beside it.
@@ -104,7 +109,9 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
 
     Returns:
         A DataFrame indexed by metric (``accuracy.forget``, ``svc.confidence``, ``lira.auc``, ``tow``...) with a
-        ``model`` column (or one per named model) and, given a reference, a ``reference`` column.
+        ``model`` column (or one per named model) and, given a reference, a ``reference`` column. An attack that
+        cannot be computed on these sets (:class:`unlearn.attacks.NotApplicable`, e.g. ``loss_logreg``'s
+        cross-validation over one forget example) has no rows; ``attrs["not_computed"]`` maps it to the reason.
     """
     if isinstance(attacks, str):
         attacks = (attacks,)
@@ -126,23 +133,25 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
     if "reference" in named or not named:
         raise ValueError(f"models must be named, and not 'reference'; got {list(named)}")
     signals = signals or {}
+    not_computed: dict[str, str] = {}
     columns = {name: _report_column(m, forget, retain, test, attacks, shadows, seed, device, signals.get(name),
-                                    population) for name, m in named.items()}
+                                    population, not_computed) for name, m in named.items()}
     if reference is not None:
         columns["reference"] = _report_column(reference, forget, retain, test, attacks, shadows, seed, device,
-                                              signals.get("reference"), population)
+                                              signals.get("reference"), population, not_computed)
         accuracy = {name: {s: columns[name][f"accuracy.{s}"] for s in ("forget", "retain", "test")}
                     for name in columns}
         for name in named:
             columns[name]["tow"] = tow(accuracy[name], accuracy["reference"])
             mia = _mia_fraction(columns[name])
-            if mia is not None:
+            if mia is not None and mia[0] in columns["reference"]:
                 key = mia[0]
                 columns[name]["tow_mia"] = tow_mia(accuracy[name], accuracy["reference"],
                                                    mia_unlearned=columns[name][key],
                                                    mia_retrained=columns["reference"][key])
     report = pd.DataFrame(columns, dtype=float)
     report.index.name = "metric"
+    report.attrs["not_computed"] = not_computed
     return report
 
 
@@ -184,7 +193,8 @@ def evaluate_ulira(model: nn.Module, reference: nn.Module, *, forget: Dataset, s
     table = pd.DataFrame(scores, index=pd.Index(forget.indices.numpy(), name="index"))
     usable = np.isfinite(table).all(axis=1).to_numpy()
     if usable.sum() == 0:
-        raise ValueError("no forget example is covered by both unlearned and unseen shadows: train more shadows")
+        raise NotApplicable(f"none of the {len(table)} forget examples has both unlearned and never-seen shadows "
+                            f"among the {len(shadows.unlearned_mask)} (train more shadows: --shadows 32 covers 97%)")
     summary = roc_summary(np.r_[table["unlearned"][usable], table["retrained"][usable]],
                           np.r_[np.ones(usable.sum()), np.zeros(usable.sum())])
     own_variance = usable & (shadows.unlearned_mask[:, positions].sum(axis=0) >= MIN_SHADOWS_FOR_VARIANCE) & (

@@ -9,13 +9,15 @@ retrained models (``rules="challenge"`` for the NeurIPS 2023 scorer's own rules,
 from .basic import SVC_FEATURES, loss_logreg, loss_threshold, svc
 from .forgetting import epsilons, forgetting_quality, forgetting_score
 from .lira import lira, ulira
-from .registry import AttackInputs, attacks, get_attack, register_attack
+from .registry import DEFAULT_ATTACKS, AttackInputs, NotApplicable, attacks, get_attack, register_attack
 from .rmia import disjoint_halves, rmia, tune_rmia_a
 from .signals import QUERIES, Signals, extract_signals, logit_scaled_confidence, modified_entropy
 
 __all__ = [
+    "DEFAULT_ATTACKS",
     "QUERIES",
     "AttackInputs",
+    "NotApplicable",
     "SVC_FEATURES",
     "Signals",
     "attacks",

@@ -20,7 +20,17 @@ from .lira import lira
 from .rmia import disjoint_halves, rmia, tune_rmia_a
 from .signals import Signals
 
-__all__ = ["AttackInputs", "attacks", "get_attack", "register_attack"]
+__all__ = ["DEFAULT_ATTACKS", "AttackInputs", "NotApplicable", "attacks", "get_attack", "register_attack"]
+
+DEFAULT_ATTACKS = ("loss_threshold", "loss_logreg", "svc")
+"""What :func:`unlearn.evaluate` and ``unlearn run`` attack with unless told otherwise: the attacks that need no
+shadow models."""
+
+
+class NotApplicable(ValueError):
+    """An attack that cannot be computed on these inputs (e.g. cross-validation over one forget example) raises this
+    with the reason; :func:`unlearn.evaluate` then leaves its metrics out and lists the reason in the report's
+    ``attrs["not_computed"]``."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,9 @@ def _loss_threshold(inputs: AttackInputs) -> dict[str, float]:
 @register_attack("loss_logreg")
 def _loss_logreg(inputs: AttackInputs) -> dict[str, float]:
     n_splits = min(10, len(inputs.forget.loss), len(inputs.test.loss))
+    if n_splits < 2:
+        raise NotApplicable(f"cross-validates over at least 2 forget and 2 test examples, got "
+                            f"{len(inputs.forget.loss)} and {len(inputs.test.loss)}")
     return loss_logreg(inputs.forget.loss[:, 0], inputs.test.loss[:, 0], n_splits=n_splits, seed=inputs.seed)
 
 
@@ -100,6 +113,9 @@ def _members_vs_test(inputs: AttackInputs, score_fn) -> dict[str, float]:
     scores = score_fn(target, positions)
     membership = np.r_[np.ones(len(inputs.forget_positions)), np.zeros(len(inputs.test_positions))]
     usable = np.isfinite(scores)
+    if not (membership[usable] == 1).any() or not (membership[usable] == 0).any():
+        raise NotApplicable(f"no {'forget' if not (membership[usable] == 1).any() else 'test'} example has "
+                            "shadows on both sides (train more shadows)")
     return roc_summary(scores[usable], membership[usable])
 
 
