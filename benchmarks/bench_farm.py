@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from proxies.memorization import subset_jobs
 from unlearn.data import load_dataset
 from unlearn.farm import LocalFarm, TrainTask, train_and_predict
 from unlearn.models import create_model
+from unlearn.subset_models import subset_jobs
 from unlearn.training import RECIPES
 
 FARMS = ("local", "local-1thread", "ray")

@@ -29,6 +29,7 @@ import proxies
 from proxies import TrainingRecorder
 from unlearn.data import DatasetNotFoundError, load_dataset
 from unlearn.models import create_model
+from unlearn.subset_models import memorization_scores
 from unlearn.training import RECIPES, predict, train
 
 # Anchor figures (REFERENCE.md): Spearman with FZ on CIFAR-10 / ResNet-18, and the CSL paper's cosine/Pearson.
@@ -129,13 +130,12 @@ def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: P
         "loss_curvature_last", lambda: proxies.loss_curvature(model, splits.train, progress=False))
     scores["gradient_norm"] = timed_proxy("gradient_norm", lambda: proxies.gradient_norm(checkpoints, splits.train))
     scores["holdout_retraining"] = timed_proxy(
-        "holdout_retraining", lambda: proxies.holdout_retraining(model, splits.train, splits.val, progress=False))
+        "holdout_retraining", lambda: proxies.holdout_retraining(model, splits.train, splits.val, fine_tune=train,
+                                                                progress=False))
 
     start = time.perf_counter()
-    subset_models = proxies.train_subset_models(splits.train, model_fn, k=k, folder=cache / f"fz-{name}-k{k}",
-                                                **train_kwargs)
+    fz = memorization_scores(splits.train, model_fn, k=k, folder=cache / f"fz-{name}-k{k}", **train_kwargs)
     fz_seconds = time.perf_counter() - start
-    fz = subset_models.scores()
     per_model = train_seconds * 0.7  # a subset model trains on 70% of the data; also right when loaded from cache
 
     quality = []

@@ -40,7 +40,7 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 import proxies
-from unlearn import create_model, train, unlearn
+from unlearn import create_model, memorization_scores, train, unlearn
 from unlearn.attacks import extract_signals, svc
 from unlearn.data import DatasetNotFoundError, load_dataset
 from unlearn.metrics import mean_interval, tow, tow_mia
@@ -153,9 +153,8 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
     torch.manual_seed(0)
     recorder = proxies.TrainingRecorder(len(splits.train))
     original, _ = train(model_fn(), splits.train, seed=0, recorder=recorder, progress=False, **recipe)
-    subset_models = proxies.train_subset_models(splits.train, model_fn, k=spec["k"],
-                                                folder=cache / f"fz-{name}-k{spec['k']}", **recipe)
-    fz_table = subset_models.scores()
+    fz_table = memorization_scores(splits.train, model_fn, k=spec["k"], folder=cache / f"fz-{name}-k{spec['k']}",
+                                   **recipe)
     fz = fz_table["memorization"].fillna(0.0)
     confidence = proxies.compute("confidence", recording=recorder)
     by = {"fz": fz, "confidence": -confidence}  # oriented: higher = more memorized

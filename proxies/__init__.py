@@ -1,4 +1,4 @@
-"""Per-example memorization-score proxies.
+"""Per-example memorization-score proxies: the scoring layer, which never imports ``unlearn`` (the engine above it).
 
 >>> import proxies
 >>> "confidence" in proxies.available() and "torch" in proxies.backends()
@@ -7,11 +7,13 @@ True
 
 from . import learning_speed  # noqa: F401  (the modules below register their proxies)
 from ._backends import available as backends
+from .batching import IndexedDataset
 from .curvature import loss_curvature
 from .gradients import gradient_norm
 from .holdout import holdout_retraining
 from .kernels import learning_events, signals, symmetric_kl
-from .memorization import SubsetModels, feldman_zhang, train_subset_models
+from .memorization import SubsetModels, feldman_zhang
+from .predictions import predict
 from .recording import TrainingRecorder
 from .registry import Proxy, available, compute, get_proxy, higher_is_memorized, register_proxy
 
@@ -22,6 +24,7 @@ RECORDING_PROXIES = ("confidence", "max_confidence", "negative_entropy", "accura
 
 __all__ = [
     "RECORDING_PROXIES",
+    "IndexedDataset",
     "Proxy",
     "SubsetModels",
     "TrainingRecorder",
@@ -35,8 +38,8 @@ __all__ = [
     "holdout_retraining",
     "learning_events",
     "loss_curvature",
+    "predict",
     "register_proxy",
     "signals",
     "symmetric_kl",
-    "train_subset_models",
 ]

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .batching import batches
 from .devices import model_device, model_on
 from .registry import register_proxy
 
@@ -62,8 +63,6 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
     Returns:
         A Series indexed by the examples' training-set indices.
     """
-    from unlearn.data import batches
-
     if variant not in ("rademacher", "cure"):
         raise ValueError(f"variant must be 'rademacher' or 'cure', got {variant!r}")
     if n_probes < 1:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .batching import batches
 from .curvature import as_checkpoints
 from .registry import register_proxy
 
@@ -31,8 +32,6 @@ def per_sample_gradients(model: nn.Module, data: Dataset, *, batch_size: int = 2
     """
     from opacus import GradSampleModule
     from opacus.validators import ModuleValidator
-
-    from unlearn.data import batches
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     # opacus records per-sample gradients only in train mode; with BatchNorm refused and dropout switched off,

@@ -1,26 +1,23 @@
-"""Ground truth: the Feldman-Zhang memorization score and the C-score, from K models trained on random subsets.
+"""Ground truth: the Feldman-Zhang memorization score and the C-score, from the predictions of K models trained on
+random subsets.
 
 ``mem(i) = P[f_S(x_i) = y_i] - P[f_{S minus i}(x_i) = y_i]``, estimated as
 ``mean(correct_i | i in subset) - mean(correct_i | i not in subset)`` over K models each trained on a random 70%.
-The C-score (Jiang et al.) is the held-out term alone. The models are trained through a model farm
-(:mod:`unlearn.farm`): each finished model's predictions are on disk, so an interrupted run resumes.
+The C-score (Jiang et al.) is the held-out term alone. The estimators here take the models' predictions
+(:class:`SubsetModels`) and train nothing: :func:`unlearn.subset_models.train_subset_models` trains the models
+through the model farm and returns them.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
-from torch.utils.data import Dataset
 
 from .registry import register_proxy
 
-__all__ = ["SubsetModels", "feldman_zhang", "subset_jobs", "train_subset_models"]
+__all__ = ["SubsetModels", "feldman_zhang"]
 
 
 def feldman_zhang(correct: np.ndarray, in_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,21 +44,16 @@ def feldman_zhang(correct: np.ndarray, in_mask: np.ndarray) -> tuple[np.ndarray,
     return p_in - p_out, p_out
 
 
-def subset_jobs(n: int, k: int, *, fraction: float = 0.7, seed: int = 0):
-    """K jobs, each training on a seeded random ``fraction`` of ``n`` examples."""
-    from unlearn.farm import Job
-
-    if n < 2 or k < 1 or not 0.0 < fraction < 1.0:
-        raise ValueError(f"expected n >= 2, k >= 1 and 0 < fraction < 1, got {n}, {k}, {fraction}")
-    size = max(1, min(n - 1, round(fraction * n)))
-    rng = np.random.default_rng(seed)
-    return [Job(f"subset-{i:05d}", np.sort(rng.choice(n, size=size, replace=False)), seed=seed * 1_000_003 + i)
-            for i in range(k)]
-
-
 @dataclass(frozen=True)
 class SubsetModels:
-    """Predictions of K subset models on every example: ``logits[K, N, C]``, ``in_mask[K, N]``, ``labels[N]``."""
+    """Predictions of K subset models on every example: ``logits[K, N, C]``, ``in_mask[K, N]`` (whether model k
+    trained on example n), ``labels[N]`` and the examples' training-set ``index[N]``.
+
+    >>> logits = np.array([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
+    >>> models = SubsetModels(logits, np.array([[1, 0], [0, 1]], dtype=bool), np.array([0, 1]), np.array([7, 9]))
+    >>> models.scores()["memorization"].to_dict()
+    {7: 1.0, 9: 0.0}
+    """
 
     logits: np.ndarray
     in_mask: np.ndarray
@@ -77,46 +69,6 @@ class SubsetModels:
         mem, c_score = feldman_zhang(self.correct, self.in_mask)
         return pd.DataFrame({"memorization": mem, "c_score": c_score, "models_in": self.in_mask.sum(0),
                              "models_out": (~self.in_mask).sum(0)}, index=pd.Index(self.index, name="index"))
-
-
-def train_subset_models(dataset: Dataset, model_fn: Callable[[], nn.Module], *, k: int, folder: str | os.PathLike,
-                        fraction: float = 0.7, seed: int = 0, farm="local", farm_options: dict | None = None,
-                        device: str | None = None, force: bool = False, progress: bool = True,
-                        **train_kwargs) -> SubsetModels:
-    """Train (or load from ``folder``) K models on random subsets and collect their predictions.
-
-    Args:
-        dataset: the training set (items ``(x, y)`` or ``(x, y, index)``).
-        model_fn: builds a fresh model, e.g. ``functools.partial(create_model, "digits_cnn", num_classes=10,
-            in_channels=1)`` (picklable, for a Ray farm).
-        k: number of models (the anchor used 400; hundreds are needed for stable scores).
-        folder: where each model's predictions go; a rerun resumes from what is there.
-        fraction: subset size as a fraction of the dataset.
-        seed: seed of the subsets and the models.
-        farm: ``"local"``, ``"ray"`` or a farm object (see :mod:`unlearn.farm`); a farm object writes to its own
-            folder.
-        farm_options: settings of a farm given by name, e.g. ``{"gpus_per_model": 0.25}`` for Ray.
-        force: discard results in ``folder`` made with other settings instead of refusing.
-        **train_kwargs: passed to :func:`unlearn.train` (epochs, lr, batch_size, ...).
-    """
-    from unlearn.data import batches
-    from unlearn.farm import TrainTask, check_manifest, describe_factory, fingerprint, get_farm, train_and_predict
-
-    jobs = subset_jobs(len(dataset), k, fraction=fraction, seed=seed)
-    runner = get_farm(farm, folder, progress=progress, **(farm_options or {}))
-    settings = {"kind": "subset_models", "n": len(dataset), "k": k, "fraction": fraction, "seed": seed,
-                "model": describe_factory(model_fn), "data": fingerprint(dataset), "train": train_kwargs}
-    check_manifest(runner.folder, settings, force=force)
-    results = runner.run(train_and_predict, jobs, TrainTask(dataset, model_fn, dict(train_kwargs), device))
-    labels, index = [], []
-    for _, y, idx in batches(dataset, 4096):
-        labels.append(y)
-        index.append(idx)
-    logits = np.stack([results[job.key]["logits"] for job in jobs])
-    in_mask = np.zeros((k, len(dataset)), dtype=bool)
-    for row, job in enumerate(jobs):
-        in_mask[row, results[job.key]["train_ids"]] = True
-    return SubsetModels(logits, in_mask, torch.cat(labels).numpy(), torch.cat(index).numpy())
 
 
 @register_proxy("memorization", higher_is_memorized=True, needs=("subset_models",))

@@ -216,12 +216,12 @@ def test_run_trains_its_subset_and_shadow_models_on_ray(tmp_path):
     (["run", "--method-config", "nope=1"], "rum has no setting 'nope'"),
 ])
 def test_run_input_errors_fail_before_training(argv, message, capsys, tmp_path, monkeypatch):
-    import unlearn.cli
+    import unlearn.pipeline.stages
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained before the inputs were checked")
 
-    monkeypatch.setattr(unlearn.cli, "train", no_training)
+    monkeypatch.setattr(unlearn.pipeline.stages, "train", no_training)
     if argv[0] == "run":
         argv = [*argv, "--out", str(tmp_path / "run")]
     assert main(argv) == 2
@@ -429,3 +429,59 @@ def test_a_request_of_one_or_two_examples_runs_and_says_what_it_could_not_comput
         assert "loss_logreg.accuracy" in metrics
     if "ulira.auc" not in metrics:  # 4 shadows rarely cover one or two examples
         assert "ulira (none of the" in report and "ulira not computed" in capsys.readouterr().err
+
+
+def _without_timings(value):
+    """results.json with every wall-clock figure taken out: what two runs of the same settings must share."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items()
+                if k not in ("seconds", "time_vs_retrain", "unlearning time vs retraining")}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value if not (isinstance(v, dict) and v.get("metric") == "seconds")]
+    return value
+
+
+def test_the_command_and_pipeline_run_write_the_same_results_and_config_toml_repeats_a_run(tmp_path, capsys):
+    from unlearn.pipeline import RunConfig, run
+
+    options = ["--train-size", "120", "--epochs", "1", "--checkpoints", "1", "--proxies", "confidence", "csl",
+               "--forget", "high:12", "--policy", "random_label_fast", "--method-config", "retain_per_forget=4"]
+    assert main(["run", *options, "--out", str(tmp_path / "cli")]) == 0
+    config = RunConfig(train_size=120, epochs=1, checkpoints=1, proxies=["confidence", "csl"], forget="high:12",
+                       policy="random_label_fast", method_config={"retain_per_forget": 4})
+    result = run(config, out=tmp_path / "library", progress=False)
+    cli, library = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("cli", "library"))
+    assert _without_timings(cli) == _without_timings(library)
+    assert result.folder == tmp_path / "library" and result.results.loc["tow", "unlearned"] >= 0
+    assert len(result.scores) == 120 and result.scores["forget"].sum() == 12 and len(result.plan) >= 1
+    # the folder's config.toml is the run: repeating it reuses every stage
+    written = RunConfig.from_toml(tmp_path / "cli" / "config.toml")
+    assert written == RunConfig.from_mapping({**vars(config), "out": str(tmp_path / "cli")})
+    capsys.readouterr()
+    assert main(["run", "--config", str(tmp_path / "cli" / "config.toml")]) == 0
+    out = capsys.readouterr().out
+    for what in ("trained model", "proxies", "retrained reference", "unlearned model"):
+        assert f"reusing the {what}" in out
+    # options given beside --config override it; the file alone stands for the rest
+    assert main(["run", "--config", str(tmp_path / "cli" / "config.toml"), "--forget", "high:6"]) == 2
+    assert "forget stage of a run with other settings (spec)" in capsys.readouterr().err
+
+
+def test_the_command_line_declares_the_run_configs_defaults():
+    from unlearn.cli import RUN_DEFAULTS, build_parser
+    from unlearn.pipeline import RunConfig
+
+    build_parser()
+    defaults = vars(RunConfig())
+    for option, value in RUN_DEFAULTS.items():
+        expected = defaults[option]
+        assert (value if option != "method_config" else dict(value)) == expected, option
+    assert set(RUN_DEFAULTS) >= set(defaults) - {"config"}
+
+
+def test_a_config_file_with_an_unknown_setting_is_refused_in_one_line(tmp_path, capsys):
+    path = tmp_path / "run.toml"
+    path.write_text('epoch = 3\n')
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown run setting 'epoch'" in err

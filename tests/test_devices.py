@@ -63,19 +63,16 @@ def test_prediction_runs_a_copy_of_the_model_where_device_says(data, fn):
     assert set(log) == {("cpu", "cpu")}
 
 
-def test_holdout_retraining_predicts_with_the_model_on_the_device(data, monkeypatch):
-    import unlearn.training
-
+def test_holdout_retraining_predicts_with_the_model_on_the_device(data):
     seen = {}
 
     def fake_train(model, dataset, *, device, **kwargs):  # the fine-tuning itself is tested on real digits
         seen["train"] = (model_device(model).type, torch.device(device).type)
         return model, None
 
-    monkeypatch.setattr(unlearn.training, "train", fake_train)
     log = []
     model = Probe(log)
-    scores = proxies.holdout_retraining(model, data, data, device="meta", progress=False)
+    scores = proxies.holdout_retraining(model, data, data, fine_tune=fake_train, device="meta", progress=False)
     assert seen["train"] == ("meta", "meta") and set(log) == {("meta", "meta")}
     assert model.weight.device.type == "cpu" and np.allclose(scores.to_numpy(), 0.0)
 

@@ -41,9 +41,9 @@ def setup(small_digits, tmp_path_factory):
     retain_ids = np.setdiff1d(np.arange(len(digits.train)), forget_ids)
     forget, retain = Subset(digits.train, forget_ids.tolist()), Subset(digits.train, retain_ids.tolist())
     torch.manual_seed(1)
-    original, _ = train(model_fn(), digits.train, seed=1, progress=False, **RECIPE)
+    original, _ = train(model_fn(), digits.train, seed=1, progress=False, device="cpu", **RECIPE)
     torch.manual_seed(2)
-    retrained, _ = train(model_fn(), retain, seed=2, progress=False, **RECIPE)
+    retrained, _ = train(model_fn(), retain, seed=2, progress=False, device="cpu", **RECIPE)
     shadows = train_shadow_models(digits.train, digits.test, model_fn, k=SHADOWS,
                                   folder=tmp_path_factory.mktemp("shadows"), progress=False, **RECIPE)
     return original, retrained, forget, retain, shadows

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from proxies.memorization import train_subset_models
 from unlearn.farm import Job, get_farm
 from unlearn.models import create_model
 from unlearn.ray_farm import RayFarm
+from unlearn.subset_models import train_subset_models
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # starts a local Ray instance

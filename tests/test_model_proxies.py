@@ -13,6 +13,7 @@ from torch.utils.data import Subset
 import proxies
 from proxies._backends import reference
 from unlearn.models import create_model
+from unlearn.subset_models import subset_jobs, train_subset_models
 from unlearn.training import predict, train
 
 
@@ -99,8 +100,8 @@ def test_gradient_norm_refuses_batch_norm(digits):
 def test_holdout_retraining_scores_the_shift_of_a_fine_tuned_copy(digits, digits_model):
     before = {k: v.clone() for k, v in digits_model.state_dict().items()}
     data = Subset(digits.train, list(range(50)))
-    got = proxies.compute("holdout_retraining", model=digits_model, data=data, holdout=digits.val, max_epochs=3,
-                          progress=False)
+    got = proxies.compute("holdout_retraining", model=digits_model, data=data, holdout=digits.val, fine_tune=train,
+                          max_epochs=3, progress=False)
     assert all(torch.equal(v, digits_model.state_dict()[k]) for k, v in before.items())
     tuned, _ = train(digits_model, digits.val, epochs=3, lr=0.1, schedule="constant", patience=4, progress=False,
                      device="cpu")
@@ -108,12 +109,12 @@ def test_holdout_retraining_scores_the_shift_of_a_fine_tuned_copy(digits, digits
     np.testing.assert_allclose(got.to_numpy(), expected.numpy(), rtol=1e-6, atol=1e-12)
     assert (got >= 0).all() and got.max() > 0
     with pytest.raises(ValueError, match="holdout"):
-        proxies.holdout_retraining(digits_model, data, Subset(digits.val, []))
+        proxies.holdout_retraining(digits_model, data, Subset(digits.val, []), fine_tune=train)
+    with pytest.raises(ValueError, match="needs fine_tune="):
+        proxies.compute("holdout_retraining", model=digits_model, data=data, holdout=digits.val)
 
 
 def test_subset_jobs_are_seeded_random_70_percent_subsets():
-    from proxies.memorization import subset_jobs
-
     jobs = subset_jobs(100, 20, seed=3)
     assert [len(j.train_ids) for j in jobs] == [70] * 20
     assert all(len(np.unique(j.train_ids)) == 70 for j in jobs)
@@ -130,12 +131,12 @@ def test_memorization_from_subset_models_resumes_and_refuses_mixed_settings(digi
     data = Subset(digits.train, list(range(200)))
     model_fn = functools.partial(create_model, "digits_cnn", num_classes=10, in_channels=1)
     settings = dict(k=3, folder=tmp_path, epochs=2, batch_size=64, progress=False)
-    first = proxies.train_subset_models(data, model_fn, **settings)
+    first = train_subset_models(data, model_fn, **settings)
     files = sorted(tmp_path.glob("subset-*.npz"))
     assert len(files) == 3 and first.logits.shape == (3, 200, 10)
     mtimes = {f: f.stat().st_mtime_ns for f in files[:2]}
     files[2].unlink()  # as if the run had been interrupted before the last model
-    again = proxies.train_subset_models(data, model_fn, **settings)
+    again = train_subset_models(data, model_fn, **settings)
     assert {f: f.stat().st_mtime_ns for f in files[:2]} == mtimes  # finished models were not retrained
     np.testing.assert_array_equal(again.logits, first.logits)  # the retrained one is identical: seeded
 
@@ -146,7 +147,7 @@ def test_memorization_from_subset_models_resumes_and_refuses_mixed_settings(digi
     assert table.attrs["higher_is_memorized"] == {"memorization": True, "c_score": False}
     assert isinstance(again.scores(), pd.DataFrame)
     with pytest.raises(ValueError, match=r"other settings \(train\)"):
-        proxies.train_subset_models(data, model_fn, **{**settings, "epochs": 3})
+        train_subset_models(data, model_fn, **{**settings, "epochs": 3})
 
 
 def test_feldman_zhang_rejects_mismatched_shapes():

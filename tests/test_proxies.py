@@ -104,3 +104,56 @@ def test_registry_errors_and_plugins():
     rec = _recording([[1, 0]], confidence_rows=[[0.9, 0.3]])
     assert proxies.compute("test_margin", recording=rec).tolist() == [0.0, 0.0]
     assert proxies.get_proxy("test_margin").description.startswith("Mean gap")
+
+
+PROXIES_ALONE = """
+import sys
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+import proxies
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+x, y = torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+recorder = proxies.TrainingRecorder(6)
+for _ in range(2):
+    recorder.start_epoch()
+    for rows in (torch.arange(0, 4), torch.arange(4, 6)):
+        recorder.record(model(x[rows]).detach(), y[rows], rows)
+    recorder.end_epoch()
+table = proxies.compute(["confidence", "forgetting_events"], recording=recorder)
+in_memory = proxies.loss_curvature(model, proxies.IndexedDataset(x, y), n_probes=2, progress=False)
+loaded = proxies.loss_curvature(model, TensorDataset(x, y), n_probes=2, progress=False)
+assert table.shape == (6, 2) and in_memory.index.tolist() == list(range(6))
+assert in_memory.equals(loaded)  # sliced in memory or loaded item by item: the same batches
+assert (in_memory > 0).all()
+print(sorted(m for m in sys.modules if m == "unlearn" or m.startswith("unlearn.")))
+"""
+
+
+def test_proxies_score_without_importing_unlearn():
+    """The scoring layer stands alone: a recording proxy and loss curvature, on a plain nn.Module and in-memory data,
+    in a fresh interpreter that never loads ``unlearn``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", PROXIES_ALONE], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_no_proxies_module_imports_unlearn():
+    """Not even inside a function: ``proxies`` depends on torch, numpy and pandas, never on the engine above it."""
+    import ast
+    from pathlib import Path
+
+    offenders = []
+    for path in sorted((Path(proxies.__file__).parent).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [
+                node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] == "unlearn"]
+    assert offenders == []

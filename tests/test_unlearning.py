@@ -32,7 +32,7 @@ def trained(digits):
     torch.manual_seed(0)
     recorder = proxies.TrainingRecorder(len(digits.train))
     model, _ = train(create_model("digits_cnn", num_classes=10, in_channels=1), digits.train, epochs=15,
-                     batch_size=64, recorder=recorder, progress=False)
+                     batch_size=64, recorder=recorder, progress=False, device="cpu")
     rng = np.random.default_rng(0)
     forget_ids = np.sort(rng.choice(len(digits.train), 90, replace=False))
     retain_ids = np.setdiff1d(np.arange(len(digits.train)), forget_ids)

@@ -8,6 +8,7 @@ from .evaluation import evaluate
 from .models import create_model, models, register_model
 from .registry import methods, register_method
 from .scheduler import POLICIES, RUMConfig, policies, register_policy
+from .subset_models import memorization_scores, train_subset_models
 from .training import TrainConfig, accuracy, load_checkpoint, predict, save_checkpoint, train
 from .unlearning import Step, UnlearnResult, unlearn
 
@@ -25,6 +26,7 @@ __all__ = [
     "evaluate",
     "load_checkpoint",
     "load_dataset",
+    "memorization_scores",
     "methods",
     "models",
     "policies",
@@ -34,5 +36,6 @@ __all__ = [
     "register_policy",
     "save_checkpoint",
     "train",
+    "train_subset_models",
     "unlearn",
 ]

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from proxies.devices import model_device, model_on
+from proxies import predictions
 
 from .data import batches
 
@@ -311,23 +311,9 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
     """Eval-mode logits ``[N, C]`` (on CPU), labels ``[N]`` and indices ``[N]`` of a dataset, in its order.
 
     ``device``: where to predict (default: where the model is); a model elsewhere is copied there, never moved.
-    The model's train/eval mode is restored afterwards.
+    The model's train/eval mode is restored afterwards. The one implementation is :func:`proxies.predict`.
     """
-    model = model_on(model, device)
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    outputs, labels, indices = [], [], []
-    try:
-        for x, y, index in batches(dataset, batch_size):  # labels stay on the CPU, where they are returned
-            outputs.append(model(x.to(device)).float().cpu())
-            labels.append(y)
-            indices.append(index)
-    finally:
-        model.train(was_training)
-    if not outputs:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    return torch.cat(outputs), torch.cat(labels), torch.cat(indices)
+    return predictions.predict(model, dataset, batch_size=batch_size, device=device)
 
 
 def accuracy(model: nn.Module, dataset: Dataset, **kwargs) -> float:

@@ -1,0 +1,49 @@
+"""A model's eval-mode logits on a dataset, batch by batch, where the model is: what model-based proxies score.
+
+>>> from torch import nn
+>>> from proxies import IndexedDataset
+>>> ds = IndexedDataset(torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1]))
+>>> logits, labels, index = predict(nn.Linear(3, 2), ds, batch_size=2)
+>>> tuple(logits.shape), labels.tolist(), index.tolist()
+((5, 2), [0, 1, 1, 0, 1], [0, 1, 2, 3, 4])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from .batching import batches
+from .devices import model_device, model_on
+
+__all__ = ["predict"]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
+            device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Eval-mode logits ``[N, C]`` (float32, on the CPU), labels ``[N]`` and training indices ``[N]`` of a dataset,
+    in its order.
+
+    Args:
+        model: a classifier returning logits ``[B, C]``; its train/eval mode is restored afterwards.
+        dataset: items ``(x, y)`` or ``(x, y, index)``.
+        batch_size: examples per forward pass.
+        device: where to predict (default: where the model is); a model elsewhere is copied there, never moved.
+    """
+    model = model_on(model, device)
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    outputs, labels, indices = [], [], []
+    try:
+        for x, y, index in batches(dataset, batch_size):  # labels stay on the CPU, where they are returned
+            outputs.append(model(x.to(device)).float().cpu())
+            labels.append(y)
+            indices.append(index)
+    finally:
+        model.train(was_training)
+    if not outputs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(outputs), torch.cat(labels), torch.cat(indices)

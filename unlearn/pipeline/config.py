@@ -1,0 +1,202 @@
+"""Every setting of ``unlearn run`` as one dataclass, read from and written to TOML.
+
+A run folder keeps the resolved settings in ``config.toml``; ``unlearn run --config OUT/config.toml`` (or
+``run(RunConfig.from_toml(...))``) repeats the run, reusing every finished stage.
+
+>>> config = RunConfig(epochs=2, forget="high:5", method_config={"epochs": 3})
+>>> RunConfig.from_toml_text(config.to_toml()) == config
+True
+>>> RunConfig.from_mapping({"epoch": 2})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+ValueError: unknown run setting 'epoch'; expected some of [...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import proxies
+
+from ..attacks import DEFAULT_ATTACKS
+from ..training import RECIPES, TrainConfig, resolve_device
+
+__all__ = ["DEFAULT_PROXIES", "MAX_MODELS", "MIN_TRAIN_SIZE", "RunConfig"]
+
+DEFAULT_PROXIES = (*proxies.RECORDING_PROXIES, "loss_curvature")
+"""What ``unlearn run`` computes unless ``proxies`` says otherwise."""
+
+MAX_MODELS = 10_000
+"""The most shadow or subset models a run may ask for (the LiRA paper used 256, Feldman and Zhang 4,000)."""
+
+MIN_TRAIN_SIZE = 10
+"""The smallest ``train_size``: a forget set, a retain set and the attacks' cross-validation need examples."""
+
+
+@dataclass
+class RunConfig:
+    """The settings of ``unlearn run``, with its defaults; each field is the command-line option of the same name
+    (``train_size`` is ``--train-size``). ``None`` for a training field means the dataset's recipe
+    (:data:`unlearn.training.RECIPES`)."""
+
+    # data
+    dataset: str = "digits"
+    root: str | None = None
+    download: bool = False
+    train_size: int | None = None
+    val_fraction: float = 0.1
+    # training (None: the dataset's recipe)
+    model: str | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    seed: int = 0
+    device: str | None = None
+    checkpoints: int = 3
+    # unlearning
+    forget: str = "random:0.1"
+    select_by: str | None = None
+    method: str = "rum"
+    proxy: str = "confidence"
+    proxies: list[str] = field(default_factory=lambda: list(DEFAULT_PROXIES))
+    grouping: str = "training_set"
+    policy: str | None = None
+    method_config: dict[str, Any] = field(default_factory=dict)
+    # evaluation
+    attacks: list[str] = field(default_factory=lambda: list(DEFAULT_ATTACKS))
+    shadows: int = 0
+    fz_models: int = 0
+    # model farm
+    farm: str = "local"
+    ray_address: str | None = None
+    gpus_per_model: float | None = None
+    # output
+    out: str | None = None
+    force: bool = False
+    rows: int = 10
+
+    # ------------------------------------------------------------------------------------------- derived
+    @property
+    def folder(self) -> Path:
+        """The output folder: ``out``, else ``runs/<dataset>``."""
+        return Path(self.out) if self.out is not None else Path("runs") / self.dataset
+
+    def recipe(self) -> TrainConfig:
+        """The training recipe: the dataset's, with the fields set here."""
+        recipe = RECIPES.get(self.dataset, TrainConfig())
+        overrides = {k: getattr(self, k) for k in ("epochs", "lr", "batch_size", "momentum", "weight_decay",
+                                                   "schedule") if getattr(self, k) is not None}
+        return dataclasses.replace(recipe, **overrides)
+
+    def farm_options(self) -> dict:
+        if self.farm != "ray":
+            return {}
+        return {k: v for k, v in (("address", self.ray_address), ("gpus_per_model", self.gpus_per_model))
+                if v is not None}
+
+    def resolved_device(self) -> torch.device:
+        """``device``, or CUDA when there is one; checked to exist on this machine."""
+        try:
+            return resolve_device(self.device)
+        except ValueError as err:
+            raise ValueError(f"--device {self.device}: {err}") from None
+
+    def check(self) -> torch.device:
+        """Everything the settings alone decide, checked before any data is read; returns the device. Messages
+        name the command-line options."""
+        device = self.resolved_device()
+        recipe = self.recipe()
+        for name in ("lr", "momentum", "weight_decay", "val_fraction"):
+            value = getattr(recipe, name) if name != "val_fraction" else self.val_fraction
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number "
+                                 f"{'> 0' if name == 'lr' else '>= 0'}, got {value}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
+        if recipe.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1 (the recording and every proxy need a trained epoch), got "
+                             f"{recipe.epochs}")
+        if recipe.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {recipe.batch_size}")
+        if self.checkpoints < 1:
+            raise ValueError(f"--checkpoints must be >= 1, got {self.checkpoints}")
+        if self.train_size is not None and self.train_size < MIN_TRAIN_SIZE:
+            raise ValueError(f"--train-size must be >= {MIN_TRAIN_SIZE}, got {self.train_size}")
+        for name in ("rows", "shadows", "fz_models"):
+            value = getattr(self, name)
+            if value < 0 or (name != "rows" and value > MAX_MODELS):
+                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and "
+                                 f"{MAX_MODELS if name != 'rows' else 'the number of examples'}, got {value}")
+        return device
+
+    # ------------------------------------------------------------------------------------------------ TOML
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """A config from ``{setting: value}`` (a TOML file's table); unknown settings are refused."""
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                raise ValueError(f"unknown run setting {key!r}; expected some of {known}")
+        return cls(**dict(values))
+
+    @classmethod
+    def from_toml_text(cls, text: str, *, source: str = "the config") -> RunConfig:
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{source} is not TOML: {err}") from None
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> RunConfig:
+        """Read a config file written by :meth:`to_toml` (or by hand: any subset of the settings)."""
+        path = Path(path)
+        return cls.from_toml_text(path.read_text(), source=str(path))
+
+    def to_toml(self) -> str:
+        """The settings as TOML, one per line; unset ones (None) are left out, as TOML has no null, and ``force``
+        too: it is a choice of one invocation, not a setting of the run."""
+        lines = ["# unlearn run settings: `unlearn run --config THIS_FILE` repeats the run"]
+        tables = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or f.name == "force":
+                continue
+            if isinstance(value, Mapping):
+                tables += ["", f"[{f.name}]", *(f"{_key(k)} = {_toml_value(v)}" for k, v in value.items())]
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+        return "\n".join(lines + tables) + "\n"
+
+
+def _key(name: str) -> str:
+    return name if name.replace("_", "").replace("-", "").isalnum() else json.dumps(name)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")

@@ -1,0 +1,460 @@
+"""The stages of ``unlearn run``: each reuses what its run folder already holds with the same settings, and
+otherwise does its work and records itself finished (:class:`~unlearn.pipeline.folder.RunFolder`).
+
+What a stage says goes through :func:`say` (silent when :func:`unlearn.pipeline.run` runs with
+``progress=False``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import dataclasses
+import functools
+import hashlib
+import json
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+import proxies
+from proxies import TrainingRecorder
+
+from ..data import DatasetNotFoundError, load_dataset
+from ..models import create_model
+from ..registry import get_method, make_config
+from ..scheduler import RUMConfig, group_thresholds
+from ..selection import parse_forget_spec, read_ids, select_forget
+from ..subset_models import train_subset_models
+from ..training import TrainConfig, load_checkpoint, save_checkpoint, train
+from .config import DEFAULT_PROXIES, RunConfig
+from .folder import RunFolder
+
+_PROGRESS = contextvars.ContextVar("progress", default=True)
+
+
+def say(*message) -> None:
+    """Print a stage's message, unless the run is silent."""
+    if _PROGRESS.get():
+        print(*message)
+
+
+def progress_bars() -> bool:
+    """Whether the stages show tqdm bars."""
+    return _PROGRESS.get()
+
+
+def set_progress(progress: bool) -> contextvars.Token:
+    return _PROGRESS.set(bool(progress))
+
+
+def check_data(config: RunConfig, splits, model: nn.Module, model_name: str) -> None:
+    """What the data decides, checked before training: the model takes the inputs, the forget set fits."""
+    try:
+        with torch.no_grad():
+            model.eval()(splits.train.inputs[:2])
+    except RuntimeError as err:
+        raise ValueError(f"--model {model_name} does not take {config.dataset}'s inputs "
+                         f"{list(splits.train.inputs.shape[1:])}: {str(err).splitlines()[0]}") from None
+    spec = getattr(config, "forget", None)
+    if spec is None:
+        return
+    spec = parse_forget_spec(spec)
+    n = len(splits.train)
+    if spec.needs_scores:
+        if spec.size >= n:
+            raise ValueError(f"--forget {config.forget} asks for {spec.size} of {n} training examples; expected "
+                             f"fewer than {n}, so that some are retained")
+    else:  # random and ids need no scores: the selection itself is the check
+        select_forget(spec, None, num_train=n, seed=config.seed,
+                      source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
+
+
+TRAIN_STATE = "train-state.pt"
+"""The training state after the last finished epoch, in ``OUT/checkpoints``: a killed training resumes from it."""
+
+
+def train_stage(config: RunConfig, out: Path, run: RunFolder | None = None):
+    """Train the original model into ``out``, or load it when ``out`` already holds the same run (``run``: the
+    folder's later stages, cleared when training starts).
+
+    Returns the splits, the model, its recording, its checkpoints, the settings and the training seconds (None
+    when reused)."""
+    try:
+        splits = load_dataset(config.dataset, root=config.root, download=config.download,
+                              val_fraction=config.val_fraction, train_size=config.train_size, seed=config.seed)
+    except DatasetNotFoundError as err:
+        raise ValueError(str(err)) from err
+    model_name = config.model or splits.default_model
+    recipe = config.recipe()
+    every = min(config.checkpoints, recipe.epochs)  # more checkpoints than epochs: one per epoch
+    keep = sorted({round(recipe.epochs * (i + 1) / every) for i in range(every)} - {0})
+    settings = {"dataset": config.dataset, "model": model_name, "seed": config.seed, "train_size": config.train_size,
+                "val_fraction": config.val_fraction, "checkpoint_epochs": keep, **recipe.as_kwargs()}
+    device = config.check()  # a reused model goes where a new one would train
+    torch.manual_seed(config.seed)
+    model = create_model(model_name, num_classes=splits.num_classes, in_channels=splits.in_channels)
+    check_data(config, splits, model, model_name)
+
+    config_file = out / "config.json"
+    checkpoint_files = [out / "checkpoints" / f"epoch-{e:03d}.pt" for e in keep]
+    files = [out / "model.pt", out / "recording.npz", config_file]
+    saved = read_settings(config_file) if config_file.is_file() else None
+    if saved is not None and saved != settings and not config.force:
+        changed = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
+        raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)}); "
+                         "choose another --out or pass --force to overwrite it")
+    if saved == settings and all(f.is_file() for f in files + checkpoint_files):
+        say(f"reusing the trained model in {out}")
+        checkpoints = []
+        try:
+            for reading in checkpoint_files:
+                checkpoints.append(load_checkpoint(copy.deepcopy(model), reading, device).eval())
+            reading = out / "model.pt"
+            model = load_checkpoint(model, reading, device).eval()
+            reading = out / "recording.npz"
+            recorder = TrainingRecorder.load(reading)
+        except UNREADABLE as err:
+            reason = str(err).splitlines()[0].replace(f"{reading}: ", "")
+            raise ValueError(f"cannot read {reading} ({reason}); pass --force to train again, or delete it") from None
+        return splits, model, recorder, checkpoints, settings, None
+
+    config_file.unlink(missing_ok=True)  # until training finishes, the folder holds no finished run
+    if run is not None:
+        run.clear("train")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    state = out / "checkpoints" / TRAIN_STATE
+    if saved is not None and saved != settings:  # --force over another run: its state is not this run's
+        state.unlink(missing_ok=True)
+    recorder = TrainingRecorder(len(splits.train))
+
+    def keep_checkpoint(epoch, trained):
+        if epoch in keep:
+            save_checkpoint(trained, out / "checkpoints" / f"epoch-{epoch:03d}.pt")
+
+    resumed = state.is_file()
+    say(f"training {model_name} on {splits!r} for {recipe.epochs} epochs"
+        + (f" (resuming from {state})" if resumed else ""))
+    start = time.perf_counter()
+    options = {"seed": config.seed, "device": device, "on_epoch_end": keep_checkpoint, "resume": state,
+               "progress": progress_bars(), **recipe.as_kwargs()}
+    try:
+        trained, history = train(model, splits.train, recorder=recorder, **options)
+    except ValueError as err:  # a state file of another training, or unreadable
+        if not (resumed and str(state) in str(err)):
+            raise
+        if not config.force:
+            raise ValueError(f"{err}, or pass --force") from err
+        say(f"{state} is not this training's state: training from the start (--force)")
+        state.unlink()
+        recorder = TrainingRecorder(len(splits.train))
+        trained, history = train(model, splits.train, recorder=recorder, **options)
+    model = trained
+    seconds = time.perf_counter() - start
+    checkpoints = [load_checkpoint(copy.deepcopy(model), f, device).eval() for f in checkpoint_files]
+    save_checkpoint(model, out / "model.pt")
+    recorder.save(out / "recording.npz")
+    history.to_csv(out / "history.csv", index=False)
+    config_file.write_text(json.dumps(settings, indent=2) + "\n")  # written last: marks the stage finished
+    state.unlink(missing_ok=True)
+    say(f"trained in {seconds:.1f} s; wrote {', '.join(f.name for f in files)}, history.csv and "
+        f"{len(checkpoints)} checkpoints to {out}")
+    return splits, model, recorder, checkpoints, settings, seconds
+
+
+
+def digest(settings: dict) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def proxy_series(table: pd.DataFrame, name: str) -> pd.Series:
+    """A proxy column with its direction attached (as :func:`proxies.compute` returns it)."""
+    series = table[name].copy()
+    series.attrs["higher_is_memorized"] = proxies.get_proxy(name).higher_is_memorized
+    return series
+
+
+def model_fn_of(settings: dict, splits):
+    return functools.partial(create_model, settings["model"], num_classes=splits.num_classes,
+                             in_channels=splits.in_channels)
+
+
+def recipe_of(settings: dict) -> dict:
+    return {k: settings[k] for k in TrainConfig().as_kwargs()}
+
+
+UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile)
+"""What reading a damaged file of a run folder raises (pandas' parser errors are ValueErrors)."""
+
+
+def _reuse(run: RunFolder, stage: str, settings: dict, files: list[str], read):
+    """``read()`` of a finished stage, or None when the stage must be done: not finished with these settings, or
+    one of its files unreadable (then it is redone from the stages before it, with a warning)."""
+    if not run.reusable(stage, settings, files):
+        return None
+    try:
+        return read()
+    except UNREADABLE as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        warnings.warn(f"{run.path}: cannot read the {stage} stage's {' or '.join(files)} ({reason}); redoing the "
+                      f"{stage} stage", stacklevel=2)
+        run.forget(stage)
+        return None
+
+
+def _columns(table: pd.DataFrame, path: Path, needed) -> pd.DataFrame:
+    missing = [c for c in needed if c not in table.columns]
+    if missing or table.empty:
+        raise ValueError(f"{path.name} lacks {missing or 'rows'}")
+    return table
+
+
+def proxies_stage(run: RunFolder, splits, recorder, checkpoints, after: str, names=DEFAULT_PROXIES) -> pd.DataFrame:
+    settings = {"after": after, "proxies": list(names)}
+    path = run.path / "proxies.csv"
+    table = _reuse(run, "proxies", settings, ["proxies.csv"],
+                   lambda: _columns(pd.read_csv(path, index_col="index"), path, names).astype(float))
+    if table is not None and len(table) != len(splits.train):
+        warnings.warn(f"{path} scores {len(table)} examples, not {len(splits.train)}; redoing the proxies stage",
+                      stacklevel=2)
+        run.forget("proxies")
+        table = None
+    if table is not None:
+        say("reusing the proxies in proxies.csv")
+        return table
+    with run.timed("proxies", settings):
+        table = compute_proxies(names, splits, recorder, checkpoints)
+        table.to_csv(run.path / "proxies.csv")
+    return table
+
+
+def compute_proxies(names, splits, recorder, checkpoints, subset_models=None) -> pd.DataFrame:
+    """The named proxies of the training set: from the recording, from the checkpoints (loss curvature averages
+    them all; other model proxies read the last, on the checkpoints' device) or from subset models. Holdout
+    retraining fine-tunes on the validation split, which the model never trained on."""
+    recorded = [n for n in names if "recording" in proxies.get_proxy(n).needs]
+    table = proxies.compute(recorded, recording=recorder) if recorded else pd.DataFrame(
+        index=pd.RangeIndex(len(splits.train)))
+    for name in (n for n in names if n not in recorded):
+        if "subset_models" in proxies.get_proxy(name).needs:
+            if subset_models is None:
+                raise ValueError(f"proxy {name} needs subset models: add --fz-models K")
+            table[name] = proxies.compute(name, subset_models=subset_models)
+        elif name == "loss_curvature":
+            say(f"loss curvature over {len(checkpoints)} checkpoints")
+            table[name] = proxies.loss_curvature(checkpoints, splits.train, progress=progress_bars())
+        else:
+            table[name] = proxies.compute(name, model=checkpoints[-1], data=splits.train, holdout=splits.val,
+                                          fine_tune=train)
+    table.index.name = "index"
+    return table
+
+
+def memorization_stage(config: RunConfig, splits, settings, out: Path) -> pd.Series | None:
+    if not config.fz_models:
+        return None
+    say(f"Feldman-Zhang memorization from {config.fz_models} subset models (cached in {out / 'subset-models'})")
+    models = train_subset_models(splits.train, model_fn_of(settings, splits), k=config.fz_models,
+                                         folder=out / "subset-models", seed=config.seed, farm=config.farm,
+                                         farm_options=config.farm_options(), device=config.device, force=config.force,
+                                         **recipe_of(settings))
+    memorization = proxies.compute("memorization", subset_models=models)
+    memorization.index.name = "index"
+    return memorization
+
+
+def forget_stage(run: RunFolder, spec_text: str, ranking: pd.Series | None, splits, seed: int, after: str,
+                  select_by: str, fz_models: int) -> np.ndarray:
+    spec = parse_forget_spec(spec_text)
+    settings = {"after": after, "spec": spec_text, "seed": seed,
+                "select_by": select_by if spec.needs_scores else None}
+    if spec.needs_scores and select_by == "memorization":
+        settings["fz_models"] = fz_models  # the ranking changes with the number of subset models
+    if spec.kind == "ids":  # run() checked the file exists
+        settings["ids_sha1"] = hashlib.sha1(spec.path.read_bytes()).hexdigest()
+    path = run.path / "forget.csv"
+    ids = _reuse(run, "forget", settings, ["forget.csv"],
+                 lambda: _forget_ids(_columns(pd.read_csv(path), path, ["index"]), len(splits.train)))
+    if ids is not None:
+        return ids
+    with run.timed("forget", settings):
+        ids = select_forget(spec, ranking if spec.needs_scores else None, num_train=len(splits.train), seed=seed,
+                            source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
+        table = pd.DataFrame({"index": ids, "label": splits.train.targets[ids].numpy()})
+        if splits.train_rows is not None:
+            table["source_row"] = splits.train_rows[ids].numpy()
+        table.to_csv(run.path / "forget.csv", index=False)
+    return ids
+
+
+def skipped_request_rows(spec, splits) -> str | None:
+    """What an ids request asked for that the run does not remove, and why (None when nothing was skipped)."""
+    if spec.kind != "ids":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_ids(spec.path, source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
+    return "; ".join(str(w.message) for w in caught) or None
+
+
+def rum_facts(config: RunConfig, table: pd.DataFrame) -> dict:
+    """The policy, the grouping and its thresholds (in the proxy's own units) of a rum run."""
+    if config.method != "rum":
+        return {}
+    facts = {"policy": config.policy or RUMConfig().policy, "grouping": config.grouping}
+    if config.grouping == "training_set":
+        scores = proxy_series(table, config.proxy)
+        sign = 1.0 if scores.attrs["higher_is_memorized"] else -1.0
+        cuts = sign * group_thresholds(sign * scores.to_numpy(dtype=float))
+        facts["grouping"] += (f": {config.proxy} tertiles of the training set, low / medium / high split at "
+                              + " and ".join(f"{c:.4g}" for c in cuts))
+    return facts
+
+
+def _forget_ids(table: pd.DataFrame, num_train: int) -> np.ndarray:
+    ids = table["index"].to_numpy()
+    if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= num_train:
+        raise ValueError(f"its index column holds no training indices in [0, {num_train})")
+    return ids
+
+
+def reference_stage(run: RunFolder, retain, model_fn, recipe: dict, seed: int, device, after: str):
+    settings = {"after": after, "seed": seed, **recipe}
+    reference = _reuse(run, "reference", settings, ["reference.pt"],
+                       lambda: load_checkpoint(model_fn(), run.path / "reference.pt", device))
+    if reference is not None:
+        say("reusing the retrained reference in reference.pt")
+        return reference.eval()
+    say(f"retraining the reference from scratch on the {len(retain)} retained examples")
+    with run.timed("reference", settings):
+        torch.manual_seed(seed)
+        reference, _ = train(model_fn(), retain, seed=seed, device=device, progress=progress_bars(), **recipe)
+        save_checkpoint(reference, run.path / "reference.pt")
+    return reference.eval()
+
+
+def method_config_of(config: RunConfig, settings: dict) -> dict:
+    """The method's settings a run passes: ``method_config``, over (for ``retrain``) the run's model and recipe, so
+    that it rebuilds the model exactly as the retrained reference is built."""
+    base = {"model_fn": settings["model"], **recipe_of(settings)} if config.method == "retrain" else {}
+    return {**base, **config.method_config}
+
+
+def check_method_config(method: str, settings: dict) -> None:
+    """Refuse settings the method's config does not take (before any work), naming them and the known ones."""
+    if not settings:
+        return
+    try:
+        if method == "rum":
+            known = [f.name for f in dataclasses.fields(RUMConfig)]
+            unknown = sorted(set(settings) - set(known))
+            if unknown:
+                raise ValueError(f"rum has no setting {unknown[0]!r}; expected some of {known}")
+            RUMConfig(**settings)
+        else:
+            make_config(get_method(method), settings)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--method-config: {err}") from None
+
+
+def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, table: pd.DataFrame, recorder,
+                  model_fn, after: str, device: torch.device, method_config: dict):
+    from ..unlearning import unlearn
+
+    rum = config.method == "rum"
+    settings = {"after": after, "method": config.method, "proxy": config.proxy if rum else None,
+                "policy": (config.policy or RUMConfig().policy) if rum else None, "seed": config.seed}
+    if rum:
+        settings["grouping"] = config.grouping
+    if method_config:
+        settings["config"] = method_config
+    path = run.path / "plan.csv"
+    reused = _reuse(run, "unlearn", settings, ["unlearned.pt", "plan.csv"],
+                    lambda: (load_checkpoint(model_fn(), run.path / "unlearned.pt", device),
+                             _columns(pd.read_csv(path), path, ["group", "method", "examples", "config"])))
+    if reused is not None:
+        say("reusing the unlearned model in unlearned.pt")
+        return reused[0].eval(), reused[1]
+    say(f"unlearning {len(forget)} examples with {config.method}" + (f" scheduled by {config.proxy}" if rum else ""))
+    with run.timed("unlearn", settings):
+        # the recording is there for policies that stop at each group's expected accuracy (early_accuracy)
+        options = {"scores": proxy_series(table, config.proxy), "policy": config.policy, "recording": recorder,
+                   "grouping": config.grouping} if rum else {}
+        if method_config:
+            options["config"] = method_config
+        result = unlearn(original, forget=forget, retain=retain, method=config.method, seed=config.seed,
+                         device=device, **options)
+        save_checkpoint(result.model, run.path / "unlearned.pt")
+        plan = result.summary()
+        written = pd.DataFrame(plan).assign(config=[json.dumps(c, default=str, sort_keys=True)
+                                                    for c in plan["config"]])
+        written.to_csv(run.path / "plan.csv", index=False)  # the settings as JSON, readable from any language
+    return result.model.eval(), plan
+
+
+def shadow_stage(config: RunConfig, splits, settings, out: Path):
+    from ..shadows import train_shadow_models, train_unlearned_shadow_models
+
+    if not config.shadows:  # run() checked that K is even and >= 4
+        return None, None
+    model_fn, recipe = model_fn_of(settings, splits), recipe_of(settings)
+    farm = {"farm": config.farm, "farm_options": config.farm_options(), "device": config.device, "force": config.force}
+    say(f"{config.shadows} shadow models for LiRA / RMIA (cached in {out / 'shadows'})")
+    shadows = train_shadow_models(splits.train, splits.test, model_fn, k=config.shadows, folder=out / "shadows",
+                                  queries=splits.queries, seed=config.seed, **farm, **recipe)
+    method_config = method_config_of(config, settings)
+    if config.method == "rum":
+        method_config = {**method_config, "proxy": config.proxy, "grouping": config.grouping,
+                         **({"policy": config.policy} if config.policy else {})}
+    say(f"{config.shadows} shadow models that train and then unlearn with {config.method}, for U-LiRA")
+    unlearned = train_unlearned_shadow_models(splits.train, splits.test, model_fn, method=config.method,
+                                              method_config=method_config, k=config.shadows,
+                                              folder=out / f"unlearned-shadows-{config.method}", seed=config.seed,
+                                              **farm, **recipe)
+    return shadows, unlearned
+
+
+
+def read_settings(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is unreadable ({err}); pass --force to train again, or delete it") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not a run's settings; pass --force to train "
+                         "again, or delete it")
+    return config
+
+
+def trained_run(folder: Path) -> Path:
+    """The ``config.json`` of a folder written by ``train`` or ``run``, or a :class:`ValueError`."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{folder} is not a trained run (no config.json): run `unlearn train --out {folder}` first")
+    return config_file
+
+
+def load_run(folder: Path, root, device: torch.device | None = None) -> tuple:
+    """The splits, original model, recording and checkpoints of a folder written by ``train`` or ``run``, with the
+    models on ``device``."""
+    settings = read_settings(trained_run(folder))
+    try:
+        splits = load_dataset(settings["dataset"], root=root, val_fraction=settings["val_fraction"],
+                              train_size=settings["train_size"], seed=settings["seed"])
+    except DatasetNotFoundError as err:
+        raise ValueError(str(err)) from err
+    model_fn = model_fn_of(settings, splits)
+    try:
+        model = load_checkpoint(model_fn(), folder / "model.pt", device).eval()
+        checkpoints = [load_checkpoint(model_fn(), folder / "checkpoints" / f"epoch-{e:03d}.pt", device).eval()
+                       for e in settings["checkpoint_epochs"]]
+        recorder = TrainingRecorder.load(folder / "recording.npz")
+    except UNREADABLE as err:
+        raise ValueError(f"cannot read the run in {folder}: {str(err).splitlines()[0]}") from err
+    return settings, splits, model, recorder, checkpoints
