@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -22,6 +24,7 @@ __all__ = ["predict"]
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
+            views: Sequence[Callable[[Tensor], Tensor]] | None = None,
             device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Eval-mode logits ``[N, C]`` (float32, on the CPU), labels ``[N]`` and training indices ``[N]`` of a dataset,
     in its order.
@@ -31,6 +34,8 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
         dataset: items ``(x, y)`` or ``(x, y, index)``.
         batch_size: examples per forward pass.
         device: where to predict (default: where the model is); a model elsewhere is copied there, never moved.
+        views: functions of a batch of inputs (e.g. a horizontal flip, as membership attacks query); the logits
+            are then ``[N, len(views), C]``, one slice per view.
     """
     model = model_on(model, device)
     device = model_device(model)
@@ -39,7 +44,9 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
     outputs, labels, indices = [], [], []
     try:
         for x, y, index in batches(dataset, batch_size):  # labels stay on the CPU, where they are returned
-            outputs.append(model(x.to(device)).float().cpu())
+            x = x.to(device)
+            outputs.append(model(x).float().cpu() if views is None
+                           else torch.stack([model(view(x)).float().cpu() for view in views], dim=1))
             labels.append(y)
             indices.append(index)
     finally:

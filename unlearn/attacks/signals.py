@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from proxies import predict
+
 __all__ = ["QUERIES", "Signals", "extract_signals", "logit_scaled_confidence", "modified_entropy"]
 
 QUERIES = {"identity": lambda x: x, "hflip": lambda x: torch.flip(x, dims=[-1])}
@@ -113,27 +115,10 @@ def predict_queries(model: nn.Module, data: Dataset, queries=("identity",), *, b
                     device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Eval-mode logits ``[N, A, C]`` for each augmentation query, labels ``[N]`` and training indices ``[N]``, on
     the CPU; ``device``: where to predict (default: where the model is; a model elsewhere is copied there)."""
-    from proxies.devices import model_device, model_on
-
-    from ..data import batches
-
     unknown = [q for q in queries if q not in QUERIES]
     if unknown:
         raise ValueError(f"unknown queries {unknown}; expected some of {sorted(QUERIES)}")
-    model = model_on(model, device)
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    logits, labels, indices = [], [], []
-    try:
-        for x, y, idx in batches(data, batch_size):  # labels stay on the CPU, where they are returned
-            x = x.to(device)
-            logits.append(torch.stack([model(QUERIES[q](x)).float().cpu() for q in queries], dim=1))
-            labels.append(y)
-            indices.append(idx)
-    finally:
-        model.train(was_training)
-    return torch.cat(logits), torch.cat(labels), torch.cat(indices)
+    return predict(model, data, batch_size=batch_size, device=device, views=[QUERIES[q] for q in queries])
 
 
 def extract_signals(model: nn.Module, data: Dataset, *, queries=("identity",), batch_size: int = 1024,

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,6 +255,21 @@ def _run(config: RunConfig, out: Path) -> RunResult:
     return RunResult(results=results, plan=plan, scores=scores, folder=out)
 
 
+@contextmanager
+def _trained_folder(folder: Path, root, device, progress: bool):
+    """A folder written by ``unlearn train`` or ``run``, locked for the body: its settings, splits, recording and
+    checkpoints, with the models on ``device`` (or CUDA when there is one)."""
+    trained_run(folder)
+    token = set_progress(progress)
+    try:
+        with locked(folder):
+            device = RunConfig(device=device).resolved_device()
+            settings, splits, _, recorder, checkpoints = load_run(folder, root, device)
+            yield settings, splits, recorder, checkpoints, device
+    finally:
+        _PROGRESS.reset(token)
+
+
 def run_proxies(folder: str | os.PathLike, names=None, *, fz_models: int = 0, root=None, device=None,
                 farm: str = "local", farm_options: dict | None = None, to: str | os.PathLike | None = None,
                 progress: bool = True) -> pd.DataFrame:
@@ -262,24 +278,17 @@ def run_proxies(folder: str | os.PathLike, names=None, *, fz_models: int = 0, ro
     ``fz_models`` also Feldman-Zhang memorization and C-scores from that many subset models (cached in the folder).
     """
     folder = Path(folder)
-    trained_run(folder)
-    token = set_progress(progress)
-    try:
-        with locked(folder):
-            device = RunConfig(device=device).resolved_device()
-            settings, splits, _, recorder, checkpoints = load_run(folder, root, device)
-            names = list(names or DEFAULT_PROXIES)
-            subset_models = None
-            if fz_models:
-                subset_models = train_subset_models(
-                    splits.train, model_fn_of(settings, splits), k=fz_models, folder=folder / "subset-models",
-                    seed=settings["seed"], farm=farm, farm_options=farm_options or {}, **recipe_of(settings))
-                names += [n for n in ("memorization", "c_score") if n not in names]
-            table = compute_proxies(names, splits, recorder, checkpoints, subset_models)
-            table.to_csv(Path(to) if to is not None else folder / "proxy_scores.csv")
-            return table
-    finally:
-        _PROGRESS.reset(token)
+    with _trained_folder(folder, root, device, progress) as (settings, splits, recorder, checkpoints, device):
+        names = list(names or DEFAULT_PROXIES)
+        subset_models = None
+        if fz_models:
+            subset_models = train_subset_models(
+                splits.train, model_fn_of(settings, splits), k=fz_models, folder=folder / "subset-models",
+                seed=settings["seed"], farm=farm, farm_options=farm_options or {}, **recipe_of(settings))
+            names += [n for n in ("memorization", "c_score") if n not in names]
+        table = compute_proxies(names, splits, recorder, checkpoints, subset_models)
+        table.to_csv(Path(to) if to is not None else folder / "proxy_scores.csv")
+        return table
 
 
 def run_attack(folder: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None, forget: str | None = None,
@@ -292,48 +301,41 @@ def run_attack(folder: str | os.PathLike, *, checkpoint: str | os.PathLike | Non
     from ..shadows import train_shadow_models
 
     folder = Path(folder)
-    trained_run(folder)
-    token = set_progress(progress)
-    try:
-        with locked(folder):
-            device = RunConfig(device=device).resolved_device()
-            settings, splits, _, recorder, _ = load_run(folder, root, device)
-            model_fn = model_fn_of(settings, splits)
-            checkpoint = Path(checkpoint) if checkpoint is not None else folder / "unlearned.pt"
-            model = load_checkpoint(model_fn(), checkpoint, device).eval()  # unreadable: a one-line ValueError
-            if forget is not None:
-                spec = parse_forget_spec(forget)
-                ranking = None
-                if spec.needs_scores:
-                    ranking = proxy_series(proxies.compute([select_by], recording=recorder), select_by)
-                forget_ids = select_forget(spec, ranking, num_train=len(splits.train), seed=settings["seed"],
-                                           source_rows=splits.train_rows.numpy())
-            elif (folder / "forget.csv").is_file():
-                forget_ids = pd.read_csv(folder / "forget.csv")["index"].to_numpy()
-            else:
-                raise ValueError(f"{folder} has no forget.csv: pass --forget SPEC")
-            forget_set = subset(splits.train, forget_ids)
-            retain = subset(splits.train, np.setdiff1d(splits.train.indices.numpy(), forget_ids))
-            reference = None
-            if forget is None and (folder / "reference.pt").is_file():
-                reference = load_checkpoint(model_fn(), folder / "reference.pt", device).eval()
-            shadow_models = None
-            if shadows:
-                shadow_models = train_shadow_models(splits.train, splits.test, model_fn, k=shadows,
-                                                    folder=folder / "shadows", queries=splits.queries,
-                                                    seed=settings["seed"], farm=farm, farm_options=farm_options or {},
-                                                    **recipe_of(settings))
-            names = list(dict.fromkeys([*attacks, *(["lira", "rmia"] if shadow_models is not None else [])]))
-            report = evaluate(model, forget=forget_set, retain=retain, test=splits.test, reference=reference,
-                              attacks=names, shadows=shadow_models, seed=settings["seed"])
-            target = folder / f"attack-{checkpoint.stem}.json"
-            target.write_text(json.dumps({"checkpoint": str(checkpoint), "forget": len(forget_ids),
-                                          "forget_ids": [int(i) for i in forget_ids], "attacks": names,
-                                          "report": report.to_dict()}, indent=2) + "\n")
-            report.attrs["written"] = str(target)
-            return report
-    finally:
-        _PROGRESS.reset(token)
+    with _trained_folder(folder, root, device, progress) as (settings, splits, recorder, _, device):
+        model_fn = model_fn_of(settings, splits)
+        checkpoint = Path(checkpoint) if checkpoint is not None else folder / "unlearned.pt"
+        model = load_checkpoint(model_fn(), checkpoint, device).eval()  # unreadable: a one-line ValueError
+        if forget is not None:
+            spec = parse_forget_spec(forget)
+            ranking = None
+            if spec.needs_scores:
+                ranking = proxy_series(proxies.compute([select_by], recording=recorder), select_by)
+            forget_ids = select_forget(spec, ranking, num_train=len(splits.train), seed=settings["seed"],
+                                       source_rows=splits.train_rows.numpy())
+        elif (folder / "forget.csv").is_file():
+            forget_ids = pd.read_csv(folder / "forget.csv")["index"].to_numpy()
+        else:
+            raise ValueError(f"{folder} has no forget.csv: pass --forget SPEC")
+        forget_set = subset(splits.train, forget_ids)
+        retain = subset(splits.train, np.setdiff1d(splits.train.indices.numpy(), forget_ids))
+        reference = None
+        if forget is None and (folder / "reference.pt").is_file():
+            reference = load_checkpoint(model_fn(), folder / "reference.pt", device).eval()
+        shadow_models = None
+        if shadows:
+            shadow_models = train_shadow_models(splits.train, splits.test, model_fn, k=shadows,
+                                                folder=folder / "shadows", queries=splits.queries,
+                                                seed=settings["seed"], farm=farm, farm_options=farm_options or {},
+                                                **recipe_of(settings))
+        names = list(dict.fromkeys([*attacks, *(["lira", "rmia"] if shadow_models is not None else [])]))
+        report = evaluate(model, forget=forget_set, retain=retain, test=splits.test, reference=reference,
+                          attacks=names, shadows=shadow_models, seed=settings["seed"])
+        target = folder / f"attack-{checkpoint.stem}.json"
+        target.write_text(json.dumps({"checkpoint": str(checkpoint), "forget": len(forget_ids),
+                                      "forget_ids": [int(i) for i in forget_ids], "attacks": names,
+                                      "report": report.to_dict()}, indent=2) + "\n")
+        report.attrs["written"] = str(target)
+        return report
 
 
 def train_original(config: RunConfig | None = None, out: str | os.PathLike | None = None, *,
