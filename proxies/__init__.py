@@ -15,17 +15,20 @@ from .kernels import learning_events, signals, symmetric_kl
 from .memorization import SubsetModels, feldman_zhang
 from .predictions import predict
 from .recording import TrainingRecorder
+from .registries import Registry
+from .registry import _PROXIES as _proxy_registry
 from .registry import Proxy, available, compute, get_proxy, higher_is_memorized, register_proxy
 
-# the memorization proxies read off a recording; early_accuracy, also read off one, estimates held-out accuracy
-# (a stopping target for unlearning) rather than memorization, and is not among them
-RECORDING_PROXIES = ("confidence", "max_confidence", "negative_entropy", "accuracy", "forgetting_events",
-                     "first_learned", "presentations_needed", "csl")
+# this package's memorization proxies read off a recording, in registration order; early_accuracy, also read off
+# one, estimates held-out accuracy (a stopping target for unlearning) rather than memorization, and is not among them
+RECORDING_PROXIES = tuple(name for name, proxy in _proxy_registry.registered().items()
+                          if "recording" in proxy.needs and name != "early_accuracy")
 
 __all__ = [
     "RECORDING_PROXIES",
     "IndexedDataset",
     "Proxy",
+    "Registry",
     "SubsetModels",
     "TrainingRecorder",
     "available",

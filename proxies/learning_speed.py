@@ -47,6 +47,24 @@ def accuracy(recording: TrainingRecorder) -> np.ndarray:
     return _mean(recording, "correct")
 
 
+@register_proxy("forgetting_events", higher_is_memorized=True, needs=("recording",))
+def forgetting_events(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
+    """Number of learned-then-forgotten transitions (Toneva et al.); never learned counts every presentation."""
+    return _events(recording, backend)["forgetting_events"]
+
+
+@register_proxy("first_learned", higher_is_memorized=True, needs=("recording",))
+def first_learned(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
+    """First presentation at which the example was classified correctly (number of presentations if never)."""
+    return _events(recording, backend)["first_learned"]
+
+
+@register_proxy("presentations_needed", higher_is_memorized=True, needs=("recording",))
+def presentations_needed(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
+    """Presentations until the example stayed learned: last incorrect presentation + 1."""
+    return _events(recording, backend)["presentations_needed"]
+
+
 @register_proxy("csl", higher_is_memorized=True, needs=("recording",))
 def csl(recording: TrainingRecorder) -> np.ndarray:
     """Cumulative sample loss: the sum of the training loss over presentations (Ravikumar et al. 2025)."""
@@ -68,24 +86,6 @@ def _events(recording: TrainingRecorder, backend: str) -> dict[str, np.ndarray]:
     events = learning_events(torch.from_numpy(correct > 0.5), backend=backend)
     never = missing.all(axis=0)  # as float with NaN only where needed: counts stay integers otherwise
     return {k: np.where(never, np.nan, v.numpy()) if never.any() else v.numpy() for k, v in events.items()}
-
-
-@register_proxy("forgetting_events", higher_is_memorized=True, needs=("recording",))
-def forgetting_events(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
-    """Number of learned-then-forgotten transitions (Toneva et al.); never learned counts every presentation."""
-    return _events(recording, backend)["forgetting_events"]
-
-
-@register_proxy("first_learned", higher_is_memorized=True, needs=("recording",))
-def first_learned(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
-    """First presentation at which the example was classified correctly (number of presentations if never)."""
-    return _events(recording, backend)["first_learned"]
-
-
-@register_proxy("presentations_needed", higher_is_memorized=True, needs=("recording",))
-def presentations_needed(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
-    """Presentations until the example stayed learned: last incorrect presentation + 1."""
-    return _events(recording, backend)["presentations_needed"]
 
 
 @register_proxy("early_accuracy", higher_is_memorized=False, needs=("recording",))

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["Proxy", "available", "compute", "get_proxy", "higher_is_memorized", "register_proxy"]
+from .registries import Registry
+
+__all__ = ["ENTRY_POINT_GROUP", "Proxy", "available", "compute", "get_proxy", "higher_is_memorized", "register_proxy"]
+
+ENTRY_POINT_GROUP = "unlearn.proxies"
+"""Outside packages add proxies through this entry-point group: each entry point names a module whose import
+registers them."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class Proxy:
     description: str
 
 
-_PROXIES: dict[str, Proxy] = {}
+_PROXIES: Registry[Proxy] = Registry("proxy", ENTRY_POINT_GROUP)
 
 
 def register_proxy(name: str, *, higher_is_memorized: bool, needs: Iterable[str], force: bool = False):
@@ -39,24 +45,25 @@ def register_proxy(name: str, *, higher_is_memorized: bool, needs: Iterable[str]
     """
 
     def decorator(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        if name in _PROXIES and not force:
-            raise ValueError(f"proxy {name!r} is already registered (pass force=True to replace it)")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _PROXIES[name] = Proxy(name, fn, higher_is_memorized, tuple(needs), doc[0] if doc else "")
+        _PROXIES.register(name, Proxy(name, fn, higher_is_memorized, tuple(needs), doc[0] if doc else ""), force=force)
         return fn
 
     return decorator
 
 
 def available() -> list[str]:
-    """Names of the registered proxies, in registration order."""
+    """Names of the registered proxies (built-in and plugins'), in registration order."""
     return list(_PROXIES)
 
 
 def get_proxy(name: str) -> Proxy:
-    if name not in _PROXIES:
-        raise ValueError(f"unknown proxy {name!r}; expected one of {available()}")
-    return _PROXIES[name]
+    """The proxy registered as ``name``.
+
+    Raises:
+        ValueError: an unknown name, with the names there are.
+    """
+    return _PROXIES.get(name)
 
 
 def _accepted(fn: Callable, inputs: dict) -> dict:

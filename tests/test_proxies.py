@@ -157,3 +157,54 @@ def test_no_proxies_module_imports_unlearn():
                 node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] == "unlearn"]
     assert offenders == []
+
+
+PLUGIN_COLOUR = (0, 0, 255)  # what the fake entry point of the Registry test names
+
+
+def test_registry_refuses_duplicates_names_its_contents_and_loads_plugins_lazily(monkeypatch):
+    import importlib.metadata
+
+    from proxies import Registry
+
+    good = importlib.metadata.EntryPoint(name="blue", value="tests.test_proxies:PLUGIN_COLOUR", group="test.colours")
+    scans = []
+
+    def entry_points(group=None):
+        scans.append(group)
+        return [good] if group == "test.colours" else []
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    colours = Registry("colour", "test.colours", on_entry_point=lambda ep, obj: colours.register(ep.name, obj))
+    colours.register("red", (255, 0, 0))
+
+    @colours.register("green")
+    def green():
+        return (0, 255, 0)
+
+    assert scans == []  # registering reads no entry points
+    with pytest.raises(ValueError, match=r"colour 'red' is already registered \(pass force=True"):
+        colours.register("red", (254, 0, 0))
+    colours.register("red", (254, 0, 0), force=True)
+    assert colours.get("red") == (254, 0, 0) and scans == ["test.colours"]  # the first lookup loads the plugins
+    assert colours.names() == ["blue", "green", "red"] and list(colours) == ["red", "green", "blue"]
+    assert "blue" in colours and colours["blue"] == PLUGIN_COLOUR and colours.get("green") is green
+    with pytest.raises(ValueError, match=r"unknown colour 'cyan'; expected one of \['blue', 'green', 'red'\]"):
+        colours.get("cyan")
+    assert colours.get("cyan", None) is None and scans == ["test.colours"]  # loaded once
+    assert colours.load_entry_points() == []  # an entry point already loaded is not loaded again
+
+    broken = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz", group="test.colours")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [broken])
+    with pytest.raises(RuntimeError, match=r"colour plugin 'broken' \(no_such_module_xyz\) failed to load"):
+        Registry("colour", "test.colours").names()
+    clash = importlib.metadata.EntryPoint(name="red", value="tests.test_proxies:PLUGIN_COLOUR", group="test.colours")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [clash])
+    with pytest.raises(RuntimeError, match="colour plugin 'red' .* failed to register: colour 'red' is already"):
+        colours.load_entry_points()
+
+
+def test_recording_proxies_come_from_the_registry():
+    recording = [name for name in proxies.available() if "recording" in proxies.get_proxy(name).needs]
+    assert set(proxies.RECORDING_PROXIES) == set(recording) - {"early_accuracy", "test_margin"}
+    assert "csl" in proxies.RECORDING_PROXIES and "loss_curvature" not in proxies.RECORDING_PROXIES

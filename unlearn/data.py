@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from proxies.batching import IndexedDataset, WithIndex, as_tensors, batches, subset_root, tensor_batches
+from proxies.registries import Registry
 
 __all__ = [
     "DatasetNotFoundError",
@@ -93,17 +94,18 @@ class _DatasetSpec:
     queries: tuple[str, ...]
 
 
-_DATASETS: dict[str, _DatasetSpec] = {}
+_DATASETS: Registry[_DatasetSpec] = Registry("dataset")
 
 
 def register_dataset(name: str, *, num_classes: int, in_channels: int, default_model: str,
-                     mean: tuple[float, ...], std: tuple[float, ...], queries: tuple[str, ...] = ("identity",)):
-    """Register ``loader(root, download) -> (x_train uint8/float in [0,1], y_train, x_test, y_test, classes)``."""
+                     mean: tuple[float, ...], std: tuple[float, ...], queries: tuple[str, ...] = ("identity",),
+                     force: bool = False):
+    """Register ``loader(root, download) -> (x_train uint8/float in [0,1], y_train, x_test, y_test, classes)``;
+    duplicates are refused unless ``force``."""
 
     def decorator(loader: _Loader) -> _Loader:
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _DATASETS[name] = _DatasetSpec(loader, num_classes, in_channels, default_model, mean, std, queries)
+        _DATASETS.register(name, _DatasetSpec(loader, num_classes, in_channels, default_model, mean, std, queries),
+                           force=force)
         return loader
 
     return decorator
@@ -115,7 +117,7 @@ def datasets() -> list[str]:
     >>> "digits" in datasets()
     True
     """
-    return sorted(_DATASETS)
+    return _DATASETS.names()
 
 
 def default_root() -> Path:
@@ -143,11 +145,9 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         ValueError: unknown name or bad fractions/sizes.
         DatasetNotFoundError: the files are missing and ``download`` is False.
     """
-    if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {datasets()}")
+    spec = _DATASETS.get(name)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    spec = _DATASETS[name]
     root = Path(root) if root is not None else default_root()
     x_train, y_train, x_test, y_test, classes = spec.loader(root=root, download=download)
 

@@ -33,6 +33,8 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from proxies.registries import Registry
+
 __all__ = ["Farm", "Job", "LocalFarm", "TrainTask", "check_manifest", "describe_factory", "farms", "fingerprint",
            "get_farm", "train_and_predict"]
 
@@ -196,7 +198,7 @@ def _ray_farm(folder: str | os.PathLike, **options) -> Farm:
     return RayFarm(folder, **options)
 
 
-_FARMS: dict[str, Callable[..., Farm]] = {"local": LocalFarm, "ray": _ray_farm}
+_FARMS: Registry[Callable[..., Farm]] = Registry("farm", entries={"local": LocalFarm, "ray": _ray_farm})
 
 
 def farms() -> list[str]:
@@ -205,7 +207,7 @@ def farms() -> list[str]:
     >>> farms()
     ['local', 'ray']
     """
-    return sorted(_FARMS)
+    return _FARMS.names()
 
 
 def get_farm(farm: str | Farm, folder: str | os.PathLike, *, progress: bool = True, **options) -> Farm:
@@ -227,10 +229,11 @@ def get_farm(farm: str | Farm, folder: str | os.PathLike, *, progress: bool = Tr
     'models'
     """
     if isinstance(farm, str):
-        if farm not in _FARMS:
+        factory = _FARMS.get(farm, None)
+        if factory is None:
             raise ValueError(f"unknown farm {farm!r}; expected one of {', '.join(map(repr, farms()))} "
                              "or a farm object")
-        return _FARMS[farm](folder, progress=progress, **options)
+        return factory(folder, progress=progress, **options)
     if not callable(getattr(farm, "run", None)):
         raise TypeError(f"farm must be one of {', '.join(map(repr, farms()))} or an object with a "
                         f"run(fn, jobs, shared) method, got {farm!r}")

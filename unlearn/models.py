@@ -12,21 +12,16 @@ from collections.abc import Callable
 
 from torch import nn
 
+from proxies.registries import Registry
+
 __all__ = ["create_model", "models", "register_model"]
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(name: str, *, force: bool = False):
     """Register a model factory ``f(*, num_classes, in_channels) -> nn.Module`` under ``name``."""
-
-    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS and not force:
-            raise ValueError(f"model {name!r} is already registered (pass force=True to replace it)")
-        _MODELS[name] = factory
-        return factory
-
-    return decorator
+    return _MODELS.register(name, force=force)
 
 
 def models() -> list[str]:
@@ -35,16 +30,15 @@ def models() -> list[str]:
     >>> models()
     ['cnn28', 'digits_cnn', 'resnet18']
     """
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def create_model(name: str, *, num_classes: int, in_channels: int) -> nn.Module:
     """Build a fresh, randomly initialised model (seed it with ``torch.manual_seed`` first)."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {models()}")
+    factory = _MODELS.get(name)
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
-    return _MODELS[name](num_classes=num_classes, in_channels=in_channels)
+    return factory(num_classes=num_classes, in_channels=in_channels)
 
 
 @register_model("digits_cnn")

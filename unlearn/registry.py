@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from proxies.registries import Registry
+
 __all__ = ["Method", "get_method", "load_entry_points", "make_config", "methods", "register_method"]
 
 ENTRY_POINT_GROUP = "unlearn.methods"
@@ -33,9 +35,9 @@ class Method:
     description: str
 
 
-_METHODS: dict[str, Method] = {}
+_METHODS: Registry[Method] = Registry("unlearning method", ENTRY_POINT_GROUP)
 _RESERVED = ("rum", "noop")  # method="rum" and a policy's "noop" are the scheduler's, not registered methods
-_plugins_loaded = False
+_plugins_loaded = False  # False: methods() reads the entry points not read yet (the tests set it so to add a plugin)
 
 
 def register_method(name: str, *, config: type, force: bool = False):
@@ -46,10 +48,8 @@ def register_method(name: str, *, config: type, force: bool = False):
         raise ValueError(f"{name!r} is the scheduler's own name; register the method under another")
 
     def decorator(fn: Callable) -> Callable:
-        if name in _METHODS and not force:
-            raise ValueError(f"unlearning method {name!r} is already registered (pass force=True to replace it)")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _METHODS[name] = Method(name, fn, config, doc[0] if doc else "")
+        _METHODS.register(name, Method(name, fn, config, doc[0] if doc else ""), force=force)
         return fn
 
     return decorator
@@ -57,19 +57,12 @@ def register_method(name: str, *, config: type, force: bool = False):
 
 def load_entry_points(group: str, kind: str) -> list[tuple[importlib.metadata.EntryPoint, Any]]:
     """Load every entry point of ``group``: ``(entry point, what it names)`` for each (importing a module registers
-    what it defines). Shared by the method and policy registries.
+    what it defines). :class:`proxies.Registry` does this for its own group; this is for a group without one.
 
     Raises:
         RuntimeError: a plugin that fails to load, named (``kind`` says what sort of plugin it is).
     """
-    loaded = []
-    for entry_point in importlib.metadata.entry_points(group=group):
-        try:
-            loaded.append((entry_point, entry_point.load()))
-        except Exception as err:
-            raise RuntimeError(f"{kind} plugin {entry_point.name!r} ({entry_point.value}) failed to load: "
-                               f"{err}") from err
-    return loaded
+    return Registry(kind, group).load_entry_points()
 
 
 def _load_plugins() -> None:
@@ -77,7 +70,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    load_entry_points(ENTRY_POINT_GROUP, "unlearning-method")  # importing a plugin's module registers its methods
+    _METHODS.load_entry_points()  # importing a plugin's module registers its methods
 
 
 def methods() -> list[str]:
@@ -85,14 +78,17 @@ def methods() -> list[str]:
     from . import algorithms  # noqa: F401  (registers the built-in methods)
 
     _load_plugins()
-    return sorted(_METHODS) + ["rum"]
+    return _METHODS.names() + ["rum"]
 
 
 def get_method(name: str) -> Method:
+    """The method registered as ``name``.
+
+    Raises:
+        ValueError: an unknown name (``"rum"`` too: it is the scheduler's), with the names there are.
+    """
     methods()  # registers the built-in methods and the plugins'
-    if name not in _METHODS:
-        raise ValueError(f"unknown unlearning method {name!r}; expected one of {sorted(_METHODS)}")
-    return _METHODS[name]
+    return _METHODS.get(name)
 
 
 def make_config(method: Method, overrides: Any = None):

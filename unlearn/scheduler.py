@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from proxies.registries import Registry
+
 from ._checks import whole
 
 __all__ = ["ENTRY_POINT_GROUP", "EXPECTED", "GROUPINGS", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig",
@@ -81,7 +83,14 @@ _TO_EXPECTED = [("random_label", {"epochs": 10, "lr": 0.05, "batch_size": 64, RE
                                   "target_accuracy": EXPECTED}),
                  ("finetune", {"epochs": 1, "lr": 0.01, "batch_size": 64, RETAIN_PER_FORGET: 16})]
 
-POLICIES: dict[str, dict[str, Any]] = {
+
+
+def _plugin_policy(entry_point, loaded) -> None:
+    if isinstance(loaded, Mapping):  # an entry point naming a policy, not a module that registers some
+        register_policy(entry_point.name, loaded)
+
+
+POLICIES: Registry[dict[str, Any]] = Registry("policy", ENTRY_POINT_GROUP, on_entry_point=_plugin_policy, entries={
     # anchor (a): leave the least memorized alone, fine-tune the middle, SalUn the most memorized
     "finetune_salun": {
         "low": None,
@@ -115,10 +124,11 @@ POLICIES: dict[str, dict[str, Any]] = {
     # once its accuracy falls to what a model that never saw it is expected to score (see "Stopping where a model
     # that never saw the group would be" above), then the repair; up to 10 epochs on a sample of 16 per example.
     "random_label_to_expected": {"low": None, "medium": _TO_EXPECTED, "high": _TO_EXPECTED},
-}
-"""Policies by name: the RUM paper's two recipes, three of this library's, and any :func:`register_policy` added."""
+})
+"""Policies by name: the RUM paper's two recipes, three of this library's, any :func:`register_policy` added and
+the plugins' (a :class:`proxies.Registry`, a mapping from name to policy)."""
 
-_plugins_loaded = False
+_plugins_loaded = False  # False: policies() reads the entry points not read yet (the tests set it so to add a plugin)
 
 
 @dataclass(frozen=True)
@@ -287,7 +297,7 @@ def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> di
     name = "the policy"
     if isinstance(policy, str):
         if policy not in policies():
-            raise ValueError(f"unknown policy {policy!r}; expected one of {sorted(POLICIES)} or a mapping")
+            raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES.names()} or a mapping")
         name, policy = f"policy {policy!r}", POLICIES[policy]
     if not isinstance(policy, Mapping):
         raise TypeError(f"policy must be a name or a mapping from group to method, got {type(policy).__name__}")
@@ -340,9 +350,7 @@ def register_policy(name: str, policy: Mapping[str, Any], force: bool = False) -
         raise TypeError(f"policy {name!r} must be a non-empty mapping from group name to what unlearns it, got "
                         f"{type(policy).__name__} {policy!r}")
     resolve_policy(policy, list(policy))  # every entry's kind and settings, before it is registered
-    if name in POLICIES and not force:
-        raise ValueError(f"policy {name!r} is already registered (pass force=True to replace it)")
-    POLICIES[name] = dict(policy)
+    POLICIES.register(name, dict(policy), force=force)
 
 
 def _load_plugins() -> None:
@@ -351,18 +359,10 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from .registry import load_entry_points
-
-    for entry_point, loaded in load_entry_points(ENTRY_POINT_GROUP, "policy"):
-        if isinstance(loaded, Mapping):  # an entry point naming a policy, not a module that registers some
-            try:
-                register_policy(entry_point.name, loaded)
-            except (TypeError, ValueError) as err:
-                raise RuntimeError(f"policy plugin {entry_point.name!r} ({entry_point.value}) failed to "
-                                   f"register: {err}") from err
+    POLICIES.load_entry_points()
 
 
 def policies() -> list[str]:
     """Names of the registered policies (built-in, registered and plugins'), sorted."""
     _load_plugins()
-    return sorted(POLICIES)
+    return POLICIES.names()

@@ -14,17 +14,24 @@ from typing import Any
 
 import numpy as np
 
+from proxies.registries import Registry
+
 from ..metrics import roc_summary
 from .basic import loss_logreg, loss_threshold, svc
 from .lira import lira
 from .rmia import disjoint_halves, rmia, tune_rmia_a
 from .signals import Signals
 
-__all__ = ["DEFAULT_ATTACKS", "AttackInputs", "NotApplicable", "attacks", "get_attack", "register_attack"]
+__all__ = ["DEFAULT_ATTACKS", "ENTRY_POINT_GROUP", "AttackInputs", "NotApplicable", "attacks", "get_attack",
+           "register_attack"]
 
 DEFAULT_ATTACKS = ("loss_threshold", "loss_logreg", "svc")
 """What :func:`unlearn.evaluate` and ``unlearn run`` attack with unless told otherwise: the attacks that need no
 shadow models."""
+
+ENTRY_POINT_GROUP = "unlearn.attacks"
+"""Outside packages add attacks through this entry-point group: each entry point names a module whose import
+registers them."""
 
 
 class NotApplicable(ValueError):
@@ -61,30 +68,31 @@ class Attack:
     needs_shadows: bool
 
 
-_ATTACKS: dict[str, Attack] = {}
+_ATTACKS: Registry[Attack] = Registry("attack", ENTRY_POINT_GROUP)
 
 
 def register_attack(name: str, *, needs_shadows: bool = False, force: bool = False):
     """Register ``fn(inputs: AttackInputs) -> dict[str, float]`` under ``name``; duplicates are refused."""
 
     def decorator(fn):
-        if name in _ATTACKS and not force:
-            raise ValueError(f"attack {name!r} is already registered (pass force=True to replace it)")
-        _ATTACKS[name] = Attack(name, fn, needs_shadows)
+        _ATTACKS.register(name, Attack(name, fn, needs_shadows), force=force)
         return fn
 
     return decorator
 
 
 def attacks() -> list[str]:
-    """Names of the registered attacks."""
-    return sorted(_ATTACKS)
+    """Names of the registered attacks (built-in and plugins'), sorted."""
+    return _ATTACKS.names()
 
 
 def get_attack(name: str) -> Attack:
-    if name not in _ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; expected one of {attacks()}")
-    return _ATTACKS[name]
+    """The attack registered as ``name``.
+
+    Raises:
+        ValueError: an unknown name, with the names there are.
+    """
+    return _ATTACKS.get(name)
 
 
 @register_attack("loss_threshold")
