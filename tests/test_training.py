@@ -134,3 +134,56 @@ def test_a_training_stopped_mid_way_resumes_to_the_same_bits(digits, tmp_path):
 def test_settings_that_cannot_train_are_refused_before_any_work(digits, bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         train(nn.Linear(64, 10), digits.train, **{"epochs": 1, **bad}, progress=False, device="cpu")
+
+
+# ----------------------------------------------------------------------------- the one epoch loop
+def test_the_epoch_loop_steps_hooks_in_order_and_reports_rows():
+    from unlearn.epochs import Step, run_epochs
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 0, 1])
+    events = []
+
+    def steps(epoch):
+        events.append(("epoch", epoch, optimizer.param_groups[0]["lr"], model.training))
+        for half in (slice(0, 4), slice(4, 6)):
+            logits = model(x[half])
+            yield Step(nn.functional.cross_entropy(logits, y[half]), logits, y[half])
+
+    def grad_hook(m):
+        events.append(("grad", m.weight.grad is not None))
+
+    rows = run_epochs(model, optimizer, steps, lr=0.2, schedule="step", epochs=6, first=2,
+                      grad_hook=grad_hook, step_hook=lambda opt: events.append(("step", opt is optimizer)),
+                      stop_after_step=lambda: events.append(("check",)) is not None,
+                      on_epoch_end=lambda epoch, row: events.append(("end", epoch, row["epoch"])) or epoch == 3)
+    per_epoch = [("grad", True), ("step", True), ("check",)] * 2
+    assert events == [("epoch", 2, 0.2, True), *per_epoch, ("end", 2, 3),
+                      ("epoch", 3, pytest.approx(0.02), True), *per_epoch, ("end", 3, 4)]  # stopped by on_epoch_end
+    assert [row["epoch"] for row in rows] == [3, 4] and all(0 <= row["accuracy"] <= 1 for row in rows)
+    bare = run_epochs(model, optimizer, lambda epoch: iter([model(x).sum() * 0]), lr=0.1, schedule="constant",
+                      epochs=1, stop_after_step=lambda: True)
+    assert bare[0]["loss"] == 0 and np.isnan(bare[0]["accuracy"])  # bare losses: no accuracy to report
+
+
+def test_train_and_every_sgd_method_go_through_the_one_epoch_loop(monkeypatch):
+    import unlearn.algorithms.loop as loop
+    import unlearn.training as training
+    from unlearn import epochs
+    from unlearn.algorithms.finetune import FinetuneConfig
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["epochs"])
+        return epochs.run_epochs(*args, **kwargs)
+
+    monkeypatch.setattr(training, "run_epochs", spy)
+    monkeypatch.setattr(loop, "run_epochs", spy)
+    data = TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    model, _ = train(nn.Linear(3, 2), data, epochs=2, batch_size=4, progress=False, device="cpu")
+    losses = lambda epoch: (nn.functional.cross_entropy(model(x), y) for x, y in [data.tensors])  # noqa: E731
+    loop.run_sgd(model, FinetuneConfig(epochs=3), losses, seed=0)
+    assert calls == [2, 3]

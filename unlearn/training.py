@@ -12,10 +12,10 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import numbers
 import os
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,16 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from proxies import predictions
 
 from .data import batches
+from .epochs import Schedule, Step, lr_factor, run_epochs
 
 __all__ = ["RECIPES", "DPConfig", "TrainConfig", "accuracy", "load_checkpoint", "predict", "save_checkpoint", "train"]
-
-Schedule = str | Callable[[int, int], float]
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -61,21 +58,6 @@ RECIPES: dict[str, TrainConfig] = {
     "cifar100": TrainConfig(epochs=30, lr=0.01, batch_size=512, schedule="step"),
 }
 """Default training recipe per dataset (the CLI's defaults)."""
-
-
-def lr_factor(schedule: Schedule, epoch: int, epochs: int) -> float:
-    """Multiplier of the base learning rate in ``epoch`` (0-based) of ``epochs``."""
-    if callable(schedule):
-        return float(schedule(epoch, epochs))
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-    if schedule == "step":  # x0.1 at 1/2, 2/3 and 5/6 of training: 15/20/25 of 30 epochs, as the FZ anchor
-        return 0.1 ** sum(epoch >= round(epochs * f) for f in (1 / 2, 2 / 3, 5 / 6))
-    if schedule == "linear":
-        return 1.0 - epoch / epochs
-    raise ValueError(f"unknown schedule {schedule!r}; expected 'constant', 'cosine', 'step', 'linear' or a callable")
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -164,51 +146,37 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
                         yield x.to(device), y.to(device), index
         else:
             private = model
+            epoch_batches = functools.partial(batches, dataset, batch_size, shuffle=True, generator=generator,
+                                              drop_last=drop_last, device=device)
 
-            def epoch_batches():
-                return batches(dataset, batch_size, shuffle=True, generator=generator, drop_last=drop_last,
-                               device=device)
-        bar = tqdm(range(first, epochs), desc="train", unit="epoch", disable=not progress, leave=False,
-                   initial=first, total=epochs)
-        for epoch in bar:
-            start = time.perf_counter()
-            epoch_lr = lr * lr_factor(schedule, epoch, epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = epoch_lr
-            model.train()
+        def steps(epoch: int):
             if recorder is not None:
                 recorder.start_epoch()
-            total_loss, correct, seen = 0.0, 0, 0
             for x, y, index in epoch_batches():
                 logits = private(x)
                 loss = F.cross_entropy(logits, y)
                 if recorder is not None:
                     recorder.record(logits, y, index)
-                optimizer.zero_grad(set_to_none=True)
-                with warnings.catch_warnings():  # opacus's hooks fire correctly without input gradients
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                    loss.backward()
-                optimizer.step()
-                total_loss += loss.detach() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
+                yield Step(loss, logits, y)
             if recorder is not None:
                 recorder.end_epoch()
-            seen = max(seen, 1)
-            rows.append({"epoch": epoch + 1, "lr": epoch_lr, "loss": float(total_loss) / seen,
-                         "accuracy": float(correct) / seen, "seconds": time.perf_counter() - start})
+
+        def end_epoch(epoch: int, row: dict) -> bool:
+            nonlocal best_loss, stale
             if dp is not None:
-                rows[-1]["epsilon"] = engine.get_epsilon(dp.delta)
-            bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", acc=f"{rows[-1]['accuracy']:.3f}")
+                row["epsilon"] = engine.get_epsilon(dp.delta)
+            rows.append(row)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, model)
             if patience is not None:
-                best_loss, stale = (rows[-1]["loss"], 0) if rows[-1]["loss"] < best_loss else (best_loss, stale + 1)
+                best_loss, stale = (row["loss"], 0) if row["loss"] < best_loss else (best_loss, stale + 1)
             if resume is not None:
                 _save_state(resume, fingerprint, epoch + 1, model, optimizer, generator, recorder, rows, best_loss,
                             stale, device)
-            if patience is not None and stale >= patience:
-                break
+            return patience is not None and stale >= patience
+
+        run_epochs(model, optimizer, steps, lr=lr, schedule=schedule, epochs=epochs, first=first,
+                   on_epoch_end=end_epoch, progress="train" if progress else None)
     if dp is not None:
         private._close()  # removes opacus's hooks; ``model`` is the trained module inside
     model.eval()

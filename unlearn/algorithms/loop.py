@@ -1,4 +1,5 @@
-"""The SGD loop the gradient-based unlearning methods share: each method says which losses to step on."""
+"""What the gradient-based unlearning methods share: their optimizer settings and :func:`run_sgd`, which steps
+through the one epoch loop (:func:`unlearn.epochs.run_epochs`) on the losses each method yields."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 
 from .._checks import real, whole
 from ..data import IndexedDataset, tensor_batches
-from ..training import lr_factor
+from ..epochs import lr_factor, run_epochs
 
 
 @dataclass
@@ -76,29 +77,21 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     steps = 0
+
+    def stop_after_step() -> bool:
+        nonlocal steps
+        steps += 1
+        if check_every and steps % check_every == 0:
+            if reached():
+                return True
+            model.train()
+        return False
+
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        done = reached()
-        for epoch in range(config.epochs):
-            if done:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * lr_factor(config.schedule, epoch, config.epochs)
-            model.train()
-            for loss in losses(epoch):
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_hook is not None:
-                    grad_hook(model)
-                optimizer.step()
-                if step_hook is not None:
-                    step_hook(optimizer)
-                steps += 1
-                if check_every and steps % check_every == 0:
-                    done = reached()
-                    if done:
-                        break
-                    model.train()
+        if not reached():
+            run_epochs(model, optimizer, losses, lr=config.lr, schedule=config.schedule, epochs=config.epochs,
+                       grad_hook=grad_hook, step_hook=step_hook, stop_after_step=stop_after_step)
     model.eval()
     return model
 

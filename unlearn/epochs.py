@@ -1,0 +1,129 @@
+"""The one SGD epoch loop: :func:`unlearn.training.train` and every gradient-based unlearning method step through it.
+
+What an epoch trains on is the caller's: ``steps(epoch)`` yields the losses to step on, each a loss tensor or a
+:class:`Step` that also carries the batch's logits and labels (then the epoch's loss is weighed by examples and its
+accuracy is known). The loop sets the epoch's learning rate from the schedule, steps on every loss
+(``zero_grad``, ``backward``, ``grad_hook``, ``optimizer.step``, ``step_hook``), sums loss and accuracy on the
+device (one host sync per epoch, not per batch) and reports one row per epoch.
+
+>>> import torch
+>>> model = torch.nn.Linear(2, 2)
+>>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+>>> x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+>>> def steps(epoch):
+...     logits = model(x)
+...     yield Step(torch.nn.functional.cross_entropy(logits, y), logits, y)
+>>> rows = run_epochs(model, optimizer, steps, lr=0.1, schedule="cosine", epochs=2)
+>>> [(row["epoch"], row["lr"]) for row in rows]
+[(1, 0.1), (2, 0.05)]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+__all__ = ["Schedule", "Step", "lr_factor", "run_epochs"]
+
+Schedule = str | Callable[[int, int], float]
+
+
+def lr_factor(schedule: Schedule, epoch: int, epochs: int) -> float:
+    """Multiplier of the base learning rate in ``epoch`` (0-based) of ``epochs``."""
+    if callable(schedule):
+        return float(schedule(epoch, epochs))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if schedule == "step":  # x0.1 at 1/2, 2/3 and 5/6 of training: 15/20/25 of 30 epochs, as the FZ anchor
+        return 0.1 ** sum(epoch >= round(epochs * f) for f in (1 / 2, 2 / 3, 5 / 6))
+    if schedule == "linear":
+        return 1.0 - epoch / epochs
+    raise ValueError(f"unknown schedule {schedule!r}; expected 'constant', 'cosine', 'step', 'linear' or a callable")
+
+
+class Step(NamedTuple):
+    """A loss to step on, with the logits and labels of its batch when it has them."""
+
+    loss: Tensor
+    logits: Tensor | None = None
+    targets: Tensor | None = None
+
+
+def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
+               steps: Callable[[int], Iterable[Tensor | Step]], *, lr: float, schedule: Schedule, epochs: int,
+               first: int = 0, grad_hook: Callable[[nn.Module], None] | None = None,
+               step_hook: Callable[[torch.optim.Optimizer], None] | None = None,
+               stop_after_step: Callable[[], bool] | None = None,
+               on_epoch_end: Callable[[int, dict], bool | None] | None = None,
+               progress: str | None = None) -> list[dict]:
+    """Train epochs ``first .. epochs - 1`` (0-based) of an ``epochs``-long schedule; returns their rows.
+
+    Args:
+        model: put in train mode at the start of every epoch.
+        optimizer: its learning rate is set to ``lr * lr_factor(schedule, epoch, epochs)`` per epoch.
+        steps: ``steps(epoch)`` yields the epoch's losses (tensors or :class:`Step`), computed when asked for,
+            so a generator can run code around them (e.g. start and end a recorder's epoch).
+        grad_hook: ``grad_hook(model)`` between ``backward`` and the step (e.g. masking gradients).
+        step_hook: ``step_hook(optimizer)`` right after each step (e.g. putting frozen weights back).
+        stop_after_step: called after each step; ``True`` ends training there (the epoch's row is still reported,
+            ``on_epoch_end`` is not called).
+        on_epoch_end: ``on_epoch_end(epoch, row)`` (0-based epoch) after each full epoch; it may add to ``row``;
+            ``True`` ends training.
+        progress: a tqdm bar's description; ``None``: no bar.
+
+    Returns:
+        One row per epoch trained: ``epoch`` (1-based), ``lr``, ``loss`` (mean per example over :class:`Step`\\ s,
+        per step over bare losses), ``accuracy`` (NaN unless every step is a :class:`Step` with logits) and
+        ``seconds``.
+    """
+    rows = []
+    bar = tqdm(range(first, epochs), desc=progress, unit="epoch", disable=progress is None, leave=False,
+               initial=first, total=epochs)
+    for epoch in bar:
+        start = time.perf_counter()
+        epoch_lr = lr * lr_factor(schedule, epoch, epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr
+        model.train()
+        total_loss, correct, seen, scored, stopped = 0.0, 0, 0, 0, False
+        for step in steps(epoch):
+            loss, logits, targets = step if isinstance(step, Step) else (step, None, None)
+            optimizer.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():  # opacus's hooks fire correctly without input gradients
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()
+            if grad_hook is not None:
+                grad_hook(model)
+            optimizer.step()
+            if step_hook is not None:
+                step_hook(optimizer)
+            size = 1 if targets is None else len(targets)
+            total_loss += loss.detach() * size
+            if logits is not None:
+                correct += (logits.detach().argmax(1) == targets).sum()
+                scored += size
+            seen += size
+            if stop_after_step is not None and stop_after_step():
+                stopped = True
+                break
+        accuracy = _value(correct) / max(seen, 1) if scored == seen else float("nan")  # known for every example
+        rows.append({"epoch": epoch + 1, "lr": epoch_lr, "loss": _value(total_loss) / max(seen, 1),
+                     "accuracy": accuracy, "seconds": time.perf_counter() - start})
+        bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", acc=f"{rows[-1]['accuracy']:.3f}")
+        if stopped or (on_epoch_end is not None and on_epoch_end(epoch, rows[-1])):
+            break
+    return rows
+
+
+def _value(total: Tensor | float) -> float:
+    """A sum as a Python float (the epoch's one host sync); NaN on the ``meta`` device, which holds no values."""
+    return float("nan") if isinstance(total, Tensor) and total.is_meta else float(total)
