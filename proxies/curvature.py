@@ -17,21 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from .batching import batches
+from .checkpoints import as_checkpoints, average_over_checkpoints
 from .devices import model_device, model_on
 from .registry import register_proxy
 
-__all__ = ["as_checkpoints", "input_gradients", "loss_curvature"]
-
-
-def as_checkpoints(model: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
-    """A model or a sequence of checkpoints (models), as a non-empty list."""
-    models = [model] if isinstance(model, nn.Module) else list(model)
-    if not models or not all(isinstance(m, nn.Module) for m in models):
-        raise TypeError("model must be an nn.Module or a non-empty sequence of nn.Module checkpoints")
-    return models
+__all__ = ["as_checkpoints", "input_gradients", "loss_curvature"]  # as_checkpoints: from .checkpoints
 
 
 def input_gradients(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -70,10 +62,7 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
     h = (1e-3 if variant == "rademacher" else 0.01) if h is None else h
     if isinstance(h, bool) or not isinstance(h, Real) or not (math.isfinite(h) and h > 0):
         raise ValueError(f"h must be a positive finite probe size, got {h!r}")
-    checkpoints = as_checkpoints(model)
-    total, index = None, None
-    for checkpoint in tqdm(checkpoints, desc="loss curvature", unit="checkpoint", disable=not progress or
-                           len(checkpoints) == 1, leave=False):
+    def score(checkpoint: nn.Module) -> tuple[np.ndarray, np.ndarray]:
         checkpoint = model_on(checkpoint, device)
         dev = model_device(checkpoint)
         was_training = checkpoint.training
@@ -99,7 +88,7 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
                 indices.append(idx)
         finally:
             checkpoint.train(was_training)
-        values = torch.cat(values).numpy() if values else np.zeros(0)
-        total = values if total is None else total + values
-        index = torch.cat(indices).numpy() if indices else np.zeros(0, dtype=np.int64)
-    return pd.Series(total / len(checkpoints), index=pd.Index(index, name="index"))
+        return (torch.cat(values).numpy() if values else np.zeros(0),
+                torch.cat(indices).numpy() if indices else np.zeros(0, dtype=np.int64))
+
+    return average_over_checkpoints(model, score, desc="loss curvature", progress=progress)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .batching import batches
-from .curvature import as_checkpoints
+from .checkpoints import average_over_checkpoints
 from .registry import register_proxy
 
 __all__ = ["gradient_norm", "per_sample_gradients"]
@@ -71,15 +71,13 @@ def gradient_norm(model: nn.Module | Sequence[nn.Module], data: Dataset, *, batc
     Returns:
         A Series indexed by the examples' training-set indices.
     """
-    checkpoints = as_checkpoints(model)
-    total, index = None, None
-    for checkpoint in checkpoints:
+    def score(checkpoint: nn.Module) -> tuple[np.ndarray, np.ndarray]:
         values, indices = [], []
         for grads, idx in per_sample_gradients(checkpoint, data, batch_size=batch_size, device=device):
             squared = sum(g.flatten(1).pow(2).sum(dim=1) for g in grads)
             values.append(squared.sqrt().double().cpu())
             indices.append(idx)
-        values = torch.cat(values).numpy() if values else np.zeros(0)
-        total = values if total is None else total + values
-        index = torch.cat(indices).numpy() if indices else np.zeros(0, dtype=np.int64)
-    return pd.Series(total / len(checkpoints), index=pd.Index(index, name="index"))
+        return (torch.cat(values).numpy() if values else np.zeros(0),
+                torch.cat(indices).numpy() if indices else np.zeros(0, dtype=np.int64))
+
+    return average_over_checkpoints(model, score)

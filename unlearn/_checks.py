@@ -3,8 +3,30 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
+
+
+def same_settings(saved: Mapping, settings: Mapping, *, holder: str, hint: str, force: bool = False) -> bool:
+    """Whether work recorded with ``saved`` settings can be reused for ``settings``: True when they are equal;
+    otherwise a ValueError ``"<holder> with other settings (<the keys that differ>); <hint>"``, or, with
+    ``force``, False (the caller redoes the work). The one rule behind every "refuse other settings unless
+    --force" of the run folder, the model farm and a training's resume state.
+
+    >>> same_settings({"lr": 0.1}, {"lr": 0.1}, holder="x", hint="y")
+    True
+    >>> same_settings({"lr": 0.1}, {"lr": 0.2}, holder="run/ holds a run", hint="pass --force")
+    Traceback (most recent call last):
+    ...
+    ValueError: run/ holds a run with other settings (lr); pass --force
+    """
+    if saved == settings:
+        return True
+    if force:
+        return False
+    changed = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
+    raise ValueError(f"{holder} with other settings ({', '.join(changed)}); {hint}")
 
 
 def whole(name: str, value: Any, minimum: int = 0) -> None:

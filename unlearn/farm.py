@@ -35,6 +35,8 @@ from tqdm.auto import tqdm
 
 from proxies.registries import Registry
 
+from ._checks import same_settings
+
 __all__ = ["Farm", "Job", "LocalFarm", "TrainTask", "check_manifest", "describe_factory", "farms", "fingerprint",
            "get_farm", "train_and_predict"]
 
@@ -258,12 +260,9 @@ def check_manifest(folder: str | os.PathLike, settings: dict, *, force: bool = F
             saved = {"unreadable manifest": str(err)}
         if not isinstance(saved, dict):
             saved = {"unreadable manifest": f"a JSON {type(saved).__name__}, not an object"}
-        if saved == settings:
+        if same_settings(saved, settings, holder=f"{folder} holds models trained", force=force,
+                         hint="use another folder, or force (--force) to discard them"):
             return
-        if not force:
-            changed = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
-            raise ValueError(f"{folder} holds models trained with other settings ({', '.join(changed)}); "
-                             "use another folder, or force (--force) to discard them")
         for old in folder.glob("*.npz"):
             old.unlink()
     manifest.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")

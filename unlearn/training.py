@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from proxies import predictions
 
+from ._checks import same_settings
 from .data import batches
 from .epochs import Schedule, Step, lr_factor, run_epochs
 
@@ -222,10 +223,8 @@ def _restore(path, fingerprint: dict, model: nn.Module, optimizer, generator: to
     except Exception as err:
         raise ValueError(f"cannot read the training state {os.fspath(path)} ({err}); delete it to train from "
                          "the start") from err
-    if saved != fingerprint:
-        changed = sorted(k for k in saved.keys() | fingerprint.keys() if saved.get(k) != fingerprint.get(k))
-        raise ValueError(f"{os.fspath(path)} holds the state of a training with other settings "
-                         f"({', '.join(changed)}); delete it to train from the start")
+    same_settings(saved, fingerprint, holder=f"{os.fspath(path)} holds the state of a training",
+                  hint="delete it to train from the start")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"].cpu())
@@ -285,9 +284,10 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
 
 
 def accuracy(model: nn.Module, dataset: Dataset, **kwargs) -> float:
-    """Top-1 accuracy (a fraction) of ``model`` on ``dataset``; NaN for an empty dataset."""
+    """Top-1 accuracy of ``model`` on ``dataset``: correct predictions over examples, an exact fraction (no float32
+    rounding); NaN for an empty dataset. ``kwargs`` go to :func:`predict` (``device``, ``batch_size``)."""
     logits, labels, _ = predict(model, dataset, **kwargs)
-    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+    return int((logits.argmax(1) == labels).sum()) / len(labels) if len(labels) else float("nan")
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .._checks import real, whole
 from ..data import IndexedDataset, tensor_batches
 from ..epochs import lr_factor, run_epochs
+from ..training import accuracy
 
 
 @dataclass
@@ -98,11 +99,8 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
 
 @torch.no_grad()
 def forget_accuracy(model: nn.Module, forget: IndexedDataset, device: torch.device) -> float:
-    """Eval-mode top-1 accuracy on an in-memory dataset (the model is left in eval mode)."""
-    model.eval()
-    correct = sum(int((model(x.to(device)).argmax(1) == y.to(device)).sum())
-                  for x, y in tensor_batches(forget.inputs, forget.targets, batch_size=1024))
-    return correct / max(len(forget), 1)
+    """Eval-mode top-1 accuracy on the forget set, where the model is (:func:`unlearn.training.accuracy`)."""
+    return accuracy(model, forget, device=device)
 
 
 def shuffled(data: IndexedDataset, batch_size: int, generator: torch.Generator,

@@ -31,6 +31,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from .._checks import same_settings
+
 __all__ = ["FolderInUseError", "RunFolder", "locked"]
 
 LOCK_FILE = ".lock"
@@ -122,11 +124,8 @@ class RunFolder:
             return False
         if saved["settings"] == settings and all((self.path / f).exists() for f in files):
             return True
-        if saved["settings"] != settings and not self.force:
-            keys = saved["settings"].keys() | settings.keys()
-            changed = sorted(k for k in keys if saved["settings"].get(k) != settings.get(k))
-            raise ValueError(f"{self.path} holds the {stage} stage of a run with other settings "
-                             f"({', '.join(changed)}); choose another folder or force it (--force)")
+        same_settings(saved["settings"], settings, holder=f"{self.path} holds the {stage} stage of a run",
+                      hint="choose another folder or force it (--force)", force=self.force)
         del self.stages[stage]
         self._write()
         return False

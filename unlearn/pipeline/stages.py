@@ -26,6 +26,7 @@ from torch import nn
 import proxies
 from proxies import TrainingRecorder
 
+from .._checks import same_settings
 from ..data import DatasetNotFoundError, load_dataset
 from ..models import create_model
 from ..registry import get_method, make_config
@@ -106,10 +107,9 @@ def train_stage(config: RunConfig, out: Path, run: RunFolder | None = None):
     checkpoint_files = [out / "checkpoints" / f"epoch-{e:03d}.pt" for e in keep]
     files = [out / "model.pt", out / "recording.npz", config_file]
     saved = read_settings(config_file) if config_file.is_file() else None
-    if saved is not None and saved != settings and not config.force:
-        changed = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
-        raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)}); "
-                         "choose another --out or pass --force to overwrite it")
+    if saved is not None:
+        same_settings(saved, settings, holder=f"{out} holds a run", force=config.force,
+                      hint="choose another --out or pass --force to overwrite it")
     if saved == settings and all(f.is_file() for f in files + checkpoint_files):
         say(f"reusing the trained model in {out}")
         checkpoints = []
