@@ -1,6 +1,6 @@
 """Scoring backends, loaded in this one module. Importing never fails: a backend that cannot load is absent.
 
-- ``torch``: the pure-torch reference (:mod:`.reference`), always present, any device.
+- ``torch``: the pure-torch reference (:mod:`.pure_torch`), always present, any device.
 - ``numba``: parallel CPU kernels (:mod:`.numba_kernels`), imported on first use.
 - ``cpp`` / ``cuda``: the C++ and CUDA torch custom ops of ``csrc/`` (:mod:`.native`), for CPU / CUDA tensors.
 
@@ -17,7 +17,7 @@ from types import ModuleType
 
 import torch
 
-from . import reference
+from . import pure_torch
 
 log = logging.getLogger("proxies")
 
@@ -27,7 +27,7 @@ PREFERENCE: dict[str, tuple[str, ...]] = {"cpu": ("cpp", "numba", "torch"), "cud
 _DEVICE_OF = {"cpp": "cpu", "numba": "cpu", "cuda": "cuda"}
 _BUILD_HINT = ("build them with `pip install --no-build-isolation -e .` (or `make install`) where a C++ compiler is "
                "available; the CUDA ops also need nvcc and a GPU or FORCE_CUDA=1")
-_loaded: dict[str, ModuleType] = {"torch": reference}
+_loaded: dict[str, ModuleType] = {"torch": pure_torch}
 _missing: dict[str, str] = {}  # backend -> why it is not available
 _warned: set[str] = set()
 
@@ -78,9 +78,9 @@ def resolve(backend: str, device_type: str) -> ModuleType:
                     log.info("Defaulting to the %r backend on %s: %r is unavailable (%s)", name, device_type,
                              order[0], _missing[order[0]])
                 return _module(name)
-        return reference
+        return pure_torch
     if backend == "torch":
-        return reference
+        return pure_torch
     if backend not in _DEVICE_OF:
         raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {['torch', *_DEVICE_OF]}")
     if backend in _missing:
