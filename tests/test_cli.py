@@ -213,7 +213,7 @@ def test_run_trains_its_subset_and_shadow_models_on_ray(tmp_path):
     (["train", "--out", "/tmp/never-written", "--lr", "inf"], "--lr must be a finite number > 0"),
     (["run", "--method", "finetune", "--method-config", "epoch=3"], "epoch"),
     (["run", "--method-config", "groups"], "expected KEY=VALUE"),
-    (["run", "--method-config", "nope=1"], "rum has no setting 'nope'"),
+    (["run", "--method-config", "nope=1"], "unknown settings ['nope'] for method 'rum'"),
 ])
 def test_run_input_errors_fail_before_training(argv, message, capsys, tmp_path, monkeypatch):
     import unlearn.pipeline.stages

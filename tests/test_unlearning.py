@@ -162,11 +162,11 @@ def test_registration_refuses_duplicates():
         register_method("finetune", config=Config)(lambda *a, **k: None)
     with pytest.raises(TypeError, match="dataclass"):
         register_method("bad", config=dict)
-    for name in ("rum", "noop"):
-        with pytest.raises(ValueError, match="scheduler's own name"):
-            register_method(name, config=Config)
-    with pytest.raises(ValueError, match=r"unknown unlearning method 'rum'; expected one of \[(?!.*'rum')"):
-        registry.get_method("rum")
+    with pytest.raises(ValueError, match="scheduler's own name"):
+        register_method("noop", config=Config)  # a policy's step that leaves its group
+    with pytest.raises(ValueError, match="already registered"):  # rum is a registered method like the others
+        register_method("rum", config=Config)(lambda *a, **k: None)
+    assert registry.get_method("rum").config is RUMConfig
 
 
 @pytest.mark.parametrize("method, settings, error, message", [
@@ -203,7 +203,8 @@ def test_bad_rum_settings_and_seeds_are_named(trained):
                 policy={"low": None, "medium": None, "high": None, "hihg": "finetune"})
     with pytest.raises(ValueError, match=r"policy 'finetune_salun' has entries for \['medium'\], which are not"):
         unlearn(model, forget=forget, retain=retain, scores=np.zeros(90), config=RUMConfig(groups=2))
-    with pytest.raises(ValueError, match="recording, policy and expected_accuracy are for method='rum'"):
+    with pytest.raises(ValueError, match=r"finetune does not take recording= \(recording is for method='rum'\); "
+                                         "its settings: epochs, lr"):
         unlearn(model, forget=forget, retain=retain, method="finetune", recording=recorder)
 
 
@@ -594,7 +595,7 @@ def test_expected_accuracy_bad_input_is_named(trained, monkeypatch):
     with pytest.raises(ValueError, match="policy step 'retrain' of group 'medium': retrain cannot stop"):
         unlearn(model, forget=forget, retain=retain, scores=scores,
                 policy={"low": "spy", "medium": ("retrain", {"target_accuracy": 0.5}), "high": "spy"})
-    with pytest.raises(ValueError, match="are for method='rum'"):
+    with pytest.raises(ValueError, match="expected_accuracy is for method='rum'"):
         unlearn(model, forget=forget, retain=retain, method="finetune", expected_accuracy=np.ones(90))
     with pytest.raises(ValueError, match="'expected' is for steps of a rum policy"):
         unlearn(model, forget=forget, retain=retain, method="finetune", config={"target_accuracy": "expected"})
@@ -675,3 +676,60 @@ def test_a_saved_recording_keeps_its_fingerprint_and_an_old_one_still_loads(trai
         proxies.TrainingRecorder.from_values(recorder.values[:, :3], labels=np.array([0, -2, 1]))
     with pytest.raises(ValueError, match=r"labels must be \[3\]"):
         proxies.TrainingRecorder.from_values(recorder.values[:, :3], labels=np.array([0, 1]))
+
+
+def test_a_methods_settings_pass_through_as_keywords_and_others_are_refused(trained):
+    model, recorder, forget, retain = trained
+    by_config = unlearn(model, forget=forget, retain=retain, method="finetune", config={"epochs": 1, "lr": 0.05})
+    by_keyword = unlearn(model, forget=forget, retain=retain, method="finetune", config={"lr": 0.05}, epochs=1)
+    assert by_keyword.plan[0].config == by_config.plan[0].config
+    assert _identical(by_keyword.model, _state(by_config.model))
+    # rum's settings too (policy= and grouping= are two of them): a keyword wins over config='s
+    leave = {"low": None, "medium": None, "high": ("finetune", {"epochs": 1})}
+    scores = pd.Series(np.arange(len(forget) + len(retain), dtype=float),
+                       index=np.concatenate([forget.indices, retain.indices]))
+    rum_config = unlearn(model, forget=forget, retain=retain, scores=scores,
+                         config=RUMConfig(policy=leave, retain_per_forget=2.0, groups=3))
+    rum_keyword = unlearn(model, forget=forget, retain=retain, scores=scores, policy=leave, retain_per_forget=2.0,
+                          config={"retain_per_forget": 8.0})
+    assert [s.retain_size for s in rum_keyword.plan] == [s.retain_size for s in rum_config.plan]
+    assert _identical(rum_keyword.model, _state(rum_config.model))
+    with pytest.raises(ValueError, match=r"finetune does not take proxy=, policy= \(proxy is for method='rum'; "
+                                         r"policy is for method='rum'\); its settings: epochs, lr, batch_size"):
+        unlearn(model, forget=forget, retain=retain, method="finetune", proxy="confidence", policy="neggrad_plus")
+    with pytest.raises(ValueError, match=r"neggrad does not take alpha= \(alpha is for methods .*'neggrad_plus'"):
+        unlearn(model, forget=forget, retain=retain, method="neggrad", alpha=0.5)
+    with pytest.raises(ValueError, match=r"rum does not take epoch=; its settings: groups, order, policy, "
+                                         "retain_per_forget, grouping; its inputs: scores, proxy, recording"):
+        unlearn(model, forget=forget, retain=retain, scores=scores, epoch=None)  # a name no method takes: a typo
+    assert unlearn(model, forget=forget, retain=retain, method="finetune", config={"epochs": 1},
+                   scores=None, policy=None).plan  # None is as if not given
+
+
+def test_a_method_declares_its_inputs_and_receives_them(trained):
+    model, recorder, forget, retain = trained
+
+    @dataclass
+    class ShiftConfig:
+        by: float = 0.0
+
+    def shift(model, forget, retain, config, *, seed, device, offset=None):
+        with torch.no_grad():
+            next(model.parameters()).add_(config.by + (offset or 0.0))
+        return model
+
+    with pytest.raises(ValueError, match=r"inputs of method 'shift' must be keywords other than .*got \['seed'\]"):
+        register_method("shift", config=ShiftConfig, inputs=("seed",))
+    with pytest.raises(ValueError, match=r"and its config's fields; got \['by'\]"):
+        register_method("shift", config=ShiftConfig, inputs=("by",))
+    registry.methods()
+    try:
+        register_method("shift", config=ShiftConfig, inputs=("offset",))(shift)
+        before = next(model.parameters()).detach().clone()
+        result = unlearn(model, forget=forget, retain=retain, method="shift", by=1.0, offset=2.0)
+        assert torch.equal(next(result.model.parameters()).detach(), before + 3.0)
+        assert result.plan[0].config == {"by": 1.0} and result.plan[0].method == "shift"
+        with pytest.raises(ValueError, match=r"shift does not take scores= .*its settings: by; its inputs: offset"):
+            unlearn(model, forget=forget, retain=retain, method="shift", scores=np.zeros(90))
+    finally:
+        del registry._METHODS["shift"]

@@ -8,6 +8,12 @@ place and returns the unlearned model.
 Register one with ``@register_method("name", config=MyConfig)``. Packages outside this one add methods through the
 entry-point group ``unlearn.methods``: each entry point names a module whose import registers them.
 
+:func:`unlearn.unlearn` passes a keyword that names a field of the method's config into the config (overriding
+``config=``'s), and one that the registration lists in ``inputs=`` (data the method takes beyond the shared
+``model``, ``forget``, ``retain``, ``config``, ``seed`` and ``device``, e.g. ``rum``'s ``scores=``) to ``fn`` as a
+keyword; it refuses any other. ``fn`` may instead return an :class:`~unlearn.unlearning.UnlearnResult`, for a
+method that makes its own plan of several steps (``rum``: one per memorization group).
+
 >>> "finetune" in methods()
 True
 """
@@ -22,7 +28,7 @@ from typing import Any
 
 from proxies.registries import Registry
 
-__all__ = ["Method", "get_method", "load_entry_points", "make_config", "methods", "register_method"]
+__all__ = ["SHARED_INPUTS", "Method", "get_method", "load_entry_points", "make_config", "methods", "register_method"]
 
 ENTRY_POINT_GROUP = "unlearn.methods"
 
@@ -33,23 +39,47 @@ class Method:
     fn: Callable
     config: type
     description: str
+    inputs: tuple[str, ...] = ()
+    """Keywords ``fn`` takes beyond the shared ones (see the module doc)."""
+
+    def settings(self) -> list[str]:
+        """The names of the config's fields, in declaration order."""
+        return [f.name for f in dataclasses.fields(self.config)]
 
 
 _METHODS: Registry[Method] = Registry("unlearning method", ENTRY_POINT_GROUP)
-_RESERVED = ("rum", "noop")  # method="rum" and a policy's "noop" are the scheduler's, not registered methods
+# "noop" is the scheduler's word for a policy step that leaves its group as it is (unlearn.scheduler), so a method
+# registered under it could never be run as a step.
+_RESERVED = ("noop",)
+SHARED_INPUTS = ("model", "forget", "retain", "method", "config", "seed", "device")
+"""The keywords of :func:`unlearn.unlearn` that every method shares; no method may declare them as its own."""
 _plugins_loaded = False  # False: methods() reads the entry points not read yet (the tests set it so to add a plugin)
 
 
-def register_method(name: str, *, config: type, force: bool = False):
-    """Register an unlearning function under ``name`` with its config dataclass; duplicates are refused."""
+def register_method(name: str, *, config: type, inputs: tuple[str, ...] = (), force: bool = False):
+    """Register an unlearning function under ``name`` with its config dataclass; duplicates are refused.
+
+    Args:
+        name: the method's name (``method=`` of :func:`unlearn.unlearn`).
+        config: the dataclass of its settings, whose defaults are the method's.
+        inputs: keywords ``fn`` takes beyond the shared ones (see the module doc); none may be a shared keyword
+            or a field of ``config``.
+        force: replace a method already registered under ``name``.
+    """
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config of method {name!r} must be a dataclass, got {config!r}")
     if name in _RESERVED:
         raise ValueError(f"{name!r} is the scheduler's own name; register the method under another")
+    inputs = tuple(inputs)
+    fields = {f.name for f in dataclasses.fields(config)}
+    clash = [i for i in inputs if not isinstance(i, str) or i in SHARED_INPUTS or i in fields]
+    if clash:
+        raise ValueError(f"inputs of method {name!r} must be keywords other than the shared ones "
+                         f"{list(SHARED_INPUTS)} and its config's fields; got {clash}")
 
     def decorator(fn: Callable) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()
-        _METHODS.register(name, Method(name, fn, config, doc[0] if doc else ""), force=force)
+        _METHODS.register(name, Method(name, fn, config, doc[0] if doc else "", inputs), force=force)
         return fn
 
     return decorator
@@ -74,18 +104,18 @@ def _load_plugins() -> None:
 
 
 def methods() -> list[str]:
-    """Names of the registered unlearning methods (built-in and plugins), plus ``"rum"``."""
+    """Names of the registered unlearning methods (built-in, ``"rum"`` among them, and plugins)."""
     from . import algorithms  # noqa: F401  (registers the built-in methods)
 
     _load_plugins()
-    return _METHODS.names() + ["rum"]
+    return _METHODS.names()
 
 
 def get_method(name: str) -> Method:
     """The method registered as ``name``.
 
     Raises:
-        ValueError: an unknown name (``"rum"`` too: it is the scheduler's), with the names there are.
+        ValueError: an unknown name, with the names there are.
     """
     methods()  # registers the built-in methods and the plugins'
     return _METHODS.get(name)
@@ -98,7 +128,7 @@ def make_config(method: Method, overrides: Any = None):
     if isinstance(overrides, method.config):
         return overrides
     if isinstance(overrides, Mapping):
-        known = {f.name for f in dataclasses.fields(method.config)}
+        known = set(method.settings())
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown settings {unknown} for method {method.name!r}; expected some of {sorted(known)}")

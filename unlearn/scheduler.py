@@ -64,7 +64,7 @@ from ._checks import whole
 
 __all__ = ["ENTRY_POINT_GROUP", "EXPECTED", "GROUPINGS", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig",
            "group_names", "group_thresholds", "partition", "policies", "register_policy", "resolve_policy",
-           "retain_sample", "uses_expected"]
+           "retain_sample", "step_seed_of", "uses_expected"]
 
 ENTRY_POINT_GROUP = "unlearn.policies"
 """The entry-point group through which outside packages add policies (see the module doc)."""
@@ -204,6 +204,13 @@ def retain_sample(retain_size: int, forget_size: int, *, retain_per_forget: floa
     if size >= retain_size:
         return np.arange(retain_size)
     return np.sort(np.random.default_rng(seed).choice(retain_size, size, replace=False))
+
+
+def step_seed_of(seed: int, number: int) -> int:
+    """The seed of step ``number`` of a ``rum`` run with ``seed``: drawn from both, so that no step of one run
+    shares its random choices with a step of another (``seed + number`` would: step 1 of seed 0 is step 0 of seed
+    1)."""
+    return int(np.random.SeedSequence([seed % 2**64, number]).generate_state(1)[0])  # a negative seed too
 
 
 def group_names(groups: int) -> tuple[str, ...]:

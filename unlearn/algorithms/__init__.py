@@ -8,6 +8,7 @@ from . import (  # noqa: F401
     neggrad_plus,
     random_label,
     retrain,
+    rum,
     salun,
     scrub,
 )

@@ -1,0 +1,239 @@
+"""``method="rum"``: memorization-aware scheduling (RUM, Zhao et al., NeurIPS 2024). The forget set is split into
+groups by memorization score, and each group is unlearned in turn by the method its policy names (see
+:mod:`unlearn.scheduler` for policies, groupings and retain subsampling). Registered like every other method, with
+:class:`~unlearn.scheduler.RUMConfig` as its config and the scores' sources as its inputs; it returns its own plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import IndexedDataset
+from ..registry import get_method, make_config, methods, register_method
+from ..scheduler import (
+    EXPECTED,
+    RETAIN_PER_FORGET,
+    RUMConfig,
+    group_thresholds,
+    partition,
+    resolve_policy,
+    retain_sample,
+    step_seed_of,
+    uses_expected,
+)
+from ..unlearning import UnlearnResult, run_step
+
+NAME = "rum"
+
+
+def _check_recording(recording, model, forget: IndexedDataset, retain: IndexedDataset, device) -> None:
+    """Refuse a recording not made on this training set (see :meth:`proxies.TrainingRecorder.check_matches`); the
+    number of classes is the width of the model's logits (which :func:`unlearn.unlearn` has checked)."""
+    import proxies
+
+    if not isinstance(recording, proxies.TrainingRecorder):
+        raise TypeError(f"recording must be a proxies.TrainingRecorder, got {type(recording).__name__}")
+    recording.check_matches(torch.cat([forget.indices, retain.indices]), torch.cat([forget.targets, retain.targets]),
+                            num_classes=_num_classes(model, forget, device), what="the forget and retain sets")
+
+
+def _num_classes(model, forget: IndexedDataset, device) -> int:
+    with torch.no_grad():
+        return int(model(forget.inputs[:1].to(device)).shape[1])
+
+
+def _per_forget(values, forget: IndexedDataset, name: str) -> np.ndarray:
+    """One finite float per forget example, in forget order, from an array in that order or a Series indexed by
+    training index."""
+    if isinstance(values, pd.Series):
+        if values.index.has_duplicates:
+            raise ValueError(f"{name} must have one value per training index (the Series index has duplicates)")
+        wanted = forget.indices.numpy()
+        missing = wanted[~np.isin(wanted, values.index.to_numpy())]
+        if len(missing):
+            raise ValueError(f"{name} has no value for {len(missing)} forget examples (e.g. training index "
+                             f"{int(missing[0])}); index the Series by training index")
+        array = values.reindex(wanted).to_numpy(dtype=float)
+    else:
+        array = np.asarray(values, dtype=float)
+        if array.shape != (len(forget),):
+            raise ValueError(f"{name} must hold one value per forget example ({len(forget)}), got shape "
+                             f"{array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite; {int((~np.isfinite(array)).sum())} are NaN or infinite")
+    return array
+
+
+def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDataset, retain: IndexedDataset,
+                         recording, grouping: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """The forget examples' scores oriented so that higher means more memorized, the same for every example of the
+    training set where they are known (None: only the forget set's), and the scores' own direction.
+
+    The training set's scores are known from a Series that covers the forget and retain sets (e.g. a recording
+    proxy's, which scores every recorded example). A model proxy is run on the forget set alone for the request's
+    grouping (as it always was), on the forget and retain sets together for the training set's."""
+    import proxies
+
+    if scores is None and proxy is None:
+        raise ValueError("method='rum' needs scores= (one memorization score per forget example) or proxy= "
+                         f"(one of {proxies.available()})")
+    if scores is None:
+        spec = proxies.get_proxy(proxy)
+        if "recording" in spec.needs and recording is None:
+            raise ValueError(f"proxy {proxy!r} is read from training dynamics: pass recording= (the "
+                             "TrainingRecorder filled while training the model)")
+        data = forget
+        if grouping == "training_set" and "recording" not in spec.needs:
+            data = IndexedDataset(torch.cat([forget.inputs, retain.inputs]),
+                                  torch.cat([forget.targets, retain.targets]),
+                                  indices=torch.cat([forget.indices, retain.indices]))
+        scores = proxies.compute(proxy, recording=recording, model=model, data=data, progress=False)
+    values = _per_forget(scores, forget, "scores")
+    higher = proxies.higher_is_memorized(scores) if isinstance(scores, pd.Series) else True
+    population = None
+    if isinstance(scores, pd.Series):
+        everyone = np.concatenate([forget.indices.numpy(), retain.indices.numpy()])
+        if np.isin(everyone, scores.index.to_numpy()).all():
+            population = scores.to_numpy(dtype=float)
+    sign = 1.0 if higher else -1.0
+    return sign * values, None if population is None else sign * population, higher
+
+
+def _expected_accuracy(expected_accuracy, recording, forget: IndexedDataset) -> np.ndarray:
+    """Each forget example's expected accuracy under a model that never saw it, in forget order."""
+    if expected_accuracy is None:
+        if recording is None:
+            raise ValueError(f"the policy stops at target_accuracy={EXPECTED!r}: pass expected_accuracy= (each "
+                             "forget example's accuracy under a model trained without it, e.g. the Feldman-Zhang "
+                             "c_score) or recording= (estimated with the 'early_accuracy' proxy)")
+        import proxies
+
+        estimate = proxies.compute("early_accuracy", recording=recording)
+        values = _per_forget(estimate, forget, "the early_accuracy estimate from recording=")
+    else:
+        values = _per_forget(expected_accuracy, forget, "expected_accuracy")
+    if ((values < 0) | (values > 1)).any():
+        raise ValueError("expected_accuracy must be fractions in [0, 1], got values in "
+                         f"[{values.min():.3g}, {values.max():.3g}]")
+    return values
+
+
+def _groups(memorization: np.ndarray, population: np.ndarray | None, higher: bool, rum: RUMConfig):
+    """The forget set's groups (positions), the thresholds in the scores' own units (None for the request's split)
+    and each group's score bin (see :attr:`Step.score_bin`); ``memorization`` and ``population`` point the usual
+    way. Training-set grouping without the training set's scores warns and falls back to the request's split."""
+    if rum.grouping == "training_set" and population is None:
+        warnings.warn("rum was given only the forget set's scores, so its groups are the request's own split (the "
+                      "RUM paper's: equal-count groups by rank within the forget set), and their meaning depends on "
+                      "the request. For groups that mean the same memorization level whatever the request "
+                      "(thresholds at the whole training set's quantiles), pass scores= as a Series indexed by "
+                      "training index that covers the whole training set (e.g. proxies.compute(proxy, "
+                      "recording=...)) or proxy= with recording=; pass grouping='request' to ask for this split "
+                      "and silence the warning.", UserWarning, stacklevel=4)
+    if rum.grouping == "request" or population is None:
+        groups = partition(memorization, rum.groups)
+        own = memorization if higher else -memorization
+        bins = {g: (float(own[p].min()), float(own[p].max())) if len(p) else None for g, p in groups.items()}
+        return groups, None, bins
+    cut = group_thresholds(population, rum.groups)
+    groups = partition(memorization, rum.groups, thresholds=cut)
+    edges = np.concatenate([[-np.inf], cut, [np.inf]])
+    bins = {}
+    for k, g in enumerate(groups):
+        lower, upper = float(edges[k]), float(edges[k + 1])
+        bins[g] = (lower, upper) if higher else (-upper, -lower)
+    thresholds = tuple(float(t) for t in (cut if higher else -cut[::-1]))
+    return groups, thresholds, bins
+
+
+def _sampled(retain: IndexedDataset, forget_size: int, retain_per_forget: float | None, seed: int) -> IndexedDataset:
+    """The retain examples one step trains on (see :func:`unlearn.scheduler.retain_sample`)."""
+    keep = torch.from_numpy(retain_sample(len(retain), forget_size, retain_per_forget=retain_per_forget, seed=seed))
+    if len(keep) == len(retain):
+        return retain
+    return IndexedDataset(retain.inputs[keep], retain.targets[keep], indices=retain.indices[keep])
+
+
+def _check_policy(plan_for: dict[str, list[tuple[str, dict]]]) -> None:
+    """Refuse a step that names no method a step can be (``rum`` itself neither), or settings its method refuses:
+    every step is checked before the first one runs."""
+    steps = [m for m in methods() if m != NAME]
+    for group, group_steps in plan_for.items():
+        for method_name, settings in group_steps:
+            if method_name not in steps:
+                raise ValueError(f"policy names unknown method {method_name!r} for group {group!r}; "
+                                 f"expected one of {steps}")
+            trial = {k: v for k, v in settings.items() if k != RETAIN_PER_FORGET}
+            if trial.get("target_accuracy") == EXPECTED:
+                trial["target_accuracy"] = 0.5  # a stand-in: the group's own value is known when it runs
+            try:
+                make_config(get_method(method_name), trial)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"policy step {method_name!r} of group {group!r}: {error}") from error
+
+
+@register_method(NAME, config=RUMConfig, inputs=("scores", "proxy", "recording", "expected_accuracy"))
+def rum(model, forget: IndexedDataset, retain: IndexedDataset, config: RUMConfig, *, seed: int, device,
+        scores=None, proxy: str | None = None, recording=None, expected_accuracy=None) -> UnlearnResult:
+    """Memorization-aware scheduling: unlearn each memorization group in turn with its policy's method.
+
+    Args:
+        model, forget, retain, config, seed, device: as for every method (see :mod:`unlearn.registry`); each
+            step's seed is :func:`unlearn.scheduler.step_seed_of` ``(seed, number)``.
+        scores: memorization scores, a Series indexed by training index (one from :func:`proxies.compute` carries
+            its direction) or an array in forget order. A Series that also covers the retain set (e.g. of the whole
+            training set) gives training-set grouping its thresholds; scores of the forget set alone fall back to
+            the request's own split, with a warning.
+        proxy: compute the scores with this proxy instead (see :func:`proxies.available`): a recording proxy
+            scores every recorded example; a model proxy is run on the forget and retain sets together (on the
+            forget set alone with ``grouping="request"``).
+        recording: the :class:`proxies.TrainingRecorder` of the model's training, for recording-based proxies and
+            the ``early_accuracy`` estimate. It must have been made on this training set: one with fewer examples
+            than the largest training index, with other labels at the forget or retain examples' indices, or with
+            another number of classes than the model's outputs is refused (a recording loaded from a file that
+            predates the fingerprint is checked for its size only).
+        expected_accuracy: for policies with steps that stop at ``target_accuracy="expected"``: each forget
+            example's accuracy under a model trained without it (array in forget order or a Series indexed by
+            training index, fractions), e.g. the Feldman-Zhang ``c_score``. Default: estimated from ``recording``
+            with the ``early_accuracy`` proxy.
+
+    Returns:
+        An :class:`~unlearn.unlearning.UnlearnResult` with one step per step of each non-empty group's policy entry,
+        the ``grouping`` used (after any fallback), its ``thresholds`` and the scores' direction.
+    """
+    start = time.perf_counter()
+    if recording is not None:
+        _check_recording(recording, model, forget, retain, device)
+    memorization, population, higher = _memorization_scores(scores, proxy, model=model, forget=forget,
+                                                            retain=retain, recording=recording,
+                                                            grouping=config.grouping)
+    plan_for = resolve_policy(config.policy, config.ordered_groups())
+    _check_policy(plan_for)
+    expected = _expected_accuracy(expected_accuracy, recording, forget) if uses_expected(plan_for) else None
+    groups, thresholds, bins = _groups(memorization, population, higher, config)  # after every check: its warning
+    plan, number = [], 0
+    for group in config.ordered_groups():
+        positions = torch.from_numpy(groups[group])
+        if len(positions) == 0:
+            continue
+        subset = IndexedDataset(forget.inputs[positions], forget.targets[positions],
+                                indices=forget.indices[positions])
+        for method_name, settings in plan_for[group] or [("noop", {})]:
+            retain_per_forget = settings.pop(RETAIN_PER_FORGET, config.retain_per_forget)
+            if settings.get("target_accuracy") == EXPECTED:
+                settings["target_accuracy"] = float(expected[groups[group]].mean())
+            step_seed = step_seed_of(seed, number)
+            step_retain = retain if method_name == "noop" else _sampled(retain, len(positions), retain_per_forget,
+                                                                        step_seed)
+            model, step = run_step(model, group, method_name, settings, subset, step_retain, step_seed, device)
+            plan.append(dataclasses.replace(step, score_bin=bins[group]))
+            number += 1
+    return UnlearnResult(model, plan, time.perf_counter() - start,
+                         grouping="request" if thresholds is None else "training_set", thresholds=thresholds,
+                         higher_is_memorized=higher)
