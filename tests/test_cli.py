@@ -173,7 +173,8 @@ def test_run_trains_its_subset_and_shadow_models_on_ray(tmp_path):
     ray = pytest.importorskip("ray")
     out = tmp_path / "run"
     try:
-        assert main(["run", "--epochs", "1", "--checkpoints", "1", "--forget", "mixed:9", "--method", "finetune",
+        assert main(["run", "--train-size", "80", "--epochs", "1", "--checkpoints", "1", "--forget", "mixed:9",
+                     "--method", "finetune",
                      "--proxies", "confidence", "--fz-models", "2", "--shadows", "4", "--farm", "ray",
                      "--out", str(out)]) == 0
         assert ray.is_initialized()  # the models were trained as Ray tasks, on a local instance the run started
