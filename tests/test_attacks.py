@@ -22,7 +22,7 @@ from unlearn.attacks import (
     tune_rmia_a,
     ulira,
 )
-from unlearn.attacks.signals import Signals
+from unlearn.attacks.signals import AttackSignals
 from unlearn.metrics import mean_interval, plot_roc, roc_summary, tow, tow_mia
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -253,7 +253,7 @@ def test_rmia_attack_draws_its_population_apart_from_its_non_members():
 
     def signals(p, index):
         logits = np.log(np.stack([p, 1 - p], axis=1))
-        return Signals.from_logits(logits, np.zeros(len(p), dtype=int), index)
+        return AttackSignals.from_logits(logits, np.zeros(len(p), dtype=int), index)
 
     forget = signals(rng.uniform(0.6, 1.0, n_forget), np.arange(n_forget))
     test = signals(rng.uniform(0.3, 0.9, n_test), rng.permutation(n_test) + 100)
@@ -481,7 +481,7 @@ def _signals(loss, rng, classes=3):
     rest = (1 - p_true)[:, None] * rng.dirichlet(np.ones(classes - 1), len(loss))
     probs = np.concatenate([p_true[:, None], rest], axis=1)
     labels = np.zeros(len(loss), dtype=int)
-    return Signals.from_logits(np.log(probs), labels, np.arange(len(loss)))
+    return AttackSignals.from_logits(np.log(probs), labels, np.arange(len(loss)))
 
 
 def test_loss_attacks_see_members_with_lower_loss():

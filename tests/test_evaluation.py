@@ -171,12 +171,12 @@ def test_several_named_models_match_separate_evaluations(setup, small_digits):
 def _split_signals(model, parts, queries, seed):
     """The model's signals on the union of ``parts``, each predicted on its own (the batches evaluate() predicts),
     in a shuffled order: signals of a whole split that evaluate() must find its rows in by index."""
-    from unlearn.attacks.signals import Signals, predict_queries
+    from unlearn.attacks.signals import AttackSignals, predict_queries
 
     logits, labels, index = (torch.cat(t).numpy() for t in zip(*(predict_queries(model, p, queries) for p in parts),
                                                                 strict=True))
     order = np.random.default_rng(seed).permutation(len(index))
-    return Signals.from_logits(logits[order], labels[order], index[order])
+    return AttackSignals.from_logits(logits[order], labels[order], index[order])
 
 
 def test_evaluate_on_given_signals_matches_predicting(setup, small_digits, monkeypatch):

@@ -21,19 +21,19 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .attacks import DEFAULT_ATTACKS, AttackInputs, NotApplicable, Signals, extract_signals, get_attack
+from .attacks import DEFAULT_ATTACKS, AttackInputs, AttackSignals, NotApplicable, extract_signals, get_attack
 from .data import materialize
 from .metrics import roc_summary, tow, tow_mia
 
 __all__ = ["evaluate", "evaluate_ulira"]
 
 
-SplitSignals = Mapping[str, Mapping[str, Signals]]
-"""Signals of models on whole splits, by model name and split (``"train"``, ``"test"``)."""
+SplitSignals = Mapping[str, Mapping[str, AttackSignals]]
+"""Attack signals of models on whole splits, by model name and split (``"train"``, ``"test"``)."""
 
 
-def _signals(model: nn.Module, data, split: str, given: Mapping[str, Signals] | None, queries,
-             device) -> Signals:
+def _signals(model: nn.Module, data, split: str, given: Mapping[str, AttackSignals] | None, queries,
+             device) -> AttackSignals:
     """``model``'s signals on ``data``: the rows of ``given[split]`` (its signals on the whole split, with the same
     queries) when there are some, else predicted."""
     source = (given or {}).get(split)
@@ -46,7 +46,8 @@ def _signals(model: nn.Module, data, split: str, given: Mapping[str, Signals] | 
 
 
 def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows, seed, device,
-                   given: Mapping[str, Signals] | None, population, not_computed: dict[str, str]) -> dict[str, float]:
+                   given: Mapping[str, AttackSignals] | None, population,
+                   not_computed: dict[str, str]) -> dict[str, float]:
     queries = shadows.queries if shadows is not None else ("identity",)
     signals = {name: _signals(model, data, split, given, queries, device)
                for name, data, split in (("forget", forget, "train"), ("retain", retain, "train"),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .attacks.signals import logit_scaled_confidence, predict_queries
+from .attacks.signals import logit_scaled_confidence, predict_queries, true_class_log_probability
 from .data import IndexedDataset, materialize
 from .farm import Job, TrainTask, check_manifest, describe_factory, fingerprint, get_farm, train_and_predict
 from .training import train
@@ -74,11 +74,9 @@ class PoolPredictions:
 
     def p_true(self, positions=None) -> np.ndarray:
         """True-class probability ``[K, N]`` of the identity query."""
-        logits = (self.logits if positions is None else self.logits[:, positions])[:, :, 0].astype(np.float64)
+        logits = (self.logits if positions is None else self.logits[:, positions])[:, :, 0]
         labels = self.labels if positions is None else self.labels[positions]
-        logits = logits - logits.max(axis=-1, keepdims=True)
-        p = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
-        return np.take_along_axis(p, np.broadcast_to(labels[None, :, None], p.shape[:2] + (1,)), axis=-1)[..., 0]
+        return np.exp(true_class_log_probability(logits, np.broadcast_to(labels[None, :], logits.shape[:2])))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Membership-inference attacks: pure functions over signal arrays and membership masks.
 
-Signals are extracted once per model and dataset (:func:`extract_signals`); attacks score them:
+Attack signals are extracted once per model and dataset (:func:`extract_signals`); attacks score them:
 :func:`loss_threshold`, :func:`loss_logreg` and :func:`svc` on one model; :func:`lira` / :func:`ulira` and
 :func:`rmia` with shadow or reference models; :func:`epsilons` / :func:`forgetting_score` from many unlearned and
 retrained models (``rules="challenge"`` for the NeurIPS 2023 scorer's own rules, comparable with its leaderboard).
@@ -11,7 +11,7 @@ from .forgetting import epsilons, forgetting_quality, forgetting_score
 from .lira import lira, ulira
 from .registry import DEFAULT_ATTACKS, AttackInputs, NotApplicable, attacks, get_attack, register_attack
 from .rmia import disjoint_halves, rmia, tune_rmia_a
-from .signals import QUERIES, Signals, extract_signals, logit_scaled_confidence, modified_entropy
+from .signals import QUERIES, AttackSignals, extract_signals, logit_scaled_confidence, modified_entropy
 
 __all__ = [
     "DEFAULT_ATTACKS",
@@ -19,7 +19,7 @@ __all__ = [
     "AttackInputs",
     "NotApplicable",
     "SVC_FEATURES",
-    "Signals",
+    "AttackSignals",
     "attacks",
     "disjoint_halves",
     "epsilons",

@@ -9,7 +9,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.svm import SVC
 
 from ..metrics import roc_summary
-from .signals import Signals
+from .signals import AttackSignals
 
 __all__ = ["SVC_FEATURES", "loss_logreg", "loss_threshold", "svc"]
 
@@ -56,8 +56,8 @@ SVC_FEATURES = {
 """The five feature sets of the SVC attack, from the identity query."""
 
 
-def svc(retain: Signals, test: Signals, forget: Signals, *, features=tuple(SVC_FEATURES), max_train: int = 5000,
-        seed: int = 0) -> dict[str, float]:
+def svc(retain: AttackSignals, test: AttackSignals, forget: AttackSignals, *, features=tuple(SVC_FEATURES),
+        max_train: int = 5000, seed: int = 0) -> dict[str, float]:
     """The SVC attack: an RBF SVC (C=3) learns member (retain) vs non-member (test) from softmax features and
     labels the forget set. Returns, per feature set, the fraction of forget examples it calls non-members
     (MIA efficacy: higher = better forgotten)."""

@@ -20,7 +20,7 @@ from ..metrics import roc_summary
 from .basic import loss_logreg, loss_threshold, svc
 from .lira import lira
 from .rmia import disjoint_halves, rmia, tune_rmia_a
-from .signals import Signals
+from .signals import AttackSignals
 
 __all__ = ["DEFAULT_ATTACKS", "ENTRY_POINT_GROUP", "AttackInputs", "NotApplicable", "attacks", "get_attack",
            "register_attack"]
@@ -50,14 +50,14 @@ class AttackInputs:
     halves (:func:`unlearn.attacks.disjoint_halves`): one is scored, the other is the population.
     """
 
-    forget: Signals
-    retain: Signals
-    test: Signals
+    forget: AttackSignals
+    retain: AttackSignals
+    test: AttackSignals
     shadows: Any = None
     forget_positions: np.ndarray | None = None
     test_positions: np.ndarray | None = None
     seed: int = 0
-    population: Signals | None = None
+    population: AttackSignals | None = None
     population_positions: np.ndarray | None = None
 
 

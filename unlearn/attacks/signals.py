@@ -17,10 +17,27 @@ from torch.utils.data import Dataset
 
 from proxies import predict
 
-__all__ = ["QUERIES", "Signals", "extract_signals", "logit_scaled_confidence", "modified_entropy"]
+__all__ = ["QUERIES", "AttackSignals", "extract_signals", "logit_scaled_confidence", "modified_entropy"]
 
 QUERIES = {"identity": lambda x: x, "hflip": lambda x: torch.flip(x, dims=[-1])}
 """Augmentation queries by name (``hflip`` only where the data allows it, e.g. natural images)."""
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """``log softmax`` over the last axis in float64, stably: the one place the attacks turn logits into
+    probabilities (the training recorder's float32 kernels are :func:`proxies.signals`).
+
+    >>> np.exp(log_softmax(np.array([[0.0, np.log(3.0)]]))).round(6)
+    array([[0.25, 0.75]])
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    peak = z.max(-1, keepdims=True)
+    return z - (peak + np.log(np.exp(z - peak).sum(-1, keepdims=True)))
+
+
+def true_class_log_probability(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``log p_y`` of each row of logits ``[..., C]`` (float64), ``labels`` shaped like the rows."""
+    return np.take_along_axis(log_softmax(logits), np.asarray(labels)[..., None], axis=-1)[..., 0]
 
 
 def logit_scaled_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -55,7 +72,7 @@ def modified_entropy(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-30) 
 
 
 @dataclass(frozen=True)
-class Signals:
+class AttackSignals:
     """Per-example signals ``[N, A]`` (A augmentation queries, first = identity) and probabilities ``[N, C]``."""
 
     phi: np.ndarray
@@ -69,25 +86,26 @@ class Signals:
     index: np.ndarray
 
     @classmethod
-    def from_logits(cls, logits: np.ndarray, labels: np.ndarray, index: np.ndarray) -> Signals:
-        """Signals from logits ``[N, A, C]`` (or ``[N, C]`` for one query)."""
+    def from_logits(cls, logits: np.ndarray, labels: np.ndarray, index: np.ndarray) -> AttackSignals:
+        """Attack signals from logits ``[N, A, C]`` (or ``[N, C]`` for one query)."""
         z = np.asarray(logits, dtype=np.float64)
         if z.ndim == 2:
             z = z[:, None, :]
         labels = np.asarray(labels)
         lab = np.broadcast_to(labels[:, None], z.shape[:2])
-        log_p = z - (z.max(-1, keepdims=True) + np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)))
+        log_p = log_softmax(z)
         p = np.exp(log_p)
         log_p_true = np.take_along_axis(log_p, lab[..., None], axis=-1)[..., 0]
         return cls(phi=logit_scaled_confidence(z, lab), loss=-log_p_true, p_true=np.exp(log_p_true),
                    entropy=-(p * log_p).sum(-1), modified_entropy=modified_entropy(p, lab),
                    correct=(z.argmax(-1) == lab), probs=p[:, 0, :], labels=labels, index=np.asarray(index))
 
-    def take(self, positions) -> Signals:
+    def take(self, positions) -> AttackSignals:
         """The signals of the examples at ``positions`` (rows, in that order), e.g. a forget set's rows of the
         signals of the whole training set.
 
-        >>> s = Signals.from_logits(np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0]]), np.array([0, 1, 1]), [7, 8, 9])
+        >>> logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0]])
+        >>> s = AttackSignals.from_logits(logits, np.array([0, 1, 1]), [7, 8, 9])
         >>> s.take(s.locate([9, 7])).index.tolist(), s.take([1]).correct.tolist()
         ([9, 7], [[True]])
         """
@@ -122,7 +140,7 @@ def predict_queries(model: nn.Module, data: Dataset, queries=("identity",), *, b
 
 
 def extract_signals(model: nn.Module, data: Dataset, *, queries=("identity",), batch_size: int = 1024,
-                    device: torch.device | str | None = None) -> Signals:
+                    device: torch.device | str | None = None) -> AttackSignals:
     """All signals of ``model`` on ``data`` for the given augmentation queries."""
     logits, labels, index = predict_queries(model, data, queries, batch_size=batch_size, device=device)
-    return Signals.from_logits(logits.numpy(), labels.numpy(), index.numpy())
+    return AttackSignals.from_logits(logits.numpy(), labels.numpy(), index.numpy())
