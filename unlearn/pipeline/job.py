@@ -34,6 +34,7 @@ from .stages import (
     memorization_stage,
     method_config_of,
     model_fn_of,
+    plan_groups,
     proxies_stage,
     proxy_series,
     recipe_of,
@@ -163,7 +164,7 @@ def _run(config: RunConfig, out: Path) -> RunResult:
     say(f"\n[5/6] unlearning ({config.method})")
     unlearned, plan = unlearn_stage(folder, config, original, forget, retain, table, recorder, model_fn,
                                     after_forget, device, method_config_of(config, settings))
-    say(plan.drop(columns=["config"]).to_string(index=False))
+    say(plan.drop(columns=["config", "indices"]).to_string(index=False))
 
     say("\n[6/6] evaluation")
     shadows, unlearned_shadows = shadow_stage(config, splits, settings, out)
@@ -198,7 +199,9 @@ def _run(config: RunConfig, out: Path) -> RunResult:
                                                                       stage_seconds["unlearn"],
                                                                       stage_seconds["reference"]]
 
-    groups = group_of(proxy_series(table, config.proxy), forget_ids, grouping=config.grouping)
+    # rum's groups are the plan's; for any other method the report groups the forget set by the same rule
+    groups = (plan_groups(plan, forget_ids) if config.method == "rum"
+              else group_of(proxy_series(table, config.proxy), forget_ids, grouping=config.grouping))
     scores = table.copy()
     scores.insert(0, "label", splits.train.targets.numpy())
     if splits.train_rows is not None:
@@ -245,7 +248,7 @@ def _run(config: RunConfig, out: Path) -> RunResult:
              "shadow models": config.shadows, "subset models (FZ)": config.fz_models,
              "unlearning time vs retraining": f"{ratio:.1%}"}
     tables = {"results": results, "forget accuracy by memorization group": per_group,
-              "unlearning plan": plan.drop(columns=["config"])}
+              "unlearning plan": plan.drop(columns=["config", "indices"])}
     write_report(out, {"run": facts, "seconds": stage_seconds, "time_vs_retrain": ratio}, tables, figures)
     results.attrs["per_group"] = per_group
     results.attrs["summary"] = (f"unlearning took {stage_seconds['unlearn']:.1f} s, {ratio:.1%} of retraining "

@@ -369,7 +369,8 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
     path = run.path / "plan.csv"
     reused = _reuse(run, "unlearn", settings, ["unlearned.pt", "plan.csv"],
                     lambda: (load_checkpoint(model_fn(), run.path / "unlearned.pt", device),
-                             _columns(pd.read_csv(path), path, ["group", "method", "examples", "config"])))
+                             _columns(pd.read_csv(path), path, ["group", "method", "examples", "config",
+                                                                "indices"])))
     if reused is not None:
         say("reusing the unlearned model in unlearned.pt")
         return reused[0].eval(), reused[1]
@@ -384,10 +385,22 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
                          device=device, **options)
         save_checkpoint(result.model, run.path / "unlearned.pt")
         plan = result.summary()
-        written = pd.DataFrame(plan).assign(config=[json.dumps(c, default=str, sort_keys=True)
-                                                    for c in plan["config"]])
-        written.to_csv(run.path / "plan.csv", index=False)  # the settings as JSON, readable from any language
+        # settings and each step's training indices as JSON, readable from any language; the report's groups
+        # are read back from the indices (plan_groups), not recomputed
+        plan = pd.DataFrame(plan).assign(config=[json.dumps(c, default=str, sort_keys=True) for c in plan["config"]],
+                                         indices=[json.dumps(step.indices.tolist()) for step in result.plan])
+        plan.to_csv(run.path / "plan.csv", index=False)
     return result.model.eval(), plan
+
+
+def plan_groups(plan: pd.DataFrame, forget_ids: np.ndarray) -> pd.Series:
+    """The group each forget example was unlearned in, as the plan's steps record it (their ``indices``)."""
+    groups = pd.Series(None, index=pd.Index(forget_ids, name="index"), name="group", dtype=object)
+    for group, indices in zip(plan["group"], plan["indices"], strict=True):
+        groups.loc[json.loads(indices)] = group
+    if groups.isna().any():
+        raise ValueError(f"plan.csv covers {int(groups.notna().sum())} of the {len(groups)} forget examples")
+    return groups
 
 
 def shadow_stage(config: RunConfig, splits, settings, out: Path):
