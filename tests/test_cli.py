@@ -309,7 +309,8 @@ def test_a_forced_rerun_removes_what_the_redone_stage_made_stale(tmp_path, monke
     left = {p.name for p in out.iterdir()}
     # the new forget set and its reference are there; nothing that described the old forget set is
     assert {"forget.csv", "reference.pt", "model.pt"} <= left
-    assert not left & {"report.md", "results.json", "scores.csv", "unlearned.pt", "plan.csv", "roc.png"}
+    assert not left & {"report.md", "results.json", "scores.csv", "unlearned.pt", "plan.csv", "roc.png",
+                    "config.toml"}
     assert len(pd.read_csv(out / "forget.csv")) == 10
     assert "unlearn" not in json.loads((out / "stages.json").read_text())
 
@@ -466,6 +467,7 @@ def test_the_command_and_pipeline_run_write_the_same_results_and_config_toml_rep
     # options given beside --config override it; the file alone stands for the rest
     assert main(["run", "--config", str(tmp_path / "cli" / "config.toml"), "--forget", "high:6"]) == 2
     assert "forget stage of a run with other settings (spec)" in capsys.readouterr().err
+    assert RunConfig.from_toml(tmp_path / "cli" / "config.toml") == written  # a refused run leaves it as it was
 
 
 def test_the_command_line_declares_the_run_configs_defaults():

@@ -57,7 +57,7 @@ RUN_STAGES = {"train": (), "proxies": ("proxies.csv",), "forget": ("forget.csv",
 """The stages of ``unlearn run`` in order, with the files each writes (training keeps its own, to resume from)."""
 
 RUN_OUTPUTS = ("report.md", "results.json", "scores.csv", "roc.png", "forget_accuracy_by_group.png",
-               "proxies_vs_memorization.png")
+               "proxies_vs_memorization.png", "config.toml")
 """What the evaluation writes from all the stages: removed as soon as any stage is redone."""
 
 
@@ -127,7 +127,6 @@ def _run(config: RunConfig, out: Path) -> RunResult:
 
     device = config.check()  # every stage, trained or reused, runs its models here
     folder = RunFolder(out, force=config.force, order=RUN_STAGES, outputs=RUN_OUTPUTS)
-    (out / "config.toml").write_text(config.to_toml())
     say("[1/6] original model")
     splits, original, recorder, checkpoints, settings, seconds = train_stage(config, out, folder)
     after_train = digest(settings)
@@ -250,6 +249,8 @@ def _run(config: RunConfig, out: Path) -> RunResult:
     tables = {"results": results, "forget accuracy by memorization group": per_group,
               "unlearning plan": plan.drop(columns=["config", "indices"])}
     write_report(out, {"run": facts, "seconds": stage_seconds, "time_vs_retrain": ratio}, tables, figures)
+    (out / "config.toml").write_text(config.to_toml())  # last, beside the outputs it made: a refused or failed
+    # run leaves none (RUN_OUTPUTS), so the file always describes the folder's results
     results.attrs["per_group"] = per_group
     results.attrs["summary"] = (f"unlearning took {stage_seconds['unlearn']:.1f} s, {ratio:.1%} of retraining "
                                 f"({stage_seconds['reference']:.1f} s); ToW {results.loc['tow', 'unlearned']:.3f} "
