@@ -108,15 +108,6 @@ def test_loss_curvature_runs_on_the_device_with_probes_from_a_cpu_generator(data
     assert model_device(model).type == "cpu"
 
 
-def test_loss_curvature_is_the_same_whatever_device_holds_the_model(digits):
-    """The probes are drawn on the CPU: asking for the model's own device or for none gives identical scores."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    data = torch.utils.data.Subset(digits.train, range(20))
-    a = proxies.loss_curvature(model, data, n_probes=2, seed=3, device="cpu", progress=False)
-    b = proxies.loss_curvature(model, data, n_probes=2, seed=3, progress=False)
-    assert a.equals(b)
-
-
 def test_recorder_keeps_an_epoch_whose_batches_change_device():
     rec = TrainingRecorder(4)
     rec.start_epoch()
