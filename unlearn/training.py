@@ -185,17 +185,19 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
     return model, pd.DataFrame(rows, columns=columns)
 
 
-def check_recipe(*, epochs, lr, batch_size, momentum=0.0, weight_decay=0.0) -> None:
+def check_recipe(*, epochs, lr, batch_size, momentum=0.0, weight_decay=0.0,
+                 label: Callable[[str], str] = str) -> None:
     """Refuse training settings that cannot train: epochs and batch_size whole numbers (>= 0, >= 1), lr finite and
-    > 0, momentum and weight decay finite and >= 0 (a NaN would train and write NaN weights)."""
+    > 0, momentum and weight decay finite and >= 0 (a NaN would train and write NaN weights). ``label`` names a
+    setting in the message (the command line names them ``--lr``, ``--batch-size``...)."""
     for name, value, least in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+            raise ValueError(f"{label(name)} must be a whole number >= {least}, got {value!r}")
     for name, value, positive in (("lr", lr, True), ("momentum", momentum, False),
                                   ("weight_decay", weight_decay, False)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or (
                 value <= 0 if positive else value < 0):
-            raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+            raise ValueError(f"{label(name)} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
 
 
 def _save_state(path, fingerprint: dict, epoch: int, model: nn.Module, optimizer, generator: torch.Generator,

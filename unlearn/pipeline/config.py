@@ -29,7 +29,7 @@ import torch
 import proxies
 
 from ..attacks import DEFAULT_ATTACKS
-from ..training import RECIPES, TrainConfig, resolve_device
+from ..training import RECIPES, TrainConfig, check_recipe, resolve_device
 
 __all__ = ["DEFAULT_PROXIES", "MAX_MODELS", "MIN_TRAIN_SIZE", "RunConfig"]
 
@@ -119,18 +119,13 @@ class RunConfig:
         name the command-line options."""
         device = self.resolved_device()
         recipe = self.recipe()
-        for name in ("lr", "momentum", "weight_decay", "val_fraction"):
-            value = getattr(recipe, name) if name != "val_fraction" else self.val_fraction
-            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number "
-                                 f"{'> 0' if name == 'lr' else '>= 0'}, got {value}")
-        if not 0 < self.val_fraction < 1:
+        check_recipe(epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size, momentum=recipe.momentum,
+                     weight_decay=recipe.weight_decay, label=lambda name: f"--{name.replace('_', '-')}")
+        if not (math.isfinite(self.val_fraction) and 0 < self.val_fraction < 1):
             raise ValueError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
         if recipe.epochs < 1:
             raise ValueError(f"--epochs must be >= 1 (the recording and every proxy need a trained epoch), got "
                              f"{recipe.epochs}")
-        if recipe.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {recipe.batch_size}")
         if self.checkpoints < 1:
             raise ValueError(f"--checkpoints must be >= 1, got {self.checkpoints}")
         if self.train_size is not None and self.train_size < MIN_TRAIN_SIZE:

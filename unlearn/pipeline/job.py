@@ -87,20 +87,32 @@ def run(config: RunConfig | None = None, out: str | os.PathLike | None = None, *
         ValueError: bad settings (named as the command-line options), checked before any work; a folder in use
             or holding another run (unless ``config.force``).
     """
+    config = _settled(config, out)
+    device = config.check()  # every stage, trained or reused, runs its models here
+    with _session(config.folder, progress):  # a second run on the same folder is refused while this one lives
+        return _run(config, config.folder, device)
+
+
+def _settled(config: RunConfig | None, out) -> RunConfig:
+    """A copy of ``config`` (the defaults when None) with ``out``, when given, as its folder."""
     config = dataclasses.replace(config or RunConfig())
     if out is not None:
         config.out = str(out)
-    out = config.folder
-    config.check()
+    return config
+
+
+@contextmanager
+def _session(folder: Path, progress: bool):
+    """The body holds ``folder``'s lock, and the stages speak (and show bars) only with ``progress``."""
     token = set_progress(progress)
     try:
-        with locked(out):  # a second run on the same folder is refused while this one lives
-            return _run(config, out)
+        with locked(folder):
+            yield
     finally:
         _PROGRESS.reset(token)
 
 
-def _run(config: RunConfig, out: Path) -> RunResult:
+def _run(config: RunConfig, out: Path, device) -> RunResult:
     from ..attacks import extract_signals
     from ..evaluation import evaluate, evaluate_ulira
     from ..metrics import plot_roc
@@ -125,10 +137,9 @@ def _run(config: RunConfig, out: Path) -> RunResult:
         raise ValueError(f"--policy is for --method rum, not {config.method}")
     check_method_config(config.method, config.method_config)  # a misspelt setting fails before any work
 
-    device = config.check()  # every stage, trained or reused, runs its models here
     folder = RunFolder(out, force=config.force, order=RUN_STAGES, outputs=RUN_OUTPUTS)
     say("[1/6] original model")
-    splits, original, recorder, checkpoints, settings, seconds = train_stage(config, out, folder)
+    splits, original, recorder, checkpoints, settings, seconds = train_stage(config, out, device, folder)
     after_train = digest(settings)
     if seconds is not None:
         folder.finish("train", {"config": after_train}, seconds=seconds)
@@ -264,14 +275,10 @@ def _trained_folder(folder: Path, root, device, progress: bool):
     """A folder written by ``unlearn train`` or ``run``, locked for the body: its settings, splits, recording and
     checkpoints, with the models on ``device`` (or CUDA when there is one)."""
     trained_run(folder)
-    token = set_progress(progress)
-    try:
-        with locked(folder):
-            device = RunConfig(device=device).resolved_device()
-            settings, splits, _, recorder, checkpoints = load_run(folder, root, device)
-            yield settings, splits, recorder, checkpoints, device
-    finally:
-        _PROGRESS.reset(token)
+    with _session(folder, progress):
+        device = RunConfig(device=device).resolved_device()
+        settings, splits, _, recorder, checkpoints = load_run(folder, root, device)
+        yield settings, splits, recorder, checkpoints, device
 
 
 def run_proxies(folder: str | os.PathLike, names=None, *, fz_models: int = 0, root=None, device=None,
@@ -346,14 +353,8 @@ def train_original(config: RunConfig | None = None, out: str | os.PathLike | Non
                    progress: bool = True):
     """``unlearn train``: train (or reuse) the original model with the recorder into ``out``; returns the splits,
     the model and its recording."""
-    config = dataclasses.replace(config or RunConfig())
-    if out is not None:
-        config.out = str(out)
-    config.check()
-    token = set_progress(progress)
-    try:
-        with locked(config.folder):
-            splits, model, recorder, _, _, _ = train_stage(config, config.folder)
-            return splits, model, recorder
-    finally:
-        _PROGRESS.reset(token)
+    config = _settled(config, out)
+    device = config.check()
+    with _session(config.folder, progress):
+        splits, model, recorder, _, _, _ = train_stage(config, config.folder, device)
+        return splits, model, recorder

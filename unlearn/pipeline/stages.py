@@ -80,9 +80,9 @@ TRAIN_STATE = "train-state.pt"
 """The training state after the last finished epoch, in ``OUT/checkpoints``: a killed training resumes from it."""
 
 
-def train_stage(config: RunConfig, out: Path, run: RunFolder | None = None):
-    """Train the original model into ``out``, or load it when ``out`` already holds the same run (``run``: the
-    folder's later stages, cleared when training starts).
+def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFolder | None = None):
+    """Train the original model on ``device`` into ``out``, or load it there when ``out`` already holds the same
+    run (``run``: the folder's later stages, cleared when training starts).
 
     Returns the splits, the model, its recording, its checkpoints, the settings and the training seconds (None
     when reused)."""
@@ -97,7 +97,6 @@ def train_stage(config: RunConfig, out: Path, run: RunFolder | None = None):
     keep = sorted({round(recipe.epochs * (i + 1) / every) for i in range(every)} - {0})
     settings = {"dataset": config.dataset, "model": model_name, "seed": config.seed, "train_size": config.train_size,
                 "val_fraction": config.val_fraction, "checkpoint_epochs": keep, **recipe.as_kwargs()}
-    device = config.check()  # a reused model goes where a new one would train
     torch.manual_seed(config.seed)
     model = create_model(model_name, num_classes=splits.num_classes, in_channels=splits.in_channels)
     check_data(config, splits, model, model_name)
