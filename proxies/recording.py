@@ -15,10 +15,39 @@ indices; :func:`unlearn.unlearn` calls it on the forget and retain sets.
 >>> rec.end_epoch()
 >>> rec["correct"]
 array([[ 0., nan,  1.]], dtype=float32)
+
+Beyond the softmax signals a recording can hold two more things, which the ``csg`` and ``sgal`` proxies read:
+
+- **Input gradients** (``input_gradients=True``, the default): each presentation's squared input-gradient norm
+  ``||grad_x loss(x, y)||^2``, taken from the training backward pass itself. :func:`unlearn.train` makes the
+  batch's inputs require grad and hands ``x.grad`` over after each backward. A manual loop does the same:
+
+  >>> model = torch.nn.Linear(3, 2)
+  >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+  >>> x, y, index = torch.randn(4, 3), torch.tensor([0, 1, 1, 0]), torch.arange(4)
+  >>> rec = TrainingRecorder(num_examples=4)
+  >>> rec.start_epoch()
+  >>> x = x.requires_grad_()                   # 1. the batch's inputs require grad
+  >>> logits = model(x)
+  >>> loss = torch.nn.functional.cross_entropy(logits, y)   # mean over the batch
+  >>> rec.record(logits, y, index)
+  >>> optimizer.zero_grad(); loss.backward(); optimizer.step()
+  >>> rec.record_input_gradients(x.grad, index, scale=len(x))  # 2. x.grad of a mean loss is 1/B of each example's
+  >>> rec.end_epoch(model)                      # 3. the model: its weight norm at the epoch's end, for sgal
+  >>> rec.input_gradient_norms.shape, rec.weight_norms.shape
+  ((1, 4), (1,))
+
+  With a sum-reduced loss, ``scale=1``. With BatchNorm in train mode an example's input also moves the batch's
+  statistics, so ``x.grad`` holds a (small) share of the other examples' losses too; the recording keeps what the
+  backward pass gave, as the CSG paper's training-time measurement does.
+- **Weight norms**: the L2 norm of all trainable parameters at the end of each epoch, when ``end_epoch`` is given
+  the model.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import numpy as np
@@ -35,15 +64,25 @@ class TrainingRecorder:
 
     Args:
         num_examples: size of the training set; ``record`` takes indices in ``[0, num_examples)``.
+        input_gradients: ask the training loop for each presentation's input-gradient norm (the ``csg`` proxy).
+            :func:`unlearn.train` reads this flag; it costs one more backward step through the first layer (see
+            ``benchmarks/bench_recorder.py``). A manual loop records them with :meth:`record_input_gradients`.
     """
 
     columns = SIGNAL_COLUMNS
 
-    def __init__(self, num_examples: int) -> None:
-        if not isinstance(num_examples, int) or num_examples < 0:
+    def __init__(self, num_examples: int, *, input_gradients: bool = True) -> None:
+        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
             raise ValueError(f"num_examples must be a non-negative int, got {num_examples!r}")
+        if not isinstance(input_gradients, bool):
+            raise TypeError(f"input_gradients must be True or False, got {input_gradients!r}")
         self.num_examples = num_examples
+        self.input_gradients = input_gradients
         self._epochs: list[Tensor] = []
+        # per finished epoch: squared input-gradient norms [N] (None: the epoch recorded none) and the weight norm
+        self._gradient_epochs: list[Tensor | None] = []
+        self._weight_norms: list[float] = []
+        self._gradients: Tensor | None = None  # [N] squared input-gradient norms of the open epoch
         # the fingerprint of the training set: each example's label as last presented (-1: never), the logits'
         # width; None for both when unknown (a file written before recordings carried them)
         self._last_labels: np.ndarray | None = np.full(num_examples, -1, dtype=np.int64)
@@ -63,6 +102,7 @@ class TrainingRecorder:
             self.end_epoch()
         self._current = torch.zeros(self.num_examples, dtype=torch.bool)  # presented this epoch
         self._epoch_has_rows = False  # kept on the host: asking the mask would sync with the device
+        self._gradients = None
         if self._logits is not None:
             self._current = self._current.to(self._logits.device)
 
@@ -100,10 +140,45 @@ class TrainingRecorder:
         self._current[index] = True
         self._epoch_has_rows = self._epoch_has_rows or bool(len(index))
 
-    def end_epoch(self) -> None:
-        """Close the current epoch: score every presented example's logits in one pass."""
+    def record_input_gradients(self, gradients: Tensor, index: Tensor, *, scale: float = 1.0) -> None:
+        """Store one batch's input gradients: ``gradients [B, ...]`` (``x.grad`` after the backward pass), keyed by
+        training-set ``index [B]``. Each example keeps ``(scale * ||gradients[b]||)^2``: ``scale`` is the batch
+        size when the loss was a mean over the batch (each row of ``x.grad`` is then 1/B of the example's own
+        input gradient), 1 for a summed loss. The norms stay on the gradients' device until :meth:`end_epoch`.
+
+        Raises:
+            RuntimeError: no open epoch.
+            ValueError: shapes that do not match, an index out of range, or a scale that is not finite and > 0.
+        """
+        if self._current is None:
+            raise RuntimeError("call start_epoch() before record_input_gradients()")
+        if not isinstance(gradients, torch.Tensor) or gradients.ndim < 1:
+            raise ValueError("gradients must be a tensor [B, ...] (x.grad of the batch's inputs; None means the "
+                             f"inputs did not require grad), got {type(gradients).__name__}")
+        index = torch.as_tensor(index)
+        if index.shape != (len(gradients),) or index.is_floating_point() or index.dtype == torch.bool:
+            raise ValueError(f"index must be [B] = [{len(gradients)}] integers, got {index.dtype} {list(index.shape)}")
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a finite number > 0 (the batch size for a mean loss), got {scale!r}")
+        if index.device.type == "cpu" and index.numel() and (int(index.min()) < 0
+                                                             or int(index.max()) >= self.num_examples):
+            raise ValueError(f"index must lie in [0, {self.num_examples}), "
+                             f"got [{int(index.min())}, {int(index.max())}]")
+        squared = gradients.detach().flatten(1).float().pow(2).sum(1) * float(scale) ** 2
+        if self._gradients is None or self._gradients.device != squared.device:
+            buffer = torch.full((self.num_examples,), float("nan"), device=squared.device)
+            if self._gradients is not None:  # a batch from another device joins the rows already there
+                buffer.copy_(self._gradients.to(squared.device))
+            self._gradients = buffer
+        self._gradients[index.to(squared.device)] = squared
+
+    def end_epoch(self, model: torch.nn.Module | None = None) -> None:
+        """Close the current epoch: score every presented example's logits in one pass. Given the ``model``, also
+        keep the L2 norm of its trainable parameters (all of them, as one vector) as the epoch's weight norm."""
         if self._current is None:
             raise RuntimeError("end_epoch() without start_epoch()")
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
         values = torch.full((self.num_examples, len(self.columns)), float("nan"))
         presented = self._current
         if bool(presented.any()):
@@ -115,7 +190,10 @@ class TrainingRecorder:
                 self._last_labels[on_host.numpy()] = self._labels[presented].cpu().numpy()
             self._num_classes = int(self._logits.shape[1])
         self._epochs.append(values)
+        self._gradient_epochs.append(None if self._gradients is None else self._gradients.float().cpu())
+        self._weight_norms.append(_weight_norm(model) if model is not None else float("nan"))
         self._current = None
+        self._gradients = None
         self._stacked = None
 
     # --------------------------------------------------------------------------------------------- reading
@@ -142,6 +220,21 @@ class TrainingRecorder:
     def presented(self) -> np.ndarray:
         """``[epochs, examples]`` bool: was the example in a batch that epoch."""
         return ~np.isnan(self.values[:, :, 0])
+
+    @property
+    def input_gradient_norms(self) -> np.ndarray | None:
+        """Squared input-gradient norms ``[epochs, examples]`` float32 (NaN where an example was not presented or
+        an epoch recorded none); None when no epoch recorded any."""
+        if all(g is None for g in self._gradient_epochs):
+            return None
+        nan = torch.full((self.num_examples,), float("nan"))
+        return torch.stack([nan if g is None else g for g in self._gradient_epochs]).numpy()
+
+    @property
+    def weight_norms(self) -> np.ndarray:
+        """The L2 norm of the trainable parameters at the end of each epoch ``[epochs]`` float64 (NaN for an
+        epoch closed without the model)."""
+        return np.array(self._weight_norms, dtype=np.float64)
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -209,7 +302,11 @@ class TrainingRecorder:
     def state_dict(self) -> dict[str, Tensor]:
         """The finished epochs and the fingerprint as tensors (for a training's resume file; ``torch.load`` with
         ``weights_only=True`` reads it back). An open epoch is not part of it."""
-        state = {"values": torch.from_numpy(self.values.copy())}
+        state = {"values": torch.from_numpy(self.values.copy()),
+                 "weight_norms": torch.from_numpy(self.weight_norms)}
+        gradients = self.input_gradient_norms
+        if gradients is not None:
+            state["input_gradient_norms"] = torch.from_numpy(gradients)
         if self._last_labels is not None:
             state["labels"] = torch.from_numpy(self._last_labels.copy())
         if self._num_classes is not None:
@@ -220,21 +317,28 @@ class TrainingRecorder:
         """Replace the recording by one :meth:`state_dict` made (of a recorder of the same size), e.g. to resume a
         training after its last finished epoch."""
         values = torch.as_tensor(state["values"]).cpu().numpy()
-        labels = state.get("labels")
+        def array(key):
+            return None if state.get(key) is None else torch.as_tensor(state[key]).cpu().numpy()
+
         num_classes = state.get("num_classes")
         restored = TrainingRecorder.from_values(
-            values, labels=None if labels is None else torch.as_tensor(labels).cpu().numpy(),
-            num_classes=None if num_classes is None else int(num_classes))
+            values, labels=array("labels"), num_classes=None if num_classes is None else int(num_classes),
+            input_gradient_norms=array("input_gradient_norms"), weight_norms=array("weight_norms"))
         if restored.num_examples != self.num_examples:
             raise ValueError(f"the state holds {restored.num_examples} examples, this recorder {self.num_examples}")
         self._epochs, self._last_labels, self._num_classes = restored._epochs, restored._last_labels, \
             restored._num_classes
+        self._gradient_epochs, self._weight_norms = restored._gradient_epochs, restored._weight_norms
+        self._gradients = None
         self._current, self._epoch_has_rows, self._stacked = None, False, None
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a compressed ``.npz`` (no pickled objects) to ``path`` exactly, whatever its suffix: the signals,
-        their columns and, where known, the fingerprint (``labels``, ``num_classes``)."""
-        arrays = {"signals": self.values, "columns": np.array(self.columns)}
+        their columns, the weight norms, the input-gradient norms when recorded and, where known, the fingerprint
+        (``labels``, ``num_classes``)."""
+        arrays = {"signals": self.values, "columns": np.array(self.columns), "weight_norms": self.weight_norms}
+        if self.input_gradient_norms is not None:
+            arrays["input_gradient_norms"] = self.input_gradient_norms
         if self._last_labels is not None:
             arrays["labels"] = self._last_labels
         if self._num_classes is not None:
@@ -248,30 +352,50 @@ class TrainingRecorder:
 
         A file written before recordings carried their fingerprint (only ``signals`` and ``columns``) still loads,
         with :attr:`labels` and :attr:`num_classes` None: :meth:`check_matches` then checks only the number of
-        examples, and a recording of another training set of at least as many examples goes unnoticed.
+        examples, and a recording of another training set of at least as many examples goes unnoticed. One written
+        before recordings held input-gradient and weight norms loads without them (``csg`` and ``sgal`` then refuse
+        it).
         """
         with np.load(path, allow_pickle=False) as f:
             if "signals" not in f or "columns" not in f:
                 raise ValueError(f"{os.fspath(path)} is not a training recording (expected 'signals' and 'columns')")
             columns, values = tuple(f["columns"].tolist()), f["signals"]
-            labels = f["labels"] if "labels" in f else None
+            optional = {key: f[key] if key in f else None
+                        for key in ("labels", "input_gradient_norms", "weight_norms")}
             num_classes = int(f["num_classes"]) if "num_classes" in f else None
         if columns != cls.columns:
             raise ValueError(f"{os.fspath(path)}: expected columns {cls.columns}, got {columns}")
-        return cls.from_values(values, labels=labels, num_classes=num_classes)
+        return cls.from_values(values, num_classes=num_classes, **optional)
 
     @classmethod
-    def from_values(cls, values: np.ndarray, *, labels: np.ndarray | None = None,
-                    num_classes: int | None = None) -> TrainingRecorder:
+    def from_values(cls, values: np.ndarray, *, labels: np.ndarray | None = None, num_classes: int | None = None,
+                    input_gradient_norms: np.ndarray | None = None,
+                    weight_norms: np.ndarray | None = None) -> TrainingRecorder:
         """A recording holding ``values [epochs, examples, 5]`` (columns :attr:`columns`, NaN = not presented) and,
         where given, its fingerprint: ``labels [examples]`` (-1: never presented) and ``num_classes``. Without
         them the recording carries none (:attr:`labels` / :attr:`num_classes` None) and is not checked against a
-        dataset's labels or a model's width."""
+        dataset's labels or a model's width. ``input_gradient_norms [epochs, examples]`` (squared; an all-NaN
+        epoch recorded none) and ``weight_norms [epochs]`` feed the ``csg`` and ``sgal`` proxies."""
         values = np.asarray(values, dtype=np.float32)
         if values.ndim != 3 or values.shape[2] != len(cls.columns):
             raise ValueError(f"expected values [epochs, examples, {len(cls.columns)}], got {values.shape}")
-        recorder = cls(int(values.shape[1]))
+        epochs, n = int(values.shape[0]), int(values.shape[1])
+        recorder = cls(n)
         recorder._epochs = [torch.from_numpy(v.copy()) for v in values]
+        recorder._gradient_epochs = [None] * epochs
+        if input_gradient_norms is not None:
+            gradients = np.asarray(input_gradient_norms, dtype=np.float32)
+            if gradients.shape != (epochs, n):
+                raise ValueError(f"input_gradient_norms must be [epochs, examples] = [{epochs}, {n}] like values, "
+                                 f"got {list(gradients.shape)}")
+            recorder._gradient_epochs = [None if np.isnan(g).all() else torch.from_numpy(g.copy())
+                                         for g in gradients]
+        recorder._weight_norms = [float("nan")] * epochs
+        if weight_norms is not None:
+            norms = np.asarray(weight_norms, dtype=np.float64)
+            if norms.shape != (epochs,):
+                raise ValueError(f"weight_norms must be [epochs] = [{epochs}], got {list(norms.shape)}")
+            recorder._weight_norms = [float(v) for v in norms]
         if labels is None:
             recorder._last_labels = None
         else:
@@ -290,3 +414,10 @@ class TrainingRecorder:
                 raise ValueError(f"labels reach {int(labels.max())} but num_classes is {num_classes}")
             recorder._num_classes = int(num_classes)
         return recorder
+
+
+@torch.no_grad()
+def _weight_norm(model: torch.nn.Module) -> float:
+    """The L2 norm of all of ``model``'s trainable parameters taken as one vector (one host sync)."""
+    squares = [p.detach().float().pow(2).sum() for p in model.parameters() if p.requires_grad]
+    return float(torch.stack(squares).sum().sqrt()) if squares else float("nan")

@@ -10,8 +10,13 @@ def _recording(correct_rows, confidence_rows=None):
     correct = np.array(correct_rows, dtype=np.float32)
     conf = np.where(correct == 1, 0.9, 0.2) if confidence_rows is None else np.array(confidence_rows)
     values = np.stack([conf, conf, 1 - conf, -np.log(conf), correct], axis=2)
-    rec = TrainingRecorder.from_values(np.where(np.isnan(correct)[..., None], np.nan, values))
-    return rec
+    missing = np.isnan(correct)
+    # squared input-gradient norms as large as the loss, and a weight norm that peaks at the middle epoch
+    gradients = np.where(missing, np.nan, -np.log(conf))
+    norms = np.arange(len(correct), dtype=float)
+    norms = np.minimum(norms, norms[::-1])
+    return TrainingRecorder.from_values(np.where(missing[..., None], np.nan, values),
+                                        input_gradient_norms=gradients, weight_norms=norms)
 
 
 def test_learning_speed_proxies_match_hand_computation():
@@ -25,10 +30,15 @@ def test_learning_speed_proxies_match_hand_computation():
     assert table["forgetting_events"].tolist() == [1, 0, 1]
     assert table["first_learned"].tolist() == [1, 0, 0]
     assert table["presentations_needed"].tolist() == [3, 0, 4]
+    assert table["csg"].tolist() == pytest.approx(table["csl"].tolist())  # the helper's gradients equal the loss
+    # weight norms 0, 1, 1, 0 peak first at epoch 1: the losses of epochs 0 and 1
+    assert table["sgal"].tolist() == pytest.approx([-np.log(0.2) - np.log(0.9), -2 * np.log(0.9),
+                                                    -np.log(0.9) - np.log(0.2)])
     assert table.index.name == "index"
     assert table.attrs["higher_is_memorized"] == {
         "confidence": False, "max_confidence": False, "negative_entropy": False, "accuracy": False,
-        "forgetting_events": True, "first_learned": True, "presentations_needed": True, "csl": True}
+        "forgetting_events": True, "first_learned": True, "presentations_needed": True, "csl": True,
+        "csg": True, "sgal": True, "loss_iqr": True}
 
 
 def test_never_learned_examples_count_every_presentation():

@@ -124,6 +124,8 @@ def test_a_training_stopped_mid_way_resumes_to_the_same_bits(digits, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(),
                                                  strict=True))
     np.testing.assert_array_equal(recording.values, whole_recording.values)
+    np.testing.assert_array_equal(recording.input_gradient_norms, whole_recording.input_gradient_norms)
+    np.testing.assert_array_equal(recording.weight_norms, whole_recording.weight_norms)
     pd.testing.assert_frame_equal(history.drop(columns="seconds"), whole_history.drop(columns="seconds"))
     with pytest.raises(ValueError, match="other settings \\(lr\\)"):
         train(model, data, recorder=TrainingRecorder(len(digits.train)), resume=state, **{**recipe, "lr": 0.1})

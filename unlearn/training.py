@@ -99,7 +99,9 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
         seed: seeds shuffling and any randomness in the model; the global RNG state is restored afterwards.
         drop_last: drop the last partial batch of each epoch.
         patience: stop early once the training loss has not improved for this many epochs (None: never).
-        recorder: a :class:`proxies.TrainingRecorder` sized to the training set, filled during training.
+        recorder: a :class:`proxies.TrainingRecorder` sized to the training set, filled during training: each
+            presentation's softmax signals, its input-gradient norm when ``recorder.input_gradients`` (the batch's
+            inputs then require grad) and each epoch's weight norm.
         on_epoch_end: called as ``f(epoch, model)`` (1-based epoch) after each epoch, e.g. to keep checkpoints.
         dp: train with differential privacy (DP-SGD through opacus: Poisson-sampled batches of expected size
             ``batch_size``, per-example clipping, noise calibrated to ``dp.epsilon`` over ``epochs``); the history
@@ -150,17 +152,25 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             epoch_batches = functools.partial(batches, dataset, batch_size, shuffle=True, generator=generator,
                                               drop_last=drop_last, device=device)
 
+        # the recorder's input gradients come from this very backward pass: the inputs require grad, and x.grad
+        # (of the batch-mean loss, 1/B of each example's own) is handed over once the step is done
+        input_gradients = recorder is not None and getattr(recorder, "input_gradients", False)
+
         def steps(epoch: int):
             if recorder is not None:
                 recorder.start_epoch()
             for x, y, index in epoch_batches():
+                if input_gradients:
+                    x = x.detach().requires_grad_()
                 logits = private(x)
                 loss = F.cross_entropy(logits, y)
                 if recorder is not None:
                     recorder.record(logits, y, index)
-                yield Step(loss, logits, y)
+                yield Step(loss, logits, y)  # the loop steps on it before asking for the next one
+                if input_gradients:
+                    recorder.record_input_gradients(x.grad, index, scale=len(y))
             if recorder is not None:
-                recorder.end_epoch()
+                recorder.end_epoch(model)
 
         def end_epoch(epoch: int, row: dict) -> bool:
             nonlocal best_loss, stale
