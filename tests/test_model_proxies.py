@@ -91,10 +91,11 @@ def test_gradient_norm_matches_a_per_example_loop(digits, digits_model):
     np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-4)
 
 
-def test_gradient_norm_refuses_batch_norm(digits):
+def test_gradient_norm_through_opacus_refuses_batch_norm(digits):
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 10))
     with pytest.raises(ValueError, match="ModuleValidator.fix"):
-        proxies.gradient_norm(model, Subset(digits.train, [0, 1]))
+        proxies.gradient_norm(model, Subset(digits.train, [0, 1]), engine="opacus")
+    assert proxies.gradient_norm(model, Subset(digits.train, [0, 1])).notna().all()  # torch.func: eval-mode BN
 
 
 def test_holdout_retraining_scores_the_shift_of_a_fine_tuned_copy(digits, digits_model):
