@@ -65,5 +65,12 @@ def holdout_retraining(model: nn.Module, data: Dataset, holdout: Dataset, *, fin
                          progress=progress)
     before, _, index = predict(model, data, device=device)
     after, _, _ = predict(tuned, data, device=device)
-    scores = symmetric_kl(before.double(), after.double(), backend=backend)
-    return pd.Series(scores.numpy(), index=pd.Index(index.numpy(), name="index"))
+    where = _scoring_device(device)  # the predictions come back on the CPU; a GPU scores them where it made them
+    scores = symmetric_kl(before.to(where).double(), after.to(where).double(), backend=backend)
+    return pd.Series(scores.cpu().numpy(), index=pd.Index(index.numpy(), name="index"))
+
+
+def _scoring_device(device: torch.device) -> torch.device:
+    """Where the symmetric KL of predictions made on ``device`` runs: that device when it is a CUDA device (the
+    CUDA kernel of :func:`proxies.symmetric_kl`), else the CPU (a ``meta`` model's predictions have no values)."""
+    return device if device.type == "cuda" else torch.device("cpu")

@@ -48,21 +48,24 @@ def accuracy(recording: TrainingRecorder) -> np.ndarray:
 
 
 @register_proxy("forgetting_events", higher_is_memorized=True, needs=("recording",))
-def forgetting_events(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
+def forgetting_events(recording: TrainingRecorder, backend: str = "auto",
+                      device: torch.device | str | None = None) -> np.ndarray:
     """Number of learned-then-forgotten transitions (Toneva et al.); never learned counts every presentation."""
-    return _events(recording, backend)["forgetting_events"]
+    return _events(recording, backend, device)["forgetting_events"]
 
 
 @register_proxy("first_learned", higher_is_memorized=True, needs=("recording",))
-def first_learned(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
+def first_learned(recording: TrainingRecorder, backend: str = "auto",
+                  device: torch.device | str | None = None) -> np.ndarray:
     """First presentation at which the example was classified correctly (number of presentations if never)."""
-    return _events(recording, backend)["first_learned"]
+    return _events(recording, backend, device)["first_learned"]
 
 
 @register_proxy("presentations_needed", higher_is_memorized=True, needs=("recording",))
-def presentations_needed(recording: TrainingRecorder, backend: str = "auto") -> np.ndarray:
+def presentations_needed(recording: TrainingRecorder, backend: str = "auto",
+                         device: torch.device | str | None = None) -> np.ndarray:
     """Presentations until the example stayed learned: last incorrect presentation + 1."""
-    return _events(recording, backend)["presentations_needed"]
+    return _events(recording, backend, device)["presentations_needed"]
 
 
 @register_proxy("csl", higher_is_memorized=True, needs=("recording",))
@@ -74,8 +77,13 @@ def csl(recording: TrainingRecorder) -> np.ndarray:
     return np.where(np.isnan(loss).all(axis=0), np.nan, np.nansum(loss, axis=0))
 
 
-def _events(recording: TrainingRecorder, backend: str) -> dict[str, np.ndarray]:
-    """Learning events over presentations; an epoch an example missed repeats its previous presentation."""
+def _events(recording: TrainingRecorder, backend: str, device: torch.device | str | None = None
+            ) -> dict[str, np.ndarray]:
+    """Learning events over presentations; an epoch an example missed repeats its previous presentation.
+
+    The counting runs on ``device`` (default: the CPU, where the recording is): on a GPU the ``[E, N]`` correctness
+    matrix is copied there and ``backend="auto"`` picks the CUDA kernel; the counts come back to the CPU.
+    """
     correct = recording["correct"]
     missing = np.isnan(correct)
     if missing.any():  # forward-fill along epochs so a missed epoch adds no transition; leading gaps count as wrong
@@ -83,9 +91,11 @@ def _events(recording: TrainingRecorder, backend: str) -> dict[str, np.ndarray]:
         for epoch in range(1, len(filled)):
             filled[epoch] = np.where(missing[epoch], filled[epoch - 1], filled[epoch])
         correct = filled
-    events = learning_events(torch.from_numpy(correct > 0.5), backend=backend)
+    correct = torch.from_numpy(correct > 0.5)
+    events = learning_events(correct if device is None else correct.to(device), backend=backend)
+    events = {k: v.cpu().numpy() for k, v in events.items()}
     never = missing.all(axis=0)  # as float with NaN only where needed: counts stay integers otherwise
-    return {k: np.where(never, np.nan, v.numpy()) if never.any() else v.numpy() for k, v in events.items()}
+    return {k: np.where(never, np.nan, v) if never.any() else v for k, v in events.items()}
 
 
 @register_proxy("early_accuracy", higher_is_memorized=False, needs=("recording",))

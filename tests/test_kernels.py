@@ -181,3 +181,75 @@ def test_backend_choice_errors():
         with pytest.raises(ValueError, match="runs on cpu tensors"):
             from proxies._backends import resolve
             resolve("numba", "cuda")
+
+
+# ------------------------------------------------------------- where the pipeline's scoring kernels run
+
+def _recording(epochs=6, n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand(epochs, n, 5, generator=g).numpy()
+    values[..., 4] = (values[..., 4] > 0.4).astype(np.float32)
+    values[2, 3] = np.nan  # a missed presentation, forward-filled
+    values[:, 5] = np.nan  # never presented
+    return proxies.TrainingRecorder.from_values(values)
+
+
+@pytest.mark.parametrize("name", ["forgetting_events", "first_learned", "presentations_needed"])
+def test_learning_event_proxies_count_on_the_given_device(name, monkeypatch):
+    import proxies.learning_speed as learning_speed
+
+    rec = _recording()
+    default = proxies.compute(name, recording=rec)
+    seen = []
+
+    def spy(correct, *, backend):
+        seen.append(correct.device.type)
+        if correct.device.type == "meta":  # no values to count: zeros, as if they came back from the device
+            return {k: torch.zeros(correct.shape[1], dtype=torch.int64) for k in default_keys}
+        return reference_kernels.learning_events(correct)
+
+    default_keys = ("forgetting_events", "first_learned", "presentations_needed")
+
+    monkeypatch.setattr(learning_speed, "learning_events", spy)
+    fn = getattr(learning_speed, name)
+    fn(rec)
+    fn(rec, device="cpu")
+    assert seen == ["cpu", "cpu"]  # default: the CPU, where the recording is
+    fn(rec, device="meta")  # "meta" stands in for a GPU: the [E, N] matrix goes there
+    assert seen[-1] == "meta"
+    monkeypatch.undo()
+    np.testing.assert_array_equal(fn(rec, device="cpu"), default.to_numpy())  # bit-identical either way
+
+
+@pytest.mark.cuda
+def test_learning_event_proxies_on_cuda_match_the_cpu():
+    rec = _recording(epochs=30, n=3001)
+    for name in ("forgetting_events", "first_learned", "presentations_needed"):
+        np.testing.assert_array_equal(proxies.compute(name, recording=rec, device="cuda").to_numpy(),
+                                      proxies.compute(name, recording=rec).to_numpy())
+
+
+def test_holdout_scores_where_the_predictions_are_made(monkeypatch):
+    from torch import nn
+
+    import proxies.holdout as holdout
+
+    assert holdout._scoring_device(torch.device("cuda")) == torch.device("cuda")
+    assert holdout._scoring_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    for other in ("cpu", "meta"):  # a meta model's predictions carry no values to score
+        assert holdout._scoring_device(torch.device(other)) == torch.device("cpu")
+    data = proxies.IndexedDataset(torch.randn(6, 3), torch.tensor([0, 1, 1, 0, 1, 0]))
+    model = nn.Linear(3, 2)
+    seen = []
+    real = holdout.symmetric_kl
+
+    def spy(p, q, *, backend):
+        seen.append((p.device.type, q.device.type, p.dtype))
+        return real(p.cpu(), q.cpu(), backend=backend) if p.device.type == "cpu" else torch.zeros(len(p))
+
+    monkeypatch.setattr(holdout, "symmetric_kl", spy)
+    scores = holdout.holdout_retraining(model, data, data, fine_tune=lambda m, d, **kw: (m, None), progress=False)
+    assert seen == [("cpu", "cpu", torch.float64)] and np.allclose(scores.to_numpy(), 0.0)
+    monkeypatch.setattr(holdout, "_scoring_device", lambda device: torch.device("meta"))  # stands in for a GPU
+    holdout.holdout_retraining(model, data, data, fine_tune=lambda m, d, **kw: (m, None), progress=False)
+    assert seen[-1] == ("meta", "meta", torch.float64)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import proxies
 from proxies._backends import native
 from proxies._backends import pure_torch as reference_kernels
 
@@ -118,3 +119,82 @@ def test_direct_calls_check_their_input():
 
 def test_devices_lists_cpu():
     assert "cpu" in native.DEVICES
+
+
+# ------------------------------------------------ the CUDA kernels' thread mappings, checks and vector loads
+
+cuda_ops = pytest.mark.skipif("cuda" not in native.DEVICES, reason="the extension has no CUDA kernels")
+
+
+@pytest.mark.cuda
+@cuda_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c", [1, 2, 3, 10, 31, 32, 33, 100, 1000])  # every group width: 1 .. 32 lanes per row
+@pytest.mark.parametrize("n", [1, 37, 1000])  # 1000: several tiles of 256 / G rows, the last one partial
+def test_cuda_group_widths_match_the_reference(dtype, c, n):
+    logits, labels = _logits(n, c, dtype, "cuda")
+    _assert_signals_match(logits, labels)
+    other, _ = _logits(n, c, dtype, "cuda", seed=1)
+    torch.testing.assert_close(native.symmetric_kl(logits, other).cpu(),
+                               reference_kernels.symmetric_kl(logits.cpu(), other.cpu()), **TOLERANCE[dtype])
+
+
+@pytest.mark.cuda
+@cuda_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c", [3, 33])
+def test_cuda_non_finite_rows(dtype, c):
+    nan, inf = float("nan"), float("inf")
+    logits, labels = _logits(6, c, dtype, "cuda")
+    logits[0, 1], logits[1, 0], logits[2, -1] = nan, inf, -inf
+    out = native.signals(logits, labels)  # the kernel's own rule: NaN in every column of a non-finite row
+    assert torch.isnan(out[:3]).all() and torch.isfinite(out[3:]).all()
+    _assert_signals_match(logits[3:], labels[3:])
+    kl = native.symmetric_kl(logits, logits.flip(0))  # as the reference: NaN and +inf poison a row, -inf does not
+    expected = reference_kernels.symmetric_kl(logits.cpu(), logits.flip(0).cpu())
+    torch.testing.assert_close(kl.cpu(), expected, equal_nan=True, **TOLERANCE[dtype])
+    assert torch.equal(torch.isnan(kl.cpu()), torch.isnan(expected))
+
+
+@pytest.mark.cuda
+@cuda_ops
+def test_cuda_bad_labels_raise_on_the_host_and_leave_the_context_usable():
+    logits, labels = _logits(40, 10, torch.float32, "cuda")
+    for bad in (10, -1):
+        wrong = labels.clone()
+        wrong[17] = bad
+        with pytest.raises(RuntimeError, match=rf"labels must lie in \[0, 10\), got {bad}"):
+            native.signals(logits, wrong)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        proxies.signals(logits, labels + 1)
+    torch.cuda.synchronize()  # a device assert would surface here, and poison every later call
+    _assert_signals_match(logits, labels)
+
+
+def _misaligned(epochs, n, rate, seed):
+    """A contiguous [E, N] bool tensor whose data starts one byte past an allocation's (aligned) start."""
+    flat = torch.rand(epochs * n + 1, generator=torch.Generator().manual_seed(seed)) < rate
+    return flat.cuda()[1:].view(epochs, n)
+
+
+@pytest.mark.cuda
+@cuda_ops
+@pytest.mark.parametrize("epochs", [0, 1, 7, 255, 256, 600])  # 255 rows fill the byte counters; 600 flushes twice
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 15, 16, 17, 33, 1001, 4096])
+def test_cuda_learning_events_any_width_and_alignment(epochs, n):
+    for rate in (0.0, 0.5, 0.9, 1.0):
+        correct = (torch.rand(epochs, n, generator=torch.Generator().manual_seed(n + epochs)) < rate).cuda()
+        _assert_events_match(correct)  # rows start unaligned whenever N is not a multiple of the vector width
+        _assert_events_match(_misaligned(epochs, n, rate, seed=n))
+
+
+@pytest.mark.cuda
+@cuda_ops
+@pytest.mark.parametrize("extra", [0, 1, 13])
+def test_cuda_learning_events_sixteen_column_path(extra):
+    # wide enough that each thread takes 16 columns (one 16-byte load per row): N >= 16 x 256 x the SM count
+    n = 16 * 256 * torch.cuda.get_device_properties(0).multi_processor_count + extra
+    for epochs in (3, 300):
+        correct = (torch.rand(epochs, n, generator=torch.Generator().manual_seed(extra)) < 0.7).cuda()
+        _assert_events_match(correct)
+    _assert_events_match(_misaligned(5, n, 0.5, seed=extra))
