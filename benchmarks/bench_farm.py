@@ -1,13 +1,18 @@
-"""Models per minute of the model farms: the same subset models trained by LocalFarm and by RayFarm.
+"""Models per minute of the model farms: the same subset models trained by LocalFarm, PackedFarm and RayFarm.
 
 Every farm trains the same K subset models (``train_and_predict``, the dataset's recipe; ``--epochs`` overrides its
 epochs) into a fresh folder. ``local`` runs them one after another with torch's default threads; ``local-1thread``
 does the same with one thread, the reference the Ray results must equal bit for bit (CPU sums depend on the thread
-count); ``ray`` runs them as Ray tasks, one CPU and one torch thread each (a fraction of a GPU each where the
-cluster has GPUs). Ray's start and its workers' first import of torch are timed apart (``startup_s``) and left out
-of the rate. Prints a table and writes JSON.
+count); ``packed`` trains them P at a time as one vmapped ensemble (:class:`unlearn.packed_farm.PackedFarm`), one
+row per ``--pack-sizes`` P, with torch's default threads; its logits equal ``local``'s up to float rounding
+(``max_abs_diff_vs_*``, ``same_predictions``). ``ray`` runs them as Ray tasks, one CPU and one torch thread each (a
+fraction of a GPU each where the cluster has GPUs). Ray's start and its workers' first import of torch are timed
+apart (``startup_s``) and left out of the rate. The local and packed farms run on each of ``--devices`` (default:
+the CPU, and CUDA where there is one); each device's rows are compared with that device's first one
+(``speedup_vs_first``) and with its ``local-1thread`` or else ``local`` row. Prints a table and writes JSON.
 
     python benchmarks/bench_farm.py [--models 16] [--epochs 30] [--ray-cpus 2] [--farms local,local-1thread,ray]
+    python benchmarks/bench_farm.py --farms local,packed --pack-sizes 1,4,16 --epochs 5   # one at a time vs packed
     RAY_ADDRESS=auto python benchmarks/bench_farm.py --dataset cifar10 --download --models 16 --epochs 2 --farms ray \
         --gpus-per-model 0.25
 """
@@ -31,10 +36,11 @@ import torch
 from unlearn.data import load_dataset
 from unlearn.farm import LocalFarm, TrainTask, train_and_predict
 from unlearn.models import create_model
+from unlearn.packed_farm import PackedFarm
 from unlearn.subset_models import subset_jobs
 from unlearn.training import RECIPES
 
-FARMS = ("local", "local-1thread", "ray")
+FARMS = ("local", "local-1thread", "packed", "ray")
 
 
 def _warm_worker() -> int:
@@ -69,6 +75,8 @@ def run_farm(name: str, farm_options: dict, jobs, task) -> tuple[float, np.ndarr
             from unlearn.ray_farm import RayFarm
 
             farm = RayFarm(folder, progress=False, **farm_options)
+        elif name == "packed":
+            farm = PackedFarm(folder, progress=False, **farm_options)
         else:
             farm = LocalFarm(folder, progress=False)
             if name == "local-1thread":
@@ -76,6 +84,8 @@ def run_farm(name: str, farm_options: dict, jobs, task) -> tuple[float, np.ndarr
         try:
             start = time.perf_counter()
             results = farm.run(train_and_predict, jobs, task)
+            if task.device is not None and torch.device(task.device).type == "cuda":
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - start
         finally:
             torch.set_num_threads(threads)
@@ -96,6 +106,11 @@ def main() -> int:
     parser.add_argument("--address", default=None, help="a Ray cluster to use instead (default: $RAY_ADDRESS)")
     parser.add_argument("--gpus-per-model", type=float, default=1.0,
                         help="GPU fraction per Ray task where the cluster has GPUs (default: 1)")
+    parser.add_argument("--pack-sizes", default="4,16",
+                        help="models per pack of the packed farm, one row each (default: 4,16)")
+    parser.add_argument("--devices", default=None,
+                        help="comma-separated devices of the local and packed farms (default: cpu, and cuda where "
+                             "there is one)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_farm.json"), help="JSON output")
     args = parser.parse_args()
     farms = [name.strip() for name in args.farms.split(",") if name.strip()]
@@ -111,32 +126,57 @@ def main() -> int:
     model_fn = functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
                                  in_channels=splits.in_channels)
     jobs = subset_jobs(len(splits.train), args.models)
-    task = TrainTask(splits.train, model_fn, recipe)
+    try:
+        pack_sizes = [int(p) for p in args.pack_sizes.split(",") if p.strip()]
+    except ValueError:
+        pack_sizes = []
+    if "packed" in farms and (not pack_sizes or min(pack_sizes) < 1):
+        parser.error(f"--pack-sizes takes whole numbers >= 1, got {args.pack_sizes!r}")
+    devices = ([d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else
+               ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 
     load_before = os.getloadavg()
     ray, startup = None, None
     if "ray" in farms:
         ray, startup = start_ray(args)
     rows, logits = [], {}
-    for name in farms:
-        seconds, logits[name] = run_farm(name, {"gpus_per_model": args.gpus_per_model}, jobs, task)
-        if name == "ray":
-            cluster = ray.cluster_resources()
-            parallel, threads = int(cluster.get("CPU", 1)), 1
-            if cluster.get("GPU", 0) > 0:
-                parallel = int(cluster["GPU"] / args.gpus_per_model)
-        else:
-            parallel, threads = 1, 1 if name == "local-1thread" else torch.get_num_threads()
-        rows.append({"farm": name, "parallel_models": parallel, "threads_per_model": threads, "models": args.models,
-                     "seconds": seconds, "models_per_min": 60.0 * args.models / seconds,
-                     "startup_s": startup if name == "ray" else 0.0})
-    reference = "local-1thread" if "local-1thread" in logits else farms[0]
-    for row in rows:
-        row["speedup_vs_first"] = rows[0]["seconds"] / row["seconds"]
-        diff = np.abs(logits[row["farm"]] - logits[reference])
-        row[f"max_abs_diff_vs_{reference}"] = float(diff.max())
-        row[f"identical_to_{reference}"] = bool(np.array_equal(logits[row["farm"]], logits[reference]))
-        row["same_predictions"] = float((logits[row["farm"]].argmax(-1) == logits[reference].argmax(-1)).mean())
+    for device in devices:
+        device_rows = []
+        for name in farms:
+            if name == "ray" and device != devices[0]:
+                continue  # Ray's tasks pick their own device (a GPU where the cluster has them)
+            task = TrainTask(splits.train, model_fn, recipe, None if name == "ray" else device)
+            for size in (pack_sizes if name == "packed" else [None]):
+                label = f"packed-{size}" if size else name
+                options = {"models_per_pack": size} if size else {"gpus_per_model": args.gpus_per_model}
+                seconds, logits[device, label] = run_farm(name, options, jobs, task)
+                if name == "ray":
+                    cluster = ray.cluster_resources()
+                    parallel, threads = int(cluster.get("CPU", 1)), 1
+                    if cluster.get("GPU", 0) > 0:
+                        parallel = int(cluster["GPU"] / args.gpus_per_model)
+                else:
+                    parallel = size or 1
+                    threads = 1 if name == "local-1thread" else torch.get_num_threads()
+                device_rows.append({"farm": label, "device": "ray" if name == "ray" else device,
+                                    "parallel_models": parallel, "threads_per_model": threads,
+                                    "models": args.models, "seconds": seconds,
+                                    "models_per_min": 60.0 * args.models / seconds,
+                                    "startup_s": startup if name == "ray" else 0.0})
+                print(f"{device} {label}: {device_rows[-1]['models_per_min']:.3g} models/min", flush=True)
+        labels = [row["farm"] for row in device_rows]
+        reference = "local-1thread" if "local-1thread" in labels else "local" if "local" in labels else labels[0]
+        for row in device_rows:
+            row["speedup_vs_first"] = device_rows[0]["seconds"] / row["seconds"]
+            mine, theirs = logits[device, row["farm"]], logits[device, reference]
+            row["reference"] = reference
+            row["max_abs_diff_vs_reference"] = float(np.abs(mine - theirs).max())
+            row["identical_to_reference"] = bool(np.array_equal(mine, theirs))
+            row["same_predictions"] = float((mine.argmax(-1) == theirs.argmax(-1)).mean())
+            per_model = np.abs(mine - theirs).reshape(len(jobs), -1).max(1)  # rounding grows through training
+            row["median_model_max_abs_diff"] = float(np.median(per_model))
+            row["models_within_1e-4"] = float((per_model <= 1e-4).mean())
+        rows.extend(device_rows)
     load_after = os.getloadavg()
 
     table = pd.DataFrame(rows)

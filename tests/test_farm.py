@@ -1,9 +1,19 @@
+import functools
 import sys
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
 
-from unlearn.farm import Job, LocalFarm, check_manifest, farms, get_farm
+from unlearn.farm import Job, LocalFarm, TrainTask, check_manifest, farms, get_farm, train_and_predict
+from unlearn.models import create_model
+from unlearn.packed_farm import PackedFarm
+from unlearn.ray_farm import _task_footprint, gpus_for_model, model_footprint
+from unlearn.subset_models import subset_jobs, train_subset_models
+
+DIGITS_CNN = functools.partial(create_model, "digits_cnn", num_classes=10, in_channels=1)
 
 
 def _square(job, shared):
@@ -37,7 +47,7 @@ def test_jobs_and_farms_are_checked(tmp_path):
         Job("../escape", np.arange(2), seed=0)
     with pytest.raises(ValueError, match="unique"):
         LocalFarm(tmp_path).pending([Job("a", np.arange(1), 0), Job("a", np.arange(1), 1)])
-    with pytest.raises(ValueError, match="unknown farm 'slurm'; expected one of 'local', 'ray'"):
+    with pytest.raises(ValueError, match="unknown farm 'slurm'; expected one of 'local', 'packed', 'ray'"):
         get_farm("slurm", tmp_path)
     with pytest.raises(TypeError, match="run"):
         get_farm(object(), tmp_path)
@@ -46,7 +56,7 @@ def test_jobs_and_farms_are_checked(tmp_path):
         get_farm(local, tmp_path, address="auto")
     assert get_farm(local, tmp_path) is local
     assert isinstance(get_farm("local", tmp_path), LocalFarm)
-    assert farms() == ["local", "ray"]
+    assert farms() == ["local", "packed", "ray"]
 
 
 def test_the_ray_farm_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
@@ -89,3 +99,110 @@ def test_an_unreadable_manifest_is_refused_unless_forced(tmp_path, text):
     with pytest.raises(ValueError, match="unreadable manifest.*--force"):
         check_manifest(tmp_path, {"k": 3})
     check_manifest(tmp_path, {"k": 3}, force=True)
+
+
+# the packed farm: vmapped ensembles equal to models trained one at a time
+
+def _unequal_jobs(n: int) -> list[Job]:
+    """Four jobs, two of one size and two of others (as shadow models' halves): in batches of 64, the 171 model's
+    epoch ends a batch before the others', and every last batch is partial."""
+    rng = np.random.default_rng(3)
+    return [Job(f"m{i}", np.sort(rng.choice(n, size, replace=False)), seed=10 + i)
+            for i, size in enumerate((200, 200, 171, 230))]
+
+
+@pytest.mark.parametrize("recipe", [{"epochs": 3, "batch_size": 64},
+                                    {"epochs": 2, "batch_size": 64, "drop_last": True, "schedule": "step",
+                                     "lr": 0.1, "momentum": 0.5, "weight_decay": 1e-3}], ids=["cosine", "step"])
+def test_packed_models_predict_as_models_trained_one_at_a_time(digits, tmp_path, recipe):
+    jobs = _unequal_jobs(len(digits.train))
+    task = TrainTask(digits.train, DIGITS_CNN, recipe, "cpu")
+    alone = LocalFarm(tmp_path / "local", progress=False).run(train_and_predict, jobs, task)
+    packed = get_farm("packed", tmp_path / "packed", progress=False, models_per_pack=4).run(
+        train_and_predict, jobs, task)
+    for job in jobs:
+        assert sorted(packed[job.key]) == sorted(alone[job.key]) == ["logits", "train_ids"]
+        np.testing.assert_array_equal(packed[job.key]["train_ids"], job.train_ids)
+        # vmap sums in another order (gradients agree to ~1e-6 relative); now and then a ReLU or a max-pool tie
+        # that a 1e-8 difference decides otherwise moves a model by ~1e-5 at once: logits agree to ~3e-5
+        np.testing.assert_allclose(packed[job.key]["logits"], alone[job.key]["logits"], rtol=1e-4, atol=1e-4)
+        same = packed[job.key]["logits"].argmax(1) == alone[job.key]["logits"].argmax(1)
+        assert same.mean() >= 0.998
+    untrained = train_and_predict(jobs[0], TrainTask(digits.train, DIGITS_CNN, {**recipe, "epochs": 0}, "cpu"))
+    assert np.abs(untrained["logits"] - packed["m0"]["logits"]).max() > 0.1  # the models did train
+
+
+def test_a_packed_run_resumes_a_folder_of_models_trained_one_at_a_time(digits, tmp_path):
+    data = Subset(digits.train, range(300))
+    recipe = {"epochs": 1, "batch_size": 64}
+    jobs = subset_jobs(len(data), 6)
+    LocalFarm(tmp_path, progress=False).run(train_and_predict, jobs[:3], TrainTask(data, DIGITS_CNN, recipe))
+    written = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.npz")}
+    assert sorted(written) == [f"subset-{i:05d}.npz" for i in range(3)]
+    models = train_subset_models(data, DIGITS_CNN, k=6, folder=tmp_path, farm="packed",
+                                 farm_options={"models_per_pack": 2}, progress=False, **recipe)
+    assert {name: (tmp_path / name).stat().st_mtime_ns for name in written} == written  # loaded, not retrained
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == [f"subset-{i:05d}.npz" for i in range(6)]
+    assert models.logits.shape == (6, 300, 10) and models.in_mask.sum(1).tolist() == [210] * 6
+    again = train_subset_models(data, DIGITS_CNN, k=6, folder=tmp_path, progress=False, **recipe)  # local: all cached
+    np.testing.assert_array_equal(again.logits, models.logits)
+
+
+class _Normed(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))
+
+
+class _Dropped(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Flatten(), nn.Linear(64, 8), nn.Dropout(0.5), nn.Linear(8, 10))
+
+
+def test_the_packed_farm_refuses_what_it_cannot_train_as_one_at_a_time(digits, tmp_path):
+    jobs = [Job("m0", np.arange(100), seed=0), Job("m1", np.arange(50, 150), seed=1)]
+    farm = PackedFarm(tmp_path, progress=False)
+    with pytest.raises(ValueError, match="cannot honour patience, resume; use farm='local'"):
+        farm.run(train_and_predict, jobs, TrainTask(digits.train, DIGITS_CNN, {"patience": 2, "resume": "x.pt"}))
+    with pytest.raises(ValueError, match="cannot honour patience"):
+        train_subset_models(digits.train, DIGITS_CNN, k=2, folder=tmp_path / "s", farm="packed", patience=2,
+                            progress=False)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        farm.run(train_and_predict, jobs, TrainTask(digits.train, DIGITS_CNN, {"lr": -1.0}))
+    with pytest.raises(ValueError, match="unknown schedule 'warm'"):
+        farm.run(train_and_predict, jobs, TrainTask(digits.train, DIGITS_CNN, {"schedule": "warm"}))
+    with pytest.raises(ValueError, match="does not support BatchNorm.*farm='local'"):
+        farm.run(train_and_predict, jobs, TrainTask(digits.train, _Normed, {"epochs": 1}))
+    with pytest.raises(ValueError, match="does not support dropout.*farm='local'"):
+        farm.run(train_and_predict, jobs, TrainTask(digits.train, _Dropped, {"epochs": 1}))
+    on_disk = TensorDataset(torch.zeros(200, 1, 8, 8), torch.zeros(200, dtype=torch.long))
+    with pytest.raises(ValueError, match="needs an in-memory dataset.*materialize"):
+        farm.run(train_and_predict, jobs, TrainTask(on_disk, DIGITS_CNN, {"epochs": 1}))
+    with pytest.raises(ValueError, match="models_per_pack must be a whole number >= 1"):
+        get_farm("packed", tmp_path, models_per_pack=0)
+    assert not list(tmp_path.glob("*.npz"))
+    with pytest.warns(UserWarning, match="packs train_and_predict jobs only; running _square one model at a time"):
+        results = farm.run(_square, jobs, shared=1)
+    np.testing.assert_array_equal(results["m1"]["ids"], np.arange(50, 150) ** 2 + 1)
+
+
+# Ray's GPU fractions sized from the model (pure functions: no Ray, no GPU)
+
+def test_gpu_fractions_are_sized_from_the_model():
+    digits = model_footprint(DIGITS_CNN(), (1, 8, 8))
+    assert digits[0] == sum(p.numel() for p in DIGITS_CNN().parameters())
+    assert gpus_for_model(*digits, batch_size=64, gpu_memory_bytes=16 * 2**30) == 1 / 8  # the cap
+    assert gpus_for_model(*digits, batch_size=64, gpu_memory_bytes=16 * 2**30, max_models_per_gpu=64) == 1 / 28
+    assert gpus_for_model(*digits, batch_size=64, gpu_memory_bytes=2**30, max_models_per_gpu=64) == 1.0  # context
+    fractions = [gpus_for_model(10_000_000, 2_000_000, batch_size=b, gpu_memory_bytes=80 * 2**30)
+                 for b in (64, 128, 256, 512, 4096)]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0  # larger batches ask for more, at most a GPU
+    with pytest.raises(ValueError, match="batch_size"):
+        gpus_for_model(10, 10, batch_size=0, gpu_memory_bytes=2**30)
+
+
+def test_auto_gpu_fractions_read_the_model_and_batch_of_the_task(digits):
+    assert _task_footprint(TrainTask(digits.train, DIGITS_CNN, {"batch_size": 32})) == (
+        *model_footprint(DIGITS_CNN(), (1, 8, 8)), 32)
+    assert _task_footprint(TrainTask(digits.train, DIGITS_CNN, {}))[2] == 128  # train()'s default
+    with pytest.raises(ValueError, match="give gpus_per_model as a number"):
+        _task_footprint({"not": "a TrainTask"})

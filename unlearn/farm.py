@@ -3,8 +3,10 @@
 A farm runs ``fn(job, shared) -> dict of arrays`` for every :class:`Job` and writes each result to
 ``<folder>/<job.key>.npz`` as soon as it is done. A job whose file exists is not run again, so an interrupted run
 resumes where it stopped. ``shared`` (the data, the model factory, the training settings) is handed over once.
-:class:`LocalFarm` runs jobs one after another in this process; :class:`unlearn.ray_farm.RayFarm` runs them as tasks
-on a Ray cluster (``get_farm("ray", folder)``; Ray is an optional dependency, imported only then).
+:class:`LocalFarm` runs jobs one after another in this process; :class:`unlearn.packed_farm.PackedFarm` trains packs
+of them at once in this process as one vmapped ensemble (``get_farm("packed", folder, models_per_pack=16)``), with
+the same results up to float rounding; :class:`unlearn.ray_farm.RayFarm` runs them as tasks on a Ray cluster
+(``get_farm("ray", folder)``; Ray is an optional dependency, imported only then).
 
 >>> import tempfile
 >>> farm = LocalFarm(tempfile.mkdtemp(), progress=False)
@@ -200,14 +202,21 @@ def _ray_farm(folder: str | os.PathLike, **options) -> Farm:
     return RayFarm(folder, **options)
 
 
-_FARMS: Registry[Callable[..., Farm]] = Registry("farm", entries={"local": LocalFarm, "ray": _ray_farm})
+def _packed_farm(folder: str | os.PathLike, **options) -> Farm:
+    from .packed_farm import PackedFarm
+
+    return PackedFarm(folder, **options)
+
+
+_FARMS: Registry[Callable[..., Farm]] = Registry("farm", entries={"local": LocalFarm, "packed": _packed_farm,
+                                                                  "ray": _ray_farm})
 
 
 def farms() -> list[str]:
     """The names :func:`get_farm` knows.
 
     >>> farms()
-    ['local', 'ray']
+    ['local', 'packed', 'ray']
     """
     return _FARMS.names()
 
@@ -216,11 +225,13 @@ def get_farm(farm: str | Farm, folder: str | os.PathLike, *, progress: bool = Tr
     """A farm by name, or the farm object itself.
 
     Args:
-        farm: ``"local"`` (this process, one model after another), ``"ray"`` (a Ray cluster, see
-            :class:`unlearn.ray_farm.RayFarm`) or an object with a ``run(fn, jobs, shared)`` method.
+        farm: ``"local"`` (this process, one model after another), ``"packed"`` (this process, packs of models
+            trained at once as one vmapped ensemble, see :class:`unlearn.packed_farm.PackedFarm`), ``"ray"`` (a Ray
+            cluster, see :class:`unlearn.ray_farm.RayFarm`) or an object with a ``run(fn, jobs, shared)`` method.
         folder: where a farm given by name writes its results.
         progress: show a progress bar.
-        **options: settings of a farm given by name, e.g. ``address``, ``gpus_per_model``, ``max_retries`` for Ray.
+        **options: settings of a farm given by name, e.g. ``models_per_pack`` for ``"packed"``, ``address``,
+            ``gpus_per_model``, ``max_retries`` for Ray.
 
     Raises:
         ValueError: an unknown name.
