@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
 
-.PHONY: install demo test test-fast bench fashion-mnist check-cuda lint clean
+.PHONY: install demo test test-fast bench fashion-mnist check-cuda check-gpu lint clean
 
 install: $(STAMP)
 
@@ -40,6 +40,12 @@ check-cuda: install
 	tmp=$$(mktemp -d) && CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} \
 		FORCE_CUDA=1 MAX_JOBS=2 $(BIN)/python setup.py -q build_ext --build-temp $$tmp/temp --build-lib $$tmp/lib \
 		&& ls $$tmp/lib/proxies/_C*.so && rm -rf $$tmp
+
+# On a CUDA machine, in <= 5 minutes: the cuda-marked tests, kernel throughput, recorder overhead on ResNet-18,
+# `unlearn run` end to end on synthetic CIFAR-shaped data, packed farm throughput; one table, JSON in
+# benchmarks/results/check_gpu.json. Without a GPU it says so, runs its CPU part and exits 0.
+check-gpu: install
+	$(BIN)/python benchmarks/check_gpu.py
 
 lint: install
 	$(BIN)/ruff check unlearn proxies tests benchmarks

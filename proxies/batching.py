@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["IndexedDataset", "WithIndex", "as_tensors", "batches", "subset_root", "tensor_batches"]
+__all__ = ["BATCH_PARTS", "IndexedDataset", "WithIndex", "as_tensors", "batches", "subset_root", "tensor_batches"]
 
 
 class IndexedDataset(Dataset):
@@ -111,48 +111,86 @@ class WithIndex(Dataset):
         return item[0], item[1], i if self.positions is None else int(self.positions[i])
 
 
+BATCH_PARTS = ("x", "y", "index")
+"""The parts of a batch, as :func:`batches`' ``moved`` names them: inputs, labels, training-set indices."""
+
+
 def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-            drop_last: bool = False,
-            device: torch.device | str | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+            drop_last: bool = False, device: torch.device | str | None = None,
+            moved: tuple[str, ...] = ("x", "y")) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Yield ``(x, y, index)`` batches of any dataset of ``(x, y)`` or ``(x, y, index)`` items.
 
     In-memory datasets (:class:`IndexedDataset` and its subsets) are sliced directly, which is much faster than a
-    ``DataLoader``; anything else goes through one. Order depends only on ``generator``.
+    ``DataLoader``; anything else goes through one. Order depends only on ``generator`` (a CPU generator: the same
+    order on every device).
+
+    Where the batches go: the parts named in ``moved`` (of ``"x"``, ``"y"``, ``"index"``; default the inputs and
+    labels) are put on ``device``, the others stay on the CPU. On a device other than the CPU, an in-memory
+    dataset's tensors (the moved parts) are copied there once per call, with the shuffled order, and every batch
+    is gathered there: no copy and no host sync per batch. A streamed dataset's batches come from a
+    ``DataLoader`` with ``pin_memory`` (on CUDA) and are copied with ``non_blocking=True``. On the CPU nothing is
+    copied: the batches are those of earlier versions, bit for bit.
 
     >>> ds = IndexedDataset(torch.randn(5, 2), torch.tensor([0, 1, 0, 1, 0]))
     >>> [idx.tolist() for _, _, idx in batches(ds, 2)]
     [[0, 1], [2, 3], [4]]
+    >>> [x.device.type + "/" + idx.device.type for x, _, idx in batches(ds, 4, device="meta")]
+    ['meta/cpu', 'meta/cpu']
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    unknown = [part for part in moved if part not in BATCH_PARTS]
+    if unknown or isinstance(moved, str):
+        raise ValueError(f"moved must name parts of {BATCH_PARTS}, got {moved!r}")
+    target = None if device is None else torch.device(device)
+    where = [target if part in moved else None for part in BATCH_PARTS]
     tensors = as_tensors(dataset)
     if tensors is None:
+        pin = target is not None and target.type == "cuda"  # pinned pages: the copies below can be asynchronous
         loader = DataLoader(WithIndex(dataset), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                            drop_last=drop_last)
+                            drop_last=drop_last, pin_memory=pin)
         for x, y, idx in loader:
-            yield x.to(device), torch.as_tensor(y).long().to(device), torch.as_tensor(idx).long()
+            parts = (x, torch.as_tensor(y).long(), torch.as_tensor(idx).long())
+            yield tuple(part if to is None else part.to(to, non_blocking=True)
+                        for part, to in zip(parts, where, strict=True))
         return
-    inputs, targets, indices = tensors
-    for x, y, idx in tensor_batches(inputs, targets, indices, batch_size=batch_size, shuffle=shuffle,
-                                    generator=generator, drop_last=drop_last):
-        yield x.to(device), y.to(device), idx
+    yield from _gathered(tensors, where, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                         drop_last=drop_last)
 
 
 def tensor_batches(*tensors: Tensor, batch_size: int, shuffle: bool = False,
-                   generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[tuple[Tensor, ...]]:
+                   generator: torch.Generator | None = None, drop_last: bool = False,
+                   device: torch.device | str | None = None) -> Iterator[tuple[Tensor, ...]]:
     """Yield aligned row slices of several ``[N, ...]`` tensors, in order or shuffled by ``generator``.
+
+    ``device``: where the slices are wanted. The tensors (and the shuffled order, drawn on the CPU) are moved there
+    once, and each batch is gathered there, instead of a copy per batch; None leaves each tensor where it is.
 
     >>> [b.tolist() for b, in tensor_batches(torch.arange(5), batch_size=2)]
     [[0, 1], [2, 3], [4]]
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    target = None if device is None else torch.device(device)
+    return _gathered(tensors, [target] * len(tensors), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                     drop_last=drop_last)
+
+
+def _gathered(tensors, devices, *, batch_size: int, shuffle: bool, generator: torch.Generator | None,
+              drop_last: bool) -> Iterator[tuple[Tensor, ...]]:
+    """Row batches of ``tensors``, each gathered on its entry of ``devices`` (None: where it is). A tensor is moved
+    once, and the order once to each device it is needed on (a CPU order indexes CPU tensors as it always did)."""
     n = len(tensors[0])
     order = torch.randperm(n, generator=generator) if shuffle else None
+    moved = [t if to is None else t.to(to) for t, to in zip(tensors, devices, strict=True)]
+    orders: dict[torch.device, Tensor] = {}
+    if order is not None:
+        for t in moved:
+            if t.device not in orders:
+                orders[t.device] = order.to(t.device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         if order is None:
-            yield tuple(t[start:start + batch_size] for t in tensors)
+            yield tuple(t[start:start + batch_size] for t in moved)
         else:
-            take = order[start:start + batch_size]
-            yield tuple(t[take] for t in tensors)
+            yield tuple(t[orders[t.device][start:start + batch_size]] for t in moved)

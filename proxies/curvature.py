@@ -3,6 +3,10 @@
 ``curv(x) = 1/n sum_i || grad_x L(x + h v_i) - grad_x L(x) ||_2`` with Rademacher probes ``v_i``, in eval mode,
 averaged over checkpoints. Each probe is one batched forward/backward over many examples at once: the per-example
 input gradients come from one ``backward`` of the summed loss, since in eval mode examples do not interact.
+
+On a GPU the data is moved there once per checkpoint (:func:`~proxies.batching.batches`), the probes are copied
+from pinned memory without a host sync, and the scores stay there until the checkpoint is done: one host sync per
+checkpoint, not one per batch.
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ def input_gradients(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         loss = F.cross_entropy(model(x), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
     return grad
+
+
+def _probe(shape: torch.Size, dtype: torch.dtype, generator: torch.Generator, pinned: bool) -> Tensor:
+    """A draw of 0/1 of ``shape`` from the CPU ``generator``, in page-locked memory when ``pinned`` (then its copy
+    to the GPU is asynchronous: the caching host allocator keeps the pages until the copy is done)."""
+    if pinned:
+        return torch.randint(0, 2, shape, generator=generator, dtype=dtype, pin_memory=True)
+    return torch.randint(0, 2, shape, generator=generator, dtype=dtype)
 
 
 @register_proxy("loss_curvature", higher_is_memorized=True, needs=("model", "data"))
@@ -69,6 +81,7 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
         checkpoint.eval()
         # the probes come from a CPU generator whatever the device, so a GPU run scores what a CPU run does
         generator = torch.Generator().manual_seed(seed)
+        pinned = dev.type == "cuda"  # probes drawn into pinned memory are copied without a host sync
         values, indices = [], []
         try:
             for x, y, idx in batches(data, batch_size, device=dev):
@@ -81,14 +94,14 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
                 else:
                     curvature = torch.zeros(len(y), device=dev, dtype=grad.dtype)
                     for _ in range(n_probes):
-                        v = (torch.randint(0, 2, x.shape, generator=generator, dtype=x.dtype) * 2 - 1).to(dev)
+                        v = (_probe(x.shape, x.dtype, generator, pinned) * 2 - 1).to(dev, non_blocking=pinned)
                         curvature += (input_gradients(checkpoint, x + h * v, y) - grad).flatten(1).norm(dim=1)
                     curvature /= n_probes
-                values.append(curvature.detach().double().cpu())
+                values.append(curvature.detach())  # stays on the device: one copy back per checkpoint
                 indices.append(idx)
         finally:
             checkpoint.train(was_training)
-        return (torch.cat(values).numpy() if values else np.zeros(0),
+        return (torch.cat(values).cpu().double().numpy() if values else np.zeros(0),
                 torch.cat(indices).numpy() if indices else np.zeros(0, dtype=np.int64))
 
     return average_over_checkpoints(model, score, desc="loss curvature", progress=progress)

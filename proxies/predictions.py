@@ -27,7 +27,8 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
             views: Sequence[Callable[[Tensor], Tensor]] | None = None,
             device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Eval-mode logits ``[N, C]`` (float32, on the CPU), labels ``[N]`` and training indices ``[N]`` of a dataset,
-    in its order.
+    in its order. On a device the logits are gathered there and copied back once, at the end (they need
+    ``N x C x 4`` bytes of its memory).
 
     Args:
         model: a classifier returning logits ``[B, C]``; its train/eval mode is restored afterwards.
@@ -43,14 +44,24 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
     model.eval()
     outputs, labels, indices = [], [], []
     try:
-        for x, y, index in batches(dataset, batch_size):  # labels stay on the CPU, where they are returned
-            x = x.to(device)
-            outputs.append(model(x).float().cpu() if views is None
-                           else torch.stack([model(view(x)).float().cpu() for view in views], dim=1))
+        # the inputs go to the device (an in-memory dataset once per call); labels and indices stay on the CPU,
+        # where they are returned. The logits stay on the device until the end: one copy back, not one per batch
+        for x, y, index in batches(dataset, batch_size, device=device, moved=("x",)):
+            outputs.append(model(x).float() if views is None
+                           else torch.stack([model(view(x)).float() for view in views], dim=1))
             labels.append(y)
             indices.append(index)
     finally:
         model.train(was_training)
     if not outputs:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    return torch.cat(outputs), torch.cat(labels), torch.cat(indices)
+    return _on_cpu(outputs), torch.cat(labels), torch.cat(indices)
+
+
+def _on_cpu(outputs: list[Tensor]) -> Tensor:
+    """The batches' outputs as one CPU tensor: concatenated where they are, then copied back once (the one host
+    sync of a prediction). Outputs a probe model already hands back on the CPU are concatenated there."""
+    devices = {t.device for t in outputs}
+    if len(devices) > 1:
+        return torch.cat([t.cpu() for t in outputs])
+    return torch.cat(outputs).cpu()

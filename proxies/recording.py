@@ -100,14 +100,21 @@ class TrainingRecorder:
         """Open a new epoch (closing one left open)."""
         if self._current is not None:
             self.end_epoch()
-        self._current = torch.zeros(self.num_examples, dtype=torch.bool)  # presented this epoch
+        # presented this epoch; the last row is where indices out of range on a device land (see record)
+        self._current = torch.zeros(self.num_examples + 1, dtype=torch.bool)
         self._epoch_has_rows = False  # kept on the host: asking the mask would sync with the device
         self._gradients = None
         if self._logits is not None:
             self._current = self._current.to(self._logits.device)
 
     def record(self, logits: Tensor, labels: Tensor, index: Tensor) -> None:
-        """Store one batch: train-mode ``logits [B, C]``, ``labels [B]``, training-set ``index [B]``."""
+        """Store one batch: train-mode ``logits [B, C]``, ``labels [B]``, training-set ``index [B]``.
+
+        Nothing here waits for the device: the batch is copied into the epoch's buffers where they are. An ``index``
+        on the CPU is range-checked at once (a ValueError); one on a device is checked at :meth:`end_epoch`, in the
+        epoch's one read of the device (a row out of range is written to a spare row of the buffers, and the
+        epoch's end raises the ValueError), since comparing it here would wait for the device at every batch.
+        """
         if self._current is None:
             raise RuntimeError("call start_epoch() before record()")
         index, labels = torch.as_tensor(index), torch.as_tensor(labels)
@@ -122,19 +129,23 @@ class TrainingRecorder:
         if self._logits is not None and self._logits.shape[1] != logits.shape[1] and self._epoch_has_rows:
             raise ValueError(f"logits have {logits.shape[1]} classes, earlier batches of this epoch had "
                              f"{self._logits.shape[1]}")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_examples):
+        if index.device.type == "cpu" and index.numel() and (int(index.min()) < 0
+                                                             or int(index.max()) >= self.num_examples):
             raise ValueError(f"index must lie in [0, {self.num_examples}), "
                              f"got [{int(index.min())}, {int(index.max())}]")
         logits = logits.detach()
         if self._logits is None or self._logits.shape[1] != logits.shape[1] or (
                 self._logits.device != logits.device and not self._epoch_has_rows):
             # the buffers live where the logits are: no device sync per batch
-            self._logits = torch.zeros(self.num_examples, logits.shape[1], dtype=torch.float32, device=logits.device)
-            self._labels = torch.zeros(self.num_examples, dtype=torch.long, device=logits.device)
+            rows = self.num_examples + 1  # the last row: where out-of-range device indices land
+            self._logits = torch.zeros(rows, logits.shape[1], dtype=torch.float32, device=logits.device)
+            self._labels = torch.zeros(rows, dtype=torch.long, device=logits.device)
             self._current = self._current.to(logits.device)
         # a batch from another device in the middle of an epoch joins the epoch's buffers, which keep its rows
         device = self._logits.device
         index = index.to(device)
+        if index.device.type != "cpu":  # out of range: the spare row, reported by end_epoch
+            index = torch.where((index >= 0) & (index < self.num_examples), index, self.num_examples)
         self._logits[index] = logits.to(device=device, dtype=torch.float32)
         self._labels[index] = labels.to(device)
         self._current[index] = True
@@ -165,12 +176,19 @@ class TrainingRecorder:
             raise ValueError(f"index must lie in [0, {self.num_examples}), "
                              f"got [{int(index.min())}, {int(index.max())}]")
         squared = gradients.detach().flatten(1).float().pow(2).sum(1) * float(scale) ** 2
+        n = self.num_examples
         if self._gradients is None or self._gradients.device != squared.device:
-            buffer = torch.full((self.num_examples,), float("nan"), device=squared.device)
+            buffer = torch.full((n + 1,), float("nan"), device=squared.device)  # + the spare row, as in record()
             if self._gradients is not None:  # a batch from another device joins the rows already there
                 buffer.copy_(self._gradients.to(squared.device))
             self._gradients = buffer
-        self._gradients[index.to(squared.device)] = squared
+        index = index.to(squared.device)
+        if index.device.type != "cpu":  # checked without waiting for the device: end_epoch reports the spare row
+            in_range = (index >= 0) & (index < n)
+            index = torch.where(in_range, index, n)
+            if self._current.device == index.device:
+                self._current[n] |= ~in_range.all()
+        self._gradients[index] = squared
 
     def end_epoch(self, model: torch.nn.Module | None = None) -> None:
         """Close the current epoch: score every presented example's logits in one pass. Given the ``model``, also
@@ -180,17 +198,24 @@ class TrainingRecorder:
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
         values = torch.full((self.num_examples, len(self.columns)), float("nan"))
-        presented = self._current
-        if bool(presented.any()):
+        n = self.num_examples
+        presented = self._current[:n]
+        any_presented, out_of_range = (bool(v) for v in torch.stack([presented.any(), self._current[n]]).cpu())
+        if out_of_range:
+            self._current, self._gradients = None, None
+            raise ValueError(f"index must lie in [0, {n}): a batch of this epoch held one outside it (indices on "
+                             f"{self._logits.device} are checked when the epoch ends); the epoch is discarded")
+        if any_presented:
             # a diverged model's NaN/inf rows come back NaN, as if not presented
-            scored = signals(self._logits[presented], self._labels[presented], check_finite=False)
+            logits, labels = self._logits[:n][presented], self._labels[:n][presented]
+            scored = signals(logits, labels, check_finite=False)
             on_host = presented.cpu()
             values[on_host] = scored.cpu()
             if self._last_labels is not None:
-                self._last_labels[on_host.numpy()] = self._labels[presented].cpu().numpy()
+                self._last_labels[on_host.numpy()] = labels.cpu().numpy()
             self._num_classes = int(self._logits.shape[1])
         self._epochs.append(values)
-        self._gradient_epochs.append(None if self._gradients is None else self._gradients.float().cpu())
+        self._gradient_epochs.append(None if self._gradients is None else self._gradients[:n].float().cpu())
         self._weight_norms.append(_weight_norm(model) if model is not None else float("nan"))
         self._current = None
         self._gradients = None

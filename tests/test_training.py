@@ -189,3 +189,64 @@ def test_train_and_every_sgd_method_go_through_the_one_epoch_loop(monkeypatch):
     losses = lambda epoch: (nn.functional.cross_entropy(model(x), y) for x, y in [data.tensors])  # noqa: E731
     loop.run_sgd(model, FinetuneConfig(epochs=3), losses, seed=0)
     assert calls == [2, 3]
+
+
+# ------------------------------------------------------------------------------------ precision and memory layout
+
+def _small_digits(digits, n=256):
+    from torch.utils.data import Subset
+
+    return Subset(digits.train, range(n))
+
+
+def test_bf16_autocast_trains_on_the_cpu_to_a_finite_loss_with_a_float32_recording(digits):
+    from proxies import TrainingRecorder
+    from unlearn import create_model, train
+
+    recorder = TrainingRecorder(len(digits.train))
+    torch.manual_seed(0)
+    model, history = train(create_model("digits_cnn", num_classes=10, in_channels=1), _small_digits(digits),
+                           epochs=3, batch_size=32, precision="bf16", recorder=recorder, device="cpu",
+                           progress=False)
+    assert np.isfinite(history["loss"]).all() and history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert recorder.values.dtype == np.float32 and np.isfinite(recorder["confidence"][:, :256]).all()
+
+
+def test_channels_last_gives_the_same_model_up_to_rounding(digits):
+    from unlearn import create_model, train
+
+    torch.manual_seed(0)
+    model = create_model("digits_cnn", num_classes=10, in_channels=1)
+    plain, a = train(model, _small_digits(digits), epochs=2, batch_size=32, device="cpu", progress=False)
+    last, b = train(model, _small_digits(digits), epochs=2, batch_size=32, channels_last=True, device="cpu",
+                    progress=False)
+    assert last[0].weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
+    for p, q in zip(plain.parameters(), last.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
+def test_numerics_settings_are_checked_and_left_out_of_a_default_recipe():
+    from unlearn.pipeline import RunConfig
+    from unlearn.training import RECIPES, TrainConfig
+
+    assert "precision" not in RECIPES["digits"].as_kwargs()  # what run folders record is unchanged
+    assert TrainConfig(precision="bf16", channels_last=True).as_kwargs()["channels_last"] is True
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="fp16")
+    assert RunConfig(precision="bf16", deterministic=True).recipe().as_kwargs()["precision"] == "bf16"
+    with pytest.raises(ValueError, match="--precision must be one of"):
+        RunConfig(precision="half").check()
+    with pytest.raises(TypeError, match="channels_last must be True or False"):
+        train(torch.nn.Linear(2, 2), torch.utils.data.TensorDataset(torch.zeros(2, 2), torch.zeros(2).long()),
+              channels_last="yes")
+
+
+def test_a_recorder_smaller_than_the_training_set_is_refused_before_training(digits):
+    from proxies import TrainingRecorder
+    from unlearn import create_model
+
+    with pytest.raises(ValueError, match="the recorder holds 10 examples"):
+        train(create_model("digits_cnn", num_classes=10, in_channels=1), _small_digits(digits),
+              recorder=TrainingRecorder(10), epochs=1, device="cpu", progress=False)

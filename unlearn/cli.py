@@ -27,7 +27,7 @@ from .models import models
 from .pipeline import DEFAULT_PROXIES, RunConfig, run, run_attack, run_proxies, train_original
 from .registry import methods
 from .scheduler import GROUPINGS, policies
-from .training import accuracy
+from .training import PRECISIONS, accuracy
 
 RUN_DEFAULTS: dict[str, object] = {}
 """The defaults ``unlearn run`` and ``train`` declare, by option (a test holds them equal to :class:`RunConfig`'s)."""
@@ -75,6 +75,19 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoints", type=int, default=3,
                    help="evenly spaced epoch checkpoints kept for checkpoint-averaged proxies such as loss curvature; "
                         "the last epoch is always one (default: 3)")
+    g.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                   help="arithmetic of the training: fp32 (the default; on CUDA its matmuls and convolutions use "
+                        "TF32 tensor cores) or bf16 (autocast: bfloat16 matmuls and convolutions, float32 weights, "
+                        "optimizer, loss and recording; on CUDA about twice as fast, on the CPU too where it has "
+                        "bf16 instructions)")
+    g.add_argument("--channels-last", action="store_true", default=None,
+                   help="keep the model's convolution weights and the image batches in channels-last memory order, "
+                        "the layout cuDNN's tensor-core convolutions want (faster on CUDA with --precision bf16; the "
+                        "same values up to rounding)")
+    g.add_argument("--deterministic", action="store_true", default=None,
+                   help="bitwise-reproducible CUDA training: deterministic algorithms, cuDNN deterministic without "
+                        "benchmark, CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set (slower on CUDA; CPU training is "
+                        "deterministic for a seed already)")
 
 
 def build_parser() -> argparse.ArgumentParser:

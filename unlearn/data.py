@@ -282,6 +282,17 @@ def _load_cifar100(root: Path, download: bool):
     return _load_cifar("CIFAR100", root, download)
 
 
+def _register_synthetic() -> None:
+    """``synthetic-cifar``: CIFAR-10-shaped images made on the fly (:mod:`unlearn.synthetic`), for GPU timing and
+    smoke runs (``make check-gpu``) on a machine without the real data."""
+    from .synthetic import register_synthetic_cifar
+
+    register_synthetic_cifar("synthetic-cifar")
+
+
+_register_synthetic()
+
+
 # ----------------------------------------------------------------------------------------------------- in memory
 
 def materialize(dataset: Dataset, *, batch_size: int = 1024) -> IndexedDataset:

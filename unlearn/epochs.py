@@ -20,17 +20,19 @@ device (one host sync per epoch, not per batch) and reports one row per epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["Schedule", "Step", "lr_factor", "run_epochs"]
+__all__ = ["CUBLAS_WORKSPACE", "Schedule", "Step", "lr_factor", "run_epochs", "training_numerics"]
 
 Schedule = str | Callable[[int, int], float]
 
@@ -48,6 +50,58 @@ def lr_factor(schedule: Schedule, epoch: int, epochs: int) -> float:
     if schedule == "linear":
         return 1.0 - epoch / epochs
     raise ValueError(f"unknown schedule {schedule!r}; expected 'constant', 'cosine', 'step', 'linear' or a callable")
+
+
+CUBLAS_WORKSPACE = ":4096:8"
+"""The ``CUBLAS_WORKSPACE_CONFIG`` deterministic CUDA training sets when the environment does not: cuBLAS (10.2 and
+later) is only deterministic with a fixed workspace. It is read when cuBLAS first runs in a process, so for
+certain effect export it before starting Python (``CUBLAS_WORKSPACE_CONFIG=:4096:8``)."""
+
+
+@contextlib.contextmanager
+def training_numerics(device: torch.device | str, *, deterministic: bool = False) -> Iterator[None]:
+    """The arithmetic a training (or unlearning) loop runs with on ``device``, restored when the block ends.
+
+    On CUDA, float32 matmuls and convolutions use TF32 tensor cores (``torch.backends.cuda.matmul.allow_tf32`` and
+    ``torch.backends.cudnn.allow_tf32``): several times the fp32 throughput for a 10-bit mantissa in the products,
+    which SGD does not notice. The flags are set here, for the duration of the loop, and put back afterwards,
+    rather than process-wide at import: evaluation, the proxies and a user's own code keep the precision they
+    chose. On the CPU (and other devices) nothing changes.
+
+    ``deterministic``: bitwise-reproducible runs on CUDA: ``torch.use_deterministic_algorithms(True)`` (an op
+    without a deterministic kernel raises instead of running), ``torch.backends.cudnn.deterministic = True`` and
+    ``benchmark = False``, and :data:`CUBLAS_WORKSPACE` when ``CUBLAS_WORKSPACE_CONFIG`` is unset. The cost falls
+    on CUDA only: cuDNN gives up its fastest (non-deterministic) convolution algorithms and index/scatter
+    backwards serialise their atomic adds; reports for ResNets put it at roughly 10-30% of an epoch. It could not
+    be measured here (no GPU on the machine this was written on); ``make check-gpu`` is where to measure it. CPU
+    training is deterministic for a seed already: the setting changes nothing there (same bits, same speed).
+
+    >>> with training_numerics("cpu", deterministic=True):
+    ...     torch.are_deterministic_algorithms_enabled()
+    True
+    >>> torch.are_deterministic_algorithms_enabled()
+    False
+    """
+    device = torch.device(device)
+    cudnn = torch.backends.cudnn
+    saved = (torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            cudnn.allow_tf32 = True
+        if deterministic:
+            if device.type == "cuda" and workspace is None:
+                os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+            torch.use_deterministic_algorithms(True)
+            cudnn.deterministic, cudnn.benchmark = True, False
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark = saved[:4]
+        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 class Step(NamedTuple):

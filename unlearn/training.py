@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -27,16 +28,31 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from proxies import predictions
+from proxies.batching import as_tensors
 
 from ._checks import same_settings
 from .data import batches
-from .epochs import Schedule, Step, lr_factor, run_epochs
+from .epochs import Schedule, Step, lr_factor, run_epochs, training_numerics
 
-__all__ = ["RECIPES", "DPConfig", "TrainConfig", "accuracy", "load_checkpoint", "predict", "save_checkpoint", "train"]
+__all__ = ["PRECISIONS", "RECIPES", "DPConfig", "TrainConfig", "accuracy", "load_checkpoint", "predict",
+           "save_checkpoint", "train"]
+
+PRECISIONS = ("fp32", "bf16")
+"""The arithmetic :func:`train` can run in: ``fp32`` (on CUDA its matmuls and convolutions use TF32, see
+:func:`unlearn.epochs.training_numerics`) or ``bf16`` (autocast: bfloat16 matmuls and convolutions, float32 weights,
+optimizer, loss and recording)."""
+
+NUMERICS = ("precision", "channels_last", "deterministic")
+"""The :class:`TrainConfig` fields that say how the arithmetic runs rather than what is optimised."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of :func:`train`, for recipes and configs written next to checkpoints."""
+    """Hyperparameters of :func:`train`, for recipes and configs written next to checkpoints.
+
+    ``precision``, ``channels_last`` and ``deterministic`` (:data:`NUMERICS`) say how the arithmetic runs; see
+    :func:`train`.
+    """
 
     epochs: int = 20
     lr: float = 0.05
@@ -45,9 +61,33 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     drop_last: bool = False
+    precision: str = "fp32"
+    channels_last: bool = False
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        check_numerics(precision=self.precision, channels_last=self.channels_last, deterministic=self.deterministic)
 
     def as_kwargs(self) -> dict:
-        return asdict(self)
+        """The recipe as :func:`train`'s keyword arguments. The :data:`NUMERICS` are left out where they have their
+        defaults, so that a default recipe reads as it did before they existed: the settings a run folder records,
+        and what a method that takes a recipe (``retrain``) accepts, are unchanged.
+
+        >>> sorted(TrainConfig(precision="bf16").as_kwargs())[-4:]
+        ['momentum', 'precision', 'schedule', 'weight_decay']
+        """
+        defaults = TrainConfig.__dataclass_fields__
+        return {k: v for k, v in asdict(self).items() if k not in NUMERICS or v != defaults[k].default}
+
+
+def check_numerics(*, precision, channels_last, deterministic, label: Callable[[str], str] = str) -> None:
+    """Refuse a ``precision`` outside :data:`PRECISIONS` and ``channels_last`` / ``deterministic`` that are not
+    bools; ``label`` names a setting in the message (the command line's ``--precision``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{label('precision')} must be one of {list(PRECISIONS)}, got {precision!r}")
+    for name, value in (("channels_last", channels_last), ("deterministic", deterministic)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{label(name)} must be True or False, got {value!r}")
 
 
 RECIPES: dict[str, TrainConfig] = {
@@ -57,6 +97,8 @@ RECIPES: dict[str, TrainConfig] = {
     # the Feldman-Zhang anchor: ResNet-18, 30 epochs, lr 0.01, x0.1 at 15/20/25, batch 512
     "cifar10": TrainConfig(epochs=30, lr=0.01, batch_size=512, schedule="step"),
     "cifar100": TrainConfig(epochs=30, lr=0.01, batch_size=512, schedule="step"),
+    # CIFAR-shaped synthetic data (unlearn.synthetic) for timing: ResNet-18 learns it in a few epochs
+    "synthetic-cifar": TrainConfig(epochs=10, lr=0.05, batch_size=512),
 }
 """Default training recipe per dataset (the CLI's defaults)."""
 
@@ -87,6 +129,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
           drop_last: bool = False, patience: int | None = None, recorder=None,
           on_epoch_end: Callable[[int, nn.Module], None] | None = None, dp: DPConfig | None = None,
           device: torch.device | str | None = None, resume: str | os.PathLike | None = None,
+          precision: str = "fp32", channels_last: bool = False, deterministic: bool = False,
           progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
     """Train a copy of ``model`` with SGD on ``dataset``; the caller's model is left unchanged.
 
@@ -112,7 +155,22 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             its epoch: a run killed at any point and started again ends bit for bit where an uninterrupted run ends
             (on the CPU; the ``seconds`` column aside). A state written with other settings is refused. Not with
             ``dp``. ``on_epoch_end`` is called only for the epochs trained in this call.
+        precision: ``"fp32"`` (the default; on CUDA the matmuls and convolutions use TF32 for the duration of the
+            call) or ``"bf16"``: the forward pass and the loss under ``torch.autocast(device, bfloat16)``, on CUDA
+            and on the CPU alike; weights, gradients, the optimizer and the recording stay float32 (the recorder
+            casts the bf16 logits). No loss scaling is needed: bf16 has float32's range.
+        channels_last: put the model's 4-d weights and every batch of images in channels-last memory order
+            (``torch.channels_last``): cuDNN's tensor-core convolutions want it, and it skips their transposes.
+            The values computed are the same up to rounding; the model is returned in that order.
+        deterministic: bitwise-reproducible CUDA training for the call (deterministic algorithms, cuDNN
+            deterministic, no benchmark, ``CUBLAS_WORKSPACE_CONFIG``), restored afterwards; it costs speed on CUDA
+            and nothing on the CPU, which is deterministic already (:func:`unlearn.epochs.training_numerics`).
         progress: show a tqdm bar.
+
+    Where things are: with an in-memory dataset the training set is copied to ``device`` once per call and each
+    batch (shuffled by a CPU generator, the order copied once an epoch) is gathered there; a streamed dataset's
+    batches come pinned and are copied asynchronously. Loss and accuracy are summed on the device: an epoch reads
+    the device back a fixed number of times at its end (the history row, the recorder's epoch), never per batch.
 
     Returns:
         The trained model (in eval mode, on ``device``) and a DataFrame with one row per epoch.
@@ -120,20 +178,28 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_recipe(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay)
+    check_numerics(precision=precision, channels_last=channels_last, deterministic=deterministic)
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
+    _check_recorder_fits(recorder, dataset)
     lr_factor(schedule, 0, max(epochs, 1))  # reject a bad schedule before any work
     if resume is not None and (dp is not None or callable(schedule)):
         raise ValueError("resume= needs a named schedule and no dp: a callable schedule or opacus's accountant "
                          "cannot be written to the state file")
     device = resolve_device(device)
     model = copy.deepcopy(model).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     rows, best_loss, stale, first = [], float("inf"), 0, 0
     fingerprint = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "momentum": momentum,
                    "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "drop_last": drop_last,
                    "patience": patience, "examples": len(dataset), "recorder": recorder is not None}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # other arithmetic trains other weights; the defaults stay out, so that states written before read the same
+    fingerprint.update({k: v for k, v in (("precision", precision), ("channels_last", channels_last))
+                        if v != TrainConfig.__dataclass_fields__[k].default})
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            training_numerics(device, deterministic=deterministic):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         if resume is not None and os.path.exists(resume):
@@ -146,11 +212,14 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             def epoch_batches():
                 for x, y, index in loader:
                     if len(y):  # Poisson sampling can draw an empty batch
-                        yield x.to(device), y.to(device), index
+                        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), index
         else:
             private = model
+            # the indices go to the device too: the recorder keys its device buffers on them without a copy
             epoch_batches = functools.partial(batches, dataset, batch_size, shuffle=True, generator=generator,
-                                              drop_last=drop_last, device=device)
+                                              drop_last=drop_last, device=device, moved=("x", "y", "index"))
+        autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if precision == "bf16"
+                    else contextlib.nullcontext)
 
         # the recorder's input gradients come from this very backward pass: the inputs require grad, and x.grad
         # (of the batch-mean loss, 1/B of each example's own) is handed over once the step is done
@@ -160,10 +229,13 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             if recorder is not None:
                 recorder.start_epoch()
             for x, y, index in epoch_batches():
+                if channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 if input_gradients:
                     x = x.detach().requires_grad_()
-                logits = private(x)
-                loss = F.cross_entropy(logits, y)
+                with autocast():
+                    logits = private(x)
+                    loss = F.cross_entropy(logits, y)
                 if recorder is not None:
                     recorder.record(logits, y, index)
                 yield Step(loss, logits, y)  # the loop steps on it before asking for the next one
@@ -193,6 +265,21 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
     model.eval()
     columns = ["epoch", "lr", "loss", "accuracy", "seconds"] + (["epsilon"] if dp is not None else [])
     return model, pd.DataFrame(rows, columns=columns)
+
+
+def _check_recorder_fits(recorder, dataset: Dataset) -> None:
+    """Refuse a recorder smaller than an in-memory dataset's training indices, before any work, on the CPU: the
+    recorder checks indices on a device only at an epoch's end, and a wrong one in an input-gradient write
+    would stop the device instead of raising."""
+    size = getattr(recorder, "num_examples", None)
+    tensors = as_tensors(dataset) if isinstance(size, int) else None
+    if tensors is None or not len(tensors[2]):
+        return
+    indices = tensors[2]
+    low, high = int(indices.min()), int(indices.max())
+    if low < 0 or high >= size:
+        raise ValueError(f"the recorder holds {size} examples but the dataset has training "
+                         f"indices in [{low}, {high}]; size it to the training set (TrainingRecorder(len(train)))")
 
 
 def check_recipe(*, epochs, lr, batch_size, momentum=0.0, weight_decay=0.0,

@@ -67,8 +67,8 @@ def influence(model, forget, retain, config: InfluenceConfig, *, seed, device):
 
     model.eval()
     forget_grad = [torch.zeros_like(p) for p in params]
-    for x, y in tensor_batches(forget.inputs, forget.targets, batch_size=config.batch_size):
-        loss = F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum")
+    for x, y in tensor_batches(forget.inputs, forget.targets, batch_size=config.batch_size, device=device):
+        loss = F.cross_entropy(model(x), y, reduction="sum")
         for total, g in zip(forget_grad, torch.autograd.grad(loss, params), strict=True):
             total += g
     with torch.no_grad():

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .._checks import real, whole
 from ..data import IndexedDataset, tensor_batches
-from ..epochs import lr_factor, run_epochs
+from ..epochs import lr_factor, run_epochs, training_numerics
 from ..training import accuracy
 
 
@@ -60,7 +60,9 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
     momentum moved inside the step). With
     ``config.target_accuracy`` set, training stops once the accuracy on ``forget`` is at or below it, checked
     before the first step and then every ``ceil(len(forget) / batch_size)`` steps: each check is a forward pass
-    over the forget set, which this spacing keeps to about one forward pass per example trained on.
+    over the forget set, which this spacing keeps to about one forward pass per example trained on, and the one
+    place the loop reads the device back besides each epoch's end. On CUDA the loop runs with TF32 matmuls
+    (:func:`unlearn.epochs.training_numerics`).
 
     Raises:
         ValueError: ``config.target_accuracy`` is set and no ``forget`` set was given (the method cannot stop
@@ -88,7 +90,7 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
             model.train()
         return False
 
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), training_numerics(device):
         torch.manual_seed(seed)
         if not reached():
             run_epochs(model, optimizer, losses, lr=config.lr, schedule=config.schedule, epochs=config.epochs,
@@ -105,9 +107,10 @@ def forget_accuracy(model: nn.Module, forget: IndexedDataset, device: torch.devi
 
 def shuffled(data: IndexedDataset, batch_size: int, generator: torch.Generator,
              device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(x, y)`` batches of an in-memory dataset in a fresh random order, moved to ``device``."""
-    for x, y in tensor_batches(data.inputs, data.targets, batch_size=batch_size, shuffle=True, generator=generator):
-        yield x.to(device), y.to(device)
+    """``(x, y)`` batches of an in-memory dataset in a fresh random order, gathered on ``device`` (the data is
+    copied there once per epoch, not once per batch)."""
+    yield from tensor_batches(data.inputs, data.targets, batch_size=batch_size, shuffle=True, generator=generator,
+                              device=device)
 
 
 def num_classes(model: nn.Module, data: IndexedDataset, device: torch.device) -> int:
@@ -122,6 +125,9 @@ def num_classes(model: nn.Module, data: IndexedDataset, device: torch.device) ->
 
 
 def wrong_labels(y: Tensor, classes: int, generator: torch.Generator) -> Tensor:
-    """A uniformly random label different from ``y`` for every example."""
-    shift = torch.randint(1, classes, y.shape, generator=generator).to(y.device)
-    return (y + shift) % classes
+    """A uniformly random label different from ``y`` for every example, drawn on the CPU by ``generator`` (the same
+    labels on every device); for labels on CUDA the draw goes through pinned memory, copied without a host sync."""
+    pinned = y.device.type == "cuda"
+    shift = (torch.randint(1, classes, y.shape, generator=generator, pin_memory=True) if pinned
+             else torch.randint(1, classes, y.shape, generator=generator))
+    return (y + shift.to(y.device, non_blocking=pinned)) % classes

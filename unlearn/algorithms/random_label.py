@@ -29,8 +29,7 @@ def relabelled_losses(model: nn.Module, forget: IndexedDataset, retain: IndexedD
     labels = torch.cat([retain.targets, forget.targets])
     is_forget = torch.arange(len(labels), device=labels.device) >= len(retain)
     for x, y, mask in tensor_batches(inputs, labels, is_forget, batch_size=batch_size, shuffle=True,
-                                     generator=generator):
-        x, y, mask = x.to(device), y.to(device), mask.to(device)
+                                     generator=generator, device=device):  # moved once, gathered there
         y = torch.where(mask, wrong_labels(y, classes, generator), y)
         yield F.cross_entropy(model(x), y)
 

@@ -34,7 +34,7 @@ from torch import nn
 from ..data import IndexedDataset
 from ..models import create_model, models
 from ..registry import register_method
-from ..training import TrainConfig, train
+from ..training import NUMERICS, TrainConfig, train
 from .loop import SGDConfig, num_classes
 
 
@@ -85,8 +85,10 @@ class RetrainConfig(SGDConfig):
             raise ValueError("model_kwargs are for a model_fn given by name; a callable takes no arguments")
 
     def recipe(self) -> dict:
-        """The keyword arguments of :func:`~unlearn.training.train` this config sets."""
-        return {f.name: getattr(self, f.name) for f in fields(TrainConfig)}
+        """The keyword arguments of :func:`~unlearn.training.train` this config sets: the optimisation recipe; the
+        arithmetic settings (:data:`~unlearn.training.NUMERICS`: precision, channels_last, deterministic) are
+        train()'s defaults."""
+        return {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name not in NUMERICS}
 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:

@@ -40,8 +40,8 @@ def saliency_mask(model: nn.Module, forget: IndexedDataset, ratio: float, batch_
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     saliency = {name: torch.zeros_like(p) for name, p in params.items()}
     model.eval()
-    for x, y in tensor_batches(forget.inputs, forget.targets, batch_size=batch_size):
-        loss = F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum")
+    for x, y in tensor_batches(forget.inputs, forget.targets, batch_size=batch_size, device=device):
+        loss = F.cross_entropy(model(x), y, reduction="sum")
         grads = torch.autograd.grad(loss, list(params.values()))
         for name, g in zip(params, grads, strict=True):
             saliency[name] += g

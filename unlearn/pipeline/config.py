@@ -29,7 +29,7 @@ import torch
 import proxies
 
 from ..attacks import DEFAULT_ATTACKS
-from ..training import RECIPES, TrainConfig, check_recipe, resolve_device
+from ..training import NUMERICS, RECIPES, TrainConfig, check_numerics, check_recipe, resolve_device
 
 __all__ = ["DEFAULT_PROXIES", "MAX_MODELS", "MIN_TRAIN_SIZE", "RunConfig"]
 
@@ -66,6 +66,10 @@ class RunConfig:
     seed: int = 0
     device: str | None = None
     checkpoints: int = 3
+    # how the original model's training computes (None: the recipe's: fp32, contiguous, not forced deterministic)
+    precision: str | None = None
+    channels_last: bool | None = None
+    deterministic: bool | None = None
     # unlearning
     forget: str = "random:0.1"
     select_by: str | None = None
@@ -95,10 +99,13 @@ class RunConfig:
         return Path(self.out) if self.out is not None else Path("runs") / self.dataset
 
     def recipe(self) -> TrainConfig:
-        """The training recipe: the dataset's, with the fields set here."""
+        """The training recipe: the dataset's, with the fields set here (:data:`unlearn.training.NUMERICS`
+        included: ``precision``, ``channels_last``, ``deterministic``)."""
         recipe = RECIPES.get(self.dataset, TrainConfig())
         overrides = {k: getattr(self, k) for k in ("epochs", "lr", "batch_size", "momentum", "weight_decay",
-                                                   "schedule") if getattr(self, k) is not None}
+                                                   "schedule", *NUMERICS) if getattr(self, k) is not None}
+        check_numerics(**{k: overrides.get(k, getattr(recipe, k)) for k in NUMERICS},
+                       label=lambda name: f"--{name.replace('_', '-')}")
         return dataclasses.replace(recipe, **overrides)
 
     def farm_options(self) -> dict:

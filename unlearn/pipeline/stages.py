@@ -24,6 +24,7 @@ from torch import nn
 
 import proxies
 from proxies import TrainingRecorder
+from proxies.devices import model_device
 
 from .._checks import same_settings
 from ..data import DatasetNotFoundError, load_dataset
@@ -237,7 +238,10 @@ def compute_proxies(names, splits, recorder, checkpoints, subset_models=None) ->
     them all; other model proxies read the last, on the checkpoints' device) or from subset models. Holdout
     retraining fine-tunes on the validation split, which the model never trained on."""
     recorded = [n for n in names if "recording" in proxies.get_proxy(n).needs]
-    table = proxies.compute(recorded, recording=recorder) if recorded else pd.DataFrame(
+    # the learning events count on the GPU when the run is on one (their CUDA kernel); on the CPU nothing moves
+    device = model_device(checkpoints[-1]) if checkpoints else None
+    on_device = {"device": device} if device is not None and device.type == "cuda" else {}
+    table = proxies.compute(recorded, recording=recorder, **on_device) if recorded else pd.DataFrame(
         index=pd.RangeIndex(len(splits.train)))
     for name in (n for n in names if n not in recorded):
         if "subset_models" in proxies.get_proxy(name).needs:
