@@ -1,12 +1,20 @@
-"""Memorization proxies: kernel speed per backend, agreement with Feldman-Zhang memorization, and cost.
+"""Memorization proxies: kernel speed per backend, a leaderboard of every proxy, and per-sample gradient engines.
 
 1. Kernel throughput of every backend (rows/s, GB/s) for ``signals`` (C = 10 and 100) and ``learning_events``
    (E = 200), its ratio to the torch reference, and memory-copy bandwidth as the physical limit.
-2. Spearman and Pearson correlation of every proxy with FZ memorization (K subset models) on digits and a
-   Fashion-MNIST subset, beside the anchor figures of REFERENCE.md, and a PNG scatter per dataset.
-3. The cost of each proxy in forward passes over the training set, against the cost of the FZ estimate.
+2. The leaderboard (``--part quality``), on digits and a Fashion-MNIST subset, of every registered proxy:
+   - Spearman and Pearson correlation with FZ memorization (K subset models), beside the anchor figures of
+     REFERENCE.md, and the FZ estimate's own noise: the mean per-example standard error and the split-half
+     reliability of the K models (two halves of K/2 models, Spearman-Brown corrected), whose square root caps the
+     correlation any proxy can show with a K-model estimate;
+   - precision at the top 1% and 5% against LiRA vulnerability (the LT-IQR paper's measure): examples ranked by
+     their per-example online-LiRA score, each subset model in turn the target and the others its shadows;
+   - the cost in forward passes over the training set, against the cost of the FZ estimate;
+   - a PNG scatter per dataset.
+3. Per-sample gradients (``--part gradients``): ``gradient_norm`` through torch.func against opacus on the CNNs, in
+   the same run (``benchmarks/per_sample_gradients.py``).
 
-    python benchmarks/bench_proxies.py [--part kernels|quality|all] [--max-n 1000000] [--k 256] [--check]
+    python benchmarks/bench_proxies.py [--part kernels|quality|gradients|all] [--max-n 1000000] [--k 256] [--check]
 
 Subset models are cached under ``--cache`` (a rerun reuses them). ``--check`` exits 1 when a compiled CPU
 backend misses its targets: 2x the torch reference and 50% of copy bandwidth at the largest N.
@@ -22,20 +30,26 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 import proxies
 from proxies import TrainingRecorder
+from unlearn.attacks import lira
+from unlearn.attacks.signals import logit_scaled_confidence
 from unlearn.data import DatasetNotFoundError, load_dataset
 from unlearn.models import create_model
-from unlearn.subset_models import memorization_scores
+from unlearn.subset_models import train_subset_models
 from unlearn.training import RECIPES, predict, train
 
 # Anchor figures (REFERENCE.md): Spearman with FZ on CIFAR-10 / ResNet-18, and the CSL paper's cosine/Pearson.
 ANCHORS = {"confidence": "-0.89", "max_confidence": "-0.85", "negative_entropy": "-0.84", "accuracy": "-0.82",
            "loss_curvature": "0.82", "holdout_retraining": "0.55", "csl": "Pearson 0.79 (CIFAR-100)",
-           "forgetting_events": "Pearson 0.59 (CIFAR-100, frequency)"}
+           "forgetting_events": "Pearson 0.59 (CIFAR-100, frequency)", "csg": "Pearson 0.72 (CIFAR-100)",
+           "sgal": "Pearson 0.77 (CIFAR-100)", "loss_iqr": "LiRA top-1% precision 0.92 (CIFAR-10)"}
+MODEL_PROXIES = ("loss_curvature", "loss_curvature_cure", "loss_curvature_last", "gradient_norm",
+                 "holdout_retraining")
 
 
 # ------------------------------------------------------------------------------------------------ 1. kernels
@@ -97,6 +111,52 @@ def _forward_seconds(model, data) -> float:
     return _best_seconds(lambda: predict(model, data, batch_size=256), 3)
 
 
+def fz_noise(correct: np.ndarray, in_mask: np.ndarray, *, seed: int = 0) -> dict:
+    """How noisy a K-model FZ estimate is: the mean per-example standard error of ``mean(correct | in) -
+    mean(correct | out)`` (binomial, per side), and the split-half reliability: FZ from two random halves of the
+    models, correlated and corrected to K models by Spearman-Brown (``2r / (1 + r)``). A proxy that were the true
+    memorization would correlate with the estimate at about ``sqrt(reliability)``: the noise ceiling."""
+    n_in, n_out = in_mask.sum(0), (~in_mask).sum(0)
+    p_in = np.where(in_mask, correct, 0).sum(0) / np.maximum(n_in, 1)
+    p_out = np.where(~in_mask, correct, 0).sum(0) / np.maximum(n_out, 1)
+    se = np.sqrt(p_in * (1 - p_in) / np.maximum(n_in, 1) + p_out * (1 - p_out) / np.maximum(n_out, 1))
+    order = np.random.default_rng(seed).permutation(len(correct))
+    halves = [proxies.feldman_zhang(correct[part], in_mask[part])[0] for part in np.array_split(order, 2)]
+    a, b = pd.Series(halves[0]), pd.Series(halves[1])
+    noise = {"fz_mean_se": float(np.nanmean(se))}
+    for method in ("spearman", "pearson"):
+        r = a.corr(b, method=method)
+        reliability = 2 * r / (1 + r)
+        noise |= {f"fz_split_half_{method}": float(r), f"fz_reliability_{method}": float(reliability),
+                  f"noise_ceiling_{method}": float(np.sqrt(max(reliability, 0.0)))}
+    return noise
+
+
+def lira_vulnerability(logits: np.ndarray, in_mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each example's online-LiRA score, averaged over the models that trained on it, each model the target in
+    turn with the other K - 1 as its shadows (leave one out). High: a member LiRA singles out."""
+    phi = logit_scaled_confidence(logits, labels[None, :])  # [K, N]
+    total, count = np.zeros(phi.shape[1]), np.zeros(phi.shape[1])
+    for m in range(len(phi)):
+        others = np.arange(len(phi)) != m
+        score = lira(phi[m], phi[others], in_mask[others])
+        member = in_mask[m] & np.isfinite(score)
+        total[member] += score[member]
+        count[member] += 1
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def precision_at(scores: pd.Series, higher_is_memorized: bool, truth: pd.Series, fraction: float) -> float:
+    """Of the top ``fraction`` of examples by ``scores`` (oriented), the share that is in the top ``fraction`` by
+    ``truth``."""
+    valid = scores.notna() & truth.notna()
+    oriented = scores[valid] if higher_is_memorized else -scores[valid]
+    k = max(1, round(fraction * int(valid.sum())))
+    top = set(oriented.sort_values(ascending=False, kind="stable").index[:k])
+    true_top = set(truth[valid].sort_values(ascending=False, kind="stable").index[:k])
+    return len(top & true_top) / k
+
+
 def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: Path, out: Path) -> tuple:
     splits = load_dataset(name, **options)
     recipe = RECIPES[name]
@@ -121,6 +181,7 @@ def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: P
         return values
 
     scores = timed_proxy("recording proxies", lambda: proxies.compute(proxies.RECORDING_PROXIES, recording=recorder))
+    directions = dict(scores.attrs["higher_is_memorized"])
     scores["loss_curvature"] = timed_proxy(
         "loss_curvature", lambda: proxies.loss_curvature(checkpoints, splits.train, progress=False))
     scores["loss_curvature_cure"] = timed_proxy(
@@ -132,37 +193,52 @@ def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: P
     scores["holdout_retraining"] = timed_proxy(
         "holdout_retraining", lambda: proxies.holdout_retraining(model, splits.train, splits.val, fine_tune=train,
                                                                 progress=False))
+    directions |= dict.fromkeys(MODEL_PROXIES, True)
 
     start = time.perf_counter()
-    fz = memorization_scores(splits.train, model_fn, k=k, folder=cache / f"fz-{name}-k{k}", **train_kwargs)
+    subset = train_subset_models(splits.train, model_fn, k=k, folder=cache / f"fz-{name}-k{k}", **train_kwargs)
+    fz = subset.scores()
     fz_seconds = time.perf_counter() - start
     per_model = train_seconds * 0.7  # a subset model trains on 70% of the data; also right when loaded from cache
+    scores["c_score"] = fz["c_score"]
+    directions["c_score"] = False
+    noise = fz_noise(subset.correct, subset.in_mask)
+    vulnerability = pd.Series(lira_vulnerability(subset.logits, subset.in_mask, subset.labels), index=fz.index)
 
     quality = []
     valid = fz["memorization"].notna()
+    m = fz.loc[valid, "memorization"]
     for column in scores.columns:
         s = scores.loc[valid, column].astype(float)
-        m = fz.loc[valid, "memorization"]
         quality.append({"dataset": name, "proxy": column, "spearman": s.corr(m, method="spearman"),
-                        "pearson": s.corr(m), "anchor": ANCHORS.get(column, "")})
-    quality.append({"dataset": name, "proxy": "c_score", "spearman": fz.loc[valid, "c_score"].corr(
-        fz.loc[valid, "memorization"], method="spearman"), "pearson": fz.loc[valid, "c_score"].corr(
-        fz.loc[valid, "memorization"]), "anchor": ""})
+                        "pearson": s.corr(m),
+                        "lira_top1": precision_at(scores[column], directions[column], vulnerability, 0.01),
+                        "lira_top5": precision_at(scores[column], directions[column], vulnerability, 0.05),
+                        "anchor": ANCHORS.get(column, "")})
+    quality.append({"dataset": name, "proxy": "memorization (FZ itself)", "spearman": float("nan"),
+                    "pearson": float("nan"),
+                    "lira_top1": precision_at(fz["memorization"], True, vulnerability, 0.01),
+                    "lira_top5": precision_at(fz["memorization"], True, vulnerability, 0.05), "anchor": ""})
+    quality.append({"dataset": name, "proxy": "(noise ceiling of the FZ estimate)",
+                    "spearman": noise["noise_ceiling_spearman"], "pearson": noise["noise_ceiling_pearson"],
+                    "lira_top1": float("nan"), "lira_top5": float("nan"), "anchor": ""})
 
     # cost in forward passes over the training set (F); recording proxies cost their share of training time
     recorder_cost = timed["recording proxies"] / forward
-    cost = [{"dataset": name, "proxy": "recording-based (all 8)", "forward_passes": recorder_cost,
-             "note": "computed from the recording; the recorder itself adds ~1% to training"}]
-    for label in ("loss_curvature", "loss_curvature_cure", "loss_curvature_last", "gradient_norm",
-                  "holdout_retraining"):
+    cost = [{"dataset": name, "proxy": f"recording-based (all {len(proxies.RECORDING_PROXIES)})",
+             "forward_passes": recorder_cost,
+             "note": "computed from the recording; the recorder adds to training what bench_recorder.py measures"}]
+    for label in MODEL_PROXIES:
         cost.append({"dataset": name, "proxy": label, "forward_passes": timed[label] / forward, "note": ""})
     cost.append({"dataset": name, "proxy": f"FZ memorization (K={k})", "forward_passes": k * per_model / forward,
                  "note": f"K x one 70% training; this run took {fz_seconds:.0f} s (cached models are free)"})
 
     _scatter(scores[valid], fz.loc[valid, "memorization"], out / f"bench_proxies_{name}.png", name, k)
+    peak = int(np.nanargmax(recorder.weight_norms)) + 1
     info = {"dataset": name, "train_examples": len(splits.train), "k": k, "train": train_kwargs,
             "forward_s": forward, "train_s": train_seconds, "fz_mean": float(fz["memorization"].mean()),
-            "fz_defined": int(valid.sum())}
+            "fz_defined": int(valid.sum()), "weight_norm_peak_epoch": peak,
+            "lira_vulnerability_defined": int(vulnerability.notna().sum())} | noise
     return pd.DataFrame(quality), pd.DataFrame(cost), info
 
 
@@ -181,8 +257,7 @@ def _scatter(scores: pd.DataFrame, memorization: pd.Series, path: Path, name: st
         rho = scores[column].corr(memorization, method="spearman")
         ax.set_title(f"{column} (Spearman {rho:+.2f})", fontsize=9)
         ax.set_ylabel("FZ memorization", fontsize=8)
-        if column in ("loss_curvature", "loss_curvature_cure", "loss_curvature_last", "gradient_norm",
-                      "holdout_retraining") and (scores[column] > 0).all():
+        if column in (*MODEL_PROXIES, "csg") and (scores[column] > 0).all():
             ax.set_xscale("log")
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
@@ -196,7 +271,8 @@ def _scatter(scores: pd.DataFrame, memorization: pd.Series, path: Path, name: st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["kernels", "quality", "all"], default="all", help="what to run")
+    parser.add_argument("--part", choices=["kernels", "quality", "gradients", "all"], default="all",
+                        help="what to run: kernel throughput, the proxy leaderboard, per-sample gradient engines")
     parser.add_argument("--max-n", type=int, default=1_000_000, help="largest N for the kernels (default: 1e6)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per kernel; the best counts")
     parser.add_argument("--k", type=int, default=256, help="subset models for FZ on digits (default: 256)")
@@ -240,14 +316,26 @@ def main() -> int:
             costs.append(cost)
             infos.append(info)
         quality, cost = pd.concat(qualities), pd.concat(costs)
-        print("\n== agreement with Feldman-Zhang memorization")
+        print("\n== leaderboard: agreement with Feldman-Zhang memorization, precision against LiRA vulnerability")
         print(quality.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
         print("\n== cost in forward passes over the training set")
         print(cost.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         for info in infos:
             print(f"{info['dataset']}: {info['train_examples']} examples, K={info['k']}, {info['train']}, "
-                  f"FZ defined for {info['fz_defined']}, mean memorization {info['fz_mean']:.4f}")
+                  f"FZ defined for {info['fz_defined']}, mean memorization {info['fz_mean']:.4f}, mean FZ "
+                  f"standard error {info['fz_mean_se']:.4f}, split-half reliability (Spearman-Brown) "
+                  f"{info['fz_reliability_spearman']:.3f} Spearman / {info['fz_reliability_pearson']:.3f} Pearson, "
+                  f"weight norm peaks after epoch {info['weight_norm_peak_epoch']}")
         report |= {"quality": quality.to_dict("records"), "cost": cost.to_dict("records"), "datasets": infos}
+
+    if args.part in ("gradients", "all"):
+        sys.path.insert(0, str(Path(__file__).parent))
+        from per_sample_gradients import bench_per_sample_gradients
+
+        table = bench_per_sample_gradients()
+        print("\n== per-sample gradients: gradient_norm through torch.func against opacus")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        report["per_sample_gradients"] = table.to_dict("records")
 
     path = args.out / "bench_proxies.json"
     path.write_text(json.dumps(report, indent=2, default=float) + "\n")

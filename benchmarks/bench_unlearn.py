@@ -17,6 +17,8 @@ request's own quantiles (``grouping="request"``, the RUM paper's split), as the 
     python benchmarks/bench_unlearn.py [--seeds 3] [--first-seed 0] [--datasets digits fashion-mnist]
                                        [--kinds low medium high mixed] [--policies finetune_salun random_label_fast]
                                        [--methods finetune salun ...] [--groupings request training_set]
+                                       [--schedulers confidence csg ...] [--selections fz confidence]
+                                       [--decompose]
                                        [--out benchmarks/results] [--fresh]
 
 A rerun with the same ``--out`` reads back the forget sets and seeds already written under ``<out>/runs``.
@@ -80,10 +82,11 @@ CEILING = "retrain (another seed)"
 
 
 def rum_label(policy: str, scheduled_by: str, grouping: str = "request") -> str:
-    """The method column of a RUM run: ``rum <policy> (FZ scores)`` or ``rum <policy> (confidence proxy)``, with
-    ``, training-set groups`` inside the brackets for a run grouped by the training set's quantiles."""
+    """The method column of a RUM run: ``rum <policy> (FZ scores)`` or ``rum <policy> (<proxy> proxy)``, e.g.
+    ``(confidence proxy)``, with ``, training-set groups`` inside the brackets for a run grouped by the training
+    set's quantiles."""
     groups = "" if grouping == "request" else ", training-set groups"
-    return f"rum {policy} ({'FZ scores' if scheduled_by == 'fz' else 'confidence proxy'}{groups})"
+    return f"rum {policy} ({'FZ scores' if scheduled_by == 'fz' else f'{scheduled_by} proxy'}{groups})"
 
 
 def fingerprint(what: dict, kwargs: dict) -> str:
@@ -136,9 +139,13 @@ def run_methods(setting: dict, forget, retain, test, seed: int, reference: dict,
 
 
 def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, singles, saved: Path,
-                groupings=("request",)) -> pd.DataFrame:
-    """Every (forget-set selection, kind, seed): retrain, then each single method of ``singles`` and RUM with each
-    policy of ``policies`` scheduled by FZ scores and by the confidence proxy.
+                groupings=("request",), schedulers=("confidence",), selections=("fz", "confidence"),
+                decompose: bool = False) -> pd.DataFrame:
+    """Every (forget-set selection of ``selections``, kind, seed): retrain, then each single method of ``singles``
+    and RUM with each policy of ``policies`` scheduled by FZ scores and by each proxy of ``schedulers`` (read from
+    the original model's recording). With ``decompose``, a policy that stops at expected accuracies also runs with
+    FZ's groups and the recording's targets (early_accuracy), and with each proxy's groups and FZ's targets
+    (c_score): what each half of a proxy's shortfall costs.
 
     Each (selection, kind, seed) is written to ``saved/<dataset>-<selection>-<kind>-seed<seed>.csv`` as soon as it is
     done, every row with a :func:`fingerprint` of what made it. A rerun reads those back and runs only the methods
@@ -158,6 +165,7 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
     fz = fz_table["memorization"].fillna(0.0)
     confidence = proxies.compute("confidence", recording=recorder)
     by = {"fz": fz, "confidence": -confidence}  # oriented: higher = more memorized
+    by = {selection: by[selection] for selection in selections}
 
     runs = {m: {"method": m} for m in singles}
     runs[CEILING] = {"method": "retrain", "config": {k: v for k, v in recipe.items() if k != "drop_last"}}
@@ -170,9 +178,16 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
         for grouping in groupings:  # "request": the request's own quantiles, as the published tables were made
             runs[rum_label(policy, "fz", grouping)] = {"method": "rum", "policy": policy, "scores": fz,
                                                        "grouping": grouping, **expected}
-            runs[rum_label(policy, "confidence", grouping)] = {"method": "rum", "policy": policy,
-                                                               "proxy": "confidence", "recording": recorder,
-                                                               "grouping": grouping}
+            for proxy in schedulers:
+                runs[rum_label(policy, proxy, grouping)] = {"method": "rum", "policy": policy, "proxy": proxy,
+                                                            "recording": recorder, "grouping": grouping}
+            if stops and decompose:  # the groups of one source with the stopping targets of the other
+                runs[rum_label(policy, "fz", grouping)[:-1] + ", early_accuracy targets)"] = {
+                    "method": "rum", "policy": policy, "scores": fz, "recording": recorder, "grouping": grouping}
+                for proxy in schedulers:
+                    runs[rum_label(policy, proxy, grouping)[:-1] + ", c_score targets)"] = {
+                        "method": "rum", "policy": policy, "proxy": proxy, "recording": recorder,
+                        "grouping": grouping, **expected}
     saved.mkdir(parents=True, exist_ok=True)
     tables = []
     bar = tqdm(total=len(by) * len(kinds) * len(seeds), desc=f"{name}: forget sets x seeds", unit="set")
@@ -233,7 +248,7 @@ def paired(runs: pd.DataFrame, a: str, b: str) -> tuple[float, float]:
     return mean_interval((tows[a] - tows[b]).dropna())
 
 
-def check_targets(summary: pd.DataFrame, runs: pd.DataFrame, policies) -> list[str]:
+def check_targets(summary: pd.DataFrame, runs: pd.DataFrame, policies, schedulers=("confidence",)) -> list[str]:
     """The issue's targets, per dataset, forget-set selection and policy: RUM with a proxy reaches the ToW of RUM with
     FZ scores within 0.02 (no more than 0.02 below it: a proxy that does better has lost nothing by standing in for
     FZ), beats every single method on the mixed forget set, at <= 20% of retraining time. Each comparison also
@@ -247,8 +262,8 @@ def check_targets(summary: pd.DataFrame, runs: pd.DataFrame, policies) -> list[s
         singles = mixed[~mixed.index.str.startswith("rum ") & (mixed.index != CEILING)]
         ceiling = f"; retraining with another seed {mixed.loc[CEILING].tow:.3f}" if CEILING in mixed.index else ""
         best = singles["tow"].idxmax() if len(singles) else None
-        for policy in policies:
-            by_proxy, by_fz = rum_label(policy, "confidence"), rum_label(policy, "fz")
+        for policy, scheduler in ((p, s) for p in policies for s in schedulers):
+            by_proxy, by_fz = rum_label(policy, scheduler), rum_label(policy, "fz")
             if by_proxy not in mixed.index or by_fz not in mixed.index:  # run without the request's grouping
                 continue
             proxy, fz = mixed.loc[by_proxy], mixed.loc[by_fz]
@@ -262,7 +277,8 @@ def check_targets(summary: pd.DataFrame, runs: pd.DataFrame, policies) -> list[s
                           "{:+.3f} ± {:.3f})".format(*paired(mixed_runs, by_proxy, best)))
             else:
                 versus = "no single method run"
-            notes.append(f"{dataset}, forget set by {selection}, mixed, policy {policy}: rum(proxy) ToW "
+            notes.append(f"{dataset}, forget set by {selection}, mixed, policy {policy}, scheduled by "
+                         f"{scheduler}: rum(proxy) ToW "
                          f"{proxy.tow:.3f} vs rum(FZ) {fz.tow:.3f} (short of it by {max(shortfall, 0.0):.3f}, "
                          f"target <= 0.02: "
                          f"{'met' if met[0] else 'not met'}; paired {diff}); {versus}; rum(proxy) time "
@@ -288,6 +304,15 @@ def main() -> int:
                         help="how RUM forms its groups (default: request, the RUM paper's split by the forget set's "
                              "own quantiles, as the published tables were made; training_set: bins of the training "
                              "set's score quantiles, the library's default)")
+    recorded = list(proxies.RECORDING_PROXIES)
+    parser.add_argument("--schedulers", nargs="+", default=["confidence"], choices=recorded, metavar="PROXY",
+                        help="recording proxies that schedule RUM besides FZ scores, one run each (default: "
+                             f"confidence); any of {recorded}")
+    parser.add_argument("--selections", nargs="+", default=["fz", "confidence"], choices=["fz", "confidence"],
+                        help="what chooses the forget sets: FZ scores, the confidence proxy (default: both)")
+    parser.add_argument("--decompose", action="store_true",
+                        help="for policies that stop at expected accuracies, also run FZ's groups with the "
+                             "recording's targets and each proxy's groups with FZ's (c_score) targets")
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results"), help="subset-model cache")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                         help="output folder: bench_unlearn.json, and runs/ with one CSV per forget set and seed, "
@@ -307,7 +332,9 @@ def main() -> int:
                     path.unlink()
             tables.append(run_dataset(name, DATASETS[name], args.kinds,
                                       range(args.first_seed, args.first_seed + args.seeds), args.cache, args.policies,
-                                      args.methods, saved=args.out / "runs", groupings=args.groupings))
+                                      args.methods, saved=args.out / "runs", groupings=args.groupings,
+                                      schedulers=args.schedulers, selections=args.selections,
+                                      decompose=args.decompose))
         except DatasetNotFoundError as err:
             print(f"skipping {name}: {err}", file=sys.stderr)
     runs = pd.concat(tables)
@@ -315,7 +342,7 @@ def main() -> int:
     columns = ["dataset", "selected_by", "forget", "method", "acc_forget", "acc_retain", "acc_test", "tow", "tow_ci",
                "tow_mia", "tow_mia_ci", "seconds", "retrain_seconds", "time_vs_retrain"]
     print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    notes = check_targets(summary, runs, args.policies)
+    notes = check_targets(summary, runs, args.policies, args.schedulers)
     print("\n" + "\n".join(notes))
     path = args.out / "bench_unlearn.json"
     path.write_text(json.dumps({"summary": summary.to_dict("records"), "runs": runs.to_dict("records"),

@@ -5,7 +5,7 @@
 True
 """
 
-from . import learning_speed, training_traces  # noqa: F401  (these and the modules below register proxies)
+from . import estimate, learning_speed, training_traces  # noqa: F401  (these and the modules below register proxies)
 from ._backends import available as backends
 from .batching import IndexedDataset
 from .curvature import loss_curvature

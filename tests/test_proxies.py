@@ -38,7 +38,7 @@ def test_learning_speed_proxies_match_hand_computation():
     assert table.attrs["higher_is_memorized"] == {
         "confidence": False, "max_confidence": False, "negative_entropy": False, "accuracy": False,
         "forgetting_events": True, "first_learned": True, "presentations_needed": True, "csl": True,
-        "csg": True, "sgal": True, "loss_iqr": True}
+        "csg": True, "sgal": True, "loss_iqr": True, "memorization_estimate": True}
 
 
 def test_never_learned_examples_count_every_presentation():

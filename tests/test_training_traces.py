@@ -179,3 +179,22 @@ def test_record_input_gradients_refuses_what_it_cannot_use():
     rec.end_epoch()
     np.testing.assert_allclose(rec.input_gradient_norms, [[np.nan, 3.0, np.nan, 3.0]])  # (2 * 0.5)^2 * 3
     assert np.isnan(rec.weight_norms).all()
+
+
+def test_memorization_estimate_is_the_mean_oriented_rank_of_its_features():
+    recording, _ = _random_recording(2, n=30)
+    estimate = proxies.compute("memorization_estimate", recording=recording)
+    table = proxies.compute(["confidence", "csg", "loss_iqr"], recording=recording)
+    expected = np.zeros(recording.num_examples)
+    for name, sign in (("confidence", -1), ("csg", 1), ("loss_iqr", 1)):
+        values = sign * table[name].to_numpy()
+        present = ~np.isnan(values)
+        ranks = np.full(len(values), np.nan)
+        ranks[present] = scipy.stats.rankdata(values[present]) / present.sum()  # ties: their mean rank
+        expected += ranks / 3
+    np.testing.assert_allclose(estimate, expected)
+    assert np.isnan(estimate[0])  # never presented
+    only_csg = proxies.compute("memorization_estimate", recording=recording, weights={"csg": 1.0})
+    np.testing.assert_allclose(only_csg, proxies.compute("csg", recording=recording).rank(pct=True))
+    with pytest.raises(ValueError, match="weights must name some of"):
+        proxies.compute("memorization_estimate", recording=recording, weights={"curvature": 1.0})
