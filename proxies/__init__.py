@@ -18,6 +18,7 @@ from .recording import TrainingRecorder
 from .registries import Registry
 from .registry import _PROXIES as _proxy_registry
 from .registry import Proxy, available, compute, get_proxy, higher_is_memorized, register_proxy
+from .replay import replay
 
 # this package's memorization proxies read off a recording, in registration order; early_accuracy, also read off
 # one, estimates held-out accuracy (a stopping target for unlearning) rather than memorization, and is not among them
@@ -43,6 +44,7 @@ __all__ = [
     "loss_curvature",
     "predict",
     "register_proxy",
+    "replay",
     "signals",
     "symmetric_kl",
 ]
