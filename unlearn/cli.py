@@ -21,13 +21,14 @@ import proxies
 
 from .attacks import DEFAULT_ATTACKS
 from .attacks import attacks as attack_names
+from .augment import augmentations
 from .data import datasets
 from .farm import farms
 from .models import models
 from .pipeline import DEFAULT_PROXIES, RunConfig, run, run_attack, run_proxies, train_original
 from .registry import methods
 from .scheduler import GROUPINGS, policies
-from .training import PRECISIONS, accuracy
+from .training import PRECISIONS, accuracy, recipes
 
 RUN_DEFAULTS: dict[str, object] = {}
 """The defaults ``unlearn run`` and ``train`` declare, by option (a test holds them equal to :class:`RunConfig`'s)."""
@@ -61,8 +62,15 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training (defaults: the dataset's recipe)")
+    g = p.add_argument_group("training (defaults: the recipe's, by default the dataset's recipe)")
     g.add_argument("--model", default=None, choices=models(), help="architecture (default: the dataset's model)")
+    g.add_argument("--recipe", dest="recipe_name", default=None, choices=recipes(), metavar="NAME",
+                   help="named training recipe (optimizer, schedule and training-time augmentation), one of "
+                        f"{recipes()}: a dataset's name is its default recipe, cifar-resnet18 the anchors' CIFAR "
+                        "ResNet-18 one (SGD lr 0.01, momentum 0.9, wd 5e-4, batch 512, 30 epochs, x0.1 at 15/20/25, "
+                        "random crop with padding 4 and a horizontal flip; the cifar10 / cifar100 default), "
+                        "fashion-mnist-augmented the fashion-mnist default with a crop of padding 2 and a flip. The "
+                        "options below override its values (default: the dataset's recipe)")
     g.add_argument("--epochs", type=int, default=None, help="training epochs")
     g.add_argument("--lr", type=float, default=None, help="SGD learning rate")
     g.add_argument("--batch-size", type=int, default=None, help="minibatch size")
@@ -70,6 +78,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay")
     g.add_argument("--schedule", default=None, choices=["cosine", "step", "linear", "constant"],
                    help="learning-rate schedule, set per epoch")
+    g.add_argument("--augment", default=None, choices=augmentations(), metavar="NAME",
+                   help=f"training-time augmentation of the training batches, one of {augmentations()} (crop: a "
+                        "random crop of the image zero-padded by 4 pixels a side; flip: a horizontal flip with "
+                        "probability 1/2; crop_flip: both, the CIFAR anchors'; crop2_flip: both, padded by 2). The "
+                        "model and the recording see the augmented presentations; evaluation, the model-based "
+                        "proxies, the attacks and the unlearning methods other than retrain see the data as it is "
+                        "(default: the recipe's)")
     g.add_argument("--seed", type=int, default=0, help="seed of the splits, initialisation and shuffling (default: 0)")
     g.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
     g.add_argument("--checkpoints", type=int, default=3,

@@ -29,13 +29,15 @@ from torch.utils.data import Dataset
 
 from proxies import predictions
 from proxies.batching import as_tensors
+from proxies.registries import Registry
 
 from ._checks import same_settings
+from .augment import augmentation_generator, get_augmentation
 from .data import batches
 from .epochs import Schedule, Step, lr_factor, run_epochs, training_numerics
 
-__all__ = ["PRECISIONS", "RECIPES", "DPConfig", "TrainConfig", "accuracy", "load_checkpoint", "predict",
-           "save_checkpoint", "train"]
+__all__ = ["PRECISIONS", "RECIPES", "DPConfig", "TrainConfig", "accuracy", "load_checkpoint", "predict", "recipe",
+           "recipes", "save_checkpoint", "train"]
 
 PRECISIONS = ("fp32", "bf16")
 """The arithmetic :func:`train` can run in: ``fp32`` (on CUDA its matmuls and convolutions use TF32, see
@@ -51,7 +53,7 @@ class TrainConfig:
     """Hyperparameters of :func:`train`, for recipes and configs written next to checkpoints.
 
     ``precision``, ``channels_last`` and ``deterministic`` (:data:`NUMERICS`) say how the arithmetic runs; see
-    :func:`train`.
+    :func:`train`. ``augment`` names the training-time augmentation (:func:`unlearn.augment.augmentations`).
     """
 
     epochs: int = 20
@@ -64,20 +66,25 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False
     deterministic: bool = False
+    augment: str = "none"
 
     def __post_init__(self) -> None:
         check_numerics(precision=self.precision, channels_last=self.channels_last, deterministic=self.deterministic)
+        get_augmentation(self.augment)
 
     def as_kwargs(self) -> dict:
-        """The recipe as :func:`train`'s keyword arguments. The :data:`NUMERICS` are left out where they have their
-        defaults, so that a default recipe reads as it did before they existed: the settings a run folder records,
-        and what a method that takes a recipe (``retrain``) accepts, are unchanged.
+        """The recipe as :func:`train`'s keyword arguments. The :data:`NUMERICS` and ``augment`` are left out where
+        they have their defaults, so that a default recipe reads as it did before they existed: the settings a run
+        folder records, and what a method that takes a recipe (``retrain``) accepts, are unchanged.
 
         >>> sorted(TrainConfig(precision="bf16").as_kwargs())[-4:]
         ['momentum', 'precision', 'schedule', 'weight_decay']
+        >>> "augment" in TrainConfig().as_kwargs(), TrainConfig(augment="flip").as_kwargs()["augment"]
+        (False, 'flip')
         """
         defaults = TrainConfig.__dataclass_fields__
-        return {k: v for k, v in asdict(self).items() if k not in NUMERICS or v != defaults[k].default}
+        return {k: v for k, v in asdict(self).items()
+                if k not in (*NUMERICS, "augment") or v != defaults[k].default}
 
 
 def check_numerics(*, precision, channels_last, deterministic, label: Callable[[str], str] = str) -> None:
@@ -90,17 +97,50 @@ def check_numerics(*, precision, channels_last, deterministic, label: Callable[[
             raise TypeError(f"{label(name)} must be True or False, got {value!r}")
 
 
-RECIPES: dict[str, TrainConfig] = {
+# The anchors' CIFAR-10/100 ResNet-18 recipe. From the Feldman-Zhang anchor (REFERENCE.md, "Feldman-Zhang
+# memorization"): 30 epochs, SGD lr 0.01, momentum 0.9, wd 5e-4, lr x0.1 at 15/20/25 (the "step" schedule: x0.1 at
+# 1/2, 2/3, 5/6 of the epochs), batch 512. From "Compute anchors" (the anchors' CIFAR training recipe): random crop
+# 32 with padding 4 and a horizontal flip (``crop_flip``), SGD momentum 0.9, wd 5e-4.
+_CIFAR_RESNET18 = TrainConfig(epochs=30, lr=0.01, batch_size=512, momentum=0.9, weight_decay=5e-4, schedule="step",
+                              augment="crop_flip")
+
+RECIPES: Registry[TrainConfig] = Registry("training recipe", entries={
+    # the dataset defaults, by dataset name (the CLI's defaults)
     "digits": TrainConfig(epochs=30, lr=0.05, batch_size=64),
     "fashion-mnist": TrainConfig(epochs=15, lr=0.05, batch_size=128),
     "mnist": TrainConfig(epochs=15, lr=0.05, batch_size=128),
-    # the Feldman-Zhang anchor: ResNet-18, 30 epochs, lr 0.01, x0.1 at 15/20/25, batch 512
-    "cifar10": TrainConfig(epochs=30, lr=0.01, batch_size=512, schedule="step"),
-    "cifar100": TrainConfig(epochs=30, lr=0.01, batch_size=512, schedule="step"),
+    "cifar10": _CIFAR_RESNET18,
+    "cifar100": _CIFAR_RESNET18,
     # CIFAR-shaped synthetic data (unlearn.synthetic) for timing: ResNet-18 learns it in a few epochs
     "synthetic-cifar": TrainConfig(epochs=10, lr=0.05, batch_size=512),
-}
-"""Default training recipe per dataset (the CLI's defaults)."""
+    # named recipes
+    "cifar-resnet18": _CIFAR_RESNET18,
+    # the fashion-mnist default with augmentation: a random 28x28 crop of the image padded by 2 (items are centred
+    # and fill the frame: a shift of 4 of 28 pixels would cut sleeves and soles off) and a horizontal flip
+    # (label-preserving for clothes, bags and shoes, unlike for digits: mnist and digits have no augmented recipe)
+    "fashion-mnist-augmented": TrainConfig(epochs=15, lr=0.05, batch_size=128, augment="crop2_flip"),
+})
+"""Training recipes by name (:func:`recipe`): each dataset's default under the dataset's name (what ``unlearn
+run`` uses without ``--recipe``), and named ones: ``cifar-resnet18`` (the anchors' CIFAR-10/100 ResNet-18 recipe,
+also the ``cifar10`` and ``cifar100`` defaults) and ``fashion-mnist-augmented``. A mapping;
+``RECIPES.register(name, TrainConfig(...))`` adds one."""
+
+
+def recipe(name: str) -> TrainConfig:
+    """The training recipe registered as ``name`` (:data:`RECIPES`).
+
+    >>> recipe("cifar-resnet18").augment, recipe("digits").augment
+    ('crop_flip', 'none')
+
+    Raises:
+        ValueError: an unknown name, with the names there are.
+    """
+    return RECIPES.get(name)
+
+
+def recipes() -> list[str]:
+    """The names of the training recipes, sorted."""
+    return RECIPES.names()
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -130,7 +170,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
           on_epoch_end: Callable[[int, nn.Module], None] | None = None, dp: DPConfig | None = None,
           device: torch.device | str | None = None, resume: str | os.PathLike | None = None,
           precision: str = "fp32", channels_last: bool = False, deterministic: bool = False,
-          progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
+          augment: str = "none", progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
     """Train a copy of ``model`` with SGD on ``dataset``; the caller's model is left unchanged.
 
     Args:
@@ -165,6 +205,17 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
         deterministic: bitwise-reproducible CUDA training for the call (deterministic algorithms, cuDNN
             deterministic, no benchmark, ``CUBLAS_WORKSPACE_CONFIG``), restored afterwards; it costs speed on CUDA
             and nothing on the CPU, which is deterministic already (:func:`unlearn.epochs.training_numerics`).
+        augment: a training-time augmentation by name (:func:`unlearn.augment.augmentations`: ``"none"``, the
+            default, ``"flip"``, ``"crop"``, ``"crop_flip"``...). Each batch is augmented on ``device`` after it is
+            fetched and before the forward pass, so the model steps on, and the recorder records, the augmented
+            presentations (their logits, and the input gradient of the augmented input), as the anchors' recorders
+            do. The random numbers come from a CPU generator of their own
+            (:func:`unlearn.augment.augmentation_generator` of ``seed``): the batches' order is that of ``"none"``,
+            which trains bit for bit as without the argument. The resume state holds that generator's state too.
+            Only training presents augmented inputs: :func:`predict`, :func:`accuracy`, the proxies computed from a
+            model and the attacks see the data as it is (the attacks add their own queries), and so do the
+            unlearning methods' steps (:mod:`unlearn.algorithms`; ``retrain`` alone calls :func:`train`, with the
+            original recipe, its augmentation included).
         progress: show a tqdm bar.
 
     Where things are: with an in-memory dataset the training set is copied to ``device`` once per call and each
@@ -179,8 +230,12 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_recipe(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay)
     check_numerics(precision=precision, channels_last=channels_last, deterministic=deterministic)
+    augmentation = get_augmentation(augment)
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
+    if augment != "none" and torch.as_tensor(dataset[0][0]).ndim != 3:
+        raise ValueError(f"augment={augment!r} needs images [C, H, W], but the dataset's inputs have shape "
+                         f"{list(torch.as_tensor(dataset[0][0]).shape)}")
     _check_recorder_fits(recorder, dataset)
     lr_factor(schedule, 0, max(epochs, 1))  # reject a bad schedule before any work
     if resume is not None and (dp is not None or callable(schedule)):
@@ -196,15 +251,18 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
                    "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "drop_last": drop_last,
                    "patience": patience, "examples": len(dataset), "recorder": recorder is not None}
     # other arithmetic trains other weights; the defaults stay out, so that states written before read the same
-    fingerprint.update({k: v for k, v in (("precision", precision), ("channels_last", channels_last))
+    fingerprint.update({k: v for k, v in (("precision", precision), ("channels_last", channels_last),
+                                          ("augment", augment))
                         if v != TrainConfig.__dataclass_fields__[k].default})
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             training_numerics(device, deterministic=deterministic):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
+        # augmentation draws from a stream of its own: the shuffling order is that of an un-augmented run
+        augment_generator = augmentation_generator(seed) if augment != "none" else None
         if resume is not None and os.path.exists(resume):
             first, rows, best_loss, stale = _restore(resume, fingerprint, model, optimizer, generator, recorder,
-                                                     device)
+                                                     device, augment_generator)
         if dp is not None:
             private, optimizer, engine, loader = _make_private(model, optimizer, dataset, dp, batch_size=batch_size,
                                                                epochs=epochs, generator=generator)
@@ -229,6 +287,8 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             if recorder is not None:
                 recorder.start_epoch()
             for x, y, index in epoch_batches():
+                if augment_generator is not None:  # the presentation: what the model and the recorder see
+                    x = augmentation(x, augment_generator)
                 if channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 if input_gradients:
@@ -255,7 +315,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
                 best_loss, stale = (row["loss"], 0) if row["loss"] < best_loss else (best_loss, stale + 1)
             if resume is not None:
                 _save_state(resume, fingerprint, epoch + 1, model, optimizer, generator, recorder, rows, best_loss,
-                            stale, device)
+                            stale, device, augment_generator)
             return patience is not None and stale >= patience
 
         run_epochs(model, optimizer, steps, lr=lr, schedule=schedule, epochs=epochs, first=first,
@@ -298,22 +358,26 @@ def check_recipe(*, epochs, lr, batch_size, momentum=0.0, weight_decay=0.0,
 
 
 def _save_state(path, fingerprint: dict, epoch: int, model: nn.Module, optimizer, generator: torch.Generator,
-                recorder, rows: list[dict], best_loss: float, stale: int, device: torch.device) -> None:
+                recorder, rows: list[dict], best_loss: float, stale: int, device: torch.device,
+                augment_generator: torch.Generator | None = None) -> None:
     """Write the state after ``epoch`` finished epochs to ``path`` (through a temporary file: a kill mid-write
-    leaves the previous state)."""
+    leaves the previous state); the augmentation's generator's state too, when training augments."""
     state = {"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
              "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
              "generator": generator.get_state(),
              "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
              "recording": recorder.state_dict() if recorder is not None else None,
              "rows": rows, "best_loss": best_loss, "stale": stale}
+    if augment_generator is not None:  # states of un-augmented training keep the keys they always had
+        state["augment_generator"] = augment_generator.get_state()
     tmp = f"{os.fspath(path)}.partial"
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
 def _restore(path, fingerprint: dict, model: nn.Module, optimizer, generator: torch.Generator, recorder,
-             device: torch.device) -> tuple[int, list[dict], float, int]:
+             device: torch.device, augment_generator: torch.Generator | None = None
+             ) -> tuple[int, list[dict], float, int]:
     """Load a state written by :func:`_save_state` into the training objects; returns ``(epochs done, history
     rows, best loss, stale epochs)``."""
     try:
@@ -328,6 +392,8 @@ def _restore(path, fingerprint: dict, model: nn.Module, optimizer, generator: to
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"].cpu())
     generator.set_state(state["generator"].cpu())
+    if augment_generator is not None:  # the fingerprint holds augment: a state of this training has it
+        augment_generator.set_state(state["augment_generator"].cpu())
     if state["cuda_rng"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
     if recorder is not None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import nn
 
+from ..augment import get_augmentation
 from ..data import IndexedDataset
 from ..models import create_model, models
 from ..registry import register_method
@@ -41,7 +42,9 @@ from .loop import SGDConfig, num_classes
 @dataclass
 class RetrainConfig(SGDConfig):
     """The original training recipe (the fields and defaults of :class:`~unlearn.training.TrainConfig`, e.g.
-    ``{**RECIPES["digits"].as_kwargs(), "model_fn": "digits_cnn"}``) and how to build the fresh model.
+    ``{**RECIPES["digits"].as_kwargs(), "model_fn": "digits_cnn"}``) and how to build the fresh model. ``augment``
+    is the recipe's training-time augmentation: retraining presents the retain set augmented as the original
+    training did (the other methods never augment).
 
     ``model_fn`` is the name of a registered model (built by :func:`~unlearn.models.create_model` with
     ``model_kwargs``, whose ``num_classes`` and ``in_channels`` default to the model's number of logits and the
@@ -63,6 +66,7 @@ class RetrainConfig(SGDConfig):
     weight_decay: float = TrainConfig.weight_decay
     schedule: str = TrainConfig.schedule
     drop_last: bool = TrainConfig.drop_last
+    augment: str = TrainConfig.augment
     model_fn: str | Callable[[], nn.Module] | None = None
     model_kwargs: dict = field(default_factory=dict)
 
@@ -73,6 +77,7 @@ class RetrainConfig(SGDConfig):
                              "accuracy is already low")
         if not isinstance(self.drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {type(self.drop_last).__name__} {self.drop_last!r}")
+        get_augmentation(self.augment)  # an unknown name fails before any work
         if isinstance(self.model_fn, str):
             if self.model_fn not in models():
                 raise ValueError(f"unknown model {self.model_fn!r}; expected one of {models()} or a callable")
@@ -85,10 +90,12 @@ class RetrainConfig(SGDConfig):
             raise ValueError("model_kwargs are for a model_fn given by name; a callable takes no arguments")
 
     def recipe(self) -> dict:
-        """The keyword arguments of :func:`~unlearn.training.train` this config sets: the optimisation recipe; the
-        arithmetic settings (:data:`~unlearn.training.NUMERICS`: precision, channels_last, deterministic) are
-        train()'s defaults."""
-        return {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name not in NUMERICS}
+        """The keyword arguments of :func:`~unlearn.training.train` this config sets: the optimisation recipe and its
+        training-time augmentation (``augment``, left out when ``"none"``, as
+        :meth:`~unlearn.training.TrainConfig.as_kwargs` leaves it out); the arithmetic settings
+        (:data:`~unlearn.training.NUMERICS`: precision, channels_last, deterministic) are train()'s defaults."""
+        return {f.name: getattr(self, f.name) for f in fields(TrainConfig)
+                if f.name not in NUMERICS and (f.name != "augment" or self.augment != TrainConfig.augment)}
 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:

@@ -29,6 +29,7 @@ import torch
 import proxies
 
 from ..attacks import DEFAULT_ATTACKS
+from ..augment import get_augmentation
 from ..training import NUMERICS, RECIPES, TrainConfig, check_numerics, check_recipe, resolve_device
 
 __all__ = ["DEFAULT_PROXIES", "MAX_MODELS", "MIN_TRAIN_SIZE", "RunConfig"]
@@ -46,8 +47,9 @@ MIN_TRAIN_SIZE = 10
 @dataclass
 class RunConfig:
     """The settings of ``unlearn run``, with its defaults; each field is the command-line option of the same name
-    (``train_size`` is ``--train-size``). ``None`` for a training field means the dataset's recipe
-    (:data:`unlearn.training.RECIPES`)."""
+    (``train_size`` is ``--train-size``; ``recipe_name`` is ``--recipe``). ``None`` for a training field means the
+    recipe's value: the recipe named ``recipe_name`` (:data:`unlearn.training.RECIPES`), by default the dataset's.
+    """
 
     # data
     dataset: str = "digits"
@@ -55,14 +57,16 @@ class RunConfig:
     download: bool = False
     train_size: int | None = None
     val_fraction: float = 0.1
-    # training (None: the dataset's recipe)
+    # training (None: the recipe's; recipe_name None: the dataset's recipe)
     model: str | None = None
+    recipe_name: str | None = None
     epochs: int | None = None
     lr: float | None = None
     batch_size: int | None = None
     momentum: float | None = None
     weight_decay: float | None = None
     schedule: str | None = None
+    augment: str | None = None
     seed: int = 0
     device: str | None = None
     checkpoints: int = 3
@@ -99,14 +103,38 @@ class RunConfig:
         return Path(self.out) if self.out is not None else Path("runs") / self.dataset
 
     def recipe(self) -> TrainConfig:
-        """The training recipe: the dataset's, with the fields set here (:data:`unlearn.training.NUMERICS`
-        included: ``precision``, ``channels_last``, ``deterministic``)."""
-        recipe = RECIPES.get(self.dataset, TrainConfig())
+        """The training recipe: the one named ``recipe_name`` (else the dataset's), with the fields set here
+        (``augment`` and :data:`unlearn.training.NUMERICS` included: ``precision``, ``channels_last``,
+        ``deterministic``).
+
+        Raises:
+            ValueError: an unknown ``recipe_name`` or ``augment``, naming the known ones.
+        """
+        if self.recipe_name is None:
+            recipe = RECIPES.get(self.dataset, TrainConfig())
+        else:
+            try:
+                recipe = RECIPES.get(self.recipe_name)
+            except ValueError as err:
+                raise ValueError(f"--recipe: {err}") from None
+        if self.augment is not None:
+            try:
+                get_augmentation(self.augment)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"--augment: {err}") from None
         overrides = {k: getattr(self, k) for k in ("epochs", "lr", "batch_size", "momentum", "weight_decay",
-                                                   "schedule", *NUMERICS) if getattr(self, k) is not None}
+                                                   "schedule", "augment", *NUMERICS) if getattr(self, k) is not None}
         check_numerics(**{k: overrides.get(k, getattr(recipe, k)) for k in NUMERICS},
                        label=lambda name: f"--{name.replace('_', '-')}")
         return dataclasses.replace(recipe, **overrides)
+
+    def recipe_settings(self) -> dict:
+        """What a run records of the recipe it trains with, beside the recipe's values: its name, where one is
+        given that is not the dataset's own (``{"recipe": name}``; else nothing, so that a run without
+        ``--recipe`` records what it did before recipes had names). Another name is other settings."""
+        if self.recipe_name is None or self.recipe_name == self.dataset:
+            return {}
+        return {"recipe": self.recipe_name}
 
     def farm_options(self) -> dict:
         if self.farm != "ray":

@@ -97,7 +97,8 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
     every = min(config.checkpoints, recipe.epochs)  # more checkpoints than epochs: one per epoch
     keep = sorted({round(recipe.epochs * (i + 1) / every) for i in range(every)} - {0})
     settings = {"dataset": config.dataset, "model": model_name, "seed": config.seed, "train_size": config.train_size,
-                "val_fraction": config.val_fraction, "checkpoint_epochs": keep, **recipe.as_kwargs()}
+                "val_fraction": config.val_fraction, "checkpoint_epochs": keep, **config.recipe_settings(),
+                **recipe.as_kwargs()}
     torch.manual_seed(config.seed)
     model = create_model(model_name, num_classes=splits.num_classes, in_channels=splits.in_channels)
     check_data(config, splits, model, model_name)
@@ -185,7 +186,11 @@ def model_fn_of(settings: dict, splits):
 
 
 def recipe_of(settings: dict) -> dict:
-    return {k: settings[k] for k in TrainConfig().as_kwargs()}
+    """The training recipe a run's ``settings`` record, as :func:`~unlearn.training.train`'s keyword arguments: what
+    the retrained reference, ``retrain``, the shadow and the subset models train with. The optimisation settings and
+    the augmentation (recorded when it is not ``"none"``: the anchors' shadow and subset models train as the target
+    does); the arithmetic settings (:data:`~unlearn.training.NUMERICS`) are train()'s defaults."""
+    return {k: settings[k] for k in (*TrainConfig().as_kwargs(), "augment") if k in settings}
 
 
 UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile)
