@@ -275,6 +275,8 @@ def main() -> int:
                         help="what to run: kernel throughput, the proxy leaderboard, per-sample gradient engines")
     parser.add_argument("--max-n", type=int, default=1_000_000, help="largest N for the kernels (default: 1e6)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per kernel; the best counts")
+    parser.add_argument("--datasets", nargs="+", default=["digits", "fashion-mnist"],
+                        choices=["digits", "fashion-mnist"], help="datasets of the leaderboard (default: both)")
     parser.add_argument("--k", type=int, default=256, help="subset models for FZ on digits (default: 256)")
     parser.add_argument("--fmnist-k", type=int, default=128, help="subset models for FZ on Fashion-MNIST")
     parser.add_argument("--fmnist-size", type=int, default=4000, help="Fashion-MNIST training examples")
@@ -303,10 +305,11 @@ def main() -> int:
                               f"{row.pct_of_copy_bw:.0f}% of copy bandwidth")
 
     if args.part in ("quality", "all"):
-        cases = [("digits", {}, args.k, None)]
+        cases = [("digits", {}, args.k, None)] if "digits" in args.datasets else []
         try:
-            load_dataset("fashion-mnist", train_size=10)
-            cases.append(("fashion-mnist", {"train_size": args.fmnist_size}, args.fmnist_k, args.fmnist_epochs))
+            if "fashion-mnist" in args.datasets:
+                load_dataset("fashion-mnist", train_size=10)
+                cases.append(("fashion-mnist", {"train_size": args.fmnist_size}, args.fmnist_k, args.fmnist_epochs))
         except DatasetNotFoundError as err:
             print(f"skipping Fashion-MNIST: {err}", file=sys.stderr)
         qualities, costs, infos = [], [], []
