@@ -22,7 +22,7 @@ import proxies
 from .attacks import DEFAULT_ATTACKS
 from .attacks import attacks as attack_names
 from .augment import augmentations
-from .data import datasets
+from .data import check_dataset_name, dataset_sources, datasets
 from .farm import farms
 from .models import models
 from .pipeline import DEFAULT_PROXIES, RunConfig, run, run_attack, run_proxies, train_original
@@ -49,10 +49,21 @@ def _only_given(p: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------------------------------------ arguments
 
+def _dataset_name(value: str) -> str:
+    try:
+        return check_dataset_name(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits", choices=datasets(),
-                   help="training data (default: digits, scikit-learn's real 8x8 digits, nothing to download)")
+    g.add_argument("--dataset", default="digits", type=_dataset_name, metavar="NAME",
+                   help=f"training data: one of {', '.join(datasets())} (default: digits, scikit-learn's real 8x8 "
+                        "digits, nothing to download); or "
+                        + "; or ".join(dataset_sources().values())
+                        + ". imagefolder: holds out a stratified 20%% of each class as test with a fixed seed, "
+                          "normalises with the training split and picks the model from the image size")
     g.add_argument("--root", default=None,
                    help="folder of torchvision-format datasets (default: $UNLEARN_DATA or ~/.cache/memunlearn)")
     g.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")

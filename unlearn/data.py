@@ -8,7 +8,11 @@ example in the training split. Every dataset here yields ``(x, y, index)`` so th
 
 Named datasets live in a registry: ``digits`` (scikit-learn's real 8x8 handwritten digits, shipped in the wheel, the
 default), ``fashion-mnist`` (Debian's ``dataset-fashion-mnist`` package or a torchvision root), ``mnist``,
-``cifar10`` and ``cifar100`` (torchvision's loaders; they download only when asked to).
+``cifar10`` and ``cifar100`` (torchvision's loaders; they download only when asked to). Two sources take an
+argument after a colon (:func:`dataset_sources`): ``imagefolder:PATH`` reads a folder of images with one subfolder
+per class (torchvision's ``ImageFolder``) and ``torchvision:CLASS`` any torchvision dataset class taking
+``(root, train=, download=)``, such as ``torchvision:KMNIST``. They are held in memory (a streaming reader for data
+that does not fit is future work).
 
 >>> splits = load_dataset("digits")
 >>> x, y, index = splits.train[5]
@@ -44,6 +48,8 @@ __all__ = [
     "subset_root",
     "tensor_batches",
     "WithIndex",
+    "check_dataset_name",
+    "dataset_sources",
     "default_root",
     "load_dataset",
     "register_dataset",
@@ -120,36 +126,104 @@ def datasets() -> list[str]:
     return _DATASETS.names()
 
 
+@dataclass(frozen=True)
+class _SourceData:
+    """What a loader reads: images (uint8 or float in [0, 1]), labels and class names of the training and test
+    sets, and ``rows``: for each training image, the row that names it (None: its position)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    classes: list[str] | None
+    rows: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _Source:
+    loader: Callable[..., _SourceData]
+    argument: str
+    help: str
+
+
+_SOURCES: Registry[_Source] = Registry("dataset source")
+
+
+def dataset_sources() -> dict[str, str]:
+    """The ``SOURCE:ARGUMENT`` forms :func:`load_dataset` accepts beside :func:`datasets`, with what each reads.
+
+    >>> sorted(dataset_sources())
+    ['imagefolder', 'torchvision']
+    """
+    return {name: f"{name}:{_SOURCES.get(name).argument}: {_SOURCES.get(name).help}" for name in _SOURCES.names()}
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` if :func:`load_dataset` accepts it (before reading any file), else a ValueError saying what does.
+
+    >>> check_dataset_name("imagefolder:/data/pets")
+    'imagefolder:/data/pets'
+    """
+    kind, colon, argument = name.partition(":")
+    if colon and kind in _SOURCES.names() and argument:
+        return name
+    if not colon and name in datasets():
+        return name
+    forms = ", ".join(f"{k}:{_SOURCES.get(k).argument}" for k in _SOURCES.names())
+    raise ValueError(f"unknown dataset {name!r}; expected one of {datasets()} or {forms}")
+
+
+def _default_model(shape: tuple[int, ...]) -> str:
+    """The model for images of ``shape`` (C, H, W): ``cnn28`` for 1x28x28, ``digits_cnn`` for 1x8x8, else
+    ``resnet18`` (any size and channel count; it was made for 32x32)."""
+    return {(1, 28, 28): "cnn28", (1, 8, 8): "digits_cnn"}.get(shape, "resnet18")
+
+
 def default_root() -> Path:
     """Where torchvision-format datasets are looked for: ``$UNLEARN_DATA`` or ``~/.cache/memunlearn``."""
     return Path(os.environ.get("UNLEARN_DATA", Path.home() / ".cache" / "memunlearn"))
 
 
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False,
-                 val_fraction: float = 0.1, train_size: int | None = None, seed: int = 0) -> Splits:
-    """Load a named dataset as in-memory, normalised, indexed train / validation / test splits.
+                 val_fraction: float = 0.1, train_size: int | None = None, seed: int = 0,
+                 test_fraction: float = 0.2) -> Splits:
+    """Load a dataset as in-memory, normalised, indexed train / validation / test splits.
 
     The validation split is a seeded random ``val_fraction`` of the official training set (digits has no official
     test set: a stratified 20% is held out as test first). ``train_size`` keeps a seeded random subset of the
     remaining training examples. The same arguments always give the same splits.
 
+    ``imagefolder:PATH`` has no official test set either: the recipe of :func:`_load_image_folder` holds out a
+    stratified ``test_fraction`` that depends on the files alone, not on ``seed``. Its normalisation, classes,
+    channels and default model come from the data.
+
     Args:
-        name: one of :func:`datasets`.
+        name: one of :func:`datasets`, or ``SOURCE:ARGUMENT`` for a source of :func:`dataset_sources`.
         root: folder in torchvision's layout (default :func:`default_root`).
         download: let torchvision fetch missing files (MNIST, Fashion-MNIST, CIFAR).
         val_fraction: fraction of the training set held out for validation, in ``[0, 1)``.
         train_size: keep only this many training examples.
         seed: seed of the splits.
+        test_fraction: for ``imagefolder:``, the fraction of each class held out as the test set, in ``(0, 1)``.
 
     Raises:
         ValueError: unknown name or bad fractions/sizes.
         DatasetNotFoundError: the files are missing and ``download`` is False.
     """
-    spec = _DATASETS.get(name)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     root = Path(root) if root is not None else default_root()
-    x_train, y_train, x_test, y_test, classes = spec.loader(root=root, download=download)
+    kind, colon, argument = name.partition(":")
+    if colon:
+        source = _SOURCES.get(kind)
+        if not argument:
+            raise ValueError(f"dataset {name!r} names no {kind} argument: expected {kind}:{source.argument}")
+        data = source.loader(argument, root=root, download=download, test_fraction=test_fraction)
+        spec = None
+    else:
+        spec = _DATASETS.get(name)
+        data = _SourceData(*spec.loader(root=root, download=download))
+    x_train, y_train, x_test, y_test, classes = data.x_train, data.y_train, data.x_test, data.y_test, data.classes
 
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(y_train), generator=generator)
@@ -161,15 +235,24 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         train_ids = train_ids[:train_size]
     train_ids = train_ids.sort().values
 
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    if spec is None:  # statistics of the data: the training split's normalisation, the images' shape
+        pixels = x_train[train_ids].float().transpose(0, 1).flatten(1)
+        mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-6)
+        num_classes, in_channels = len(classes), x_train.shape[1]
+        default_model, queries = _default_model(tuple(x_train.shape[1:])), ("identity",) if in_channels == 1 else (
+            "identity", "hflip")
+    else:
+        mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
+        num_classes, in_channels, default_model, queries = (spec.num_classes, spec.in_channels, spec.default_model,
+                                                            spec.queries)
+    mean, std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
 
     def split(x: Tensor, y: Tensor) -> IndexedDataset:
         return IndexedDataset(((x.float() - mean) / std).contiguous(), y.long(), classes)
 
+    rows = train_ids if data.rows is None else data.rows[train_ids]
     return Splits(name, split(x_train[train_ids], y_train[train_ids]), split(x_train[val_ids], y_train[val_ids]),
-                  split(x_test, y_test), spec.num_classes, spec.in_channels, spec.default_model, spec.queries,
-                  train_rows=train_ids)
+                  split(x_test, y_test), num_classes, in_channels, default_model, queries, train_rows=rows)
 
 
 # ----------------------------------------------------------------------------------------------------- loaders
@@ -291,6 +374,137 @@ def _register_synthetic() -> None:
 
 
 _register_synthetic()
+
+
+# ----------------------------------------------------------------------------------------------------- sources
+
+_TEST_SEED = 0
+"""Seed of the test split of an ``imagefolder:`` dataset: fixed, so that ``--seed`` reshuffles only train and val."""
+
+
+def _load_image_folder(path: str, *, root: Path, download: bool, test_fraction: float) -> _SourceData:
+    """``imagefolder:PATH``: every image of torchvision's ``ImageFolder(PATH)`` (a subfolder per class, classes
+    and files in sorted order), decoded into memory.
+
+    The recipe: an image's row is its position in that sorted order (``ImageFolder.samples``). From each class a
+    random ``round(test_fraction * n)`` of its images, drawn with the fixed seed :data:`_TEST_SEED`, is the test set;
+    the rest, in row order, is the training set that :func:`load_dataset` splits into train and val with its
+    ``seed``. So the test set and each training image's row (``Splits.train_rows``, how forget lists name images)
+    depend on the files alone, never on ``seed``, ``val_fraction`` or ``train_size``. Images stay one channel when
+    every one is grayscale (PIL mode ``L``), else all become RGB; all must share one size.
+    """
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"imagefolder:{path}: {folder} is not a folder; expected one subfolder of images "
+                                   "per class (PATH/CLASS/IMAGE.png)")
+    try:
+        found = ImageFolder(str(folder))
+    except FileNotFoundError as err:
+        raise ValueError(f"imagefolder:{path}: {err}; expected one subfolder of images per class "
+                         "(PATH/CLASS/IMAGE.png)") from None
+    samples, classes = found.samples, found.classes
+    size = None
+    gray = True
+    for file, _ in samples:
+        with Image.open(file) as image:
+            if size is None:
+                size = image.size
+            elif image.size != size:
+                raise ValueError(f"imagefolder:{path}: {file} is {image.size[0]}x{image.size[1]} but {samples[0][0]} "
+                                 f"is {size[0]}x{size[1]}; every image must have one size: resize them first "
+                                 "(e.g. with PIL's Image.resize)")
+            gray = gray and image.mode == "L"
+    images = np.empty((len(samples), size[1], size[0], 1 if gray else 3), dtype=np.uint8)
+    for i, (file, _) in enumerate(samples):
+        with Image.open(file) as image:
+            images[i] = np.asarray(image.convert("L" if gray else "RGB")).reshape(images.shape[1:])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor([label for _, label in samples], dtype=torch.long)
+
+    generator = torch.Generator().manual_seed(_TEST_SEED)
+    test = torch.zeros(len(y), dtype=torch.bool)
+    for label in range(len(classes)):
+        members = (y == label).nonzero().flatten()
+        n_test = int(round(test_fraction * len(members)))
+        test[members[torch.randperm(len(members), generator=generator)[:n_test]]] = True
+    train_rows, test_rows = (~test).nonzero().flatten(), test.nonzero().flatten()
+    return _SourceData(x[train_rows], y[train_rows], x[test_rows], y[test_rows], list(classes), rows=train_rows)
+
+
+_SOURCES.register("imagefolder", _Source(_load_image_folder, "PATH",
+                                         "a folder with a subfolder of same-size images per class"))
+
+
+_MNIST_SOURCES = {"FashionMNIST": (DEBIAN_FASHION_MNIST,)}
+"""Where the ``*-ubyte.gz`` files of an MNIST-like torchvision class may already be (Debian's package)."""
+
+
+def _torchvision_classes() -> list[str]:
+    """torchvision dataset classes with the ``(root, train=, download=)`` signature ``torchvision:`` needs."""
+    import inspect
+
+    import torchvision
+
+    names = []
+    for name in dir(torchvision.datasets):
+        cls = getattr(torchvision.datasets, name)
+        if inspect.isclass(cls) and issubclass(cls, torchvision.datasets.VisionDataset):
+            parameters = inspect.signature(cls.__init__).parameters
+            if {"root", "train", "download"} <= set(parameters):
+                names.append(name)
+    return sorted(names)
+
+
+def _as_images(dataset) -> tuple[Tensor, Tensor]:
+    """The images ``[N, C, H, W]`` (uint8) and labels of a torchvision dataset: its ``data`` array when it has one
+    (``[N, H, W]`` as MNIST, ``[N, H, W, C]`` as CIFAR), else item by item."""
+    data = getattr(dataset, "data", None)
+    targets = getattr(dataset, "targets", None)
+    if isinstance(data, np.ndarray | Tensor) and data.ndim in (3, 4) and targets is not None:
+        x = torch.as_tensor(data)
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        return x.contiguous(), torch.as_tensor(np.asarray(targets)).long()
+    images, labels = [], []
+    for image, label in dataset:
+        array = np.asarray(image)
+        images.append(torch.from_numpy(array[..., None] if array.ndim == 2 else array).permute(2, 0, 1))
+        labels.append(int(label))
+    return torch.stack(images), torch.tensor(labels)
+
+
+def _load_torchvision(name: str, *, root: Path, download: bool, test_fraction: float) -> _SourceData:
+    """``torchvision:CLASS``: ``torchvision.datasets.CLASS(root, train=True/False, download=)``, its own train and
+    test sets (an MNIST-like class finds Debian's files where :data:`DEBIAN_FASHION_MNIST` has them)."""
+    import torchvision
+
+    supported = _torchvision_classes()
+    if name not in supported:
+        raise ValueError(f"torchvision:{name}: torchvision.datasets has no class {name!r} taking (root, train=, "
+                         f"download=); expected one of {supported}")
+    cls = getattr(torchvision.datasets, name)
+    if issubclass(cls, torchvision.datasets.MNIST):
+        _extract_idx_gz(root / name / "raw", list(_MNIST_SOURCES.get(name, ())))
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except RuntimeError as err:
+        if download:
+            raise
+        raise DatasetNotFoundError(f"torchvision:{name} not found under {root}: {err} (CLI: --root, "
+                                   "--download)") from err
+    (x_train, y_train), (x_test, y_test) = _as_images(train), _as_images(test)
+    classes = list(getattr(train, "classes", None) or [str(c) for c in range(int(y_train.max()) + 1)])
+    return _SourceData(x_train, y_train, x_test, y_test, classes)
+
+
+_SOURCES.register("torchvision", _Source(_load_torchvision, "CLASS",
+                                         "a torchvision.datasets class taking (root, train=, download=), read "
+                                         "from --root"))
 
 
 # ----------------------------------------------------------------------------------------------------- in memory

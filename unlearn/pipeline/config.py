@@ -30,6 +30,7 @@ import proxies
 
 from ..attacks import DEFAULT_ATTACKS
 from ..augment import get_augmentation
+from ..data import check_dataset_name
 from ..training import NUMERICS, RECIPES, TrainConfig, check_numerics, check_recipe, resolve_device
 
 __all__ = ["DEFAULT_PROXIES", "MAX_MODELS", "MIN_TRAIN_SIZE", "RunConfig"]
@@ -51,7 +52,7 @@ class RunConfig:
     recipe's value: the recipe named ``recipe_name`` (:data:`unlearn.training.RECIPES`), by default the dataset's.
     """
 
-    # data
+    # data (dataset: a name of unlearn.data.datasets(), imagefolder:PATH or torchvision:CLASS)
     dataset: str = "digits"
     root: str | None = None
     download: bool = False
@@ -99,8 +100,12 @@ class RunConfig:
     # ------------------------------------------------------------------------------------------- derived
     @property
     def folder(self) -> Path:
-        """The output folder: ``out``, else ``runs/<dataset>``."""
-        return Path(self.out) if self.out is not None else Path("runs") / self.dataset
+        """The output folder: ``out``, else ``runs/<dataset>`` (``runs/imagefolder-pets`` for
+        ``imagefolder:/data/pets``, ``runs/torchvision-KMNIST`` for ``torchvision:KMNIST``)."""
+        if self.out is not None:
+            return Path(self.out)
+        kind, colon, argument = self.dataset.partition(":")
+        return Path("runs") / (f"{kind}-{Path(argument).name or 'data'}" if colon else self.dataset)
 
     def recipe(self) -> TrainConfig:
         """The training recipe: the one named ``recipe_name`` (else the dataset's), with the fields set here
@@ -152,6 +157,10 @@ class RunConfig:
     def check(self) -> torch.device:
         """Everything the settings alone decide, checked before any data is read; returns the device. Messages
         name the command-line options."""
+        try:
+            check_dataset_name(self.dataset)
+        except ValueError as err:
+            raise ValueError(f"--dataset: {err}") from None
         device = self.resolved_device()
         recipe = self.recipe()
         check_recipe(epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size, momentum=recipe.momentum,
