@@ -116,10 +116,9 @@ def fz_noise(correct: np.ndarray, in_mask: np.ndarray, *, seed: int = 0) -> dict
     mean(correct | out)`` (binomial, per side), and the split-half reliability: FZ from two random halves of the
     models, correlated and corrected to K models by Spearman-Brown (``2r / (1 + r)``). A proxy that were the true
     memorization would correlate with the estimate at about ``sqrt(reliability)``: the noise ceiling."""
-    n_in, n_out = in_mask.sum(0), (~in_mask).sum(0)
-    p_in = np.where(in_mask, correct, 0).sum(0) / np.maximum(n_in, 1)
-    p_out = np.where(~in_mask, correct, 0).sum(0) / np.maximum(n_out, 1)
-    se = np.sqrt(p_in * (1 - p_in) / np.maximum(n_in, 1) + p_out * (1 - p_out) / np.maximum(n_out, 1))
+    memorization, p_out = proxies.feldman_zhang(correct, in_mask)
+    p_in, n_in, n_out = memorization + p_out, in_mask.sum(0), (~in_mask).sum(0)
+    se = np.sqrt(p_in * (1 - p_in) / n_in + p_out * (1 - p_out) / n_out)  # NaN where a side has no model
     order = np.random.default_rng(seed).permutation(len(correct))
     halves = [proxies.feldman_zhang(correct[part], in_mask[part])[0] for part in np.array_split(order, 2)]
     a, b = pd.Series(halves[0]), pd.Series(halves[1])

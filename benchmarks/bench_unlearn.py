@@ -81,12 +81,13 @@ CEILING = "retrain (another seed)"
 """The row of exact unlearning: a retraining that differs from the reference only by its seed."""
 
 
-def rum_label(policy: str, scheduled_by: str, grouping: str = "request") -> str:
+def rum_label(policy: str, scheduled_by: str, grouping: str = "request", targets: str | None = None) -> str:
     """The method column of a RUM run: ``rum <policy> (FZ scores)`` or ``rum <policy> (<proxy> proxy)``, e.g.
     ``(confidence proxy)``, with ``, training-set groups`` inside the brackets for a run grouped by the training
-    set's quantiles."""
+    set's quantiles and ``, <targets> targets`` for one whose stopping targets come from the other source."""
     groups = "" if grouping == "request" else ", training-set groups"
-    return f"rum {policy} ({'FZ scores' if scheduled_by == 'fz' else f'{scheduled_by} proxy'}{groups})"
+    stops = "" if targets is None else f", {targets} targets"
+    return f"rum {policy} ({'FZ scores' if scheduled_by == 'fz' else f'{scheduled_by} proxy'}{groups}{stops})"
 
 
 def fingerprint(what: dict, kwargs: dict) -> str:
@@ -182,10 +183,10 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
                 runs[rum_label(policy, proxy, grouping)] = {"method": "rum", "policy": policy, "proxy": proxy,
                                                             "recording": recorder, "grouping": grouping}
             if stops and decompose:  # the groups of one source with the stopping targets of the other
-                runs[rum_label(policy, "fz", grouping)[:-1] + ", early_accuracy targets)"] = {
+                runs[rum_label(policy, "fz", grouping, "early_accuracy")] = {
                     "method": "rum", "policy": policy, "scores": fz, "recording": recorder, "grouping": grouping}
                 for proxy in schedulers:
-                    runs[rum_label(policy, proxy, grouping)[:-1] + ", c_score targets)"] = {
+                    runs[rum_label(policy, proxy, grouping, "c_score")] = {
                         "method": "rum", "policy": policy, "proxy": proxy, "recording": recorder,
                         "grouping": grouping, **expected}
     saved.mkdir(parents=True, exist_ok=True)

@@ -131,10 +131,7 @@ class TrainingRecorder:
         if self._logits is not None and self._logits.shape[1] != logits.shape[1] and self._epoch_has_rows:
             raise ValueError(f"logits have {logits.shape[1]} classes, earlier batches of this epoch had "
                              f"{self._logits.shape[1]}")
-        if index.device.type == "cpu" and index.numel() and (int(index.min()) < 0
-                                                             or int(index.max()) >= self.num_examples):
-            raise ValueError(f"index must lie in [0, {self.num_examples}), "
-                             f"got [{int(index.min())}, {int(index.max())}]")
+        self._check_host_index(index)
         logits = logits.detach()
         if self._logits is None or self._logits.shape[1] != logits.shape[1] or (
                 self._logits.device != logits.device and not self._epoch_has_rows):
@@ -146,8 +143,7 @@ class TrainingRecorder:
         # a batch from another device in the middle of an epoch joins the epoch's buffers, which keep its rows
         device = self._logits.device
         index = index.to(device)
-        if index.device.type != "cpu":  # out of range: the spare row, reported by end_epoch
-            index = torch.where((index >= 0) & (index < self.num_examples), index, self.num_examples)
+        index = self._spare_row_for_out_of_range(index)
         self._logits[index] = logits.to(device=device, dtype=torch.float32)
         self._labels[index] = labels.to(device)
         self._current[index] = True
@@ -173,10 +169,7 @@ class TrainingRecorder:
             raise ValueError(f"index must be [B] = [{len(gradients)}] integers, got {index.dtype} {list(index.shape)}")
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be a finite number > 0 (the batch size for a mean loss), got {scale!r}")
-        if index.device.type == "cpu" and index.numel() and (int(index.min()) < 0
-                                                             or int(index.max()) >= self.num_examples):
-            raise ValueError(f"index must lie in [0, {self.num_examples}), "
-                             f"got [{int(index.min())}, {int(index.max())}]")
+        self._check_host_index(index)
         squared = gradients.detach().flatten(1).float().pow(2).sum(1) * float(scale) ** 2
         n = self.num_examples
         if self._gradients is None or self._gradients.device != squared.device:
@@ -185,12 +178,24 @@ class TrainingRecorder:
                 buffer.copy_(self._gradients.to(squared.device))
             self._gradients = buffer
         index = index.to(squared.device)
-        if index.device.type != "cpu":  # checked without waiting for the device: end_epoch reports the spare row
-            in_range = (index >= 0) & (index < n)
-            index = torch.where(in_range, index, n)
-            if self._current.device == index.device:
-                self._current[n] |= ~in_range.all()
+        index = self._spare_row_for_out_of_range(index)
+        if index.device.type != "cpu" and self._current.device == index.device:
+            self._current[n] |= (index == n).any()  # end_epoch reports it, as for record()
         self._gradients[index] = squared
+
+    def _check_host_index(self, index: Tensor) -> None:
+        """Refuse an index on the CPU outside ``[0, num_examples)`` at once (one on a device: see record())."""
+        if index.device.type == "cpu" and index.numel() and (int(index.min()) < 0
+                                                             or int(index.max()) >= self.num_examples):
+            raise ValueError(f"index must lie in [0, {self.num_examples}), "
+                             f"got [{int(index.min())}, {int(index.max())}]")
+
+    def _spare_row_for_out_of_range(self, index: Tensor) -> Tensor:
+        """A device index with its out-of-range entries sent to the spare row ``num_examples``, without waiting for
+        the device; a CPU index (checked already) as it is."""
+        if index.device.type == "cpu":
+            return index
+        return torch.where((index >= 0) & (index < self.num_examples), index, self.num_examples)
 
     def end_epoch(self, model: torch.nn.Module | None = None) -> None:
         """Close the current epoch: score every presented example's logits in one pass. Given the ``model``, also
@@ -364,8 +369,9 @@ class TrainingRecorder:
         their columns, the weight norms, the input-gradient norms when recorded and, where known, the fingerprint
         (``labels``, ``num_classes``)."""
         arrays = {"signals": self.values, "columns": np.array(self.columns), "weight_norms": self.weight_norms}
-        if self.input_gradient_norms is not None:
-            arrays["input_gradient_norms"] = self.input_gradient_norms
+        gradients = self.input_gradient_norms
+        if gradients is not None:
+            arrays["input_gradient_norms"] = gradients
         if self._last_labels is not None:
             arrays["labels"] = self._last_labels
         if self._num_classes is not None:

@@ -289,19 +289,24 @@ def _extract_idx_gz(raw: Path, sources: list[Path]) -> None:
                 break
 
 
+def _train_and_test(cls, root: Path, download: bool, missing: Callable[[RuntimeError], str]):
+    """A torchvision dataset class's training and test sets under ``root``; files it cannot find (and may not
+    download) are a :class:`DatasetNotFoundError` with the message ``missing(error)``."""
+    try:
+        return cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
+    except RuntimeError as err:
+        if download:
+            raise
+        raise DatasetNotFoundError(missing(err)) from err
+
+
 def _load_mnist_like(cls_name: str, root: Path, download: bool, sources: tuple[Path, ...], how_to_get: str):
     import torchvision
 
     cls = getattr(torchvision.datasets, cls_name)
     raw = root / cls_name / "raw"
     _extract_idx_gz(raw, list(sources))
-    try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
-    except RuntimeError as err:
-        if download:
-            raise
-        raise DatasetNotFoundError(f"{cls_name} not found under {raw}. {how_to_get}") from err
+    train, test = _train_and_test(cls, root, download, lambda err: f"{cls_name} not found under {raw}. {how_to_get}")
     return (train.data.unsqueeze(1) / 255.0, train.targets, test.data.unsqueeze(1) / 255.0, test.targets,
             list(train.classes))
 
@@ -489,14 +494,8 @@ def _load_torchvision(name: str, *, root: Path, download: bool, test_fraction: f
     cls = getattr(torchvision.datasets, name)
     if issubclass(cls, torchvision.datasets.MNIST):
         _extract_idx_gz(root / name / "raw", list(_MNIST_SOURCES.get(name, ())))
-    try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
-    except RuntimeError as err:
-        if download:
-            raise
-        raise DatasetNotFoundError(f"torchvision:{name} not found under {root}: {err} (CLI: --root, "
-                                   "--download)") from err
+    train, test = _train_and_test(cls, root, download, lambda err: f"torchvision:{name} not found under {root}: "
+                                                                   f"{err} (CLI: --root, --download)")
     (x_train, y_train), (x_test, y_test) = _as_images(train), _as_images(test)
     classes = list(getattr(train, "classes", None) or [str(c) for c in range(int(y_train.max()) + 1)])
     return _SourceData(x_train, y_train, x_test, y_test, classes)
