@@ -1,9 +1,16 @@
-"""Batches of ``(x, y, index)`` from any dataset, and the in-memory dataset they are sliced from fastest.
+"""Batches of ``(x, y, index)`` from any dataset: sliced from memory when it is there, streamed when it is not.
 
 Per-example scores are keyed by the position of an example in the training split, so every batch carries each
-example's training-set index: it survives shuffling, ``Subset`` and ``DataLoader``. An :class:`IndexedDataset` (or a
-nested ``Subset`` of one) is sliced as tensors; any other dataset of ``(x, y)`` or ``(x, y, index)`` items goes
-through a ``DataLoader``.
+example's training-set index: it survives shuffling, ``Subset`` and ``DataLoader``. Two kinds of dataset, one
+interface (:func:`batches`, :func:`labels_of`, :func:`take`, :func:`join`):
+
+- an :class:`IndexedDataset` (or a nested ``Subset`` of one) is held in memory and sliced as tensors, the fast path
+  for data that fits;
+- any other dataset of ``(x, y)`` or ``(x, y, index)`` items is *streamed*: read a batch at a time through a
+  ``DataLoader``, never held whole. :class:`Streamed` wraps one with the loader's options (``num_workers``,
+  ``pin_memory``, persistent workers); a bare dataset is streamed with the defaults (no worker processes).
+
+Both give the same batches for the same generator: the order is one ``randperm`` of the dataset's positions.
 
 >>> ds = IndexedDataset(torch.randn(5, 2), torch.tensor([0, 1, 0, 1, 0]))
 >>> [idx.tolist() for _, _, idx in batches(Subset(ds, [4, 2, 0]), 2)]
@@ -12,13 +19,14 @@ through a ``DataLoader``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
-__all__ = ["BATCH_PARTS", "IndexedDataset", "WithIndex", "as_tensors", "batches", "subset_root", "tensor_batches"]
+__all__ = ["BATCH_PARTS", "IndexedDataset", "Streamed", "WithIndex", "as_tensors", "batches", "examples",
+           "first_input", "join", "labels_of", "subset_root", "take", "tensor_batches"]
 
 
 class IndexedDataset(Dataset):
@@ -111,6 +119,146 @@ class WithIndex(Dataset):
         return item[0], item[1], i if self.positions is None else int(self.positions[i])
 
 
+class _Order:
+    """A streamed loader's batch sampler: the batches of positions of the pass about to start (set before each)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Tensor] = []
+
+    def __iter__(self):
+        return (chunk.tolist() for chunk in self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+
+class _Loader:
+    """One ``DataLoader`` of a :class:`Streamed` dataset, fed batches of positions by its :class:`_Order`."""
+
+    def __init__(self, stream: Streamed, pin: bool, persistent: bool) -> None:
+        self.order = _Order()
+        self.busy = False
+        workers = stream.num_workers
+        extra = {"prefetch_factor": stream.prefetch_factor} if workers and stream.prefetch_factor else {}
+        # the loader's own generator only seeds its workers: neither the order nor the global RNG is touched
+        self.loader = DataLoader(stream.items, batch_sampler=self.order, num_workers=workers, pin_memory=pin,
+                                 persistent_workers=persistent and workers > 0,
+                                 generator=torch.Generator().manual_seed(stream.worker_seed), **extra)
+
+
+class Streamed(Dataset):
+    """A dataset read a batch at a time through a ``DataLoader``, never held in memory.
+
+    Every part of the library that takes a dataset (training, the recorder, :func:`unlearn.unlearn` and its
+    methods, the model-based proxies, the attacks' signals, ``evaluate``, the farm) streams a dataset that is not
+    an in-memory :class:`IndexedDataset`; wrapping it in ``Streamed`` chooses how. Items are ``(x, y, index)``:
+    an item ``(x, y)`` of ``dataset`` gets its position (under any ``Subset``, see :class:`WithIndex`).
+
+    Args:
+        dataset: any map-style dataset of ``(x, y)`` or ``(x, y, index)`` items (e.g. a torchvision ``ImageFolder``
+            with a ``ToTensor`` transform).
+        num_workers: worker processes that read items (0: in the calling process).
+        pin_memory: pin the batches' pages for asynchronous copies (None: when the batches go to CUDA).
+        persistent_workers: keep the workers between passes, so that each epoch does not start them again
+            (None: whenever there are workers). A pass started while another is running (e.g. the forget set's
+            batches inside the retain set's) gets a loader of its own.
+        prefetch_factor: batches each worker reads ahead (None: torch's default).
+        targets: the items' labels by position, when known without reading the items (e.g. ``ImageFolder.targets``):
+            :func:`labels_of` then reads no item. Otherwise the labels (and indices) of the items asked about are read
+            once, in a pass that drops their inputs, and kept.
+        worker_seed: seeds the workers' random number generators (a random transform in a worker draws from them).
+
+    Only the labels and training-set indices are kept, one integer each per item: a million examples cost 16 MB.
+
+    >>> ds = Streamed(IndexedDataset(torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2])))
+    >>> labels, indices = labels_of(Subset(ds, [5, 0]))
+    >>> labels.tolist(), indices.tolist()
+    ([2, 0], [5, 0])
+    """
+
+    def __init__(self, dataset: Dataset, *, num_workers: int = 0, pin_memory: bool | None = None,
+                 persistent_workers: bool | None = None, prefetch_factor: int | None = None,
+                 targets: Sequence[int] | Tensor | None = None, worker_seed: int = 0) -> None:
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError(f"dataset must be a map-style torch Dataset with __len__ and __getitem__, got "
+                            f"{type(dataset).__name__}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be a whole number >= 0, got {num_workers!r}")
+        if prefetch_factor is not None and (isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int)
+                                            or prefetch_factor < 1):
+            raise ValueError(f"prefetch_factor must be None or a whole number >= 1, got {prefetch_factor!r}")
+        self.dataset = dataset
+        self.items = WithIndex(dataset)
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = num_workers > 0 if persistent_workers is None else bool(persistent_workers)
+        self.prefetch_factor = prefetch_factor
+        self.worker_seed = int(worker_seed)
+        n = len(dataset)
+        self._labels = torch.full((n,), -1, dtype=torch.long)
+        self._indices = torch.full((n,), -1, dtype=torch.long)
+        self._known = torch.zeros(n, dtype=torch.bool)
+        self._loaders: dict[bool, _Loader] = {}
+        if targets is not None:
+            targets = torch.as_tensor(targets)
+            if targets.shape != (n,) or targets.is_floating_point():
+                raise ValueError(f"targets must be {n} integer labels, one per item, got "
+                                 f"{targets.dtype} {tuple(targets.shape)}")
+            self._labels = targets.long().clone()
+            if not self.explicit_indices:  # the index of an item is its position: nothing to read
+                positions = self.items.positions
+                self._indices = torch.arange(n) if positions is None else positions.clone()
+                self._known[:] = True
+
+    @property
+    def explicit_indices(self) -> bool:
+        """Whether the items carry their own training-set index (items ``(x, y, index)``)."""
+        if not hasattr(self, "_explicit"):
+            self._explicit = len(self.dataset) > 0 and len(self.dataset[0]) == 3
+        return self._explicit
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_loaders": {}}  # a loader (its worker processes) stays in the process it is in
+
+    def __repr__(self) -> str:
+        return f"Streamed({type(self.dataset).__name__}, {len(self)} items, num_workers={self.num_workers})"
+
+    def read(self, chunks: list[Tensor], *, pin: bool = False) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """``(x, y, index)`` batches of the items at each of ``chunks`` (batches of positions), in that order."""
+        chunks = [chunk for chunk in chunks if len(chunk)]  # (an empty tensor splits into one empty chunk)
+        if not chunks:
+            return
+        entry = self._loaders.get(pin)
+        if entry is None or entry.busy:
+            fresh = _Loader(self, pin, persistent=entry is None and self.persistent_workers)
+            if entry is None:
+                self._loaders[pin] = fresh
+            entry = fresh
+        entry.busy = True
+        entry.order.chunks = chunks
+        try:
+            for x, y, index in entry.loader:
+                yield x, torch.as_tensor(y).long(), torch.as_tensor(index).long()
+        finally:
+            entry.busy = False
+
+    def labels(self, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The labels and training-set indices of the items at ``positions`` (None: all), read once."""
+        positions = torch.arange(len(self)) if positions is None else torch.as_tensor(positions, dtype=torch.long)
+        missing = positions[~self._known[positions]].unique()
+        chunks = [chunk for chunk in missing.split(1024) if len(chunk)]
+        for chunk, (_, y, index) in zip(chunks, self.read(chunks), strict=True):
+            self._labels[chunk], self._indices[chunk] = y, index
+            self._known[chunk] = True
+        return self._labels[positions], self._indices[positions]
+
+
 BATCH_PARTS = ("x", "y", "index")
 """The parts of a batch, as :func:`batches`' ``moved`` names them: inputs, labels, training-set indices."""
 
@@ -121,21 +269,27 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False, generat
     """Yield ``(x, y, index)`` batches of any dataset of ``(x, y)`` or ``(x, y, index)`` items.
 
     In-memory datasets (:class:`IndexedDataset` and its subsets) are sliced directly, which is much faster than a
-    ``DataLoader``; anything else goes through one. Order depends only on ``generator`` (a CPU generator: the same
-    order on every device).
+    ``DataLoader``; anything else is streamed through one (:class:`Streamed`: its options, or the defaults). Order
+    depends only on ``generator`` (a CPU generator: the same order on every device) and is the same for both kinds:
+    the positions in ``randperm(len(dataset), generator=generator)``.
 
     Where the batches go: the parts named in ``moved`` (of ``"x"``, ``"y"``, ``"index"``; default the inputs and
     labels) are put on ``device``, the others stay on the CPU. On a device other than the CPU, an in-memory
     dataset's tensors (the moved parts) are copied there once per call, with the shuffled order, and every batch
     is gathered there: no copy and no host sync per batch. A streamed dataset's batches come from a
-    ``DataLoader`` with ``pin_memory`` (on CUDA) and are copied with ``non_blocking=True``. On the CPU nothing is
-    copied: the batches are those of earlier versions, bit for bit.
+    ``DataLoader`` with ``pin_memory`` (on CUDA, unless its :class:`Streamed` says otherwise) and are copied with
+    ``non_blocking=True``. On the CPU nothing is copied.
 
     >>> ds = IndexedDataset(torch.randn(5, 2), torch.tensor([0, 1, 0, 1, 0]))
     >>> [idx.tolist() for _, _, idx in batches(ds, 2)]
     [[0, 1], [2, 3], [4]]
     >>> [x.device.type + "/" + idx.device.type for x, _, idx in batches(ds, 4, device="meta")]
     ['meta/cpu', 'meta/cpu']
+    >>> def order(data):
+    ...     shuffled = batches(data, 2, shuffle=True, generator=torch.Generator().manual_seed(1))
+    ...     return [i.tolist() for _, _, i in shuffled]
+    >>> order(Streamed(ds)) == order(ds)
+    True
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -146,11 +300,14 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False, generat
     where = [target if part in moved else None for part in BATCH_PARTS]
     tensors = as_tensors(dataset)
     if tensors is None:
-        pin = target is not None and target.type == "cuda"  # pinned pages: the copies below can be asynchronous
-        loader = DataLoader(WithIndex(dataset), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                            drop_last=drop_last, pin_memory=pin)
-        for x, y, idx in loader:
-            parts = (x, torch.as_tensor(y).long(), torch.as_tensor(idx).long())
+        stream, positions = _stream_of(dataset)
+        order = torch.randperm(len(dataset), generator=generator) if shuffle else torch.arange(len(dataset))
+        if positions is not None:
+            order = positions[order]
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        pin = stream.pin_memory if stream.pin_memory is not None else target is not None and target.type == "cuda"
+        for x, y, idx in stream.read(list(order[:stop].split(batch_size)), pin=pin):
+            parts = (x, y, idx)
             yield tuple(part if to is None else part.to(to, non_blocking=True)
                         for part, to in zip(parts, where, strict=True))
         return
@@ -194,3 +351,115 @@ def _gathered(tensors, devices, *, batch_size: int, shuffle: bool, generator: to
             yield tuple(t[start:start + batch_size] for t in moved)
         else:
             yield tuple(t[orders[t.device][start:start + batch_size]] for t in moved)
+
+
+# ------------------------------------------------------------------------------------- one interface, two kinds
+
+def _stream_of(dataset: Dataset) -> tuple[Streamed, Tensor | None]:
+    """The :class:`Streamed` dataset under ``dataset``'s subsets and the positions in it (a dataset with no
+    ``Streamed`` under it is streamed with the defaults)."""
+    root, positions = subset_root(dataset)
+    if isinstance(root, Streamed):
+        return root, positions
+    return Streamed(dataset), None
+
+
+def examples(dataset: Dataset) -> Dataset:
+    """``dataset`` as the library's methods take it: an :class:`IndexedDataset` when it is in memory (one, or a
+    ``Subset`` of one: copied out, the fast path), else streamed (a :class:`Streamed` dataset, or a ``Subset`` of one,
+    as it is; any other dataset wrapped in a default ``Streamed``). Nothing is read.
+
+    >>> data = IndexedDataset(torch.zeros(4, 2), torch.tensor([0, 1, 0, 1]))
+    >>> type(examples(Subset(data, [1, 2]))).__name__, type(examples(Streamed(data))).__name__
+    ('IndexedDataset', 'Streamed')
+    """
+    root, _ = subset_root(dataset)
+    if isinstance(root, IndexedDataset):
+        if isinstance(dataset, IndexedDataset):
+            return dataset
+        inputs, targets, indices = as_tensors(dataset)
+        result = IndexedDataset(inputs, targets, root.classes, indices=indices)
+        result.explicit_indices = root.explicit_indices  # positions of a dataset without indices stay positions
+        return result
+    if isinstance(root, Streamed):
+        return dataset
+    return Streamed(dataset)
+
+
+def labels_of(dataset: Dataset) -> tuple[Tensor, Tensor]:
+    """The labels and training-set indices of ``dataset``'s items, in its order: sliced from memory, or kept by its
+    :class:`Streamed` dataset (read once; its inputs are dropped)."""
+    root, positions = subset_root(dataset)
+    if isinstance(root, IndexedDataset):
+        if positions is None:
+            return root.targets, root.indices
+        return root.targets[positions], root.indices[positions]
+    stream, positions = _stream_of(dataset)
+    return stream.labels(positions)
+
+
+def take(dataset: Dataset, positions: Tensor | Sequence[int]) -> Dataset:
+    """The items of ``dataset`` at ``positions``: an in-memory dataset's copied out (an :class:`IndexedDataset`), a
+    streamed one's by reference (a ``Subset``: nothing is read or copied)."""
+    positions = torch.as_tensor(positions, dtype=torch.long)
+    if isinstance(dataset, IndexedDataset):
+        result = IndexedDataset(dataset.inputs[positions], dataset.targets[positions], dataset.classes,
+                                indices=dataset.indices[positions])
+        result.explicit_indices = dataset.explicit_indices
+        return result
+    return Subset(dataset, positions.tolist())
+
+
+def join(first: Dataset, second: Dataset, *, positions: bool = False) -> Dataset:
+    """The items of ``first`` then those of ``second``: one :class:`IndexedDataset` when both are in memory, else a
+    :class:`Streamed` dataset (with the loader options of the streamed one) of the two, whose labels and indices are
+    known without a read. ``positions``: an item's index is its position in the result instead of its own (which
+    part of a batch came from ``second``: ``index >= len(first)``).
+
+    >>> a = IndexedDataset(torch.zeros(2, 1), torch.tensor([0, 1]))
+    >>> b = IndexedDataset(torch.ones(1, 1), torch.tensor([1]))
+    >>> labels_of(join(a, Streamed(b)))[0].tolist(), labels_of(join(a, b, positions=True))[1].tolist()
+    ([0, 1, 1], [0, 1, 2])
+    """
+    first, second = examples(first), examples(second)
+    (labels_a, indices_a), (labels_b, indices_b) = labels_of(first), labels_of(second)
+    indices = torch.arange(len(first) + len(second)) if positions else torch.cat([indices_a, indices_b])
+    if isinstance(first, IndexedDataset) and isinstance(second, IndexedDataset):
+        result = IndexedDataset(torch.cat([first.inputs, second.inputs]), torch.cat([labels_a, labels_b]),
+                                first.classes, indices=indices)
+        result.explicit_indices = not positions and first.explicit_indices and second.explicit_indices
+        return result
+    stream = _stream_of(second if isinstance(first, IndexedDataset) else first)[0]
+    both = ConcatDataset([_with_index(first), _with_index(second)])
+    joined = Streamed(_Reindexed(both, indices) if positions else both, num_workers=stream.num_workers,
+                      pin_memory=stream.pin_memory, persistent_workers=stream.persistent_workers,
+                      prefetch_factor=stream.prefetch_factor, worker_seed=stream.worker_seed)
+    joined._labels, joined._indices = torch.cat([labels_a, labels_b]), indices.clone()
+    joined._known[:] = True
+    return joined
+
+
+class _Reindexed(Dataset):
+    """The items of ``dataset`` under other indices."""
+
+    def __init__(self, dataset: Dataset, indices: Tensor) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, y, _ = self.dataset[i]
+        return x, y, int(self.indices[i])
+
+
+def _with_index(dataset: Dataset) -> Dataset:
+    """``dataset`` with items ``(x, y, index)``."""
+    return dataset if isinstance(subset_root(dataset)[0], (IndexedDataset, Streamed)) else WithIndex(dataset)
+
+
+def first_input(dataset: Dataset, n: int = 1) -> Tensor:
+    """The inputs of the first ``n`` items, stacked ``[n, ...]`` (e.g. to probe a model's output width)."""
+    if isinstance(dataset, IndexedDataset):
+        return dataset.inputs[:n]
+    return torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(n, len(dataset)))])

@@ -107,6 +107,94 @@ def test_unlearn_run_on_an_image_folder(image_folder, tmp_path):
     assert scores["source_row"].tolist() == splits.train_rows.tolist()
 
 
+def test_streamed_splits_hold_the_in_memory_items():
+    from unlearn.data import Streamed, labels_of, materialize
+
+    memory, streamed = load_dataset("digits", train_size=500), load_dataset("digits", train_size=500, stream=True)
+    for name in ("train", "val", "test"):
+        a, b = getattr(memory, name), getattr(streamed, name)
+        assert isinstance(b, Streamed) and len(a) == len(b)
+        copy = materialize(b)
+        assert torch.equal(a.inputs, copy.inputs) and torch.equal(a.targets, copy.targets)
+        assert torch.equal(a.indices, copy.indices) and torch.equal(labels_of(b)[0], a.targets)
+    assert torch.equal(memory.train_rows, streamed.train_rows)
+    with pytest.raises(ValueError, match="num_workers"):
+        load_dataset("digits", stream=True, num_workers=-1)
+
+
+@requires_fashion_mnist
+def test_a_streamed_image_folder_is_opened_a_batch_at_a_time(image_folder, monkeypatch):
+    from unlearn import data
+    from unlearn.data import materialize
+
+    folder, _ = image_folder
+    memory = load_dataset(f"imagefolder:{folder}")
+    opened = []
+    original = data._ImageFiles.__getitem__
+    monkeypatch.setattr(data._ImageFiles, "__getitem__", lambda self, rows: opened.append(len(rows)) or
+                        original(self, rows))
+    streamed = load_dataset(f"imagefolder:{folder}", stream=True)
+    # the normalisation's pass over the training split, and each split's first item (whether items carry an index)
+    assert max(opened) <= 1024 and sum(opened) == len(streamed.train) + 3
+    opened.clear()
+    x, y, index = streamed.train[7]
+    assert opened == [1] and index == 7 and y == int(memory.train.targets[7])
+    assert torch.equal(streamed.train_rows, memory.train_rows)
+    for name in ("train", "val", "test"):
+        copy = materialize(getattr(streamed, name))
+        assert torch.allclose(copy.inputs, getattr(memory, name).inputs, atol=1e-5)
+        assert torch.equal(copy.targets, getattr(memory, name).targets)
+
+
+@requires_fashion_mnist
+def test_unlearn_run_streams_an_image_folder(image_folder, tmp_path):
+    folder, _ = image_folder
+    args = ["run", "--dataset", f"imagefolder:{folder}", "--epochs", "1", "--checkpoints", "1", "--rows", "3",
+            "--forget", "random:10", "--proxies", "confidence", "loss_curvature", "--shadows", "4"]
+    assert main([*args, "--stream", "--num-workers", "1", "--out", str(tmp_path / "streamed")]) == 0
+    assert main([*args, "--out", str(tmp_path / "memory")]) == 0
+    streamed, memory = (pd.read_csv(tmp_path / run / "scores.csv") for run in ("streamed", "memory"))
+    assert streamed[["index", "label", "source_row"]].equals(memory[["index", "label", "source_row"]])
+    # the same training up to the last bits of the normalisation: the same scores to float precision
+    np.testing.assert_allclose(streamed["confidence"], memory["confidence"], atol=1e-4)
+    with pytest.raises(ValueError, match="--stream"):
+        RunConfig(num_workers=2).check()
+
+
+@requires_fashion_mnist
+def test_a_streamed_image_folder_trains_unlearns_and_evaluates_as_in_memory(image_folder):
+    """An ImageFolder of real PNGs, read a batch at a time from disk by two worker processes, gives the model, the
+    unlearned model and the report that the same images held in memory give."""
+    import torchvision
+    from torch.utils.data import Subset
+    from torchvision import transforms
+
+    from unlearn import create_model, evaluate, train, unlearn
+    from unlearn.data import Streamed, materialize
+
+    folder = torchvision.datasets.ImageFolder(str(image_folder[0]), transform=transforms.Compose(
+        [transforms.Grayscale(), transforms.ToTensor()]))
+    streamed = Streamed(folder, num_workers=2, targets=folder.targets)
+    in_memory = materialize(folder)
+    forget, retain, test = list(range(0, 120, 12)), [i for i in range(100) if i % 12], list(range(100, 120))
+    results = []
+    for data in (in_memory, streamed):
+        torch.manual_seed(0)
+        model, _ = train(create_model("cnn28", num_classes=3, in_channels=1), Subset(data, forget + retain),
+                         epochs=2, seed=0, progress=False, device="cpu")
+        unlearned = unlearn(model, forget=Subset(data, forget), retain=Subset(data, retain), method="finetune",
+                            epochs=1, seed=0).model
+        report = evaluate(unlearned, forget=Subset(data, forget), retain=Subset(data, retain),
+                          test=Subset(data, test), attacks=("loss_threshold",))
+        results.append((model, unlearned, report))
+    for a, b in zip(*results, strict=True):
+        if isinstance(a, pd.DataFrame):
+            pd.testing.assert_frame_equal(a, b)
+        else:
+            assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(),
+                                                          strict=True))
+
+
 def test_bad_image_folders_are_refused_clearly(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="is not a folder"):
         load_dataset(f"imagefolder:{tmp_path / 'missing'}")

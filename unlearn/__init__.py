@@ -3,7 +3,7 @@
 >>> from unlearn import load_dataset, create_model, train, unlearn
 """
 
-from .data import IndexedDataset, Splits, datasets, load_dataset
+from .data import IndexedDataset, Splits, Streamed, datasets, load_dataset
 from .evaluation import evaluate
 from .models import create_model, models, register_model
 from .registry import methods, register_method
@@ -18,6 +18,7 @@ __all__ = [
     "RUMConfig",
     "Splits",
     "Step",
+    "Streamed",
     "TrainConfig",
     "UnlearnResult",
     "accuracy",

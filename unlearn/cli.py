@@ -70,6 +70,12 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-size", type=int, default=None, help="train on a seeded random subset of this size")
     g.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of the training set held out for validation (default: 0.1)")
+    g.add_argument("--stream", action="store_true",
+                   help="read the splits a batch at a time instead of into memory (an imagefolder: is then never "
+                        "decoded whole; every stage streams; its normalisation is summed over one pass)")
+    g.add_argument("--num-workers", type=int, default=0,
+                   help="with --stream: DataLoader worker processes reading the items (default: 0, in the main "
+                        "process)")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:

@@ -11,8 +11,9 @@ default), ``fashion-mnist`` (Debian's ``dataset-fashion-mnist`` package or a tor
 ``cifar10`` and ``cifar100`` (torchvision's loaders; they download only when asked to). Two sources take an
 argument after a colon (:func:`dataset_sources`): ``imagefolder:PATH`` reads a folder of images with one subfolder
 per class (torchvision's ``ImageFolder``) and ``torchvision:CLASS`` any torchvision dataset class taking
-``(root, train=, download=)``, such as ``torchvision:KMNIST``. They are held in memory (a streaming reader for data
-that does not fit is future work).
+``(root, train=, download=)``, such as ``torchvision:KMNIST``. They are held in memory; a dataset that does not fit
+is streamed instead (any dataset that is not an :class:`IndexedDataset`; :class:`Streamed` chooses the loader's
+workers), through the same functions.
 
 >>> splits = load_dataset("digits")
 >>> x, y, index = splits.train[5]
@@ -34,18 +35,37 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from proxies.batching import IndexedDataset, WithIndex, as_tensors, batches, subset_root, tensor_batches
+from proxies.batching import (
+    IndexedDataset,
+    Streamed,
+    WithIndex,
+    as_tensors,
+    batches,
+    examples,
+    first_input,
+    join,
+    labels_of,
+    subset_root,
+    take,
+    tensor_batches,
+)
 from proxies.registries import Registry
 
 __all__ = [
     "DatasetNotFoundError",
     "IndexedDataset",
     "Splits",
+    "Streamed",
     "as_tensors",
     "batches",
     "datasets",
+    "examples",
+    "first_input",
+    "join",
+    "labels_of",
     "materialize",
     "subset_root",
+    "take",
     "tensor_batches",
     "WithIndex",
     "check_dataset_name",
@@ -67,9 +87,9 @@ class Splits:
     """Train / validation / test splits of a named dataset and what a model needs to know about them."""
 
     name: str
-    train: IndexedDataset
-    val: IndexedDataset
-    test: IndexedDataset
+    train: IndexedDataset | Streamed
+    val: IndexedDataset | Streamed
+    test: IndexedDataset | Streamed
     num_classes: int
     in_channels: int
     default_model: str
@@ -186,8 +206,8 @@ def default_root() -> Path:
 
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False,
                  val_fraction: float = 0.1, train_size: int | None = None, seed: int = 0,
-                 test_fraction: float = 0.2) -> Splits:
-    """Load a dataset as in-memory, normalised, indexed train / validation / test splits.
+                 test_fraction: float = 0.2, stream: bool = False, num_workers: int = 0) -> Splits:
+    """Load a dataset as normalised, indexed train / validation / test splits, in memory or streamed.
 
     The validation split is a seeded random ``val_fraction`` of the official training set (digits has no official
     test set: a stratified 20% is held out as test first). ``train_size`` keeps a seeded random subset of the
@@ -205,6 +225,12 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         train_size: keep only this many training examples.
         seed: seed of the splits.
         test_fraction: for ``imagefolder:``, the fraction of each class held out as the test set, in ``(0, 1)``.
+        stream: make each split a :class:`Streamed` dataset whose items are read and normalised when asked for,
+            instead of an in-memory :class:`IndexedDataset`: the same splits, items and indices. An
+            ``imagefolder:`` is then never decoded whole: its files are opened a batch at a time (its normalisation
+            comes from one pass over the training split, summed in float64, so it can differ from the in-memory
+            one in the last bits); the other datasets stream from the arrays their loaders read.
+        num_workers: with ``stream``, the worker processes that read the items (see :class:`Streamed`).
 
     Raises:
         ValueError: unknown name or bad fractions/sizes.
@@ -212,13 +238,15 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be a whole number >= 0, got {num_workers!r}")
     root = Path(root) if root is not None else default_root()
     kind, colon, argument = name.partition(":")
     if colon:
         source = _SOURCES.get(kind)
         if not argument:
             raise ValueError(f"dataset {name!r} names no {kind} argument: expected {kind}:{source.argument}")
-        data = source.loader(argument, root=root, download=download, test_fraction=test_fraction)
+        data = source.loader(argument, root=root, download=download, test_fraction=test_fraction, lazy=stream)
         spec = None
     else:
         spec = _DATASETS.get(name)
@@ -236,8 +264,11 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     train_ids = train_ids.sort().values
 
     if spec is None:  # statistics of the data: the training split's normalisation, the images' shape
-        pixels = x_train[train_ids].float().transpose(0, 1).flatten(1)
-        mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-6)
+        if stream:
+            mean, std = _channel_statistics(x_train, train_ids)
+        else:
+            pixels = x_train[train_ids].float().transpose(0, 1).flatten(1)
+            mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-6)
         num_classes, in_channels = len(classes), x_train.shape[1]
         default_model, queries = _default_model(tuple(x_train.shape[1:])), ("identity",) if in_channels == 1 else (
             "identity", "hflip")
@@ -247,12 +278,53 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
                                                             spec.queries)
     mean, std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
 
-    def split(x: Tensor, y: Tensor) -> IndexedDataset:
+    def split(x, y: Tensor, ids: Tensor | None) -> IndexedDataset | Streamed:
+        if stream:
+            items = _NormalisedImages(x, torch.arange(len(y)) if ids is None else ids, mean, std, classes)
+            return Streamed(items, num_workers=num_workers, targets=items.labels(y))
+        if ids is not None:
+            x, y = x[ids], y[ids]
         return IndexedDataset(((x.float() - mean) / std).contiguous(), y.long(), classes)
 
     rows = train_ids if data.rows is None else data.rows[train_ids]
-    return Splits(name, split(x_train[train_ids], y_train[train_ids]), split(x_train[val_ids], y_train[val_ids]),
-                  split(x_test, y_test), num_classes, in_channels, default_model, queries, train_rows=rows)
+    return Splits(name, split(x_train, y_train, train_ids), split(x_train, y_train, val_ids),
+                  split(x_test, y_test, None), num_classes, in_channels, default_model, queries, train_rows=rows)
+
+
+def _channel_statistics(images, ids: Tensor, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and standard deviation of ``images[ids]`` (any table indexed by a tensor of rows), read
+    ``chunk`` rows at a time and summed in float64."""
+    total = squares = None
+    count = 0
+    for part in ids.split(chunk):
+        x = images[part].double()
+        sums, sums2 = x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))
+        total, squares = (sums, sums2) if total is None else (total + sums, squares + sums2)
+        count += x.numel() // x.shape[1]
+    mean = total / count
+    variance = (squares - count * mean.square()) / max(count - 1, 1)
+    return mean.float(), variance.clamp_min(0).sqrt().float().clamp_min(1e-6)
+
+
+class _NormalisedImages(Dataset):
+    """Items ``(image, label)`` of the rows ``ids`` of an image table (a uint8 / float tensor ``[N, C, H, W]``, or
+    anything indexed by a tensor of rows the same way), each read and normalised when asked for."""
+
+    def __init__(self, images, ids: Tensor, mean: Tensor, std: Tensor, classes: list[str] | None) -> None:
+        self.images, self.ids, self.mean, self.std, self.classes = images, ids, mean, std, classes
+        self._labels: Tensor | None = None
+
+    def labels(self, y: Tensor) -> Tensor:
+        self._labels = y[self.ids].long()
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        i = range(len(self.ids))[i]  # an IndexError past either end
+        x = self.images[self.ids[i:i + 1]]
+        return ((x.float() - self.mean) / self.std)[0], int(self._labels[i])
 
 
 # ----------------------------------------------------------------------------------------------------- loaders
@@ -387,7 +459,34 @@ _TEST_SEED = 0
 """Seed of the test split of an ``imagefolder:`` dataset: fixed, so that ``--seed`` reshuffles only train and val."""
 
 
-def _load_image_folder(path: str, *, root: Path, download: bool, test_fraction: float) -> _SourceData:
+class _ImageFiles:
+    """The images of an ``ImageFolder`` as a table indexed by a tensor of rows: only those files are decoded."""
+
+    def __init__(self, files: list[str], gray: bool, size: tuple[int, int]) -> None:
+        self.files, self.gray, self.size = files, gray, size
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return len(self.files), 1 if self.gray else 3, self.size[1], self.size[0]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def take(self, rows: Tensor) -> _ImageFiles:
+        return _ImageFiles([self.files[r] for r in rows.tolist()], self.gray, self.size)
+
+    def __getitem__(self, rows: Tensor) -> Tensor:
+        from PIL import Image
+
+        images = np.empty((len(rows), self.size[1], self.size[0], self.shape[1]), dtype=np.uint8)
+        for k, r in enumerate(torch.as_tensor(rows).reshape(-1).tolist()):
+            with Image.open(self.files[r]) as image:
+                images[k] = np.asarray(image.convert("L" if self.gray else "RGB")).reshape(images.shape[1:])
+        return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+
+def _load_image_folder(path: str, *, root: Path, download: bool, test_fraction: float,
+                       lazy: bool = False) -> _SourceData:
     """``imagefolder:PATH``: every image of torchvision's ``ImageFolder(PATH)`` (a subfolder per class, classes
     and files in sorted order), decoded into memory.
 
@@ -396,7 +495,8 @@ def _load_image_folder(path: str, *, root: Path, download: bool, test_fraction: 
     the rest, in row order, is the training set that :func:`load_dataset` splits into train and val with its
     ``seed``. So the test set and each training image's row (``Splits.train_rows``, how forget lists name images)
     depend on the files alone, never on ``seed``, ``val_fraction`` or ``train_size``. Images stay one channel when
-    every one is grayscale (PIL mode ``L``), else all become RGB; all must share one size.
+    every one is grayscale (PIL mode ``L``), else all become RGB; all must share one size. ``lazy``: nothing is
+    decoded here, the images are an :class:`_ImageFiles` table (opened when read; each file's header is read now).
     """
     from PIL import Image
     from torchvision.datasets import ImageFolder
@@ -424,11 +524,7 @@ def _load_image_folder(path: str, *, root: Path, download: bool, test_fraction: 
                                  f"is {size[0]}x{size[1]}; every image must have one size: resize them first "
                                  "(e.g. with PIL's Image.resize)")
             gray = gray and image.mode == "L"
-    images = np.empty((len(samples), size[1], size[0], 1 if gray else 3), dtype=np.uint8)
-    for i, (file, _) in enumerate(samples):
-        with Image.open(file) as image:
-            images[i] = np.asarray(image.convert("L" if gray else "RGB")).reshape(images.shape[1:])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    table = _ImageFiles([file for file, _ in samples], gray, size)
     y = torch.tensor([label for _, label in samples], dtype=torch.long)
 
     generator = torch.Generator().manual_seed(_TEST_SEED)
@@ -438,7 +534,12 @@ def _load_image_folder(path: str, *, root: Path, download: bool, test_fraction: 
         n_test = int(round(test_fraction * len(members)))
         test[members[torch.randperm(len(members), generator=generator)[:n_test]]] = True
     train_rows, test_rows = (~test).nonzero().flatten(), test.nonzero().flatten()
-    return _SourceData(x[train_rows], y[train_rows], x[test_rows], y[test_rows], list(classes), rows=train_rows)
+    if lazy:
+        x_train, x_test = table.take(train_rows), table.take(test_rows)
+    else:
+        x = table[torch.arange(len(table))].contiguous()
+        x_train, x_test = x[train_rows], x[test_rows]
+    return _SourceData(x_train, y[train_rows], x_test, y[test_rows], list(classes), rows=train_rows)
 
 
 _SOURCES.register("imagefolder", _Source(_load_image_folder, "PATH",
@@ -482,9 +583,11 @@ def _as_images(dataset) -> tuple[Tensor, Tensor]:
     return torch.stack(images), torch.tensor(labels)
 
 
-def _load_torchvision(name: str, *, root: Path, download: bool, test_fraction: float) -> _SourceData:
+def _load_torchvision(name: str, *, root: Path, download: bool, test_fraction: float,
+                      lazy: bool = False) -> _SourceData:
     """``torchvision:CLASS``: ``torchvision.datasets.CLASS(root, train=True/False, download=)``, its own train and
-    test sets (an MNIST-like class finds Debian's files where :data:`DEBIAN_FASHION_MNIST` has them)."""
+    test sets (an MNIST-like class finds Debian's files where :data:`DEBIAN_FASHION_MNIST` has them). The classes
+    this form takes hold their arrays in memory: ``lazy`` streams from those."""
     import torchvision
 
     supported = _torchvision_classes()

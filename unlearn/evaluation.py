@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .attacks import DEFAULT_ATTACKS, AttackInputs, AttackSignals, NotApplicable, extract_signals, get_attack
-from .data import materialize
+from .data import examples, labels_of
 from .metrics import roc_summary, tow, tow_mia
 
 __all__ = ["evaluate", "evaluate_ulira"]
@@ -42,7 +42,7 @@ def _signals(model: nn.Module, data, split: str, given: Mapping[str, AttackSigna
     if source.phi.shape[1] != len(queries):
         raise ValueError(f"the given {split} signals hold {source.phi.shape[1]} augmentation queries, expected "
                          f"{len(queries)} {tuple(queries)} (the shadow models' queries, else identity)")
-    return source.take(source.locate(data.indices.numpy()))
+    return source.take(source.locate(labels_of(data)[1].numpy()))
 
 
 def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows, seed, device,
@@ -90,7 +90,9 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
     Args:
         model: the model to evaluate, or several by name (``{"original": ..., "unlearned": ...}``: one column
             each, all scored against one evaluation of the reference).
-        forget, retain, test: the forget set, the retain set and held-out data (items ``(x, y[, index])``).
+        forget, retain, test: the forget set, the retain set and held-out data (items ``(x, y[, index])``), in
+            memory or streamed (see :func:`unlearn.unlearn`): a streamed set is predicted a batch at a time, and
+            only its per-example signals (a few numbers each) are kept.
         reference: the model retrained without the forget set; adds a ``reference`` column and ToW / ToW-MIA.
         attacks: names from :func:`unlearn.attacks.attacks`. ``lira``, ``lira_offline`` and ``rmia`` need
             ``shadows``.
@@ -119,15 +121,16 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
     for name in attacks:
         if get_attack(name).needs_shadows and shadows is None:
             raise ValueError(f"attack {name!r} needs shadows= (unlearn.shadows.train_shadow_models)")
-    forget, retain, test = materialize(forget), materialize(retain), materialize(test)
+    forget, retain, test = examples(forget), examples(retain), examples(test)  # streamed sets stay streamed
     if min(len(forget), len(retain), len(test)) == 0:
         raise ValueError("forget, retain and test must each hold at least one example")
     if population is not None:
         if shadows is None:
             raise ValueError("population= is RMIA's, which needs shadows=")
-        population = materialize(population)
-        positions = shadows.locate("test", population.indices.numpy())
-        if not np.array_equal(shadows.labels[positions], population.targets.numpy()):
+        population = examples(population)
+        labels, indices = labels_of(population)
+        positions = shadows.locate("test", indices.numpy())
+        if not np.array_equal(shadows.labels[positions], labels.numpy()):
             raise ValueError("the population's labels differ from the shadows' test examples of the same index: "
                              "the population must be test-split examples (the validation split is not in their pool)")
     named = dict(model) if isinstance(model, Mapping) else {"model": model}
@@ -180,18 +183,19 @@ def evaluate_ulira(model: nn.Module, reference: nn.Module, *, forget: Dataset, s
     from .attacks import ulira
     from .attacks.lira import MIN_SHADOWS_FOR_VARIANCE
 
-    forget = materialize(forget)
-    positions = shadows.locate("train", forget.indices.numpy())
+    forget = examples(forget)
+    forget_indices = labels_of(forget)[1].numpy()
+    positions = shadows.locate("train", forget_indices)
     scores = {}
     for name, m in (("unlearned", model), ("retrained", reference)):
         source = (signals or {}).get(name, {}).get("train")
         if source is None:
             phi = extract_signals(m, forget, device=device).phi[:, 0]
         else:  # the identity query, the first of any
-            phi = source.phi[source.locate(forget.indices.numpy()), 0]
+            phi = source.phi[source.locate(forget_indices), 0]
         scores[name] = ulira(phi, shadows.phi(positions), shadows.unlearned_mask[:, positions],
                              shadows.out_mask[:, positions])
-    table = pd.DataFrame(scores, index=pd.Index(forget.indices.numpy(), name="index"))
+    table = pd.DataFrame(scores, index=pd.Index(forget_indices, name="index"))
     usable = np.isfinite(table).all(axis=1).to_numpy()
     if usable.sum() == 0:
         raise NotApplicable(f"none of the {len(table)} forget examples has both unlearned and never-seen shadows "

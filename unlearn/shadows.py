@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from .attacks.signals import logit_scaled_confidence, predict_queries, true_class_log_probability
-from .data import IndexedDataset, materialize
+from .data import examples, join, labels_of
 from .farm import Job, TrainTask, check_manifest, describe_factory, fingerprint, get_farm, train_and_predict
 from .training import train
 from .unlearning import unlearn
@@ -87,13 +87,13 @@ class ShadowModels(PoolPredictions):
     queries: tuple[str, ...]
 
 
-def _pool(train: Dataset, test: Dataset) -> tuple[IndexedDataset, np.ndarray, np.ndarray]:
-    """The training and test examples as one pool, with each example's split and index in that split."""
-    train_data, test_data = materialize(train), materialize(test)
-    pool = IndexedDataset(torch.cat([train_data.inputs, test_data.inputs]),
-                          torch.cat([train_data.targets, test_data.targets]))
+def _pool(train: Dataset, test: Dataset) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """The training and test examples as one pool (in memory when both are, else streamed), with each example's
+    split and index in that split; a pool example's own index is its position in the pool."""
+    train_data, test_data = examples(train), examples(test)
+    pool = join(train_data, test_data, positions=True)
     split = np.array(["train"] * len(train_data) + ["test"] * len(test_data))
-    index = np.concatenate([train_data.indices.numpy(), test_data.indices.numpy()])
+    index = np.concatenate([labels_of(train_data)[1].numpy(), labels_of(test_data)[1].numpy()])
     return pool, split, index
 
 
@@ -123,7 +123,7 @@ def train_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn
     results = runner.run(train_and_predict, jobs, TrainTask(pool, model_fn, dict(train_kwargs), device, queries))
     logits = np.stack([np.stack([results[job.key]["logits" if q == "identity" else f"logits_{q}"] for q in queries],
                                 axis=1) for job in jobs])
-    return ShadowModels(logits, pool.targets.numpy(), split, index, in_mask, tuple(queries))
+    return ShadowModels(logits, labels_of(pool)[0].numpy(), split, index, in_mask, tuple(queries))
 
 
 @dataclass(frozen=True)
@@ -201,4 +201,4 @@ def train_unlearned_shadow_models(train: Dataset, test: Dataset, model_fn: Calla
     for m, job in enumerate(jobs):
         unlearned[m, results[job.key]["forget_ids"]] = True
     logits = np.stack([results[job.key]["logits"][:, None] for job in jobs])
-    return UnlearnedShadowModels(logits, pool.targets.numpy(), split, index, unlearned, ~in_mask, method)
+    return UnlearnedShadowModels(logits, labels_of(pool)[0].numpy(), split, index, unlearned, ~in_mask, method)

@@ -13,13 +13,12 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from proxies.memorization import SubsetModels
 
-from .data import batches
+from .data import examples, labels_of
 from .farm import Job, TrainTask, check_manifest, describe_factory, fingerprint, get_farm, train_and_predict
 
 __all__ = ["memorization_scores", "subset_jobs", "train_subset_models"]
@@ -68,15 +67,12 @@ def train_subset_models(dataset: Dataset, model_fn: Callable[[], nn.Module], *, 
                 "model": describe_factory(model_fn), "data": fingerprint(dataset), "train": train_kwargs}
     check_manifest(runner.folder, settings, force=force)
     results = runner.run(train_and_predict, jobs, TrainTask(dataset, model_fn, dict(train_kwargs), device))
-    labels, index = [], []
-    for _, y, idx in batches(dataset, 4096):
-        labels.append(y)
-        index.append(idx)
+    labels, index = labels_of(examples(dataset))
     logits = np.stack([results[job.key]["logits"] for job in jobs])
     in_mask = np.zeros((k, len(dataset)), dtype=bool)
     for row, job in enumerate(jobs):
         in_mask[row, results[job.key]["train_ids"]] = True
-    return SubsetModels(logits, in_mask, torch.cat(labels).numpy(), torch.cat(index).numpy())
+    return SubsetModels(logits, in_mask, labels.numpy(), index.numpy())
 
 
 def memorization_scores(dataset: Dataset, model_fn: Callable[[], nn.Module], *, k: int,

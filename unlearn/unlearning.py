@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ._checks import whole
-from .data import IndexedDataset, materialize, subset_root
+from .data import IndexedDataset, Streamed, examples, first_input, labels_of, subset_root
 from .registry import Method, get_method, make_config, methods
 from .scheduler import step_seed_of  # noqa: F401  (its home was here: benchmarks/bench_unlearn.py imports it so)
 
@@ -112,27 +112,26 @@ class UnlearnResult:
         return PlanTable(rows)
 
 
-def _check_disjoint(forget: Dataset, retain: Dataset, forget_data: IndexedDataset,
-                    retain_data: IndexedDataset) -> None:
-    """Refuse forget and retain sets that share an example: sets drawn from the same dataset, or in-memory sets
-    whose ``indices=`` were given as training-set indices. Other sets from different dataset objects cannot be
-    compared (their positions need not refer to the same examples) and pass."""
+def _check_disjoint(forget: Dataset, retain: Dataset, forget_data: Dataset, retain_data: Dataset) -> None:
+    """Refuse forget and retain sets that share an example: sets drawn from the same dataset, in-memory sets whose
+    ``indices=`` were given as training-set indices, or streamed sets whose items carry theirs. Other sets from
+    different dataset objects cannot be compared (their positions need not refer to the same examples) and pass."""
     forget_root, retain_root = subset_root(forget)[0], subset_root(retain)[0]
-    both_indexed = all(isinstance(root, IndexedDataset) and root.explicit_indices
+    both_indexed = all(isinstance(root, (IndexedDataset, Streamed)) and root.explicit_indices
                        for root in (forget_root, retain_root))
     if forget_root is not retain_root and not both_indexed:
         return
-    shared = np.intersect1d(forget_data.indices.numpy(), retain_data.indices.numpy())
+    shared = np.intersect1d(labels_of(forget_data)[1].numpy(), labels_of(retain_data)[1].numpy())
     if len(shared):
         raise ValueError(f"forget and retain share {len(shared)} examples (e.g. index {int(shared[0])}); "
                          "the retain set must exclude every forget example")
 
 
-def _check_model(model: nn.Module, forget: IndexedDataset, retain: IndexedDataset, device: torch.device) -> int:
+def _check_model(model: nn.Module, forget: Dataset, retain: Dataset, device: torch.device) -> int:
     """Refuse a model that does not return logits wide enough for the labels; return its number of classes."""
     with torch.no_grad():
-        out = model(forget.inputs[:2].to(device))
-    labels = torch.cat([forget.targets, retain.targets])
+        out = model(first_input(forget, 2).to(device))
+    labels = torch.cat([labels_of(forget)[0], labels_of(retain)[0]])
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != min(2, len(forget)):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"model must return logits [batch, classes], got {shape}")
@@ -142,23 +141,22 @@ def _check_model(model: nn.Module, forget: IndexedDataset, retain: IndexedDatase
     return int(out.shape[1])
 
 
-def _as_step(model, group: str, method: str, config, forget: IndexedDataset, retain: IndexedDataset,
-             began: float) -> Step:
+def _as_step(model, group: str, method: str, config, forget: Dataset, retain: Dataset, began: float) -> Step:
     """Refuse what a method returned unless it is a model; else the plan step it took."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"method {method!r} returned {type(model).__name__}, not an nn.Module")
-    return Step(group, method, vars(config).copy(), forget.indices.numpy(), time.perf_counter() - began,
-                retain.indices.numpy())
+    return Step(group, method, vars(config).copy(), labels_of(forget)[1].numpy(), time.perf_counter() - began,
+                labels_of(retain)[1].numpy())
 
 
-def run_step(model: nn.Module, group: str, method_name: str, settings, forget: IndexedDataset,
-             retain: IndexedDataset, seed: int, device) -> tuple[nn.Module, Step]:
+def run_step(model: nn.Module, group: str, method_name: str, settings, forget: Dataset, retain: Dataset, seed: int,
+             device) -> tuple[nn.Module, Step]:
     """Run one step of a plan: the registered method ``method_name`` with ``settings`` (a dict of overrides or its
     config) on ``forget`` and ``retain``, or nothing for ``"noop"``; the model it returns and the step. For a method
     that makes its own plan (e.g. ``rum``) of steps taken by other methods."""
     began = time.perf_counter()
     if method_name == "noop":
-        return model, Step(group, "noop", {}, forget.indices.numpy(), 0.0, np.empty(0, dtype=np.int64))
+        return model, Step(group, "noop", {}, labels_of(forget)[1].numpy(), 0.0, np.empty(0, dtype=np.int64))
     method = get_method(method_name)
     config = make_config(method, settings)
     model = method.fn(model, forget, retain, config, seed=seed, device=device)
@@ -207,7 +205,11 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
         model: any classifier ``nn.Module`` returning logits ``[batch, classes]``.
         forget: the examples to remove (a Dataset or Subset of the training set; items ``(x, y)`` or
             ``(x, y, index)``).
-        retain: training examples to keep (must not share examples with ``forget``).
+        retain: training examples to keep (must not share examples with ``forget``). Either set may be held in
+            memory (an :class:`~unlearn.data.IndexedDataset` or a ``Subset`` of one: the fast path) or streamed (any
+            other dataset, read a batch at a time; wrap it in :class:`~unlearn.data.Streamed` to choose the
+            ``DataLoader``'s workers): a streamed set is never held whole, only its labels and indices are kept,
+            and a step that trains on part of it takes the part by index.
         method: a name from :func:`unlearn.methods` (``"rum"``: memorization-aware scheduling, see
             :mod:`unlearn.algorithms.rum`).
         config: the method's settings (a dict of overrides or its config dataclass; for ``"rum"`` a
@@ -244,7 +246,7 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     if len(retain) == 0:
         raise ValueError("the retain set is empty")
 
-    forget_data, retain_data = materialize(forget), materialize(retain)
+    forget_data, retain_data = examples(forget), examples(retain)  # in memory, or streamed: never copied whole
     _check_disjoint(forget, retain, forget_data, retain_data)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))

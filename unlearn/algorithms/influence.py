@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import real, whole
-from ..data import tensor_batches
+from ..data import batches
 from ..registry import register_method
 
 
@@ -67,7 +67,7 @@ def influence(model, forget, retain, config: InfluenceConfig, *, seed, device):
 
     model.eval()
     forget_grad = [torch.zeros_like(p) for p in params]
-    for x, y in tensor_batches(forget.inputs, forget.targets, batch_size=config.batch_size, device=device):
+    for x, y, _ in batches(forget, config.batch_size, device=device):
         loss = F.cross_entropy(model(x), y, reduction="sum")
         for total, g in zip(forget_grad, torch.autograd.grad(loss, params), strict=True):
             total += g

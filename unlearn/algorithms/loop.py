@@ -10,9 +10,10 @@ from numbers import Real
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from .._checks import real, whole
-from ..data import IndexedDataset, tensor_batches
+from ..data import batches, first_input
 from ..epochs import lr_factor, run_epochs, training_numerics
 from ..training import accuracy
 
@@ -52,7 +53,7 @@ class SGDConfig:
 def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterable[Tensor]], *, seed: int,
             grad_hook: Callable[[nn.Module], None] | None = None,
             step_hook: Callable[[torch.optim.Optimizer], None] | None = None,
-            forget: IndexedDataset | None = None) -> nn.Module:
+            forget: Dataset | None = None) -> nn.Module:
     """Step SGD on every loss ``losses(epoch)`` yields, for ``config.epochs`` epochs; returns ``model`` in eval mode.
 
     ``grad_hook(model)`` runs between ``backward`` and the step (SalUn masks gradients there);
@@ -100,26 +101,26 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
 
 
 @torch.no_grad()
-def forget_accuracy(model: nn.Module, forget: IndexedDataset, device: torch.device) -> float:
+def forget_accuracy(model: nn.Module, forget: Dataset, device: torch.device) -> float:
     """Eval-mode top-1 accuracy on the forget set, where the model is (:func:`unlearn.training.accuracy`)."""
     return accuracy(model, forget, device=device)
 
 
-def shuffled(data: IndexedDataset, batch_size: int, generator: torch.Generator,
+def shuffled(data: Dataset, batch_size: int, generator: torch.Generator,
              device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(x, y)`` batches of an in-memory dataset in a fresh random order, gathered on ``device`` (the data is
-    copied there once per epoch, not once per batch)."""
-    yield from tensor_batches(data.inputs, data.targets, batch_size=batch_size, shuffle=True, generator=generator,
-                              device=device)
+    """``(x, y)`` batches of ``data`` in a fresh random order on ``device``: an in-memory dataset is copied there
+    once per epoch and gathered there, a streamed one read a batch at a time (:func:`unlearn.data.batches`)."""
+    for x, y, _ in batches(data, batch_size, shuffle=True, generator=generator, device=device):
+        yield x, y
 
 
-def num_classes(model: nn.Module, data: IndexedDataset, device: torch.device) -> int:
+def num_classes(model: nn.Module, data: Dataset, device: torch.device) -> int:
     """The number of logits ``model`` produces (an eval-mode pass: no BatchNorm statistics change)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return int(model(data.inputs[:1].to(device)).shape[1])
+            return int(model(first_input(data).to(device)).shape[1])
     finally:
         model.train(was_training)
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
-from ..data import IndexedDataset, tensor_batches
+from ..data import batches, join
 from ..registry import register_method
 from .loop import SGDConfig, num_classes, run_sgd, wrong_labels
 
@@ -20,17 +21,15 @@ class RandomLabelConfig(SGDConfig):
     lr: float = 0.1
 
 
-def relabelled_losses(model: nn.Module, forget: IndexedDataset, retain: IndexedDataset, batch_size: int,
-                      classes: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
+def relabelled_losses(model: nn.Module, forget: Dataset, retain: Dataset, batch_size: int, classes: int,
+                      generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
     """One epoch of cross-entropy over retain and forget shuffled together; forget examples get a fresh wrong
     label out of ``classes`` in every batch. Each batch is moved to ``device`` before its labels are combined, so
     the data may live on any device (the shuffling and the random labels are drawn on the CPU by ``generator``)."""
-    inputs = torch.cat([retain.inputs, forget.inputs])
-    labels = torch.cat([retain.targets, forget.targets])
-    is_forget = torch.arange(len(labels), device=labels.device) >= len(retain)
-    for x, y, mask in tensor_batches(inputs, labels, is_forget, batch_size=batch_size, shuffle=True,
-                                     generator=generator, device=device):  # moved once, gathered there
-        y = torch.where(mask, wrong_labels(y, classes, generator), y)
+    both = join(retain, forget, positions=True)  # an item's index is its position: past the retain set is forget
+    for x, y, position in batches(both, batch_size, shuffle=True, generator=generator, device=device,
+                                  moved=("x", "y", "index")):  # in memory: moved once, gathered there
+        y = torch.where(position >= len(retain), wrong_labels(y, classes, generator), y)
         yield F.cross_entropy(model(x), y)
 
 

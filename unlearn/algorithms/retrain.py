@@ -30,9 +30,10 @@ from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from ..augment import get_augmentation
-from ..data import IndexedDataset
+from ..data import first_input
 from ..models import create_model, models
 from ..registry import register_method
 from ..training import NUMERICS, TrainConfig, train
@@ -122,7 +123,7 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def fresh_model(config: RetrainConfig, like: nn.Module, data: IndexedDataset, seed: int,
+def fresh_model(config: RetrainConfig, like: nn.Module, data: Dataset, seed: int,
                 device: torch.device) -> nn.Module:
     """A new model from ``config.model_fn``, built right after ``torch.manual_seed(seed)`` (the random state is
     restored afterwards).
@@ -132,7 +133,7 @@ def fresh_model(config: RetrainConfig, like: nn.Module, data: IndexedDataset, se
     """
     build = config.model_fn
     if isinstance(build, str):
-        sizes = {"num_classes": num_classes(like, data, device), "in_channels": int(data.inputs.shape[1])}
+        sizes = {"num_classes": num_classes(like, data, device), "in_channels": int(first_input(data).shape[1])}
         build = functools.partial(create_model, build, **{**sizes, **config.model_kwargs})
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)

@@ -13,8 +13,9 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import Dataset
 
-from ..data import IndexedDataset
+from ..data import first_input, join, labels_of, take
 from ..registry import get_method, make_config, methods, register_method
 from ..scheduler import (
     EXPECTED,
@@ -32,29 +33,30 @@ from ..unlearning import UnlearnResult, run_step
 NAME = "rum"
 
 
-def _check_recording(recording, model, forget: IndexedDataset, retain: IndexedDataset, device) -> None:
+def _check_recording(recording, model, forget: Dataset, retain: Dataset, device) -> None:
     """Refuse a recording not made on this training set (see :meth:`proxies.TrainingRecorder.check_matches`); the
     number of classes is the width of the model's logits (which :func:`unlearn.unlearn` has checked)."""
     import proxies
 
     if not isinstance(recording, proxies.TrainingRecorder):
         raise TypeError(f"recording must be a proxies.TrainingRecorder, got {type(recording).__name__}")
-    recording.check_matches(torch.cat([forget.indices, retain.indices]), torch.cat([forget.targets, retain.targets]),
+    (forget_labels, forget_indices), (retain_labels, retain_indices) = labels_of(forget), labels_of(retain)
+    recording.check_matches(torch.cat([forget_indices, retain_indices]), torch.cat([forget_labels, retain_labels]),
                             num_classes=_num_classes(model, forget, device), what="the forget and retain sets")
 
 
-def _num_classes(model, forget: IndexedDataset, device) -> int:
+def _num_classes(model, forget: Dataset, device) -> int:
     with torch.no_grad():
-        return int(model(forget.inputs[:1].to(device)).shape[1])
+        return int(model(first_input(forget).to(device)).shape[1])
 
 
-def _per_forget(values, forget: IndexedDataset, name: str) -> np.ndarray:
+def _per_forget(values, forget: Dataset, name: str) -> np.ndarray:
     """One finite float per forget example, in forget order, from an array in that order or a Series indexed by
     training index."""
     if isinstance(values, pd.Series):
         if values.index.has_duplicates:
             raise ValueError(f"{name} must have one value per training index (the Series index has duplicates)")
-        wanted = forget.indices.numpy()
+        wanted = labels_of(forget)[1].numpy()
         missing = wanted[~np.isin(wanted, values.index.to_numpy())]
         if len(missing):
             raise ValueError(f"{name} has no value for {len(missing)} forget examples (e.g. training index "
@@ -70,7 +72,7 @@ def _per_forget(values, forget: IndexedDataset, name: str) -> np.ndarray:
     return array
 
 
-def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDataset, retain: IndexedDataset,
+def _memorization_scores(scores, proxy: str | None, *, model, forget: Dataset, retain: Dataset,
                          recording, grouping: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """The forget examples' scores oriented so that higher means more memorized, the same for every example of the
     training set where they are known (None: only the forget set's), and the scores' own direction.
@@ -90,22 +92,20 @@ def _memorization_scores(scores, proxy: str | None, *, model, forget: IndexedDat
                              "TrainingRecorder filled while training the model)")
         data = forget
         if grouping == "training_set" and "recording" not in spec.needs:
-            data = IndexedDataset(torch.cat([forget.inputs, retain.inputs]),
-                                  torch.cat([forget.targets, retain.targets]),
-                                  indices=torch.cat([forget.indices, retain.indices]))
+            data = join(forget, retain)
         scores = proxies.compute(proxy, recording=recording, model=model, data=data, progress=False)
     values = _per_forget(scores, forget, "scores")
     higher = proxies.higher_is_memorized(scores) if isinstance(scores, pd.Series) else True
     population = None
     if isinstance(scores, pd.Series):
-        everyone = np.concatenate([forget.indices.numpy(), retain.indices.numpy()])
+        everyone = np.concatenate([labels_of(forget)[1].numpy(), labels_of(retain)[1].numpy()])
         if np.isin(everyone, scores.index.to_numpy()).all():
             population = scores.to_numpy(dtype=float)
     sign = 1.0 if higher else -1.0
     return sign * values, None if population is None else sign * population, higher
 
 
-def _expected_accuracy(expected_accuracy, recording, forget: IndexedDataset) -> np.ndarray:
+def _expected_accuracy(expected_accuracy, recording, forget: Dataset) -> np.ndarray:
     """Each forget example's expected accuracy under a model that never saw it, in forget order."""
     if expected_accuracy is None:
         if recording is None:
@@ -152,12 +152,13 @@ def _groups(memorization: np.ndarray, population: np.ndarray | None, higher: boo
     return groups, thresholds, bins
 
 
-def _sampled(retain: IndexedDataset, forget_size: int, retain_per_forget: float | None, seed: int) -> IndexedDataset:
-    """The retain examples one step trains on (see :func:`unlearn.scheduler.retain_sample`)."""
+def _sampled(retain: Dataset, forget_size: int, retain_per_forget: float | None, seed: int) -> Dataset:
+    """The retain examples one step trains on (see :func:`unlearn.scheduler.retain_sample`), drawn by index: a
+    streamed retain set's are a ``Subset`` of it, nothing is read."""
     keep = torch.from_numpy(retain_sample(len(retain), forget_size, retain_per_forget=retain_per_forget, seed=seed))
     if len(keep) == len(retain):
         return retain
-    return IndexedDataset(retain.inputs[keep], retain.targets[keep], indices=retain.indices[keep])
+    return take(retain, keep)
 
 
 def _check_policy(plan_for: dict[str, list[tuple[str, dict]]]) -> None:
@@ -179,7 +180,7 @@ def _check_policy(plan_for: dict[str, list[tuple[str, dict]]]) -> None:
 
 
 @register_method(NAME, config=RUMConfig, inputs=("scores", "proxy", "recording", "expected_accuracy"))
-def rum(model, forget: IndexedDataset, retain: IndexedDataset, config: RUMConfig, *, seed: int, device,
+def rum(model, forget: Dataset, retain: Dataset, config: RUMConfig, *, seed: int, device,
         scores=None, proxy: str | None = None, recording=None, expected_accuracy=None) -> UnlearnResult:
     """Memorization-aware scheduling: unlearn each memorization group in turn with its policy's method.
 
@@ -222,8 +223,7 @@ def rum(model, forget: IndexedDataset, retain: IndexedDataset, config: RUMConfig
         positions = torch.from_numpy(groups[group])
         if len(positions) == 0:
             continue
-        subset = IndexedDataset(forget.inputs[positions], forget.targets[positions],
-                                indices=forget.indices[positions])
+        subset = take(forget, positions)
         for method_name, settings in plan_for[group] or [("noop", {})]:
             retain_per_forget = settings.pop(RETAIN_PER_FORGET, config.retain_per_forget)
             if settings.get("target_accuracy") == EXPECTED:

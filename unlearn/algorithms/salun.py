@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from .._checks import real
-from ..data import IndexedDataset, tensor_batches
+from ..data import batches
 from ..registry import register_method
 from .loop import SGDConfig, num_classes, run_sgd
 from .random_label import relabelled_losses
@@ -34,13 +35,13 @@ class SalUnConfig(SGDConfig):
         real("mask_ratio", self.mask_ratio, low=0.0, high=1.0, low_open=True)
 
 
-def saliency_mask(model: nn.Module, forget: IndexedDataset, ratio: float, batch_size: int,
+def saliency_mask(model: nn.Module, forget: Dataset, ratio: float, batch_size: int,
                   device: torch.device) -> dict[str, Tensor]:
     """Per parameter, 1 where ``|grad|`` of the forget loss is among the largest ``ratio`` of all weights."""
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     saliency = {name: torch.zeros_like(p) for name, p in params.items()}
     model.eval()
-    for x, y in tensor_batches(forget.inputs, forget.targets, batch_size=batch_size, device=device):
+    for x, y, _ in batches(forget, batch_size, device=device):
         loss = F.cross_entropy(model(x), y, reduction="sum")
         grads = torch.autograd.grad(loss, list(params.values()))
         for name, g in zip(params, grads, strict=True):

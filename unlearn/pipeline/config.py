@@ -58,6 +58,8 @@ class RunConfig:
     download: bool = False
     train_size: int | None = None
     val_fraction: float = 0.1
+    stream: bool = False
+    num_workers: int = 0
     # training (None: the recipe's; recipe_name None: the dataset's recipe)
     model: str | None = None
     recipe_name: str | None = None
@@ -172,6 +174,10 @@ class RunConfig:
                              f"{recipe.epochs}")
         if self.checkpoints < 1:
             raise ValueError(f"--checkpoints must be >= 1, got {self.checkpoints}")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"--num-workers must be a whole number >= 0, got {self.num_workers!r}")
+        if self.num_workers and not self.stream:
+            raise ValueError("--num-workers reads a streamed dataset: pass --stream too (in memory, nothing is read)")
         if self.train_size is not None and self.train_size < MIN_TRAIN_SIZE:
             raise ValueError(f"--train-size must be >= {MIN_TRAIN_SIZE}, got {self.train_size}")
         for name in ("rows", "shadows", "fz_models"):

@@ -18,6 +18,7 @@ import pandas as pd
 import proxies
 
 from ..attacks import DEFAULT_ATTACKS, NotApplicable
+from ..data import labels_of
 from ..selection import parse_forget_spec, select_forget
 from ..subset_models import train_subset_models
 from ..training import load_checkpoint
@@ -164,7 +165,7 @@ def _run(config: RunConfig, out: Path, device) -> RunResult:
     forget_ids = forget_stage(folder, config.forget, ranking, splits, config.seed, after_train, select_by,
                               config.fz_models)
     forget = subset(splits.train, forget_ids)
-    retain = subset(splits.train, np.setdiff1d(splits.train.indices.numpy(), forget_ids))
+    retain = subset(splits.train, np.setdiff1d(labels_of(splits.train)[1].numpy(), forget_ids))
     say(f"forget {len(forget)} of {len(splits.train)} training examples ({config.forget}"
           + (f", ranked by {select_by}" if spec.needs_scores else "") + ")")
     after_forget = folder.digest("forget")
@@ -213,7 +214,7 @@ def _run(config: RunConfig, out: Path, device) -> RunResult:
     groups = (plan_groups(plan, forget_ids) if config.method == "rum"
               else group_of(proxy_series(table, config.proxy), forget_ids, grouping=config.grouping))
     scores = table.copy()
-    scores.insert(0, "label", splits.train.targets.numpy())
+    scores.insert(0, "label", labels_of(splits.train)[0].numpy())
     if splits.train_rows is not None:
         scores.insert(1, "source_row", splits.train_rows.numpy())
     if memorization is not None:
@@ -328,7 +329,7 @@ def run_attack(folder: str | os.PathLike, *, checkpoint: str | os.PathLike | Non
         else:
             raise ValueError(f"{folder} has no forget.csv: pass --forget SPEC")
         forget_set = subset(splits.train, forget_ids)
-        retain = subset(splits.train, np.setdiff1d(splits.train.indices.numpy(), forget_ids))
+        retain = subset(splits.train, np.setdiff1d(labels_of(splits.train)[1].numpy(), forget_ids))
         reference = None
         if forget is None and (folder / "reference.pt").is_file():
             reference = load_checkpoint(model_fn(), folder / "reference.pt", device).eval()

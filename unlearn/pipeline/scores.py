@@ -11,21 +11,26 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from ..data import IndexedDataset
+from ..data import IndexedDataset, labels_of, take
 from ..scheduler import partition
 
 __all__ = ["group_of", "per_example_scores", "subset"]
 
 
-def subset(data: IndexedDataset, indices: np.ndarray) -> IndexedDataset:
-    """The examples of ``data`` with the given training indices (which must all be in it), in index order."""
-    position = np.searchsorted(data.indices.numpy(), indices)
-    if (position >= len(data)).any() or not np.array_equal(data.indices.numpy()[position.clip(max=len(data) - 1)],
-                                                           indices):
+def subset(data: Dataset, indices: np.ndarray) -> Dataset:
+    """The examples of ``data`` with the given training indices (which must all be in it), in index order: copied
+    out of an in-memory split (their indices then name training examples: see :func:`unlearn.unlearn`'s check that
+    forget and retain are disjoint), a ``Subset`` of a streamed one."""
+    known = labels_of(data)[1].numpy()
+    position = np.searchsorted(known, indices)
+    if (position >= len(data)).any() or not np.array_equal(known[position.clip(max=len(data) - 1)], indices):
         raise ValueError("some indices are not in the dataset")
-    keep = torch.from_numpy(position)
-    return IndexedDataset(data.inputs[keep], data.targets[keep], data.classes, indices=data.indices[keep])
+    part = take(data, torch.from_numpy(position))
+    if isinstance(part, IndexedDataset):
+        part.explicit_indices = True
+    return part
 
 
 def group_of(scores: pd.Series, ids: np.ndarray, groups: int = 3, *, grouping: str = "request") -> pd.Series:
@@ -73,7 +78,8 @@ def per_example_scores(models: dict[str, nn.Module], data: IndexedDataset, *, sh
     from ..evaluation import _signals
 
     table = {}
-    positions = shadows.locate(split, data.indices.numpy()) if shadows is not None else None
+    indices = labels_of(data)[1].numpy()
+    positions = shadows.locate(split, indices) if shadows is not None else None
     queries = shadows.queries if shadows is not None else ("identity",)
     for name, model in models.items():
         scored = _signals(model, data, split, (signals or {}).get(name), queries, device)
@@ -81,4 +87,4 @@ def per_example_scores(models: dict[str, nn.Module], data: IndexedDataset, *, sh
         table[f"loss_{name}"] = scored.loss[:, 0]
         if shadows is not None:
             table[f"lira_{name}"] = lira(scored.phi, shadows.phi(positions), shadows.in_mask[:, positions])
-    return pd.DataFrame(table, index=pd.Index(data.indices.numpy(), name="index"))
+    return pd.DataFrame(table, index=pd.Index(indices, name="index"))

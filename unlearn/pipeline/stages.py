@@ -27,7 +27,7 @@ from proxies import TrainingRecorder
 from proxies.devices import model_device
 
 from .._checks import same_settings
-from ..data import DatasetNotFoundError, load_dataset
+from ..data import DatasetNotFoundError, first_input, labels_of, load_dataset
 from ..models import create_model
 from ..registry import get_method, make_config
 from ..scheduler import RUMConfig, group_thresholds
@@ -59,10 +59,10 @@ def check_data(config: RunConfig, splits, model: nn.Module, model_name: str) -> 
     """What the data decides, checked before training: the model takes the inputs, the forget set fits."""
     try:
         with torch.no_grad():
-            model.eval()(splits.train.inputs[:2])
+            model.eval()(first_input(splits.train, 2))
     except RuntimeError as err:
         raise ValueError(f"--model {model_name} does not take {config.dataset}'s inputs "
-                         f"{list(splits.train.inputs.shape[1:])}: {str(err).splitlines()[0]}") from None
+                         f"{list(first_input(splits.train).shape[1:])}: {str(err).splitlines()[0]}") from None
     spec = getattr(config, "forget", None)
     if spec is None:
         return
@@ -89,7 +89,8 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
     when reused)."""
     try:
         splits = load_dataset(config.dataset, root=config.root, download=config.download,
-                              val_fraction=config.val_fraction, train_size=config.train_size, seed=config.seed)
+                              val_fraction=config.val_fraction, train_size=config.train_size, seed=config.seed,
+                              stream=config.stream, num_workers=config.num_workers)
     except DatasetNotFoundError as err:
         raise ValueError(str(err)) from err
     model_name = config.model or splits.default_model
@@ -99,6 +100,8 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
     settings = {"dataset": config.dataset, "model": model_name, "seed": config.seed, "train_size": config.train_size,
                 "val_fraction": config.val_fraction, "checkpoint_epochs": keep, **config.recipe_settings(),
                 **recipe.as_kwargs()}
+    if config.stream:  # (an image folder's streamed normalisation can differ in the last bits: another run)
+        settings["stream"] = True
     torch.manual_seed(config.seed)
     model = create_model(model_name, num_classes=splits.num_classes, in_channels=splits.in_channels)
     check_data(config, splits, model, model_name)
@@ -293,7 +296,7 @@ def forget_stage(run: RunFolder, spec_text: str, ranking: pd.Series | None, spli
     with run.timed("forget", settings):
         ids = select_forget(spec, ranking if spec.needs_scores else None, num_train=len(splits.train), seed=seed,
                             source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
-        table = pd.DataFrame({"index": ids, "label": splits.train.targets[ids].numpy()})
+        table = pd.DataFrame({"index": ids, "label": labels_of(splits.train)[0][ids].numpy()})
         if splits.train_rows is not None:
             table["source_row"] = splits.train_rows[ids].numpy()
         table.to_csv(run.path / "forget.csv", index=False)
@@ -459,7 +462,8 @@ def load_run(folder: Path, root, device: torch.device | None = None) -> tuple:
     settings = read_settings(trained_run(folder))
     try:
         splits = load_dataset(settings["dataset"], root=root, val_fraction=settings["val_fraction"],
-                              train_size=settings["train_size"], seed=settings["seed"])
+                              train_size=settings["train_size"], seed=settings["seed"],
+                              stream=settings.get("stream", False))
     except DatasetNotFoundError as err:
         raise ValueError(str(err)) from err
     model_fn = model_fn_of(settings, splits)
