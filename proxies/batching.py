@@ -19,14 +19,16 @@ Both give the same batches for the same generator: the order is one ``randperm``
 
 from __future__ import annotations
 
+import ctypes
+import os
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
-__all__ = ["BATCH_PARTS", "IndexedDataset", "Streamed", "WithIndex", "as_tensors", "batches", "examples",
-           "first_input", "join", "labels_of", "subset_root", "take", "tensor_batches"]
+__all__ = ["BATCH_PARTS", "IndexedDataset", "Streamed", "WithIndex", "as_tensors", "batches", "bound_heap_growth",
+           "examples", "first_input", "join", "labels_of", "subset_root", "take", "tensor_batches"]
 
 
 class IndexedDataset(Dataset):
@@ -132,10 +134,40 @@ class _Order:
         return len(self.chunks)
 
 
+MMAP_THRESHOLD = 128 * 1024
+"""The allocation size from which glibc's ``malloc`` takes memory straight from the kernel, fixed by
+:func:`bound_heap_growth` (glibc's default, before it starts moving it)."""
+
+_heap_bounded = False
+
+
+def bound_heap_growth() -> bool:
+    """Keep glibc's heap from growing with a stream's length: fix its mmap threshold at :data:`MMAP_THRESHOLD`.
+
+    glibc raises the threshold to the size of each large block freed (up to 32 MiB), so once a batch has come and
+    gone, later batches are carved out of the heap, between the small item tensors a collation leaves there. The
+    holes never fit the next batch and the heap grows by about a batch's worth every few batches: predicting 100k
+    3x32x32 images in batches of 1024 took 650 MiB more, 80 MiB with the threshold fixed
+    (``benchmarks/bench_scale.py``). Called when a streamed dataset first makes its ``DataLoader``; a process that
+    sets ``MALLOC_MMAP_THRESHOLD_`` itself, or a C library other than glibc, is left as it is. Returns whether the
+    threshold is fixed.
+    """
+    global _heap_bounded
+    if _heap_bounded or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return _heap_bounded
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _heap_bounded = bool(libc.mallopt(-3, MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        _heap_bounded = False
+    return _heap_bounded
+
+
 class _Loader:
     """One ``DataLoader`` of a :class:`Streamed` dataset, fed batches of positions by its :class:`_Order`."""
 
     def __init__(self, stream: Streamed, pin: bool, persistent: bool) -> None:
+        bound_heap_growth()
         self.order = _Order()
         self.busy = False
         workers = stream.num_workers
@@ -169,6 +201,8 @@ class Streamed(Dataset):
         worker_seed: seeds the workers' random number generators (a random transform in a worker draws from them).
 
     Only the labels and training-set indices are kept, one integer each per item: a million examples cost 16 MB.
+    The first loader fixes glibc's mmap threshold (:func:`bound_heap_growth`), without which the heap grows with the
+    number of batches read.
 
     >>> ds = Streamed(IndexedDataset(torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2])))
     >>> labels, indices = labels_of(Subset(ds, [5, 0]))

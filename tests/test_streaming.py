@@ -240,3 +240,18 @@ def test_the_farm_trains_subset_and_shadow_models_on_a_stream(digits, tmp_path):
                                    folder=tmp_path / "ss", **kwargs)
     np.testing.assert_array_equal(memory.logits, streamed.logits)
     np.testing.assert_array_equal(memory.in_mask, streamed.in_mask)
+
+
+def test_the_heap_bound_is_set_once_and_respects_the_user(monkeypatch):
+    import ctypes.util
+    import platform
+
+    from proxies import batching
+
+    monkeypatch.setattr(batching, "_heap_bounded", False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own choice: left alone
+    assert batching.bound_heap_growth() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and ctypes.util.find_library("c")
+    assert batching.bound_heap_growth() is bool(glibc)
+    assert batching.bound_heap_growth() is bool(glibc)  # once set, it stays
