@@ -255,3 +255,17 @@ def test_the_heap_bound_is_set_once_and_respects_the_user(monkeypatch):
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and ctypes.util.find_library("c")
     assert batching.bound_heap_growth() is bool(glibc)
     assert batching.bound_heap_growth() is bool(glibc)  # once set, it stays
+
+
+def test_signals_of_many_examples_are_computed_in_chunks_with_the_same_values(digits, trained, monkeypatch):
+    import dataclasses
+
+    from unlearn.attacks import signals
+    from unlearn.attacks.signals import AttackSignals, predict_queries
+
+    logits, labels, index = (t.numpy() for t in predict_queries(trained[0], digits.train, ("identity", "hflip")))
+    whole = AttackSignals.from_logits(logits, labels, index)
+    monkeypatch.setattr(signals, "SIGNAL_ROWS", 100)  # 13 chunks, the last one short
+    chunked = AttackSignals.from_logits(logits, labels, index)
+    for field in dataclasses.fields(AttackSignals):
+        np.testing.assert_array_equal(getattr(whole, field.name), getattr(chunked, field.name))

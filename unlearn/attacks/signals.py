@@ -71,6 +71,10 @@ def modified_entropy(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-30) 
     return -(1 - p_true) * np.log(np.clip(p_true, eps, None)) + others.sum(axis=-1)
 
 
+SIGNAL_ROWS = 65_536
+"""Rows of logits :meth:`AttackSignals.from_logits` turns into signals at once."""
+
+
 @dataclass(frozen=True)
 class AttackSignals:
     """Per-example signals ``[N, A]`` (A augmentation queries, first = identity) and probabilities ``[N, C]``."""
@@ -87,7 +91,13 @@ class AttackSignals:
 
     @classmethod
     def from_logits(cls, logits: np.ndarray, labels: np.ndarray, index: np.ndarray) -> AttackSignals:
-        """Attack signals from logits ``[N, A, C]`` (or ``[N, C]`` for one query)."""
+        """Attack signals from logits ``[N, A, C]`` (or ``[N, C]`` for one query), computed ``SIGNAL_ROWS`` rows at a
+        time: the float64 temporaries stay bounded however many examples there are (each row's signals depend on
+        that row alone)."""
+        if len(logits) > SIGNAL_ROWS:
+            parts = [cls.from_logits(logits[i:i + SIGNAL_ROWS], labels[i:i + SIGNAL_ROWS], index[i:i + SIGNAL_ROWS])
+                     for i in range(0, len(logits), SIGNAL_ROWS)]
+            return cls(**{f.name: np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls)})
         z = np.asarray(logits, dtype=np.float64)
         if z.ndim == 2:
             z = z[:, None, :]
