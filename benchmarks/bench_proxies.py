@@ -8,7 +8,8 @@
      reliability of the K models (two halves of K/2 models, Spearman-Brown corrected), whose square root caps the
      correlation any proxy can show with a K-model estimate;
    - precision at the top 1% and 5% against LiRA vulnerability (the LT-IQR paper's measure): examples ranked by
-     their per-example online-LiRA score, each subset model in turn the target and the others its shadows;
+     their per-example online-LiRA score, each subset model in turn the target and the others its shadows, and
+     that attack's ROC AUC (the target's members against its non-members, the mean over the K targets);
    - the cost in forward passes over the training set, against the cost of the FZ estimate;
    - a PNG scatter per dataset.
 3. Per-sample gradients (``--part gradients``): ``gradient_norm`` through torch.func against opacus on the CNNs, in
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_auc_score
 
 import proxies
 from proxies import TrainingRecorder
@@ -131,18 +133,31 @@ def fz_noise(correct: np.ndarray, in_mask: np.ndarray, *, seed: int = 0) -> dict
     return noise
 
 
-def lira_vulnerability(logits: np.ndarray, in_mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each example's online-LiRA score, averaged over the models that trained on it, each model the target in
-    turn with the other K - 1 as its shadows (leave one out). High: a member LiRA singles out."""
+def lira_scores(logits: np.ndarray, in_mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Online-LiRA scores ``[K, N]``: each subset model in turn the target, the other K - 1 its shadows (leave one
+    out)."""
     phi = logit_scaled_confidence(logits, labels[None, :])  # [K, N]
-    total, count = np.zeros(phi.shape[1]), np.zeros(phi.shape[1])
-    for m in range(len(phi)):
-        others = np.arange(len(phi)) != m
-        score = lira(phi[m], phi[others], in_mask[others])
-        member = in_mask[m] & np.isfinite(score)
-        total[member] += score[member]
-        count[member] += 1
+    others = [np.arange(len(phi)) != m for m in range(len(phi))]
+    return np.stack([lira(phi[m], phi[rest], in_mask[rest]) for m, rest in enumerate(others)])
+
+
+def lira_vulnerability(scores: np.ndarray, in_mask: np.ndarray) -> np.ndarray:
+    """Each example's online-LiRA score (:func:`lira_scores`), averaged over the models that trained on it. High: a
+    member LiRA singles out."""
+    member = in_mask & np.isfinite(scores)
+    count = member.sum(0)
+    total = np.where(member, scores, 0.0).sum(0)
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def lira_auc(scores: np.ndarray, in_mask: np.ndarray) -> float:
+    """Online LiRA's ROC AUC (:func:`lira_scores`), the target's members against its non-members, averaged over
+    all K targets."""
+    aucs = []
+    for score, members in zip(scores, in_mask, strict=True):
+        finite = np.isfinite(score)
+        aucs.append(roc_auc_score(members[finite], score[finite]))
+    return float(np.mean(aucs))
 
 
 def precision_at(scores: pd.Series, higher_is_memorized: bool, truth: pd.Series, fraction: float) -> float:
@@ -156,10 +171,15 @@ def precision_at(scores: pd.Series, higher_is_memorized: bool, truth: pd.Series,
     return len(top & true_top) / k
 
 
-def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: Path, out: Path) -> tuple:
+def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: Path, out: Path,
+                  recipe: str | None = None) -> tuple:
+    """The leaderboard of one dataset, its models trained with ``recipe`` (:data:`RECIPES`; default the dataset's
+    own). Another recipe's subset models are cached apart (``fz-<recipe>-k<K>``, the dataset's name before it
+    unless the recipe's name starts with it), and so is its scatter plot."""
+    recipe = recipe or name
+    tag = name if recipe == name else recipe if recipe.startswith(name) else f"{name}-{recipe}"
     splits = load_dataset(name, **options)
-    recipe = RECIPES[name]
-    train_kwargs = recipe.as_kwargs() | ({"epochs": epochs} if epochs else {})
+    train_kwargs = RECIPES[recipe].as_kwargs() | ({"epochs": epochs} if epochs else {})
     model_fn = functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
                                  in_channels=splits.in_channels)
     torch.manual_seed(0)
@@ -195,14 +215,15 @@ def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: P
     directions |= dict.fromkeys(MODEL_PROXIES, True)
 
     start = time.perf_counter()
-    subset = train_subset_models(splits.train, model_fn, k=k, folder=cache / f"fz-{name}-k{k}", **train_kwargs)
+    subset = train_subset_models(splits.train, model_fn, k=k, folder=cache / f"fz-{tag}-k{k}", **train_kwargs)
     fz = subset.scores()
     fz_seconds = time.perf_counter() - start
     per_model = train_seconds * 0.7  # a subset model trains on 70% of the data; also right when loaded from cache
     scores["c_score"] = fz["c_score"]
     directions["c_score"] = False
     noise = fz_noise(subset.correct, subset.in_mask)
-    vulnerability = pd.Series(lira_vulnerability(subset.logits, subset.in_mask, subset.labels), index=fz.index)
+    attack = lira_scores(subset.logits, subset.in_mask, subset.labels)
+    vulnerability = pd.Series(lira_vulnerability(attack, subset.in_mask), index=fz.index)
 
     quality = []
     valid = fz["memorization"].notna()
@@ -232,12 +253,13 @@ def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: P
     cost.append({"dataset": name, "proxy": f"FZ memorization (K={k})", "forward_passes": k * per_model / forward,
                  "note": f"K x one 70% training; this run took {fz_seconds:.0f} s (cached models are free)"})
 
-    _scatter(scores[valid], fz.loc[valid, "memorization"], out / f"bench_proxies_{name}.png", name, k)
+    _scatter(scores[valid], fz.loc[valid, "memorization"], out / f"bench_proxies_{tag}.png", tag, k)
     peak = int(np.nanargmax(recorder.weight_norms)) + 1
-    info = {"dataset": name, "train_examples": len(splits.train), "k": k, "train": train_kwargs,
+    info = {"dataset": name, "recipe": recipe, "train_examples": len(splits.train), "k": k, "train": train_kwargs,
             "forward_s": forward, "train_s": train_seconds, "fz_mean": float(fz["memorization"].mean()),
             "fz_defined": int(valid.sum()), "weight_norm_peak_epoch": peak,
-            "lira_vulnerability_defined": int(vulnerability.notna().sum())} | noise
+            "lira_vulnerability_defined": int(vulnerability.notna().sum()),
+            "lira_auc": lira_auc(attack, subset.in_mask)} | noise
     return pd.DataFrame(quality), pd.DataFrame(cost), info
 
 
@@ -280,6 +302,11 @@ def main() -> int:
     parser.add_argument("--fmnist-k", type=int, default=128, help="subset models for FZ on Fashion-MNIST")
     parser.add_argument("--fmnist-size", type=int, default=4000, help="Fashion-MNIST training examples")
     parser.add_argument("--fmnist-epochs", type=int, default=8, help="epochs per Fashion-MNIST model")
+    parser.add_argument("--fmnist-recipe", choices=RECIPES.names(), default="fashion-mnist",
+                        help="training recipe of the Fashion-MNIST models (unlearn.training.RECIPES; default: "
+                             "fashion-mnist, no augmentation; fashion-mnist-augmented adds a random crop of the "
+                             "image padded by 2 and a horizontal flip). Its epochs give way to --fmnist-epochs; "
+                             "another recipe's subset models are cached apart, as fz-<recipe>-k<K>")
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results"), help="subset-model cache")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="JSON and PNG output folder")
     parser.add_argument("--check", action="store_true", help="exit 1 if a compiled CPU backend misses its targets")
@@ -304,16 +331,17 @@ def main() -> int:
                               f"{row.pct_of_copy_bw:.0f}% of copy bandwidth")
 
     if args.part in ("quality", "all"):
-        cases = [("digits", {}, args.k, None)] if "digits" in args.datasets else []
+        cases = [("digits", {}, args.k, None, None)] if "digits" in args.datasets else []
         try:
             if "fashion-mnist" in args.datasets:
                 load_dataset("fashion-mnist", train_size=10)
-                cases.append(("fashion-mnist", {"train_size": args.fmnist_size}, args.fmnist_k, args.fmnist_epochs))
+                cases.append(("fashion-mnist", {"train_size": args.fmnist_size}, args.fmnist_k, args.fmnist_epochs,
+                              args.fmnist_recipe))
         except DatasetNotFoundError as err:
             print(f"skipping Fashion-MNIST: {err}", file=sys.stderr)
         qualities, costs, infos = [], [], []
-        for name, options, k, epochs in cases:
-            quality, cost, info = bench_quality(name, options, k, epochs, args.cache, args.out)
+        for name, options, k, epochs, recipe in cases:
+            quality, cost, info = bench_quality(name, options, k, epochs, args.cache, args.out, recipe)
             qualities.append(quality)
             costs.append(cost)
             infos.append(info)
@@ -323,11 +351,13 @@ def main() -> int:
         print("\n== cost in forward passes over the training set")
         print(cost.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         for info in infos:
-            print(f"{info['dataset']}: {info['train_examples']} examples, K={info['k']}, {info['train']}, "
+            print(f"{info['dataset']} (recipe {info['recipe']}): {info['train_examples']} examples, K={info['k']}, "
+                  f"{info['train']}, "
                   f"FZ defined for {info['fz_defined']}, mean memorization {info['fz_mean']:.4f}, mean FZ "
                   f"standard error {info['fz_mean_se']:.4f}, split-half reliability (Spearman-Brown) "
                   f"{info['fz_reliability_spearman']:.3f} Spearman / {info['fz_reliability_pearson']:.3f} Pearson, "
-                  f"weight norm peaks after epoch {info['weight_norm_peak_epoch']}")
+                  f"weight norm peaks after epoch {info['weight_norm_peak_epoch']}, online-LiRA AUC "
+                  f"{info['lira_auc']:.3f} (mean over the K targets)")
         report |= {"quality": quality.to_dict("records"), "cost": cost.to_dict("records"), "datasets": infos}
 
     if args.part in ("gradients", "all"):
