@@ -148,8 +148,9 @@ def datasets() -> list[str]:
 
 @dataclass(frozen=True)
 class _SourceData:
-    """What a loader reads: images (uint8 or float in [0, 1]), labels and class names of the training and test
-    sets, and ``rows``: for each training image, the row that names it (None: its position)."""
+    """What a loader reads: images (uint8 or float in [0, 1]; or a table that makes the rows a tensor of rows asks
+    for, with a ``shape``), labels and class names of the training and test sets, and ``rows``: for each training
+    image, the row that names it (None: its position)."""
 
     x_train: Tensor
     y_train: Tensor
@@ -280,8 +281,8 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
 
     def split(x, y: Tensor, ids: Tensor | None) -> IndexedDataset | Streamed:
         if stream:
-            items = _NormalisedImages(x, torch.arange(len(y)) if ids is None else ids, mean, std, classes)
-            return Streamed(items, num_workers=num_workers, targets=items.labels(y))
+            items = _NormalisedImages(x, y, torch.arange(len(y)) if ids is None else ids, mean, std, classes)
+            return Streamed(items, num_workers=num_workers, targets=items.labels)
         if ids is not None:
             x, y = x[ids], y[ids]
         return IndexedDataset(((x.float() - mean) / std).contiguous(), y.long(), classes)
@@ -308,15 +309,13 @@ def _channel_statistics(images, ids: Tensor, chunk: int = 1024) -> tuple[Tensor,
 
 class _NormalisedImages(Dataset):
     """Items ``(image, label)`` of the rows ``ids`` of an image table (a uint8 / float tensor ``[N, C, H, W]``, or
-    anything indexed by a tensor of rows the same way), each read and normalised when asked for."""
+    anything indexed by a tensor of rows the same way) and its labels ``[N]``, each image read and normalised when
+    asked for."""
 
-    def __init__(self, images, ids: Tensor, mean: Tensor, std: Tensor, classes: list[str] | None) -> None:
+    def __init__(self, images, labels: Tensor, ids: Tensor, mean: Tensor, std: Tensor,
+                 classes: list[str] | None) -> None:
         self.images, self.ids, self.mean, self.std, self.classes = images, ids, mean, std, classes
-        self._labels: Tensor | None = None
-
-    def labels(self, y: Tensor) -> Tensor:
-        self._labels = y[self.ids].long()
-        return self._labels
+        self.labels = labels[ids].long()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -324,7 +323,7 @@ class _NormalisedImages(Dataset):
     def __getitem__(self, i: int):
         i = range(len(self.ids))[i]  # an IndexError past either end
         x = self.images[self.ids[i:i + 1]]
-        return ((x.float() - self.mean) / self.std)[0], int(self._labels[i])
+        return ((x.float() - self.mean) / self.std)[0], int(self.labels[i])
 
 
 # ----------------------------------------------------------------------------------------------------- loaders
@@ -488,7 +487,7 @@ class _ImageFiles:
 def _load_image_folder(path: str, *, root: Path, download: bool, test_fraction: float,
                        lazy: bool = False) -> _SourceData:
     """``imagefolder:PATH``: every image of torchvision's ``ImageFolder(PATH)`` (a subfolder per class, classes
-    and files in sorted order), decoded into memory.
+    and files in sorted order), decoded into memory (unless ``lazy``).
 
     The recipe: an image's row is its position in that sorted order (``ImageFolder.samples``). From each class a
     random ``round(test_fraction * n)`` of its images, drawn with the fixed seed :data:`_TEST_SEED`, is the test set;
