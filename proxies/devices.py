@@ -14,12 +14,13 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
 from torch import nn
 
-__all__ = ["model_device", "model_on"]
+__all__ = ["keep_torch_threads", "model_device", "model_on"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -49,3 +50,27 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
         current = torch.cuda.current_device() if a.type == "cuda" and torch.cuda.is_available() else 0
         return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
     return a.index == b.index
+
+
+@contextlib.contextmanager
+def keep_torch_threads():
+    """Run a numba parallel kernel without changing torch's thread count.
+
+    numba's OpenMP threading layer, when it starts, sets the OpenMP thread count of the whole process to the
+    machine's cores, and torch reads its own intra-op count from the same OpenMP runtime. A process that ran with one
+    thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``) would train with two after its first LiRA fit or
+    numba-scored proxy, and its floating-point sums would no longer match a fresh process's. The count torch had is
+    put back on the way out.
+
+    >>> before = torch.get_num_threads()
+    >>> with keep_torch_threads():
+    ...     torch.set_num_threads(before + 1)
+    >>> torch.get_num_threads() == before
+    True
+    """
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

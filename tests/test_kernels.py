@@ -253,3 +253,26 @@ def test_holdout_scores_where_the_predictions_are_made(monkeypatch):
     monkeypatch.setattr(holdout, "_scoring_device", lambda device: torch.device("meta"))  # stands in for a GPU
     holdout.holdout_retraining(model, data, data, fine_tune=lambda m, d, **kw: (m, None), progress=False)
     assert seen[-1] == ("meta", "meta", torch.float64)
+
+
+def test_numba_kernels_leave_torch_thread_count_alone():
+    """numba's OpenMP layer sets the process's OpenMP thread count when it starts, which torch shares: in a fresh
+    process told to use one thread, neither a LiRA fit nor the numba backend's kernels may leave torch with more."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np, torch
+from proxies._backends import numba_kernels
+from unlearn.attacks import lira
+lira(np.array([4.0]), np.array([[3.0], [0.0], [5.0], [2.0]]), np.array([[True], [False], [True], [False]]))
+logits = torch.randn(8, 3)
+numba_kernels.signals(logits, torch.zeros(8, dtype=torch.long))
+numba_kernels.learning_events(torch.rand(4, 8) > 0.5)
+numba_kernels.symmetric_kl(logits, logits.flip(0))
+print(torch.get_num_threads())
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "1"

@@ -11,6 +11,8 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from ..devices import keep_torch_threads
+
 CLAMP = 1e-10
 LOG_CLAMP = float(np.log(CLAMP))
 _COLUMN_CHUNK = 4096  # learning_events: columns per task, so each task streams whole cache lines of every row
@@ -133,7 +135,8 @@ def signals(logits: Tensor, labels: Tensor) -> Tensor:
     out = torch.empty(logits.shape[0], 5, dtype=logits.dtype)
     if logits.shape[0]:
         kernel = _signals_f32 if logits.dtype == torch.float32 else _signals_f64
-        kernel(logits.contiguous().numpy(), labels.contiguous().numpy(), out.numpy(), _POW2)
+        with keep_torch_threads():  # numba's OpenMP start would change torch's thread count
+            kernel(logits.contiguous().numpy(), labels.contiguous().numpy(), out.numpy(), _POW2)
     return out
 
 
@@ -142,8 +145,9 @@ def learning_events(correct: Tensor) -> dict[str, Tensor]:
     n = correct.shape[1]
     forgetting, first, needed = (torch.empty(n, dtype=torch.int64) for _ in range(3))
     if n:
-        _learning_events(correct.contiguous().view(torch.uint8).numpy(), forgetting.numpy(), first.numpy(),
-                         needed.numpy())
+        with keep_torch_threads():  # numba's OpenMP start would change torch's thread count
+            _learning_events(correct.contiguous().view(torch.uint8).numpy(), forgetting.numpy(), first.numpy(),
+                             needed.numpy())
     return {"forgetting_events": forgetting, "first_learned": first, "presentations_needed": needed}
 
 
@@ -151,5 +155,6 @@ def symmetric_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     _cpu_only(logits_p, logits_q)
     out = torch.empty(logits_p.shape[0], dtype=logits_p.dtype)
     if logits_p.shape[0]:
-        _symmetric_kl(logits_p.contiguous().numpy(), logits_q.contiguous().numpy(), out.numpy())
+        with keep_torch_threads():  # numba's OpenMP start would change torch's thread count
+            _symmetric_kl(logits_p.contiguous().numpy(), logits_q.contiguous().numpy(), out.numpy())
     return out

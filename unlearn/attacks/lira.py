@@ -15,6 +15,8 @@ import numpy as np
 from numba import njit, prange
 from scipy import stats
 
+from proxies.devices import keep_torch_threads
+
 __all__ = ["MIN_SHADOWS_FOR_VARIANCE", "lira", "ulira"]
 
 MIN_SHADOWS_FOR_VARIANCE = 2
@@ -94,7 +96,8 @@ def _fit(shadow: np.ndarray, mask: np.ndarray, fix_variance: bool) -> tuple[np.n
     """
     center = np.empty(shadow.shape[1:])
     spread = np.empty(shadow.shape[1:])
-    _masked_fits(np.ascontiguousarray(shadow.transpose(1, 2, 0)), np.ascontiguousarray(mask.T), center, spread)
+    with keep_torch_threads():  # numba's OpenMP start would change torch's thread count
+        _masked_fits(np.ascontiguousarray(shadow.transpose(1, 2, 0)), np.ascontiguousarray(mask.T), center, spread)
     few = np.ones(mask.shape[1], dtype=bool) if fix_variance else mask.sum(axis=0) < MIN_SHADOWS_FOR_VARIANCE
     if few.any():
         spread[few] = _global_spread(shadow, mask)
