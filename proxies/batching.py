@@ -340,8 +340,7 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False, generat
             order = positions[order]
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         pin = stream.pin_memory if stream.pin_memory is not None else target is not None and target.type == "cuda"
-        for x, y, idx in stream.read(list(order[:stop].split(batch_size)), pin=pin):
-            parts = (x, y, idx)
+        for parts in stream.read(list(order[:stop].split(batch_size)), pin=pin):
             yield tuple(part if to is None else part.to(to, non_blocking=True)
                         for part, to in zip(parts, where, strict=True))
         return

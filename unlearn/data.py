@@ -51,6 +51,8 @@ from proxies.batching import (
 )
 from proxies.registries import Registry
 
+from ._checks import whole
+
 __all__ = [
     "DatasetNotFoundError",
     "IndexedDataset",
@@ -239,8 +241,7 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be a whole number >= 0, got {num_workers!r}")
+    whole("num_workers", num_workers)
     root = Path(root) if root is not None else default_root()
     kind, colon, argument = name.partition(":")
     if colon:
@@ -621,17 +622,13 @@ def materialize(dataset: Dataset, *, batch_size: int = 1024) -> IndexedDataset:
     >>> ds.targets.tolist(), ds.indices.tolist()
     ([1, 0, 1, 0], [0, 1, 2, 3])
     """
-    if isinstance(dataset, IndexedDataset):
-        return dataset
-    root = subset_root(dataset)[0]
-    explicit = isinstance(root, IndexedDataset) and root.explicit_indices
-    tensors = as_tensors(dataset)
-    if tensors is None:
-        parts = list(zip(*batches(dataset, batch_size), strict=True))
-        if not parts:
-            raise ValueError("cannot materialize an empty dataset")
-        tensors = tuple(torch.cat(p) for p in parts)
-    inputs, targets, indices = tensors
+    data = examples(dataset)  # in memory already: as it is, or a subset's rows copied out
+    if isinstance(data, IndexedDataset):
+        return data
+    parts = list(zip(*batches(data, batch_size), strict=True))
+    if not parts:
+        raise ValueError("cannot materialize an empty dataset")
+    inputs, targets, indices = (torch.cat(p) for p in parts)
     result = IndexedDataset(inputs, targets, indices=indices)
-    result.explicit_indices = explicit  # positions of a dataset that had no training indices stay positions
+    result.explicit_indices = False  # positions of a dataset that had no training indices stay positions
     return result
