@@ -2,6 +2,6 @@
 
 import importlib.util
 
-# unlearn.lightning needs the optional ``lightning`` extra (make install and CI install it); without it the module
-# cannot be imported, so its doctests are not collected.
-collect_ignore = [] if importlib.util.find_spec("lightning") else ["unlearn/lightning.py"]
+# unlearn.training.lightning needs the optional ``lightning`` extra (make install and CI install it); without it the
+# module cannot be imported, so its doctests are not collected.
+collect_ignore = [] if importlib.util.find_spec("lightning") else ["unlearn/training/lightning.py"]

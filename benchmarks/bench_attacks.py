@@ -22,11 +22,11 @@ from scipy import stats
 from torch.utils.data import Subset
 
 from unlearn import create_model, evaluate, train, unlearn
-from unlearn.attacks import epsilons, lira
+from unlearn.algorithms.registry import methods
 from unlearn.data import DatasetNotFoundError, load_dataset
-from unlearn.metrics import plot_roc
-from unlearn.registry import methods
-from unlearn.shadows import train_shadow_models
+from unlearn.evaluation.attacks import epsilons, lira
+from unlearn.evaluation.metrics import plot_roc
+from unlearn.evaluation.shadows import train_shadow_models
 from unlearn.training import RECIPES, DPConfig
 
 ATTACKS = ("loss_threshold", "loss_logreg", "svc", "lira", "lira_offline", "rmia")
@@ -148,9 +148,9 @@ def bench_unlearning_attacks(name: str, options: dict, k: int, forget_size: int,
                              cache: Path, seed: int = 0) -> pd.DataFrame:
     """U-LiRA (train-then-unlearn shadows per method) and the NeurIPS 2023 forgetting score (``models`` unlearned
     and ``models`` retrained copies) for every method, on one forget set."""
-    from unlearn.attacks import extract_signals, forgetting_score
     from unlearn.evaluation import evaluate_ulira
-    from unlearn.shadows import train_unlearned_shadow_models
+    from unlearn.evaluation.attacks import extract_signals, forgetting_score
+    from unlearn.evaluation.shadows import train_unlearned_shadow_models
     from unlearn.training import accuracy
 
     splits, model_fn, forget_ids, forget, retain, original = forget_setup(name, options, forget_size, recipe, seed)
@@ -183,7 +183,7 @@ def bench_unlearning_attacks(name: str, options: dict, k: int, forget_size: int,
 
 
 def _lira_curve(model, forget, test, shadows):
-    from unlearn.attacks import extract_signals
+    from unlearn.evaluation.attacks import extract_signals
 
     f, t = extract_signals(model, forget), extract_signals(model, test)
     pos = np.concatenate([shadows.locate("train", f.index), shadows.locate("test", t.index)])

@@ -3,7 +3,7 @@
 Every farm trains the same K subset models (``train_and_predict``, the dataset's recipe; ``--epochs`` overrides its
 epochs) into a fresh folder. ``local`` runs them one after another with torch's default threads; ``local-1thread``
 does the same with one thread, the reference the Ray results must equal bit for bit (CPU sums depend on the thread
-count); ``packed`` trains them P at a time as one vmapped ensemble (:class:`unlearn.packed_farm.PackedFarm`), one
+count); ``packed`` trains them P at a time as one vmapped ensemble (:class:`unlearn.farm.packed.PackedFarm`), one
 row per ``--pack-sizes`` P, with torch's default threads; its logits equal ``local``'s up to float rounding
 (``max_abs_diff_vs_*``, ``same_predictions``). ``ray`` runs them as Ray tasks, one CPU and one torch thread each (a
 fraction of a GPU each where the cluster has GPUs). Ray's start and its workers' first import of torch are timed
@@ -35,9 +35,9 @@ import torch
 
 from unlearn.data import load_dataset
 from unlearn.farm import LocalFarm, TrainTask, train_and_predict
+from unlearn.farm.packed import PackedFarm
+from unlearn.farm.subset_models import subset_jobs
 from unlearn.models import create_model
-from unlearn.packed_farm import PackedFarm
-from unlearn.subset_models import subset_jobs
 from unlearn.training import RECIPES
 
 FARMS = ("local", "local-1thread", "packed", "ray")
@@ -45,7 +45,7 @@ FARMS = ("local", "local-1thread", "packed", "ray")
 
 def _warm_worker() -> int:
     """A no-op task that makes a Ray worker import what the training tasks import."""
-    import unlearn.attacks.signals  # noqa: F401
+    import unlearn.evaluation.attacks.signals  # noqa: F401
     import unlearn.training  # noqa: F401
 
     time.sleep(0.5)  # hold the worker so that the other warm-up tasks start the other workers
@@ -72,7 +72,7 @@ def run_farm(name: str, farm_options: dict, jobs, task) -> tuple[float, np.ndarr
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as folder:
         if name == "ray":
-            from unlearn.ray_farm import RayFarm
+            from unlearn.farm.ray import RayFarm
 
             farm = RayFarm(folder, progress=False, **farm_options)
         elif name == "packed":

@@ -38,11 +38,11 @@ from sklearn.metrics import roc_auc_score
 
 import proxies
 from proxies import TrainingRecorder
-from unlearn.attacks import lira
-from unlearn.attacks.signals import logit_scaled_confidence
 from unlearn.data import DatasetNotFoundError, load_dataset
+from unlearn.evaluation.attacks import lira
+from unlearn.evaluation.attacks.signals import logit_scaled_confidence
+from unlearn.farm.subset_models import train_subset_models
 from unlearn.models import create_model
-from unlearn.subset_models import train_subset_models
 from unlearn.training import RECIPES, predict, train
 
 # Anchor figures (REFERENCE.md): Spearman with FZ on CIFAR-10 / ResNet-18, and the CSL paper's cosine/Pearson.

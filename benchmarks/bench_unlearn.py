@@ -43,11 +43,11 @@ from tqdm.auto import tqdm
 
 import proxies
 from unlearn import create_model, memorization_scores, train, unlearn
-from unlearn.attacks import extract_signals, svc
+from unlearn.algorithms.registry import get_method, make_config, methods
+from unlearn.algorithms.rum.policies import POLICIES, group_names, resolve_policy, uses_expected
 from unlearn.data import DatasetNotFoundError, load_dataset
-from unlearn.metrics import mean_interval, tow, tow_mia
-from unlearn.registry import get_method, make_config, methods
-from unlearn.scheduler import POLICIES, group_names, resolve_policy, uses_expected
+from unlearn.evaluation.attacks import extract_signals, svc
+from unlearn.evaluation.metrics import mean_interval, tow, tow_mia
 from unlearn.training import RECIPES, accuracy
 from unlearn.unlearning import step_seed_of
 

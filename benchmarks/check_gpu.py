@@ -71,7 +71,7 @@ def _kernels(cuda: bool) -> dict:
 
 def _synthetic_train(n: int):
     from unlearn.data import IndexedDataset
-    from unlearn.synthetic import SyntheticCIFAR
+    from unlearn.data.synthetic import SyntheticCIFAR
 
     x, y = SyntheticCIFAR(n, seed=0).images(torch.arange(n))
     return IndexedDataset(((x - 0.5) / 0.2).contiguous(), y)
@@ -120,9 +120,9 @@ class _TinyCNN(nn.Sequential):
 
 def _run(cuda: bool) -> dict:
     import proxies
+    from unlearn.data.synthetic import register_synthetic_cifar
     from unlearn.models import models, register_model
     from unlearn.pipeline import RunConfig, run
-    from unlearn.synthetic import register_synthetic_cifar
 
     if cuda:  # CIFAR-10's sizes but a 4,096-example training set: the whole job in about a minute
         config = RunConfig(dataset="synthetic-cifar", model="resnet18", train_size=4096, val_fraction=0.02,
@@ -155,8 +155,8 @@ def _farm_throughput(cuda: bool) -> dict:
 
     from unlearn.data import load_dataset
     from unlearn.farm import TrainTask
+    from unlearn.farm.subset_models import subset_jobs
     from unlearn.models import create_model
-    from unlearn.subset_models import subset_jobs
     from unlearn.training import RECIPES
 
     splits = load_dataset("digits")

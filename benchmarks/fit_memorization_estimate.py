@@ -27,8 +27,8 @@ from sklearn.model_selection import KFold, cross_val_predict
 import proxies
 from proxies.estimate import FEATURES, feature_ranks
 from unlearn.data import load_dataset
+from unlearn.farm.subset_models import memorization_scores
 from unlearn.models import create_model
-from unlearn.subset_models import memorization_scores
 from unlearn.training import RECIPES, train
 
 

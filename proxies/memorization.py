@@ -4,7 +4,7 @@ random subsets.
 ``mem(i) = P[f_S(x_i) = y_i] - P[f_{S minus i}(x_i) = y_i]``, estimated as
 ``mean(correct_i | i in subset) - mean(correct_i | i not in subset)`` over K models each trained on a random 70%.
 The C-score (Jiang et al.) is the held-out term alone. The estimators here take the models' predictions
-(:class:`SubsetModels`) and train nothing: :func:`unlearn.subset_models.train_subset_models` trains the models
+(:class:`SubsetModels`) and train nothing: :func:`unlearn.farm.subset_models.train_subset_models` trains the models
 through the model farm and returns them.
 """
 

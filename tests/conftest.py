@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from unlearn.data import DEBIAN_FASHION_MNIST, load_dataset
+from unlearn.data import load_dataset
+from unlearn.data.sources import DEBIAN_FASHION_MNIST
 
 
 def pytest_collection_modifyitems(config, items):

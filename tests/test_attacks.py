@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from unlearn.attacks import (
+from unlearn.evaluation.attacks import (
     epsilons,
     forgetting_quality,
     forgetting_score,
@@ -22,8 +22,8 @@ from unlearn.attacks import (
     tune_rmia_a,
     ulira,
 )
-from unlearn.attacks.signals import AttackSignals
-from unlearn.metrics import mean_interval, plot_roc, roc_summary, tow, tow_mia
+from unlearn.evaluation.attacks.signals import AttackSignals
+from unlearn.evaluation.metrics import mean_interval, plot_roc, roc_summary, tow, tow_mia
 
 # ------------------------------------------------------------------------------------------------ metrics
 
@@ -242,8 +242,8 @@ def test_rmia_tuning_is_the_brute_force_argmax():
 def test_rmia_attack_draws_its_population_apart_from_its_non_members():
     from types import SimpleNamespace
 
-    from unlearn.attacks import AttackInputs, get_attack
-    from unlearn.shadows import balanced_halves
+    from unlearn.evaluation.attacks import AttackInputs, get_attack
+    from unlearn.evaluation.shadows import balanced_halves
 
     rng = np.random.default_rng(0)
     n_forget, n_test = 30, 41
@@ -503,8 +503,8 @@ def test_loss_attacks_see_members_with_lower_loss():
 def test_signals_of_several_queries():
     import torch
 
-    from unlearn.attacks import extract_signals
     from unlearn.data import IndexedDataset
+    from unlearn.evaluation.attacks import extract_signals
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))

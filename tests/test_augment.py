@@ -1,4 +1,4 @@
-"""Training-time augmentation (unlearn.augment), its use in train(), the named recipes and ``--recipe``."""
+"""Training-time augmentation (unlearn.training.augment), its use in train(), the named recipes and ``--recipe``."""
 
 import json
 
@@ -11,7 +11,9 @@ from torch.utils.data import Subset, TensorDataset
 
 from proxies import TrainingRecorder
 from proxies.batching import batches
-from unlearn.augment import (
+from unlearn.models import create_model
+from unlearn.training import RECIPES, TrainConfig, recipe, recipes, train
+from unlearn.training.augment import (
     augmentation_generator,
     augmentations,
     get_augmentation,
@@ -19,8 +21,6 @@ from unlearn.augment import (
     random_crop,
     random_crop_flip,
 )
-from unlearn.models import create_model
-from unlearn.training import RECIPES, TrainConfig, recipe, recipes, train
 
 # ------------------------------------------------------------------------------- the slow, obvious reference
 

@@ -97,7 +97,7 @@ def test_run_reuses_finished_stages_and_refuses_other_settings(run_folder, capsy
 def test_a_rerun_puts_every_reused_model_on_the_device(run_folder, monkeypatch, capsys):
     """``--device`` is not a setting of the run: a rerun elsewhere reuses the stages and loads their models there
     (``meta`` stands in for a GPU; the evaluation's first prediction is where the check stops)."""
-    import unlearn.attacks
+    import unlearn.pipeline.results
     from proxies.devices import model_device
 
     class Stop(Exception):
@@ -111,8 +111,8 @@ def test_a_rerun_puts_every_reused_model_on_the_device(run_folder, monkeypatch, 
             raise Stop
         return real(model, data, **kwargs) if model_device(model).type == "cpu" else None
 
-    real = unlearn.attacks.extract_signals
-    monkeypatch.setattr(unlearn.attacks, "extract_signals", spy)
+    real = unlearn.pipeline.results.extract_signals
+    monkeypatch.setattr(unlearn.pipeline.results, "extract_signals", spy)
     with pytest.raises(Stop):
         main([*RUN, "--out", str(run_folder), "--device", "meta"])
     assert seen == ["meta"] * 6
@@ -122,7 +122,7 @@ def test_a_rerun_puts_every_reused_model_on_the_device(run_folder, monkeypatch, 
 def test_the_default_device_is_cuda_when_there_is_one(monkeypatch):
     import torch
 
-    from unlearn.training import resolve_device
+    from unlearn.training.trainer import resolve_device
 
     assert resolve_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

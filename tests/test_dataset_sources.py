@@ -124,14 +124,13 @@ def test_streamed_splits_hold_the_in_memory_items():
 
 @requires_fashion_mnist
 def test_a_streamed_image_folder_is_opened_a_batch_at_a_time(image_folder, monkeypatch):
-    from unlearn import data
-    from unlearn.data import materialize
+    from unlearn.data import materialize, sources
 
     folder, _ = image_folder
     memory = load_dataset(f"imagefolder:{folder}")
     opened = []
-    original = data._ImageFiles.__getitem__
-    monkeypatch.setattr(data._ImageFiles, "__getitem__", lambda self, rows: opened.append(len(rows)) or
+    original = sources._ImageFiles.__getitem__
+    monkeypatch.setattr(sources._ImageFiles, "__getitem__", lambda self, rows: opened.append(len(rows)) or
                         original(self, rows))
     streamed = load_dataset(f"imagefolder:{folder}", stream=True)
     # the normalisation's pass over the training split, and each split's first item (whether items carry an index)

@@ -9,8 +9,8 @@ from torch import nn
 import proxies
 from proxies import TrainingRecorder
 from proxies.devices import model_device, model_on
-from unlearn.attacks.signals import predict_queries
 from unlearn.data import IndexedDataset
+from unlearn.evaluation.attacks.signals import predict_queries
 from unlearn.training import predict
 
 META = torch.device("meta")
@@ -307,7 +307,7 @@ def test_an_unlearning_loop_reads_nothing_back_per_batch(digits, device_reads):
 def test_training_numerics_turn_tf32_on_for_cuda_and_put_everything_back(monkeypatch):
     import os
 
-    from unlearn.epochs import CUBLAS_WORKSPACE, training_numerics
+    from unlearn.training.loop import CUBLAS_WORKSPACE, training_numerics
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     cudnn = torch.backends.cudnn

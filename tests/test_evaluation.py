@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from unlearn import evaluate, load_dataset, train
-from unlearn.shadows import balanced_halves, train_shadow_models
+from unlearn.evaluation.shadows import balanced_halves, train_shadow_models
 
 RECIPE = {"epochs": 20, "lr": 0.1, "batch_size": 32}
 SHADOWS = 8  # the fewest with which offline LiRA and RMIA tell the original's members apart by a margin here
@@ -60,8 +60,8 @@ def test_shadow_design_is_balanced(setup, small_digits):
 
 
 def test_attacks_find_members_of_the_original_and_not_of_the_retrained_model(setup, small_digits):
-    from unlearn.attacks import extract_signals, lira
-    from unlearn.metrics import roc_summary
+    from unlearn.evaluation.attacks import extract_signals, lira
+    from unlearn.evaluation.metrics import roc_summary
 
     digits = small_digits
     original, retrained, forget, retain, shadows = setup
@@ -110,9 +110,9 @@ def test_evaluate_checks_its_input(setup, small_digits):
 
 
 def test_ulira_shadows_train_then_unlearn(tiny_digits, tmp_path):
-    from unlearn.attacks import ulira
     from unlearn.evaluation import evaluate_ulira
-    from unlearn.shadows import train_unlearned_shadow_models
+    from unlearn.evaluation.attacks import ulira
+    from unlearn.evaluation.shadows import train_unlearned_shadow_models
 
     train_split, test_split = tiny_digits
     model_fn = mlp
@@ -139,7 +139,7 @@ def test_ulira_shadows_train_then_unlearn(tiny_digits, tmp_path):
 
 
 def test_ulira_shadows_unlearn_with_rum_scheduled_by_their_own_recording(tiny_digits, tmp_path):
-    from unlearn.shadows import train_unlearned_shadow_models
+    from unlearn.evaluation.shadows import train_unlearned_shadow_models
 
     train_split, test_split = tiny_digits
     model_fn = mlp
@@ -171,7 +171,7 @@ def test_several_named_models_match_separate_evaluations(setup, small_digits):
 def _split_signals(model, parts, queries, seed):
     """The model's signals on the union of ``parts``, each predicted on its own (the batches evaluate() predicts),
     in a shuffled order: signals of a whole split that evaluate() must find its rows in by index."""
-    from unlearn.attacks.signals import AttackSignals, predict_queries
+    from unlearn.evaluation.attacks.signals import AttackSignals, predict_queries
 
     logits, labels, index = (torch.cat(t).numpy() for t in zip(*(predict_queries(model, p, queries) for p in parts),
                                                                 strict=True))
@@ -180,7 +180,7 @@ def _split_signals(model, parts, queries, seed):
 
 
 def test_evaluate_on_given_signals_matches_predicting(setup, small_digits, monkeypatch):
-    import unlearn.attacks.signals
+    import unlearn.evaluation.attacks.signals
 
     original, retrained, forget, retain, shadows = setup
     common = {"forget": forget, "retain": retain, "test": small_digits.test, "reference": retrained,
@@ -194,14 +194,14 @@ def test_evaluate_on_given_signals_matches_predicting(setup, small_digits, monke
         raise AssertionError("evaluate() predicted although it was given the signals")
 
     flipped = {"train": _split_signals(original, (retain, forget), ("identity", "hflip"), seed=1)}
-    monkeypatch.setattr(unlearn.attacks.signals, "predict_queries", no_prediction)
+    monkeypatch.setattr(unlearn.evaluation.attacks.signals, "predict_queries", no_prediction)
     pd.testing.assert_frame_equal(evaluate({"original": original}, **common, signals=signals), plain, check_exact=True)
     with pytest.raises(ValueError, match=r"train signals hold 2 augmentation queries, expected 1 \('identity',\)"):
         evaluate(original, **common, signals={"model": flipped})
 
 
 def test_per_example_scores_on_given_signals_match_predicting(setup, small_digits):
-    from unlearn.attacks import extract_signals
+    from unlearn.evaluation.attacks import extract_signals
     from unlearn.pipeline import per_example_scores
 
     original, retrained, forget, _, shadows = setup

@@ -8,10 +8,10 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from unlearn.farm import Job, LocalFarm, TrainTask, check_manifest, farms, get_farm, train_and_predict
+from unlearn.farm.packed import PackedFarm
+from unlearn.farm.ray import _task_footprint, gpus_for_model, model_footprint
+from unlearn.farm.subset_models import subset_jobs, train_subset_models
 from unlearn.models import create_model
-from unlearn.packed_farm import PackedFarm
-from unlearn.ray_farm import _task_footprint, gpus_for_model, model_footprint
-from unlearn.subset_models import subset_jobs, train_subset_models
 
 DIGITS_CNN = functools.partial(create_model, "digits_cnn", num_classes=10, in_channels=1)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from unlearn.farm import Job, get_farm
+from unlearn.farm.ray import RayFarm
+from unlearn.farm.subset_models import train_subset_models
 from unlearn.models import create_model
-from unlearn.ray_farm import RayFarm
-from unlearn.subset_models import train_subset_models
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # starts a local Ray instance

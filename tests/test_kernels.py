@@ -265,7 +265,7 @@ def test_numba_kernels_leave_torch_thread_count_alone():
     script = """
 import numpy as np, torch
 from proxies._backends import numba_kernels
-from unlearn.attacks import lira
+from unlearn.evaluation.attacks import lira
 lira(np.array([4.0]), np.array([[3.0], [0.0], [5.0], [2.0]]), np.array([[True], [False], [True], [False]]))
 logits = torch.randn(8, 3)
 numba_kernels.signals(logits, torch.zeros(8, dtype=torch.long))

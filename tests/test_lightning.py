@@ -1,5 +1,5 @@
-"""unlearn.lightning.RecorderCallback: a recording made during Trainer.fit equals a slow recomputation of what the
-module saw, and feeds the proxies and rum."""
+"""unlearn.training.lightning.RecorderCallback: a recording made during Trainer.fit equals a slow recomputation of
+what the module saw, and feeds the proxies and rum."""
 
 import os
 from types import SimpleNamespace
@@ -18,7 +18,7 @@ import proxies  # noqa: E402
 from proxies import TrainingRecorder  # noqa: E402
 from tests.test_recording import _expected  # noqa: E402
 from unlearn import create_model, unlearn  # noqa: E402
-from unlearn.lightning import RecorderCallback  # noqa: E402
+from unlearn.training.lightning import RecorderCallback  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*does not have many workers"),
               pytest.mark.filterwarnings("ignore:.*LeafSpec"),

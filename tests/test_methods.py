@@ -14,10 +14,10 @@ from torch import nn
 from torch.utils.data import Subset
 
 from unlearn import TrainConfig, create_model, train, unlearn
+from unlearn.algorithms.registry import get_method, make_config
 from unlearn.algorithms.retrain import RetrainConfig
 from unlearn.algorithms.salun import saliency_mask
 from unlearn.data import IndexedDataset
-from unlearn.registry import get_method, make_config
 
 FEATURES, CLASSES = 4, 3
 PLAIN_SGD = {"momentum": 0.0, "weight_decay": 0.0}

@@ -12,8 +12,8 @@ from torch.utils.data import Subset
 
 import proxies
 from proxies._backends import pure_torch as reference_kernels
+from unlearn.farm.subset_models import subset_jobs, train_subset_models
 from unlearn.models import create_model
-from unlearn.subset_models import subset_jobs, train_subset_models
 from unlearn.training import predict, train
 
 

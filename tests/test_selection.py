@@ -1,11 +1,11 @@
-"""Forget-set specs (unlearn.selection) and the staged run folder (unlearn.pipeline) against obvious references."""
+"""Forget-set specs (unlearn.data.selection) and the staged run folder (unlearn.pipeline) against obvious references."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from unlearn.data.selection import ForgetSpec, parse_forget_spec, read_ids, select_forget
 from unlearn.pipeline import RunFolder, group_of, subset
-from unlearn.selection import ForgetSpec, parse_forget_spec, read_ids, select_forget
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import proxies
 import unlearn
 from proxies import TrainingRecorder
 from proxies.batching import as_tensors
-from unlearn.attacks import extract_signals
 from unlearn.data import IndexedDataset, Streamed, batches, examples, join, labels_of, take
+from unlearn.evaluation.attacks import extract_signals
 from unlearn.models import create_model
 from unlearn.training import train
 
@@ -169,7 +169,7 @@ BUILT_IN = ("finetune", "influence", "l1_sparse", "neggrad", "neggrad_plus", "ra
 
 
 def test_every_built_in_method_is_checked():
-    assert set(BUILT_IN) == {m for m in unlearn.methods() if unlearn.registry.get_method(m).fn.__module__
+    assert set(BUILT_IN) == {m for m in unlearn.methods() if unlearn.algorithms.registry.get_method(m).fn.__module__
                              .startswith("unlearn.algorithms")}
 
 
@@ -224,8 +224,8 @@ def test_model_proxies_and_signals_stream(digits, trained):
 
 
 def test_the_farm_trains_subset_and_shadow_models_on_a_stream(digits, tmp_path):
-    from unlearn.shadows import train_shadow_models
-    from unlearn.subset_models import train_subset_models
+    from unlearn.evaluation.shadows import train_shadow_models
+    from unlearn.farm.subset_models import train_subset_models
 
     small = Subset(digits.train, range(300))
     stream = Subset(Streamed(OnDemand(digits.train)), range(300))
@@ -260,8 +260,8 @@ def test_the_heap_bound_is_set_once_and_respects_the_user(monkeypatch):
 def test_signals_of_many_examples_are_computed_in_chunks_with_the_same_values(digits, trained, monkeypatch):
     import dataclasses
 
-    from unlearn.attacks import signals
-    from unlearn.attacks.signals import AttackSignals, predict_queries
+    from unlearn.evaluation.attacks import signals
+    from unlearn.evaluation.attacks.signals import AttackSignals, predict_queries
 
     logits, labels, index = (t.numpy() for t in predict_queries(trained[0], digits.train, ("identity", "hflip")))
     whole = AttackSignals.from_logits(logits, labels, index)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from unlearn.data import load_dataset
-from unlearn.synthetic import SyntheticCIFAR, register_synthetic_cifar, synthetic_images
+from unlearn.data.synthetic import SyntheticCIFAR, register_synthetic_cifar, synthetic_images
 
 
 def test_items_are_cifar_shaped_and_the_same_whenever_and_however_they_are_made():
@@ -47,7 +47,7 @@ def test_a_small_cnn_learns_it_well_above_chance():
 
 
 def test_the_registry_serves_it_making_only_the_examples_a_split_keeps(monkeypatch):
-    import unlearn.synthetic as synthetic
+    import unlearn.data.synthetic as synthetic
 
     made = []
     real = synthetic.synthetic_images

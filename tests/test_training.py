@@ -140,7 +140,7 @@ def test_settings_that_cannot_train_are_refused_before_any_work(digits, bad):
 
 # ----------------------------------------------------------------------------- the one epoch loop
 def test_the_epoch_loop_steps_hooks_in_order_and_reports_rows():
-    from unlearn.epochs import Step, run_epochs
+    from unlearn.training.loop import BatchLoss, run_epochs
 
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
@@ -152,7 +152,7 @@ def test_the_epoch_loop_steps_hooks_in_order_and_reports_rows():
         events.append(("epoch", epoch, optimizer.param_groups[0]["lr"], model.training))
         for half in (slice(0, 4), slice(4, 6)):
             logits = model(x[half])
-            yield Step(nn.functional.cross_entropy(logits, y[half]), logits, y[half])
+            yield BatchLoss(nn.functional.cross_entropy(logits, y[half]), logits, y[half])
 
     def grad_hook(m):
         events.append(("grad", m.weight.grad is not None))
@@ -171,9 +171,9 @@ def test_the_epoch_loop_steps_hooks_in_order_and_reports_rows():
 
 
 def test_train_and_every_sgd_method_go_through_the_one_epoch_loop(monkeypatch):
-    import unlearn.algorithms.loop as loop
-    import unlearn.training as training
-    from unlearn import epochs
+    import unlearn.algorithms.sgd as loop
+    import unlearn.training.loop as epochs
+    import unlearn.training.trainer as training
     from unlearn.algorithms.finetune import FinetuneConfig
 
     calls = []

@@ -12,12 +12,12 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 import proxies
-import unlearn.registry as registry
+import unlearn.algorithms.registry as registry
 from unlearn import RUMConfig, create_model, methods, register_method, train, unlearn
-from unlearn.algorithms.loop import forget_accuracy, run_sgd
 from unlearn.algorithms.random_label import RandomLabelConfig, relabelled_losses
+from unlearn.algorithms.rum.policies import resolve_policy, retain_sample
+from unlearn.algorithms.sgd import forget_accuracy, run_sgd
 from unlearn.data import IndexedDataset, materialize
-from unlearn.scheduler import resolve_policy, retain_sample
 from unlearn.training import accuracy
 
 FAST = {  # fewer epochs than the anchors: the tests check behaviour, the benchmark checks quality
@@ -134,7 +134,7 @@ def test_a_user_dataset_of_pairs_and_any_classifier_work(digits):
 def test_a_third_party_method_plugs_in_through_entry_points(trained, monkeypatch):
     model, _, forget, retain = trained
     entry = importlib.metadata.EntryPoint(name="shrink", value="tests.plugin_method", group="unlearn.methods")
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry._METHODS, "_loaded", False)  # read the entry points again
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group=None: [entry] if group == "unlearn.methods" else [])
     assert "plugin_shrink" in methods()
@@ -147,7 +147,7 @@ def test_a_third_party_method_plugs_in_through_entry_points(trained, monkeypatch
 
 def test_a_broken_plugin_is_named(monkeypatch):
     entry = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz", group="unlearn.methods")
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry._METHODS, "_loaded", False)  # read the entry points again
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [entry])
     with pytest.raises(RuntimeError, match="plugin 'broken'"):
         methods()
@@ -162,7 +162,7 @@ def test_registration_refuses_duplicates():
         register_method("finetune", config=Config)(lambda *a, **k: None)
     with pytest.raises(TypeError, match="dataclass"):
         register_method("bad", config=dict)
-    with pytest.raises(ValueError, match="scheduler's own name"):
+    with pytest.raises(ValueError, match="names a step that leaves its examples alone"):
         register_method("noop", config=Config)  # a policy's step that leaves its group
     with pytest.raises(ValueError, match="already registered"):  # rum is a registered method like the others
         register_method("rum", config=Config)(lambda *a, **k: None)

@@ -1,23 +1,32 @@
 """Memorization-aware machine unlearning for PyTorch classifiers.
 
+The front door is :func:`unlearn` (:mod:`unlearn.unlearning`); the subpackages are what it stands on: ``data``,
+``training``, ``methods`` (``rum`` among them), ``evaluation``, ``farm`` and ``pipeline`` (``unlearn run``).
+
 >>> from unlearn import load_dataset, create_model, train, unlearn
 """
 
+import warnings as _warnings
+
+from . import _moved
+from .algorithms import PlanStep, UnlearnResult, methods, register_method
+from .algorithms.rum import POLICIES, RUMConfig, RUMResult, policies, register_policy
 from .data import IndexedDataset, Splits, Streamed, datasets, load_dataset
 from .evaluation import evaluate
+from .farm import memorization_scores, train_subset_models
 from .models import create_model, models, register_model
-from .registry import methods, register_method
-from .scheduler import POLICIES, RUMConfig, policies, register_policy
-from .subset_models import memorization_scores, train_subset_models
 from .training import TrainConfig, accuracy, load_checkpoint, predict, save_checkpoint, train
-from .unlearning import Step, UnlearnResult, unlearn
+from .unlearning import unlearn
+
+_moved.install()  # the module paths of 0.1 (unlearn.scheduler, unlearn.attacks, ...) still import, with a warning
 
 __all__ = [
     "POLICIES",
     "IndexedDataset",
+    "PlanStep",
     "RUMConfig",
+    "RUMResult",
     "Splits",
-    "Step",
     "Streamed",
     "TrainConfig",
     "UnlearnResult",
@@ -40,3 +49,11 @@ __all__ = [
     "train_subset_models",
     "unlearn",
 ]
+
+
+def __getattr__(name: str):
+    if name == "Step":  # renamed: training's loop has a batch loss, the plan has steps
+        _warnings.warn("unlearn.Step is now unlearn.PlanStep (unlearn.Step goes in the next release)",
+                       DeprecationWarning, stacklevel=2)
+        return PlanStep
+    raise AttributeError(f"module 'unlearn' has no attribute {name!r}")

@@ -19,16 +19,16 @@ import pandas as pd
 
 import proxies
 
-from .attacks import DEFAULT_ATTACKS
-from .attacks import attacks as attack_names
-from .augment import augmentations
-from .data import check_dataset_name, dataset_sources, datasets
-from .farm import farms
+from .algorithms.registry import methods
+from .algorithms.rum import GROUPINGS, policies
+from .data.sources import check_dataset_name, dataset_sources, datasets
+from .evaluation.attacks import DEFAULT_ATTACKS
+from .evaluation.attacks import attacks as attack_names
+from .farm.registry import farms
 from .models import models
 from .pipeline import DEFAULT_PROXIES, RunConfig, run, run_attack, run_proxies, train_original
-from .registry import methods
-from .scheduler import GROUPINGS, policies
-from .training import PRECISIONS, accuracy, recipes
+from .training.augment import augmentations
+from .training.trainer import PRECISIONS, accuracy, recipes
 
 RUN_DEFAULTS: dict[str, object] = {}
 """The defaults ``unlearn run`` and ``train`` declare, by option (a test holds them equal to :class:`RunConfig`'s)."""

@@ -17,99 +17,18 @@ import copy
 import dataclasses
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from ._checks import whole
-from .data import IndexedDataset, Streamed, examples, first_input, labels_of, subset_root
-from .registry import Method, get_method, make_config, methods
-from .scheduler import step_seed_of  # noqa: F401  (its home was here: benchmarks/bench_unlearn.py imports it so)
+from .algorithms.plan import PlanStep, UnlearnResult, step_of
+from .algorithms.registry import Method, get_method, make_config, methods, takers
+from .data.sources import IndexedDataset, Streamed, examples, first_input, labels_of, subset_root
 
-__all__ = ["Step", "UnlearnResult", "run_step", "unlearn"]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of a plan: which forget examples (training indices), which method and settings, which retain
-    examples it trained on (training indices; none for a no-op), how long.
-
-    ``score_bin`` (``rum`` only) is ``(lower, upper)`` in the scores' own units: with training-set grouping the
-    group's bin between the training set's thresholds (``-inf`` / ``inf`` at the open ends), with the request's
-    grouping the lowest and highest score of the group's examples."""
-
-    group: str
-    method: str
-    config: dict
-    indices: np.ndarray = field(repr=False)
-    seconds: float
-    retain_indices: np.ndarray = field(repr=False)
-    score_bin: tuple[float, float] | None = None
-
-    @property
-    def retain_size(self) -> int:
-        """How many retain examples the step trained on."""
-        return len(self.retain_indices)
-
-
-class PlanTable(pd.DataFrame):
-    """A DataFrame whose printed form is the whole table (every row, column and cell: ``to_string()``), not
-    pandas' elided view: a plan has a few rows, and its ``config`` column is wide."""
-
-    @property
-    def _constructor(self):
-        return PlanTable
-
-    def __repr__(self) -> str:
-        return self.to_string()
-
-    __str__ = __repr__
-
-
-def _describe_bin(score_bin: tuple[float, float] | None, grouping: str | None, higher: bool | None) -> str:
-    """A step's scores as text: the training-set bin as an interval (a score on a threshold belongs to the less
-    memorized side), or the range of the group's scores under the request's grouping."""
-    if score_bin is None:
-        return ""
-    lower, upper = (f"{v:.4g}" for v in score_bin)
-    if grouping == "request":
-        return f"[{lower}, {upper}]"
-    if higher:
-        return f"({lower}, {upper}{')' if upper == 'inf' else ']'}"
-    return f"{'(' if lower == '-inf' else '['}{lower}, {upper})"
-
-
-@dataclass(frozen=True)
-class UnlearnResult:
-    """What :func:`unlearn` returns: a new ``model``, the ``plan`` it followed, and the total ``seconds``.
-
-    For ``method="rum"`` also how the groups were formed: ``grouping`` (``"training_set"`` or ``"request"``, the one
-    used, after any fallback), ``thresholds`` (with training-set grouping: the ``groups - 1`` thresholds between the
-    groups in the scores' own units, ascending; else None) and ``higher_is_memorized`` (the scores' direction: with
-    a confidence-like score the most memorized group lies *below* the lowest threshold)."""
-
-    model: nn.Module
-    plan: list[Step]
-    seconds: float
-    grouping: str | None = None
-    thresholds: tuple[float, ...] | None = None
-    higher_is_memorized: bool | None = None
-
-    def summary(self) -> pd.DataFrame:
-        """The plan as a table: one row per step, with ``grouping`` and ``scores`` (the step's :attr:`Step.score_bin`
-        as text: an interval of the training-set grouping, or ``[lowest, highest]`` of the request's) for ``rum``.
-        Printing it shows the whole table (a :class:`PlanTable`; ``.to_string()`` of any DataFrame does too)."""
-        rows = [{"group": s.group, "method": s.method, "examples": len(s.indices), "retain": s.retain_size,
-                 "seconds": s.seconds,
-                 **({"grouping": self.grouping, "scores": _describe_bin(s.score_bin, self.grouping,
-                                                                        self.higher_is_memorized)}
-                    if self.grouping is not None else {}),
-                 "config": s.config} for s in self.plan]
-        return PlanTable(rows)
+__all__ = ["PlanStep", "UnlearnResult", "unlearn"]
 
 
 def _check_disjoint(forget: Dataset, retain: Dataset, forget_data: Dataset, retain_data: Dataset) -> None:
@@ -141,34 +60,6 @@ def _check_model(model: nn.Module, forget: Dataset, retain: Dataset, device: tor
     return int(out.shape[1])
 
 
-def _as_step(model, group: str, method: str, config, forget: Dataset, retain: Dataset, began: float) -> Step:
-    """Refuse what a method returned unless it is a model; else the plan step it took."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"method {method!r} returned {type(model).__name__}, not an nn.Module")
-    return Step(group, method, vars(config).copy(), labels_of(forget)[1].numpy(), time.perf_counter() - began,
-                labels_of(retain)[1].numpy())
-
-
-def run_step(model: nn.Module, group: str, method_name: str, settings, forget: Dataset, retain: Dataset, seed: int,
-             device) -> tuple[nn.Module, Step]:
-    """Run one step of a plan: the registered method ``method_name`` with ``settings`` (a dict of overrides or its
-    config) on ``forget`` and ``retain``, or nothing for ``"noop"``; the model it returns and the step. For a method
-    that makes its own plan (e.g. ``rum``) of steps taken by other methods."""
-    began = time.perf_counter()
-    if method_name == "noop":
-        return model, Step(group, "noop", {}, labels_of(forget)[1].numpy(), 0.0, np.empty(0, dtype=np.int64))
-    method = get_method(method_name)
-    config = make_config(method, settings)
-    model = method.fn(model, forget, retain, config, seed=seed, device=device)
-    return model, _as_step(model, group, method_name, config, forget, retain, began)
-
-
-def _takers(keyword: str) -> list[str]:
-    """The registered methods that take ``keyword`` (as a setting or an input)."""
-    return [name for name in methods()
-            if keyword in get_method(name).inputs or keyword in get_method(name).settings()]
-
-
 def _split_options(method: Method, options: Mapping) -> tuple[dict, dict]:
     """``unlearn()``'s method-specific keywords as ``(settings for the config, inputs for fn)``. A keyword given
     as None is as if not given (a caller may pass one whatever the method); one that the method does not take is
@@ -180,14 +71,14 @@ def _split_options(method: Method, options: Mapping) -> tuple[dict, dict]:
         elif keyword in method.settings():
             if value is not None:
                 settings[keyword] = value
-        elif value is not None or not _takers(keyword):
+        elif value is not None or not takers(keyword):
             refused.append(keyword)
     if refused:
         why = []
         for keyword in refused:
-            takers = _takers(keyword)
-            if takers:
-                whom = f"method={takers[0]!r}" if len(takers) == 1 else f"methods {', '.join(map(repr, takers))}"
+            names = takers(keyword)
+            if names:
+                whom = f"method={names[0]!r}" if len(names) == 1 else f"methods {', '.join(map(repr, names))}"
                 why.append(f"{keyword} is for {whom}")
         own = f"its settings: {', '.join(method.settings()) or 'none'}"
         if method.inputs:
@@ -211,20 +102,21 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
             ``DataLoader``'s workers): a streamed set is never held whole, only its labels and indices are kept,
             and a step that trains on part of it takes the part by index.
         method: a name from :func:`unlearn.methods` (``"rum"``: memorization-aware scheduling, see
-            :mod:`unlearn.algorithms.rum`).
+            :mod:`unlearn.algorithms.rum.method`).
         config: the method's settings (a dict of overrides or its config dataclass; for ``"rum"`` a
-            :class:`~unlearn.scheduler.RUMConfig` or dict: groups, order, policy, retain_per_forget, grouping).
+            :class:`~unlearn.RUMConfig` or dict: groups, order, policy, retain_per_forget, grouping).
         seed: seed of every random choice (a ``rum`` step's own seed is drawn from it and the step's number).
         device: where to unlearn (default: the model's device).
         **options: the method's own keywords: a field of its config (e.g. ``epochs=3``; for ``"rum"``
             ``policy=``, ``grouping=``, ...) overrides ``config``'s, and an input its registration declares is
             passed to it (for ``"rum"``: ``scores=``, ``proxy=``, ``recording=``, ``expected_accuracy=``; see
-            :func:`unlearn.algorithms.rum.rum`). One given as None is as if not given.
+            :func:`unlearn.algorithms.rum.method.rum`). One given as None is as if not given.
 
     Returns:
-        An :class:`UnlearnResult` with the new ``model``, the ``plan`` (one :class:`Step`; for ``"rum"`` one per
-        group, or per step of a group's list, and a group with no forget example takes no step) and ``seconds``;
-        for ``"rum"`` also the ``grouping`` used and its ``thresholds``.
+        An :class:`~unlearn.UnlearnResult` with the new ``model``, the ``plan`` (one :class:`~unlearn.PlanStep`;
+        for ``"rum"`` one per group, or per step of a group's list, and a group with no forget example takes no step)
+        and ``seconds``; for ``"rum"`` a :class:`~unlearn.RUMResult`, which also says how it grouped the forget
+        set (its ``grouping`` and ``thresholds``).
 
     Raises:
         TypeError, ValueError: bad input, named in the message (a keyword the method does not take names the
@@ -261,6 +153,6 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     out = spec.fn(model, forget_data, retain_data, method_config, seed=seed, device=device, **inputs)
     if isinstance(out, UnlearnResult):  # a method that made its own plan
         return dataclasses.replace(out, seconds=time.perf_counter() - start)
-    step = _as_step(out, "all", method, method_config, forget_data, retain_data, began)
+    step = step_of(out, "all", method, method_config, forget_data, retain_data, began)
     return UnlearnResult(out, [step], time.perf_counter() - start)
 

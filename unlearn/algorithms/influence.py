@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import real, whole
-from ..data import batches
-from ..registry import register_method
+from ..data.sources import batches
+from .registry import register_method
 
 
 @dataclass

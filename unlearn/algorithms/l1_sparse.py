@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import real
-from ..registry import register_method
-from .loop import SGDConfig, run_sgd, shuffled
+from .registry import register_method
+from .sgd import SGDConfig, run_sgd, shuffled
 
 
 @dataclass

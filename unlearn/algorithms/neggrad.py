@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..registry import register_method
-from .loop import SGDConfig, run_sgd, shuffled
+from .registry import register_method
+from .sgd import SGDConfig, run_sgd, shuffled
 
 
 @dataclass

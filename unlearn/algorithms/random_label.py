@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..data import batches, join
-from ..registry import register_method
-from .loop import SGDConfig, num_classes, run_sgd, wrong_labels
+from ..data.sources import batches, join
+from .registry import register_method
+from .sgd import SGDConfig, num_classes, run_sgd, wrong_labels
 
 
 @dataclass

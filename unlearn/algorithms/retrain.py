@@ -32,12 +32,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..augment import get_augmentation
-from ..data import first_input
+from ..data.sources import first_input
 from ..models import create_model, models
-from ..registry import register_method
-from ..training import NUMERICS, TrainConfig, train
-from .loop import SGDConfig, num_classes
+from ..training.augment import get_augmentation
+from ..training.trainer import NUMERICS, TrainConfig, train
+from .registry import register_method
+from .sgd import SGDConfig, num_classes
 
 
 @dataclass

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .._checks import real
-from ..data import batches
-from ..registry import register_method
-from .loop import SGDConfig, num_classes, run_sgd
+from ..data.sources import batches
 from .random_label import relabelled_losses
+from .registry import register_method
+from .sgd import SGDConfig, num_classes, run_sgd
 
 
 @dataclass

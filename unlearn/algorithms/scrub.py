@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import real, whole
-from ..registry import register_method
-from .loop import SGDConfig, run_sgd, shuffled
+from .registry import register_method
+from .sgd import SGDConfig, run_sgd, shuffled
 
 
 @dataclass

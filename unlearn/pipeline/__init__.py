@@ -7,10 +7,11 @@ commands' calls, the stages they are made of, and the run folder that lets a rer
 (1, 'runs/digits')
 """
 
+from ..algorithms.rum.grouping import group_of
 from .config import DEFAULT_PROXIES, RunConfig
 from .folder import FolderInUseError, RunFolder, locked
 from .job import RUN_OUTPUTS, RUN_STAGES, RunResult, run, run_attack, run_proxies, train_original
-from .scores import group_of, per_example_scores, subset
+from .scores import per_example_scores, subset
 
 __all__ = [
     "DEFAULT_PROXIES",

@@ -28,10 +28,12 @@ import torch
 
 import proxies
 
-from ..attacks import DEFAULT_ATTACKS
-from ..augment import get_augmentation
-from ..data import check_dataset_name
-from ..training import NUMERICS, RECIPES, TrainConfig, check_numerics, check_recipe, resolve_device
+from ..algorithms.registry import get_method, make_config, takers
+from ..data.selection import parse_forget_spec
+from ..data.sources import check_dataset_name
+from ..evaluation.attacks import DEFAULT_ATTACKS
+from ..training.augment import get_augmentation
+from ..training.trainer import NUMERICS, RECIPES, TrainConfig, check_numerics, check_recipe, resolve_device
 
 __all__ = ["DEFAULT_PROXIES", "MAX_MODELS", "MIN_TRAIN_SIZE", "RunConfig"]
 
@@ -185,7 +187,41 @@ class RunConfig:
             if value < 0 or (name != "rows" and value > MAX_MODELS):
                 raise ValueError(f"--{name.replace('_', '-')} must be between 0 and "
                                  f"{MAX_MODELS if name != 'rows' else 'the number of examples'}, got {value}")
+        self._check_request()
+        self._check_method()
         return device
+
+    @property
+    def ranked_by(self) -> str:
+        """What ranks the training set for a ``--forget`` spec by score: ``--select-by``, else Feldman-Zhang
+        memorization when subset models are trained, else ``--proxy``."""
+        return self.select_by or ("memorization" if self.fz_models else self.proxy)
+
+    def _check_request(self) -> None:
+        """The forget spec, the shadow models and what ranks the request."""
+        spec = parse_forget_spec(self.forget)
+        if self.shadows and (self.shadows < 4 or self.shadows % 2):
+            raise ValueError(f"--shadows must be an even number >= 4 (RMIA holds one out), got {self.shadows}")
+        if self.ranked_by == "memorization" and not self.fz_models:
+            raise ValueError("--select-by memorization needs ground-truth scores: add --fz-models K")
+        if self.proxy not in self.proxies:
+            raise ValueError(f"--proxy {self.proxy} must be one of the --proxies {self.proxies}")
+        if self.ranked_by not in (*self.proxies, "memorization"):
+            raise ValueError(f"--select-by must be memorization or one of the --proxies {self.proxies}, "
+                             f"got {self.ranked_by!r}")
+        if spec.kind == "ids" and not spec.path.is_file():
+            raise ValueError(f"--forget {self.forget}: no such file {spec.path}")
+
+    def _check_method(self) -> None:
+        """The method's own options, before any work: ``--policy`` only for a method that has one, and
+        ``--method-config`` settings the method takes."""
+        if self.policy and "policy" not in get_method(self.method).settings():
+            raise ValueError(f"--policy is for --method {' / '.join(takers('policy'))}, not {self.method}")
+        if self.method_config:
+            try:
+                make_config(get_method(self.method), self.method_config)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"--method-config: {err}") from None
 
     # ------------------------------------------------------------------------------------------------ TOML
     @classmethod

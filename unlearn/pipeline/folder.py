@@ -135,9 +135,12 @@ class RunFolder:
         if self.stages.pop(stage, None) is not None:
             self._write()
 
-    def finish(self, stage: str, settings: dict, *, seconds: float) -> None:
-        """Record ``stage`` as finished with ``settings`` after ``seconds`` of work."""
+    def finish(self, stage: str, settings: dict, *, seconds: float, notes: Mapping | None = None) -> None:
+        """Record ``stage`` as finished with ``settings`` after ``seconds`` of work, with what it noted of its
+        result for the report (``notes``, short texts: e.g. how a method planned)."""
         self.stages[stage] = {"settings": _jsonable(settings), "seconds": round(float(seconds), 3)}
+        if notes:
+            self.stages[stage]["notes"] = _jsonable(dict(notes))
         self._write()
 
     def clear(self, stage: str) -> None:
@@ -158,11 +161,16 @@ class RunFolder:
     @contextmanager
     def timed(self, stage: str, settings: dict):
         """Run the body as ``stage`` (after :meth:`clear`) and record it finished, with its time, when the body
-        returns."""
+        returns. The body gets a dict to fill with its notes (see :meth:`finish`)."""
         self.clear(stage)
         start = time.perf_counter()
-        yield
-        self.finish(stage, settings, seconds=time.perf_counter() - start)
+        notes: dict = {}
+        yield notes
+        self.finish(stage, settings, seconds=time.perf_counter() - start, notes=notes)
+
+    def notes(self, stage: str) -> dict:
+        """What a finished stage noted of its result (see :meth:`finish`); empty when it noted nothing."""
+        return dict(self.stages.get(stage, {}).get("notes", {}))
 
     def digest(self, stage: str) -> str:
         """A short hash of a finished stage's settings, for the settings of the stages built on it."""

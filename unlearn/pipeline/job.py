@@ -7,43 +7,43 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from torch import nn
 
 import proxies
 
-from ..attacks import DEFAULT_ATTACKS, NotApplicable
-from ..data import labels_of
-from ..selection import parse_forget_spec, select_forget
-from ..subset_models import train_subset_models
-from ..training import load_checkpoint
+from ..data.selection import parse_forget_spec, select_forget
+from ..data.sources import labels_of
+from ..evaluation.attacks import DEFAULT_ATTACKS
+from ..farm.subset_models import train_subset_models
+from ..training.trainer import load_checkpoint
 from .config import DEFAULT_PROXIES, RunConfig
 from .folder import RunFolder, locked
-from .scores import group_of, per_example_scores, subset
+from .results import RunResult, evaluation_stage
+from .scores import subset
 from .stages import (
-    _PROGRESS,
-    check_method_config,
+    Request,
+    Trained,
+    Unlearned,
     compute_proxies,
     digest,
     forget_stage,
     load_run,
     memorization_stage,
     method_config_of,
+    method_options,
     model_fn_of,
-    plan_groups,
     proxies_stage,
     proxy_series,
     recipe_of,
     reference_stage,
-    rum_facts,
+    reset_progress,
     say,
     set_progress,
-    shadow_stage,
     skipped_request_rows,
     train_stage,
     trained_run,
@@ -63,15 +63,80 @@ RUN_OUTPUTS = ("report.md", "results.json", "scores.csv", "roc.png", "forget_acc
 
 
 
-@dataclass
-class RunResult:
-    """What :func:`run` leaves: the results table (metrics by model), the unlearning plan, the per-example scores
-    (every training example: proxies, forget set, group, per-model attack scores) and the folder holding it all."""
+def _settled(config: RunConfig | None, out) -> RunConfig:
+    """A copy of ``config`` (the defaults when None) with ``out``, when given, as its folder."""
+    config = dataclasses.replace(config or RunConfig())
+    if out is not None:
+        config.out = str(out)
+    return config
 
-    results: pd.DataFrame
-    plan: pd.DataFrame
-    scores: pd.DataFrame
-    folder: Path
+
+@contextmanager
+def _session(folder: Path, progress: bool):
+    """The body holds ``folder``'s lock, and the stages speak (and show bars) only with ``progress``."""
+    token = set_progress(progress)
+    try:
+        with locked(folder):
+            yield
+    finally:
+        reset_progress(token)
+
+
+def _original(config: RunConfig, folder: RunFolder, device) -> Trained:
+    say("[1/6] original model")
+    splits, model, recorder, checkpoints, settings, seconds = train_stage(config, folder.path, device, folder)
+    after = digest(settings)
+    if seconds is not None:
+        folder.finish("train", {"config": after}, seconds=seconds)
+    return Trained(splits, model, recorder, checkpoints, settings, after)
+
+
+def _scores(config: RunConfig, folder: RunFolder, trained: Trained) -> tuple[pd.DataFrame, pd.Series | None]:
+    say("\n[2/6] memorization proxies")
+    table = proxies_stage(folder, trained.splits, trained.recorder, trained.checkpoints, trained.digest,
+                          config.proxies)
+    memorization = memorization_stage(config, trained.splits, trained.settings, folder.path)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
+        say(f"most memorized by {config.proxy} (the first {config.rows} of {len(table)}; scores.csv has all):")
+        ranked = proxy_series(table, config.proxy)
+        order = ranked.sort_values(ascending=not ranked.attrs["higher_is_memorized"]).index[:config.rows]
+        say(table.loc[order].to_string())
+    return table, memorization
+
+
+def _request(config: RunConfig, folder: RunFolder, trained: Trained, table: pd.DataFrame,
+             memorization: pd.Series | None) -> Request:
+    say("\n[3/6] forget set")
+    spec, select_by, splits = parse_forget_spec(config.forget), config.ranked_by, trained.splits
+    ranking = memorization if select_by == "memorization" else proxy_series(table, select_by)
+    if spec.needs_scores and ranking.isna().any():
+        say(f"{int(ranking.isna().sum())} examples have no {select_by} score (with few subset models, some are "
+            "in all or none of them) and are not ranked")
+        ranking = ranking.dropna()
+    ids = forget_stage(folder, config.forget, ranking, splits, config.seed, trained.digest, select_by,
+                       config.fz_models)
+    forget = subset(splits.train, ids)
+    retain = subset(splits.train, np.setdiff1d(labels_of(splits.train)[1].numpy(), ids))
+    say(f"forget {len(forget)} of {len(splits.train)} training examples ({config.forget}"
+        + (f", ranked by {select_by}" if spec.needs_scores else "") + ")")
+    return Request(ids, forget, retain, select_by if spec.needs_scores else None,
+                    skipped_request_rows(spec, splits), folder.digest("forget"))
+
+
+def _reference(config: RunConfig, folder: RunFolder, trained: Trained, request: Request, device) -> nn.Module:
+    say("\n[4/6] retrained reference")
+    return reference_stage(folder, request.retain, trained.model_fn, trained.recipe, config.seed, device,
+                           request.digest)
+
+
+def _unlearned(config: RunConfig, folder: RunFolder, trained: Trained, table: pd.DataFrame, request: Request,
+               device) -> Unlearned:
+    say(f"\n[5/6] unlearning ({config.method})")
+    model, plan, notes = unlearn_stage(folder, config, trained.model, request.forget, request.retain, table,
+                                       trained.recorder, trained.model_fn, request.digest, device,
+                                       method_config_of(config, trained.settings))
+    say(plan.drop(columns=["config", "indices"]).to_string(index=False))
+    return Unlearned(model, plan, notes, config.proxy if "proxy" in method_options(config, None, None)[0] else None)
 
 
 def run(config: RunConfig | None = None, out: str | os.PathLike | None = None, *, progress: bool = True) -> RunResult:
@@ -91,184 +156,14 @@ def run(config: RunConfig | None = None, out: str | os.PathLike | None = None, *
     config = _settled(config, out)
     device = config.check()  # every stage, trained or reused, runs its models here
     with _session(config.folder, progress):  # a second run on the same folder is refused while this one lives
-        return _run(config, config.folder, device)
-
-
-def _settled(config: RunConfig | None, out) -> RunConfig:
-    """A copy of ``config`` (the defaults when None) with ``out``, when given, as its folder."""
-    config = dataclasses.replace(config or RunConfig())
-    if out is not None:
-        config.out = str(out)
-    return config
-
-
-@contextmanager
-def _session(folder: Path, progress: bool):
-    """The body holds ``folder``'s lock, and the stages speak (and show bars) only with ``progress``."""
-    token = set_progress(progress)
-    try:
-        with locked(folder):
-            yield
-    finally:
-        _PROGRESS.reset(token)
-
-
-def _run(config: RunConfig, out: Path, device) -> RunResult:
-    from ..attacks import extract_signals
-    from ..evaluation import evaluate, evaluate_ulira
-    from ..metrics import plot_roc
-    from ..report import plot_group_accuracy, plot_proxies_vs_memorization, write_report
-
-    spec = parse_forget_spec(config.forget)  # a bad spec fails before any training
-    if config.fz_models < 0 or config.shadows < 0:
-        raise ValueError("--fz-models and --shadows must be >= 0")
-    if config.shadows and (config.shadows < 4 or config.shadows % 2):
-        raise ValueError(f"--shadows must be an even number >= 4 (RMIA holds one out), got {config.shadows}")
-    select_by = config.select_by or ("memorization" if config.fz_models else config.proxy)
-    if select_by == "memorization" and not config.fz_models:
-        raise ValueError("--select-by memorization needs ground-truth scores: add --fz-models K")
-    if config.proxy not in config.proxies:
-        raise ValueError(f"--proxy {config.proxy} must be one of the --proxies {config.proxies}")
-    if select_by not in (*config.proxies, "memorization"):
-        raise ValueError(f"--select-by must be memorization or one of the --proxies {config.proxies}, "
-                         f"got {select_by!r}")
-    if spec.kind == "ids" and not spec.path.is_file():
-        raise ValueError(f"--forget {config.forget}: no such file {spec.path}")
-    if config.policy and config.method != "rum":
-        raise ValueError(f"--policy is for --method rum, not {config.method}")
-    check_method_config(config.method, config.method_config)  # a misspelt setting fails before any work
-
-    folder = RunFolder(out, force=config.force, order=RUN_STAGES, outputs=RUN_OUTPUTS)
-    say("[1/6] original model")
-    splits, original, recorder, checkpoints, settings, seconds = train_stage(config, out, device, folder)
-    after_train = digest(settings)
-    if seconds is not None:
-        folder.finish("train", {"config": after_train}, seconds=seconds)
-    model_fn, recipe = model_fn_of(settings, splits), recipe_of(settings)
-
-    say("\n[2/6] memorization proxies")
-    table = proxies_stage(folder, splits, recorder, checkpoints, after_train, config.proxies)
-    memorization = memorization_stage(config, splits, settings, out)
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
-        say(f"most memorized by {config.proxy} (the first {config.rows} of {len(table)}; scores.csv has all):")
-        ranked = proxy_series(table, config.proxy)
-        order = ranked.sort_values(ascending=not ranked.attrs["higher_is_memorized"]).index[:config.rows]
-        say(table.loc[order].to_string())
-
-    say("\n[3/6] forget set")
-    ranking = memorization if select_by == "memorization" else proxy_series(table, select_by)
-    if spec.needs_scores and ranking.isna().any():
-        say(f"{int(ranking.isna().sum())} examples have no {select_by} score (with few subset models, some are "
-            "in all or none of them) and are not ranked")
-        ranking = ranking.dropna()
-    skipped = skipped_request_rows(spec, splits)
-    forget_ids = forget_stage(folder, config.forget, ranking, splits, config.seed, after_train, select_by,
-                              config.fz_models)
-    forget = subset(splits.train, forget_ids)
-    retain = subset(splits.train, np.setdiff1d(labels_of(splits.train)[1].numpy(), forget_ids))
-    say(f"forget {len(forget)} of {len(splits.train)} training examples ({config.forget}"
-          + (f", ranked by {select_by}" if spec.needs_scores else "") + ")")
-    after_forget = folder.digest("forget")
-
-    say("\n[4/6] retrained reference")
-    reference = reference_stage(folder, retain, model_fn, recipe, config.seed, device, after_forget)
-    say(f"\n[5/6] unlearning ({config.method})")
-    unlearned, plan = unlearn_stage(folder, config, original, forget, retain, table, recorder, model_fn,
-                                    after_forget, device, method_config_of(config, settings))
-    say(plan.drop(columns=["config", "indices"]).to_string(index=False))
-
-    say("\n[6/6] evaluation")
-    shadows, unlearned_shadows = shadow_stage(config, splits, settings, out)
-    attacks = list(dict.fromkeys([*config.attacks, *(["lira", "rmia"] if shadows is not None else [])]))
-    models = {"original": original, "unlearned": unlearned, "retrained": reference}
-    queries = shadows.queries if shadows is not None else ("identity",)
-    # each model predicted once per split; the report, scores.csv and the ROC figure all score these signals
-    signals = {name: {split: extract_signals(model, data, queries=queries, device=device)
-                      for split, data in (("train", splits.train), ("test", splits.test))}
-               for name, model in models.items()}
-    common = {"forget": forget, "retain": retain, "test": splits.test, "reference": reference, "attacks": attacks,
-              "shadows": shadows, "seed": config.seed, "device": device,
-              "signals": {**signals, "reference": signals["retrained"]}}
-    results = evaluate({"original": original, "unlearned": unlearned}, **common)
-    not_computed = dict(results.attrs.get("not_computed", {}))
-    results = results.rename(columns={"reference": "retrained"})
-    examples = per_example_scores(models, splits.train, shadows=shadows, device=device, signals=signals)
-    if unlearned_shadows is not None:
-        try:
-            summary, ulira_scores = evaluate_ulira(unlearned, reference, forget=forget, shadows=unlearned_shadows,
-                                                   device=device, signals=signals)
-        except NotApplicable as err:
-            not_computed["ulira"] = str(err)
-        else:
-            for key, value in summary.items():
-                results.loc[f"ulira.{key}", "unlearned"] = value
-            examples = examples.join(ulira_scores.add_prefix("ulira_"))
-    for name, reason in not_computed.items():
-        warnings.warn(f"{name} not computed: {reason}", stacklevel=1)
-    stage_seconds = {stage: folder.seconds(stage) for stage in ("train", "proxies", "reference", "unlearn")}
-    results.loc["seconds", ["original", "unlearned", "retrained"]] = [stage_seconds["train"],
-                                                                      stage_seconds["unlearn"],
-                                                                      stage_seconds["reference"]]
-
-    # rum's groups are the plan's; for any other method the report groups the forget set by the same rule
-    groups = (plan_groups(plan, forget_ids) if config.method == "rum"
-              else group_of(proxy_series(table, config.proxy), forget_ids, grouping=config.grouping))
-    scores = table.copy()
-    scores.insert(0, "label", labels_of(splits.train)[0].numpy())
-    if splits.train_rows is not None:
-        scores.insert(1, "source_row", splits.train_rows.numpy())
-    if memorization is not None:
-        scores["memorization"] = memorization
-    scores["forget"] = scores.index.isin(forget_ids)
-    scores["group"] = groups
-    scores = scores.join(examples)
-    scores.to_csv(out / "scores.csv")
-    per_group = scores.loc[forget_ids].groupby("group")[[f"correct_{m}" for m in models]].mean()
-    per_group = per_group.reindex([g for g in ("low", "medium", "high") if g in per_group.index])
-    per_group.columns = list(models)
-    per_group.insert(0, "examples", groups.value_counts().reindex(per_group.index))
-
-    figures = {"membership inference ROC (forget vs test)": "roc.png",
-               f"forget accuracy by {config.proxy} group": "forget_accuracy_by_group.png"}
-    test_scores = per_example_scores(models, splits.test, shadows=shadows, split="test", device=device,
-                                     signals=signals)
-    kind = "lira" if shadows is not None else "loss"
-    sign = 1.0 if kind == "lira" else -1.0  # a low loss marks a member
-    curves = {name: (sign * np.r_[scores.loc[forget_ids, f"{kind}_{name}"].to_numpy(),
-                                  test_scores[f"{kind}_{name}"].to_numpy()],
-                     np.r_[np.ones(len(forget_ids)), np.zeros(len(test_scores))]) for name in models}
-    plot_roc(curves, out / "roc.png", title=f"{'LiRA' if kind == 'lira' else 'loss'} attack: forget vs test")
-    plot_group_accuracy(per_group[list(models)], out / "forget_accuracy_by_group.png",
-                        title=f"forget accuracy by {config.proxy} group")
-    if memorization is not None:
-        plot_proxies_vs_memorization(table, memorization, out / "proxies_vs_memorization.png")
-        figures["proxies against Feldman-Zhang memorization"] = "proxies_vs_memorization.png"
-
-    ratio = stage_seconds["unlearn"] / stage_seconds["reference"]
-    facts = {"dataset": config.dataset, "model": settings["model"], "training examples": len(splits.train),
-             "forget": f"{config.forget} ({len(forget_ids)} examples" + (f", by {select_by})" if spec.needs_scores
-                                                                       else ")"),
-             "method": config.method + (f" scheduled by {config.proxy}" if config.method == "rum" else ""),
-             **rum_facts(config, table),
-             "method settings": json.dumps(method_config_of(config, settings)) if config.method_config
-             else "defaults",
-             "training recipe": ", ".join(f"{k} {v}" for k, v in recipe.items()), "seed": config.seed,
-             **({"skipped from the request": skipped} if skipped else {}),
-             **({"not computed": "; ".join(f"{k} ({v})" for k, v in not_computed.items())} if not_computed else {}),
-             "attacks": ", ".join(attacks) + (" and U-LiRA" if unlearned_shadows is not None else ""),
-             "shadow models": config.shadows, "subset models (FZ)": config.fz_models,
-             "unlearning time vs retraining": f"{ratio:.1%}"}
-    tables = {"results": results, "forget accuracy by memorization group": per_group,
-              "unlearning plan": plan.drop(columns=["config", "indices"])}
-    write_report(out, {"run": facts, "seconds": stage_seconds, "time_vs_retrain": ratio}, tables, figures)
-    (out / "config.toml").write_text(config.to_toml())  # last, beside the outputs it made: a refused or failed
-    # run leaves none (RUN_OUTPUTS), so the file always describes the folder's results
-    results.attrs["per_group"] = per_group
-    results.attrs["summary"] = (f"unlearning took {stage_seconds['unlearn']:.1f} s, {ratio:.1%} of retraining "
-                                f"({stage_seconds['reference']:.1f} s); ToW {results.loc['tow', 'unlearned']:.3f} "
-                                f"(the original model: {results.loc['tow', 'original']:.3f})\n"
-                                f"wrote report.md, results.json, scores.csv and {len(figures)} figures to {out}")
-    return RunResult(results=results, plan=plan, scores=scores, folder=out)
+        folder = RunFolder(config.folder, force=config.force, order=RUN_STAGES, outputs=RUN_OUTPUTS)
+        trained = _original(config, folder, device)
+        table, memorization = _scores(config, folder, trained)
+        request = _request(config, folder, trained, table, memorization)
+        reference = _reference(config, folder, trained, request, device)
+        unlearned = _unlearned(config, folder, trained, table, request, device)
+        say("\n[6/6] evaluation")
+        return evaluation_stage(config, folder, trained, table, memorization, request, reference, unlearned, device)
 
 
 @contextmanager
@@ -309,8 +204,8 @@ def run_attack(folder: str | os.PathLike, *, checkpoint: str | os.PathLike | Non
     """``unlearn attack``: attack a saved model (default: the folder's ``unlearned.pt``) on the folder's forget set
     (or a ``forget`` spec, ranked by the recording's ``select_by`` proxy), beside the folder's retrained reference
     when it has one; writes ``attack-<model>.json`` to the folder and returns :func:`unlearn.evaluate`'s table."""
-    from ..evaluation import evaluate
-    from ..shadows import train_shadow_models
+    from ..evaluation.evaluator import evaluate
+    from ..evaluation.shadows import train_shadow_models
 
     folder = Path(folder)
     with _trained_folder(folder, root, device, progress) as (settings, splits, recorder, _, device):

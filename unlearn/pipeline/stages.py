@@ -15,7 +15,9 @@ import json
 import time
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,13 +29,12 @@ from proxies import TrainingRecorder
 from proxies.devices import model_device
 
 from .._checks import same_settings
-from ..data import DatasetNotFoundError, first_input, labels_of, load_dataset
+from ..algorithms.registry import Method, get_method, make_config
+from ..data.selection import parse_forget_spec, read_ids, select_forget
+from ..data.sources import DatasetNotFoundError, first_input, labels_of, load_dataset
+from ..farm.subset_models import train_subset_models
 from ..models import create_model
-from ..registry import get_method, make_config
-from ..scheduler import RUMConfig, group_thresholds
-from ..selection import parse_forget_spec, read_ids, select_forget
-from ..subset_models import train_subset_models
-from ..training import TrainConfig, load_checkpoint, save_checkpoint, train
+from ..training.trainer import TrainConfig, load_checkpoint, save_checkpoint, train
 from .config import DEFAULT_PROXIES, RunConfig
 from .folder import RunFolder
 
@@ -52,7 +53,12 @@ def progress_bars() -> bool:
 
 
 def set_progress(progress: bool) -> contextvars.Token:
+    """Make the stages speak (and show bars) or not, until :func:`reset_progress` with the token."""
     return _PROGRESS.set(bool(progress))
+
+
+def reset_progress(token: contextvars.Token) -> None:
+    _PROGRESS.reset(token)
 
 
 def check_data(config: RunConfig, splits, model: nn.Module, model_name: str) -> None:
@@ -75,6 +81,48 @@ def check_data(config: RunConfig, splits, model: nn.Module, model_name: str) -> 
     else:  # random and ids need no scores: the selection itself is the check
         select_forget(spec, None, num_train=n, seed=config.seed,
                       source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
+
+
+@dataclass
+class Trained:
+    """The original model and what its training left: the splits, recording, checkpoints and settings."""
+
+    splits: Any
+    model: nn.Module
+    recorder: proxies.TrainingRecorder
+    checkpoints: list
+    settings: dict
+    digest: str
+
+    @property
+    def model_fn(self):
+        return model_fn_of(self.settings, self.splits)
+
+    @property
+    def recipe(self) -> dict:
+        return recipe_of(self.settings)
+
+
+@dataclass
+class Request:
+    """The forget set: training indices, the forget and retain sets, and what ranked them."""
+
+    ids: np.ndarray
+    forget: Any
+    retain: Any
+    ranked_by: str | None
+    skipped: str | None
+    digest: str
+
+
+@dataclass
+class Unlearned:
+    """The unlearned model, its plan, what the method noted of it, and the proxy that scheduled it (if any)."""
+
+    model: nn.Module
+    plan: pd.DataFrame
+    notes: dict
+    scheduled_by: str | None = None
 
 
 TRAIN_STATE = "train-state.pt"
@@ -313,20 +361,6 @@ def skipped_request_rows(spec, splits) -> str | None:
     return "; ".join(str(w.message) for w in caught) or None
 
 
-def rum_facts(config: RunConfig, table: pd.DataFrame) -> dict:
-    """The policy, the grouping and its thresholds (in the proxy's own units) of a rum run."""
-    if config.method != "rum":
-        return {}
-    facts = {"policy": config.policy or RUMConfig().policy, "grouping": config.grouping}
-    if config.grouping == "training_set":
-        scores = proxy_series(table, config.proxy)
-        sign = 1.0 if scores.attrs["higher_is_memorized"] else -1.0
-        cuts = sign * group_thresholds(sign * scores.to_numpy(dtype=float))
-        facts["grouping"] += (f": {config.proxy} tertiles of the training set, low / medium / high split at "
-                              + " and ".join(f"{c:.4g}" for c in cuts))
-    return facts
-
-
 def _forget_ids(table: pd.DataFrame, num_train: int) -> np.ndarray:
     ids = table["index"].to_numpy()
     if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= num_train:
@@ -356,27 +390,44 @@ def method_config_of(config: RunConfig, settings: dict) -> dict:
     return {**base, **config.method_config}
 
 
-def check_method_config(method: str, settings: dict) -> None:
-    """Refuse settings the method's config does not take (before any work), naming them and the known ones."""
-    if not settings:
-        return
-    try:
-        make_config(get_method(method), settings)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"--method-config: {err}") from None
+def _takes(method: Method, keyword: str) -> bool:
+    return keyword in method.inputs or keyword in method.settings()
+
+
+def method_options(config: RunConfig, table: pd.DataFrame | None, recorder) -> tuple[dict, dict]:
+    """What a run hands its method beside the forget and retain sets, as far as the method's registration says it
+    takes them: ``(the settings that identify them, the keywords for unlearn())``. Scores come from the run's
+    ``--proxy`` (a method that takes ``scores=``), the recording from training, ``--policy`` and ``--grouping``
+    where the method has them (``table`` None: the names alone, for the unlearned shadow models, which score their
+    own recordings)."""
+    method = get_method(config.method)
+    named, passed = {}, {}
+    if _takes(method, "scores"):
+        named["proxy"] = config.proxy
+        if table is not None:
+            passed["scores"] = proxy_series(table, config.proxy)
+        else:
+            passed["proxy"] = config.proxy
+    if _takes(method, "recording") and table is not None:
+        passed["recording"] = recorder  # for policies that stop at each group's expected accuracy
+    if _takes(method, "policy"):
+        named["policy"] = config.policy or make_config(method).policy
+        passed["policy"] = config.policy
+    if _takes(method, "grouping"):
+        named["grouping"] = passed["grouping"] = config.grouping
+    return named, passed
 
 
 def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, table: pd.DataFrame, recorder,
                   model_fn, after: str, device: torch.device, method_config: dict):
+    """Unlearn ``forget`` from the original model with the run's method, or reuse the folder's
+    ``unlearned.pt`` and ``plan.csv``; returns the model, the plan and what the method noted of its plan."""
     from ..unlearning import unlearn
 
-    rum = config.method == "rum"
-    settings = {"after": after, "method": config.method, "proxy": config.proxy if rum else None,
-                "policy": (config.policy or RUMConfig().policy) if rum else None, "seed": config.seed}
-    if rum:
-        settings["grouping"] = config.grouping
-    if method_config:
-        settings["config"] = method_config
+    named, options = method_options(config, table, recorder)
+    settings = {"after": after, "method": config.method, "proxy": named.get("proxy"), "policy": named.get("policy"),
+                "seed": config.seed, **({"grouping": named["grouping"]} if "grouping" in named else {}),
+                **({"config": method_config} if method_config else {})}
     path = run.path / "plan.csv"
     reused = _reuse(run, "unlearn", settings, ["unlearned.pt", "plan.csv"],
                     lambda: (load_checkpoint(model_fn(), run.path / "unlearned.pt", device),
@@ -384,12 +435,10 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
                                                                 "indices"])))
     if reused is not None:
         say("reusing the unlearned model in unlearned.pt")
-        return reused[0].eval(), reused[1]
-    say(f"unlearning {len(forget)} examples with {config.method}" + (f" scheduled by {config.proxy}" if rum else ""))
-    with run.timed("unlearn", settings):
-        # the recording is there for policies that stop at each group's expected accuracy (early_accuracy)
-        options = {"scores": proxy_series(table, config.proxy), "policy": config.policy, "recording": recorder,
-                   "grouping": config.grouping} if rum else {}
+        return reused[0].eval(), reused[1], run.notes("unlearn")
+    say(f"unlearning {len(forget)} examples with {config.method}"
+        + (f" scheduled by {config.proxy}" if "proxy" in named else ""))
+    with run.timed("unlearn", settings) as notes:
         if method_config:
             options["config"] = method_config
         result = unlearn(original, forget=forget, retain=retain, method=config.method, seed=config.seed,
@@ -401,7 +450,8 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
         plan = pd.DataFrame(plan).assign(config=[json.dumps(c, default=str, sort_keys=True) for c in plan["config"]],
                                          indices=[json.dumps(step.indices.tolist()) for step in result.plan])
         plan.to_csv(run.path / "plan.csv", index=False)
-    return result.model.eval(), plan
+        notes.update(result.facts())
+    return result.model.eval(), plan, run.notes("unlearn")
 
 
 def plan_groups(plan: pd.DataFrame, forget_ids: np.ndarray) -> pd.Series:
@@ -415,7 +465,7 @@ def plan_groups(plan: pd.DataFrame, forget_ids: np.ndarray) -> pd.Series:
 
 
 def shadow_stage(config: RunConfig, splits, settings, out: Path):
-    from ..shadows import train_shadow_models, train_unlearned_shadow_models
+    from ..evaluation.shadows import train_shadow_models, train_unlearned_shadow_models
 
     if not config.shadows:  # run() checked that K is even and >= 4
         return None, None
@@ -424,10 +474,8 @@ def shadow_stage(config: RunConfig, splits, settings, out: Path):
     say(f"{config.shadows} shadow models for LiRA / RMIA (cached in {out / 'shadows'})")
     shadows = train_shadow_models(splits.train, splits.test, model_fn, k=config.shadows, folder=out / "shadows",
                                   queries=splits.queries, seed=config.seed, **farm, **recipe)
-    method_config = method_config_of(config, settings)
-    if config.method == "rum":
-        method_config = {**method_config, "proxy": config.proxy, "grouping": config.grouping,
-                         **({"policy": config.policy} if config.policy else {})}
+    _, options = method_options(config, None, None)
+    method_config = {**method_config_of(config, settings), **{k: v for k, v in options.items() if v is not None}}
     say(f"{config.shadows} shadow models that train and then unlearn with {config.method}, for U-LiRA")
     unlearned = train_unlearned_shadow_models(splits.train, splits.test, model_fn, method=config.method,
                                               method_config=method_config, k=config.shadows,

@@ -1,7 +1,7 @@
 """The one SGD epoch loop: :func:`unlearn.training.train` and every gradient-based unlearning method step through it.
 
 What an epoch trains on is the caller's: ``steps(epoch)`` yields the losses to step on, each a loss tensor or a
-:class:`Step` that also carries the batch's logits and labels (then the epoch's loss is weighed by examples and its
+:class:`BatchLoss` that also carries the batch's logits and labels (then the epoch's loss is weighed by examples and its
 accuracy is known). The loop sets the epoch's learning rate from the schedule, steps on every loss
 (``zero_grad``, ``backward``, ``grad_hook``, ``optimizer.step``, ``step_hook``), sums loss and accuracy on the
 device (one host sync per epoch, not per batch) and reports one row per epoch.
@@ -12,7 +12,7 @@ device (one host sync per epoch, not per batch) and reports one row per epoch.
 >>> x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
 >>> def steps(epoch):
 ...     logits = model(x)
-...     yield Step(torch.nn.functional.cross_entropy(logits, y), logits, y)
+...     yield BatchLoss(torch.nn.functional.cross_entropy(logits, y), logits, y)
 >>> rows = run_epochs(model, optimizer, steps, lr=0.1, schedule="cosine", epochs=2)
 >>> [(row["epoch"], row["lr"]) for row in rows]
 [(1, 0.1), (2, 0.05)]
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["CUBLAS_WORKSPACE", "Schedule", "Step", "lr_factor", "run_epochs", "training_numerics"]
+__all__ = ["CUBLAS_WORKSPACE", "BatchLoss", "Schedule", "lr_factor", "run_epochs", "training_numerics"]
 
 Schedule = str | Callable[[int, int], float]
 
@@ -104,7 +104,7 @@ def training_numerics(device: torch.device | str, *, deterministic: bool = False
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-class Step(NamedTuple):
+class BatchLoss(NamedTuple):
     """A loss to step on, with the logits and labels of its batch when it has them."""
 
     loss: Tensor
@@ -113,7 +113,7 @@ class Step(NamedTuple):
 
 
 def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
-               steps: Callable[[int], Iterable[Tensor | Step]], *, lr: float, schedule: Schedule, epochs: int,
+               steps: Callable[[int], Iterable[Tensor | BatchLoss]], *, lr: float, schedule: Schedule, epochs: int,
                first: int = 0, grad_hook: Callable[[nn.Module], None] | None = None,
                step_hook: Callable[[torch.optim.Optimizer], None] | None = None,
                stop_after_step: Callable[[], bool] | None = None,
@@ -124,7 +124,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
     Args:
         model: put in train mode at the start of every epoch.
         optimizer: its learning rate is set to ``lr * lr_factor(schedule, epoch, epochs)`` per epoch.
-        steps: ``steps(epoch)`` yields the epoch's losses (tensors or :class:`Step`), computed when asked for,
+        steps: ``steps(epoch)`` yields the epoch's losses (tensors or :class:`BatchLoss`), computed when asked for,
             so a generator can run code around them (e.g. start and end a recorder's epoch).
         grad_hook: ``grad_hook(model)`` between ``backward`` and the step (e.g. masking gradients).
         step_hook: ``step_hook(optimizer)`` right after each step (e.g. putting frozen weights back).
@@ -135,8 +135,8 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         progress: a tqdm bar's description; ``None``: no bar.
 
     Returns:
-        One row per epoch trained: ``epoch`` (1-based), ``lr``, ``loss`` (mean per example over :class:`Step`\\ s,
-        per step over bare losses), ``accuracy`` (NaN unless every step is a :class:`Step` with logits) and
+        One row per epoch trained: ``epoch`` (1-based), ``lr``, ``loss`` (mean per example over :class:`BatchLoss`\\ s,
+        per step over bare losses), ``accuracy`` (NaN unless every step is a :class:`BatchLoss` with logits) and
         ``seconds``.
     """
     rows = []
@@ -150,7 +150,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         model.train()
         total_loss, correct, seen, scored, stopped = 0.0, 0, 0, 0, False
         for step in steps(epoch):
-            loss, logits, targets = step if isinstance(step, Step) else (step, None, None)
+            loss, logits, targets = step if isinstance(step, BatchLoss) else (step, None, None)
             optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():  # opacus's hooks fire correctly without input gradients
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")

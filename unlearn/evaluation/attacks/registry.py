@@ -29,7 +29,7 @@ DEFAULT_ATTACKS = ("loss_threshold", "loss_logreg", "svc")
 """What :func:`unlearn.evaluate` and ``unlearn run`` attack with unless told otherwise: the attacks that need no
 shadow models."""
 
-ENTRY_POINT_GROUP = "unlearn.attacks"
+ENTRY_POINT_GROUP = "unlearn.evaluation.attacks"
 """Outside packages add attacks through this entry-point group: each entry point names a module whose import
 registers them."""
 
@@ -43,11 +43,11 @@ class NotApplicable(ValueError):
 @dataclass(frozen=True)
 class AttackInputs:
     """What an attack sees: the target model's signals on forget / retain / test, and optionally shadow models
-    (:class:`unlearn.shadows.ShadowModels`) with the pool positions of the forget and test examples.
+    (:class:`unlearn.evaluation.shadows.ShadowModels`) with the pool positions of the forget and test examples.
 
     ``population`` (with its pool positions) holds RMIA's population ``z``: non-members of the target that the
     shadows predicted, none of them a forget or test example. Without one, RMIA splits the test examples in two
-    halves (:func:`unlearn.attacks.disjoint_halves`): one is scored, the other is the population.
+    halves (:func:`unlearn.evaluation.attacks.disjoint_halves`): one is scored, the other is the population.
     """
 
     forget: AttackSignals

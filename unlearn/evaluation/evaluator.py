@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data.sources import examples, labels_of
 from .attacks import DEFAULT_ATTACKS, AttackInputs, AttackSignals, NotApplicable, extract_signals, get_attack
-from .data import examples, labels_of
 from .metrics import roc_summary, tow, tow_mia
 
 __all__ = ["evaluate", "evaluate_ulira"]
@@ -94,33 +94,33 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
             memory or streamed (see :func:`unlearn.unlearn`): a streamed set is predicted a batch at a time, and
             only its per-example signals (a few numbers each) are kept.
         reference: the model retrained without the forget set; adds a ``reference`` column and ToW / ToW-MIA.
-        attacks: names from :func:`unlearn.attacks.attacks`. ``lira``, ``lira_offline`` and ``rmia`` need
+        attacks: names from :func:`unlearn.evaluation.attacks.attacks`. ``lira``, ``lira_offline`` and ``rmia`` need
             ``shadows``.
-        shadows: :class:`unlearn.shadows.ShadowModels` trained on the training and test sets
-            (:func:`unlearn.shadows.train_shadow_models`; cached on disk, reusable across evaluations).
+        shadows: :class:`unlearn.evaluation.shadows.ShadowModels` trained on the training and test sets
+            (:func:`unlearn.evaluation.shadows.train_shadow_models`; cached on disk, reusable across evaluations).
         seed: seed of the attacks' subsampling and cross-validation.
         signals: signals already extracted, to take rows from instead of predicting again: by model name
             (``"model"`` for a single one, ``"reference"``) and split, ``{"train": ..., "test": ...}`` as
-            :func:`unlearn.attacks.extract_signals` gives them on datasets holding the forget and retain examples
+            :func:`~.attacks.extract_signals` gives them on datasets holding the forget and retain examples
             (``train``) and the test examples (``test``), by index, with ``shadows.queries`` when there are shadows.
             A model or split missing here is predicted.
         population: RMIA's population ``z``: examples of the test split the ``shadows`` were trained beside
             (their pool holds the training and test splits only, so not the validation split), none of them in
-            ``test``. Default: RMIA splits ``test`` in two by index (:func:`unlearn.attacks.disjoint_halves`) and
+            ``test``. Default: RMIA splits ``test`` in two by index (:func:`~.attacks.disjoint_halves`) and
             scores one half against the other, so no example is compared with itself; ``rmia.*`` then rests on
             half the test examples, the other attacks on all of them.
 
     Returns:
         A DataFrame indexed by metric (``accuracy.forget``, ``svc.confidence``, ``lira.auc``, ``tow``...) with a
         ``model`` column (or one per named model) and, given a reference, a ``reference`` column. An attack that
-        cannot be computed on these sets (:class:`unlearn.attacks.NotApplicable`, e.g. ``loss_logreg``'s
+        cannot be computed on these sets (:class:`unlearn.evaluation.attacks.NotApplicable`, e.g. ``loss_logreg``'s
         cross-validation over one forget example) has no rows; ``attrs["not_computed"]`` maps it to the reason.
     """
     if isinstance(attacks, str):
         attacks = (attacks,)
     for name in attacks:
         if get_attack(name).needs_shadows and shadows is None:
-            raise ValueError(f"attack {name!r} needs shadows= (unlearn.shadows.train_shadow_models)")
+            raise ValueError(f"attack {name!r} needs shadows= (unlearn.evaluation.shadows.train_shadow_models)")
     forget, retain, test = examples(forget), examples(retain), examples(test)  # streamed sets stay streamed
     if min(len(forget), len(retain), len(test)) == 0:
         raise ValueError("forget, retain and test must each hold at least one example")
@@ -169,7 +169,7 @@ def evaluate_ulira(model: nn.Module, reference: nn.Module, *, forget: Dataset, s
     Args:
         model, reference: the unlearned and the retrained model.
         forget: the forget set (training examples in the shadows' pool).
-        shadows: :class:`unlearn.shadows.UnlearnedShadowModels` of the method that made ``model``.
+        shadows: :class:`unlearn.evaluation.shadows.UnlearnedShadowModels` of the method that made ``model``.
         signals: signals already extracted (any queries, identity first), ``{"unlearned": {"train": ...},
             "retrained": {"train": ...}}`` on a dataset holding the forget examples; the rest is predicted.
 
@@ -178,7 +178,7 @@ def evaluate_ulira(model: nn.Module, reference: nn.Module, *, forget: Dataset, s
         0.5: indistinguishable, the goal) plus ``scored`` (how many), ``scored_per_example_variance`` (of them,
         those with at least 2 unlearned and 2 unseen shadows: both Gaussians have their own variance) and
         ``scored_global_variance`` (the others: a side with a single shadow takes that side's global variance,
-        see :func:`unlearn.attacks.ulira`), and the per-example scores of both models.
+        see :func:`unlearn.evaluation.attacks.ulira`), and the per-example scores of both models.
     """
     from .attacks import ulira
     from .attacks.lira import MIN_SHADOWS_FOR_VARIANCE

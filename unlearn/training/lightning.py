@@ -46,7 +46,7 @@ from typing import Any
 try:
     import lightning.pytorch as pl
 except ImportError as error:  # pragma: no cover - exercised only without the extra
-    raise ImportError("unlearn.lightning needs PyTorch Lightning: pip install memunlearn[lightning] "
+    raise ImportError("unlearn.training.lightning needs PyTorch Lightning: pip install memunlearn[lightning] "
                       "(or pip install 'lightning>=2.4')") from error
 import torch
 

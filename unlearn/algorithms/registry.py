@@ -21,14 +21,13 @@ True
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from proxies.registries import Registry
 
-__all__ = ["SHARED_INPUTS", "Method", "get_method", "load_entry_points", "make_config", "methods", "register_method"]
+__all__ = ["NOOP", "SHARED_INPUTS", "Method", "get_method", "make_config", "methods", "register_method", "takers"]
 
 ENTRY_POINT_GROUP = "unlearn.methods"
 
@@ -48,12 +47,12 @@ class Method:
 
 
 _METHODS: Registry[Method] = Registry("unlearning method", ENTRY_POINT_GROUP)
-# "noop" is the scheduler's word for a policy step that leaves its group as it is (unlearn.scheduler), so a method
-# registered under it could never be run as a step.
-_RESERVED = ("noop",)
+
+NOOP = "noop"
+"""The method name of a plan step that leaves its examples as they are (e.g. a rum group its policy leaves alone):
+no method may be registered under it."""
 SHARED_INPUTS = ("model", "forget", "retain", "method", "config", "seed", "device")
 """The keywords of :func:`unlearn.unlearn` that every method shares; no method may declare them as its own."""
-_plugins_loaded = False  # False: methods() reads the entry points not read yet (the tests set it so to add a plugin)
 
 
 def register_method(name: str, *, config: type, inputs: tuple[str, ...] = (), force: bool = False):
@@ -68,8 +67,8 @@ def register_method(name: str, *, config: type, inputs: tuple[str, ...] = (), fo
     """
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config of method {name!r} must be a dataclass, got {config!r}")
-    if name in _RESERVED:
-        raise ValueError(f"{name!r} is the scheduler's own name; register the method under another")
+    if name == NOOP:
+        raise ValueError(f"{name!r} names a step that leaves its examples alone; register the method under another")
     inputs = tuple(inputs)
     fields = {f.name for f in dataclasses.fields(config)}
     clash = [i for i in inputs if not isinstance(i, str) or i in SHARED_INPUTS or i in fields]
@@ -85,29 +84,8 @@ def register_method(name: str, *, config: type, inputs: tuple[str, ...] = (), fo
     return decorator
 
 
-def load_entry_points(group: str, kind: str) -> list[tuple[importlib.metadata.EntryPoint, Any]]:
-    """Load every entry point of ``group``: ``(entry point, what it names)`` for each (importing a module registers
-    what it defines). :class:`proxies.Registry` does this for its own group; this is for a group without one.
-
-    Raises:
-        RuntimeError: a plugin that fails to load, named (``kind`` says what sort of plugin it is).
-    """
-    return Registry(kind, group).load_entry_points()
-
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    _METHODS.load_entry_points()  # importing a plugin's module registers its methods
-
-
 def methods() -> list[str]:
     """Names of the registered unlearning methods (built-in, ``"rum"`` among them, and plugins)."""
-    from . import algorithms  # noqa: F401  (registers the built-in methods)
-
-    _load_plugins()
     return _METHODS.names()
 
 
@@ -117,8 +95,17 @@ def get_method(name: str) -> Method:
     Raises:
         ValueError: an unknown name, with the names there are.
     """
-    methods()  # registers the built-in methods and the plugins'
     return _METHODS.get(name)
+
+
+def takers(keyword: str) -> list[str]:
+    """The registered methods that take ``keyword``, as a setting of their config or as an input.
+
+    >>> takers("policy"), takers("scores")
+    (['rum'], ['rum'])
+    """
+    return [name for name in methods()
+            if keyword in get_method(name).inputs or keyword in get_method(name).settings()]
 
 
 def make_config(method: Method, overrides: Any = None):

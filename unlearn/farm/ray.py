@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .farm import Job, JobFn, _FolderFarm, _save
+from .local import FolderFarm, Job, JobFn, save_result
 
 __all__ = ["RayFarm"]
 
@@ -155,8 +155,8 @@ def _task_footprint(shared: Any) -> tuple[int, int, int]:
     trains, for ``gpus_per_model="auto"``."""
     import inspect
 
-    from .farm import TrainTask
-    from .training import train
+    from ..training.trainer import train
+    from .local import TrainTask
 
     if not isinstance(shared, TrainTask):
         raise ValueError("gpus_per_model='auto' sizes train_and_predict jobs from their TrainTask (model and batch "
@@ -182,7 +182,7 @@ def _run_job(fn: JobFn, job: Job, shared: Any, threads: int | None) -> dict[str,
     return fn(job, shared)
 
 
-class RayFarm(_FolderFarm):
+class RayFarm(FolderFarm):
     """Runs each job as a Ray task, writing each result to ``folder/<key>.npz`` as soon as its task returns.
 
     Connects to ``address``, else to ``$RAY_ADDRESS``, else starts a local Ray instance with ``num_cpus`` CPUs. If Ray
@@ -340,7 +340,7 @@ class RayFarm(_FolderFarm):
                         failed[job.key] = err
                         bar.set_postfix(failed=len(failed))
                     else:
-                        _save(self.path(job.key), result)
+                        save_result(self.path(job.key), result)
                     bar.update()
         except BaseException:  # interrupted (or a result could not be written): stop what is still queued there
             for ref in running:

@@ -1,5 +1,5 @@
 """RUM's memorization groups: training-set thresholds (the default) against the request's own split, what the plan
-records of them, the report's groups (unlearn.pipeline.group_of), and policies registered by plugins."""
+records of them, the report's groups (unlearn.algorithms.rum.group_of), and policies registered by plugins."""
 
 import importlib.metadata
 import warnings
@@ -12,10 +12,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 import proxies
-import unlearn.scheduler as scheduler
 from unlearn import RUMConfig, unlearn
-from unlearn.pipeline import group_of
-from unlearn.scheduler import POLICIES, group_thresholds, partition, policies, register_policy
+from unlearn.algorithms.rum import POLICIES, group_of, group_thresholds, partition, policies, register_policy
 
 LEAVE = {"low": None, "medium": None, "high": None}  # every group a no-op: the tests look at the plan only
 
@@ -103,8 +101,7 @@ def test_a_confidence_like_series_is_thresholded_in_its_own_direction(small):
                                                                          "high": [98, 99]}
     # the thresholds are recorded in the scores' own units, ascending
     np.testing.assert_allclose(by_confidence.thresholds, np.quantile(confidence, [1 / 3, 2 / 3]))
-    high = next(s for s in by_confidence.plan if s.group == "high")
-    assert high.score_bin == pytest.approx((-np.inf, np.quantile(confidence, 1 / 3)))
+    assert by_confidence.split.bins["high"] == pytest.approx((-np.inf, np.quantile(confidence, 1 / 3)))
 
 
 def test_forget_set_scores_alone_fall_back_to_the_request_split_with_a_warning(small):
@@ -171,13 +168,13 @@ def test_group_of_follows_the_same_rule(small):
 @pytest.fixture
 def restore_policies(monkeypatch):
     saved = dict(POLICIES)
-    monkeypatch.setattr(scheduler, "_plugins_loaded", True)
+    monkeypatch.setattr(POLICIES, "_loaded", True)
     yield
     POLICIES.clear()
     POLICIES.update(saved)
 
 
-# a policy an outside package exposes; the entry-point test names it (tests.test_scheduler_grouping:PLUGIN_POLICY)
+# a policy an outside package exposes; the entry-point test names it (tests.test_rum_grouping:PLUGIN_POLICY)
 PLUGIN_POLICY = {"low": None, "medium": None, "high": ("finetune", {"epochs": 1, "lr": 1e-6})}
 
 
@@ -207,8 +204,8 @@ def test_register_policy_adds_a_named_policy_and_refuses_duplicates(small, resto
 def test_a_plugin_policy_comes_in_through_entry_points(small, restore_policies, monkeypatch):
     model, train, rank = small
     entries = [importlib.metadata.EntryPoint(name="plugin_only_high", group="unlearn.policies",
-                                             value="tests.test_scheduler_grouping:PLUGIN_POLICY")]
-    monkeypatch.setattr(scheduler, "_plugins_loaded", False)
+                                             value="tests.test_rum_grouping:PLUGIN_POLICY")]
+    monkeypatch.setattr(POLICIES, "_loaded", False)  # read the entry points again
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group=None: entries if group == "unlearn.policies" else [])
     forget, retain = _split(train, [0, 50, 99])
@@ -219,7 +216,7 @@ def test_a_plugin_policy_comes_in_through_entry_points(small, restore_policies, 
 
 def test_a_broken_policy_plugin_is_named(restore_policies, monkeypatch):
     broken = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz", group="unlearn.policies")
-    monkeypatch.setattr(scheduler, "_plugins_loaded", False)
+    monkeypatch.setattr(POLICIES, "_loaded", False)  # read the entry points again
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group=None: [broken] if group == "unlearn.policies" else [])
     with pytest.raises(RuntimeError, match="policy plugin 'broken'"):

@@ -138,7 +138,7 @@ def lira(target, shadow, in_mask, *, online: bool = True, fix_variance: bool = F
             online: with ``fix_variance`` it sets ``std_in = std_out = np.std(dat_in)``, the IN values' spread for
             both Gaussians (offline ``np.std(dat_out)``, as here), and it truncates every example to the smallest
             number of IN / OUT shadows over examples (no change with the balanced halves of
-            :func:`unlearn.shadows.balanced_halves`).
+            :func:`unlearn.evaluation.shadows.balanced_halves`).
         one_sided: offline only: ``log CDF_out`` (members sit above the OUT distribution) instead of the
             two-sided ``-log pdf_out``.
 
@@ -162,10 +162,10 @@ def ulira(target, shadow, unlearned_mask, out_mask, *, fix_variance: bool = Fals
         fix_variance: as in :func:`lira`.
 
     An example with a single unlearned (or unseen) shadow takes the global standard deviation of that side, as in
-    :func:`lira`. With :func:`unlearn.shadows.train_unlearned_shadow_models` (K shadows on balanced halves, each
-    unlearning a random 20% of its training examples) a training example is unseen by K/2 shadows and unlearned
-    by Binomial(K/2, 0.2) of them: with K = 4, 64% have none and 32% exactly one; with K = 16, 17% and 34%; with
-    K = 32, 3% and 11%.
+    :func:`lira`. With :func:`~unlearn.evaluation.shadows.train_unlearned_shadow_models` (K shadows on balanced
+    halves, each unlearning a random 20% of its training examples) a training example is unseen by K/2 shadows and
+    unlearned by Binomial(K/2, 0.2) of them: with K = 4, 64% have none and 32% exactly one; with K = 16, 17% and
+    34%; with K = 32, 3% and 11%.
 
     Returns:
         ``[N]`` log likelihood ratios; a method that unlearns perfectly makes them useless (AUC 0.5).

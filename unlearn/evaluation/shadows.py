@@ -17,11 +17,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from ..data.sources import examples, join, labels_of
+from ..farm.local import Job, TrainTask, check_manifest, describe_factory, fingerprint, train_and_predict
+from ..farm.registry import get_farm
+from ..training.trainer import train
+from ..algorithms.registry import get_method
+from ..unlearning import unlearn
 from .attacks.signals import logit_scaled_confidence, predict_queries, true_class_log_probability
-from .data import examples, join, labels_of
-from .farm import Job, TrainTask, check_manifest, describe_factory, fingerprint, get_farm, train_and_predict
-from .training import train
-from .unlearning import unlearn
 
 __all__ = ["PoolPredictions", "ShadowModels", "UnlearnedShadowModels", "balanced_halves", "train_shadow_models",
            "train_unlearned_shadow_models"]
@@ -151,8 +153,8 @@ def _train_unlearn_predict(job: Job, task: _UnlearnTask) -> dict[str, np.ndarray
 
     forget_ids = task.forget_ids[job.key]
     config = dict(task.method_config)
-    # rum schedules by a proxy of each shadow's own training, as the target's unlearning did
-    scheduling = {"proxy": config.pop("proxy", "confidence")} if task.method == "rum" else {}
+    # a method that schedules by a proxy (rum) reads it off each shadow's own training, as the target's did
+    scheduling = {"proxy": config.pop("proxy", "confidence")} if "proxy" in get_method(task.method).inputs else {}
     recorder = TrainingRecorder(len(task.train.dataset)) if scheduling else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(job.seed)

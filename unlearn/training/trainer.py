@@ -31,17 +31,17 @@ from proxies import predictions
 from proxies.batching import as_tensors
 from proxies.registries import Registry
 
-from ._checks import same_settings
+from .._checks import same_settings
+from ..data.sources import batches
 from .augment import augmentation_generator, get_augmentation
-from .data import batches
-from .epochs import Schedule, Step, lr_factor, run_epochs, training_numerics
+from .loop import BatchLoss, Schedule, lr_factor, run_epochs, training_numerics
 
 __all__ = ["PRECISIONS", "RECIPES", "DPConfig", "TrainConfig", "accuracy", "load_checkpoint", "predict", "recipe",
            "recipes", "save_checkpoint", "train"]
 
 PRECISIONS = ("fp32", "bf16")
 """The arithmetic :func:`train` can run in: ``fp32`` (on CUDA its matmuls and convolutions use TF32, see
-:func:`unlearn.epochs.training_numerics`) or ``bf16`` (autocast: bfloat16 matmuls and convolutions, float32 weights,
+:func:`~.loop.training_numerics`) or ``bf16`` (autocast: bfloat16 matmuls and convolutions, float32 weights,
 optimizer, loss and recording)."""
 
 NUMERICS = ("precision", "channels_last", "deterministic")
@@ -53,7 +53,7 @@ class TrainConfig:
     """Hyperparameters of :func:`train`, for recipes and configs written next to checkpoints.
 
     ``precision``, ``channels_last`` and ``deterministic`` (:data:`NUMERICS`) say how the arithmetic runs; see
-    :func:`train`. ``augment`` names the training-time augmentation (:func:`unlearn.augment.augmentations`).
+    :func:`train`. ``augment`` names the training-time augmentation (:func:`unlearn.training.augment.augmentations`).
     """
 
     epochs: int = 20
@@ -111,7 +111,7 @@ RECIPES: Registry[TrainConfig] = Registry("training recipe", entries={
     "mnist": TrainConfig(epochs=15, lr=0.05, batch_size=128),
     "cifar10": _CIFAR_RESNET18,
     "cifar100": _CIFAR_RESNET18,
-    # CIFAR-shaped synthetic data (unlearn.synthetic) for timing: ResNet-18 learns it in a few epochs
+    # CIFAR-shaped synthetic data (unlearn.data.synthetic) for timing: ResNet-18 learns it in a few epochs
     "synthetic-cifar": TrainConfig(epochs=10, lr=0.05, batch_size=512),
     # named recipes
     "cifar-resnet18": _CIFAR_RESNET18,
@@ -204,17 +204,17 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             The values computed are the same up to rounding; the model is returned in that order.
         deterministic: bitwise-reproducible CUDA training for the call (deterministic algorithms, cuDNN
             deterministic, no benchmark, ``CUBLAS_WORKSPACE_CONFIG``), restored afterwards; it costs speed on CUDA
-            and nothing on the CPU, which is deterministic already (:func:`unlearn.epochs.training_numerics`).
-        augment: a training-time augmentation by name (:func:`unlearn.augment.augmentations`: ``"none"``, the
+            and nothing on the CPU, which is deterministic already (:func:`~.loop.training_numerics`).
+        augment: a training-time augmentation by name (:func:`unlearn.training.augment.augmentations`: ``"none"``, the
             default, ``"flip"``, ``"crop"``, ``"crop_flip"``...). Each batch is augmented on ``device`` after it is
             fetched and before the forward pass, so the model steps on, and the recorder records, the augmented
             presentations (their logits, and the input gradient of the augmented input), as the anchors' recorders
             do. The random numbers come from a CPU generator of their own
-            (:func:`unlearn.augment.augmentation_generator` of ``seed``): the batches' order is that of ``"none"``,
+            (:func:`~.augment.augmentation_generator` of ``seed``): the batches' order is that of ``"none"``,
             which trains bit for bit as without the argument. The resume state holds that generator's state too.
             Only training presents augmented inputs: :func:`predict`, :func:`accuracy`, the proxies computed from a
             model and the attacks see the data as it is (the attacks add their own queries), and so do the
-            unlearning methods' steps (:mod:`unlearn.algorithms`; ``retrain`` alone calls :func:`train`, with the
+            unlearning methods' steps (:mod:`unlearn.methods`; ``retrain`` alone calls :func:`train`, with the
             original recipe, its augmentation included).
         progress: show a tqdm bar.
 
@@ -300,7 +300,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
                     loss = F.cross_entropy(logits, y)
                 if recorder is not None:
                     recorder.record(logits, y, index)
-                yield Step(loss, logits, y)  # the loop steps on it before asking for the next one
+                yield BatchLoss(loss, logits, y)  # the loop steps on it before asking for the next one
                 if input_gradients:
                     recorder.record_input_gradients(x.grad, index, scale=len(y))
             if recorder is not None:
@@ -423,7 +423,7 @@ def _make_private(model: nn.Module, optimizer, dataset: Dataset, dp: DPConfig, *
     from opacus.validators import ModuleValidator
     from torch.utils.data import DataLoader
 
-    from .data import WithIndex
+    from ..data.sources import WithIndex
 
     errors = ModuleValidator.validate(model, strict=False)
     if errors:

@@ -18,8 +18,9 @@ from torch.utils.data import Dataset
 
 from proxies.memorization import SubsetModels
 
-from .data import examples, labels_of
-from .farm import Job, TrainTask, check_manifest, describe_factory, fingerprint, get_farm, train_and_predict
+from ..data.sources import examples, labels_of
+from .local import Job, TrainTask, check_manifest, describe_factory, fingerprint, train_and_predict
+from .registry import get_farm
 
 __all__ = ["memorization_scores", "subset_jobs", "train_subset_models"]
 

@@ -1,36 +1,72 @@
-"""``method="rum"``: memorization-aware scheduling (RUM, Zhao et al., NeurIPS 2024). The forget set is split into
-groups by memorization score, and each group is unlearned in turn by the method its policy names (see
-:mod:`unlearn.scheduler` for policies, groupings and retain subsampling). Registered like every other method, with
-:class:`~unlearn.scheduler.RUMConfig` as its config and the scores' sources as its inputs; it returns its own plan.
+"""``method="rum"``: memorization-aware unlearning (RUM, Zhao et al., NeurIPS 2024). The forget set is split into
+groups by memorization score (:mod:`.grouping`), and each group is unlearned in turn by the method its policy names
+(:mod:`.policies`: policies, retain subsampling, stopping at the expected accuracy). Registered like every other
+method, with :class:`~.policies.RUMConfig` as its config and the scores' sources as its inputs; it returns its own
+plan, a :class:`RUMResult`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..data import first_input, join, labels_of, take
+from ...data.sources import first_input, join, labels_of, take
+from ..plan import NOOP, PlanStep, UnlearnResult, run_step
 from ..registry import get_method, make_config, methods, register_method
-from ..scheduler import (
-    EXPECTED,
-    RETAIN_PER_FORGET,
-    RUMConfig,
-    group_thresholds,
-    partition,
-    resolve_policy,
-    retain_sample,
-    step_seed_of,
-    uses_expected,
-)
-from ..unlearning import UnlearnResult, run_step
+from .grouping import Grouping, form_groups
+from .policies import EXPECTED, RETAIN_PER_FORGET, RUMConfig, resolve_policy, retain_sample, step_seed_of, uses_expected
 
 NAME = "rum"
+
+
+@dataclass(frozen=True)
+class RUMResult(UnlearnResult):
+    """What ``unlearn(..., method="rum")`` returns: an :class:`~unlearn.algorithms.plan.UnlearnResult` whose plan has
+    one step per step of each non-empty group's policy entry, and the :class:`~.grouping.Grouping` that formed the
+    groups (``grouping.grouping``: the rule used after any fallback; ``thresholds``; each group's score ``bins``)."""
+
+    split: Grouping | None = None
+    policy: Any = None
+    """The policy followed: a registered name, or the mapping given."""
+
+    @property
+    def grouping(self) -> str:
+        """The grouping used, after any fallback: ``"training_set"`` or ``"request"``."""
+        return self.split.grouping
+
+    @property
+    def thresholds(self) -> tuple[float, ...] | None:
+        """With training-set grouping, the thresholds between the groups in the scores' own units; else None."""
+        return self.split.thresholds
+
+    @property
+    def higher_is_memorized(self) -> bool:
+        """The scores' direction."""
+        return self.split.higher_is_memorized
+
+    def step_columns(self, step: PlanStep) -> dict[str, Any]:
+        """``grouping`` and ``scores``: the step's group as an interval of the training-set grouping, or
+        ``[lowest, highest]`` of its scores under the request's."""
+        return {"grouping": self.split.grouping, "scores": self.split.describe(step.group)}
+
+    def facts(self) -> dict[str, Any]:
+        """The policy and the grouping, with its thresholds in the scores' own units."""
+        policy = self.policy if isinstance(self.policy, str) else "a policy of the caller's"
+        if self.split.thresholds is None:
+            return {"policy": policy, "grouping": "request"}
+        names = " / ".join(self.split.groups)
+        # from the least memorized side: a confidence-like score's thresholds descend
+        cuts = self.split.thresholds if self.split.higher_is_memorized else self.split.thresholds[::-1]
+        quantiles = "tertiles" if len(self.split.groups) == 3 else "quantiles"
+        return {"policy": policy, "grouping": f"training_set: {quantiles} of the training set's scores, {names} "
+                                              "split at " + " and ".join(f"{c:.4g}" for c in cuts)}
+
 
 
 def _check_recording(recording, model, forget: Dataset, retain: Dataset, device) -> None:
@@ -124,36 +160,8 @@ def _expected_accuracy(expected_accuracy, recording, forget: Dataset) -> np.ndar
     return values
 
 
-def _groups(memorization: np.ndarray, population: np.ndarray | None, higher: bool, rum: RUMConfig):
-    """The forget set's groups (positions), the thresholds in the scores' own units (None for the request's split)
-    and each group's score bin (see :attr:`Step.score_bin`); ``memorization`` and ``population`` point the usual
-    way. Training-set grouping without the training set's scores warns and falls back to the request's split."""
-    if rum.grouping == "training_set" and population is None:
-        warnings.warn("rum was given only the forget set's scores, so its groups are the request's own split (the "
-                      "RUM paper's: equal-count groups by rank within the forget set), and their meaning depends on "
-                      "the request. For groups that mean the same memorization level whatever the request "
-                      "(thresholds at the whole training set's quantiles), pass scores= as a Series indexed by "
-                      "training index that covers the whole training set (e.g. proxies.compute(proxy, "
-                      "recording=...)) or proxy= with recording=; pass grouping='request' to ask for this split "
-                      "and silence the warning.", UserWarning, stacklevel=4)
-    if rum.grouping == "request" or population is None:
-        groups = partition(memorization, rum.groups)
-        own = memorization if higher else -memorization
-        bins = {g: (float(own[p].min()), float(own[p].max())) if len(p) else None for g, p in groups.items()}
-        return groups, None, bins
-    cut = group_thresholds(population, rum.groups)
-    groups = partition(memorization, rum.groups, thresholds=cut)
-    edges = np.concatenate([[-np.inf], cut, [np.inf]])
-    bins = {}
-    for k, g in enumerate(groups):
-        lower, upper = float(edges[k]), float(edges[k + 1])
-        bins[g] = (lower, upper) if higher else (-upper, -lower)
-    thresholds = tuple(float(t) for t in (cut if higher else -cut[::-1]))
-    return groups, thresholds, bins
-
-
 def _sampled(retain: Dataset, forget_size: int, retain_per_forget: float | None, seed: int) -> Dataset:
-    """The retain examples one step trains on (see :func:`unlearn.scheduler.retain_sample`), drawn by index: a
+    """The retain examples one step trains on (see :func:`~.policies.retain_sample`), drawn by index: a
     streamed retain set's are a ``Subset`` of it, nothing is read."""
     keep = torch.from_numpy(retain_sample(len(retain), forget_size, retain_per_forget=retain_per_forget, seed=seed))
     if len(keep) == len(retain):
@@ -179,14 +187,18 @@ def _check_policy(plan_for: dict[str, list[tuple[str, dict]]]) -> None:
                 raise type(error)(f"policy step {method_name!r} of group {group!r}: {error}") from error
 
 
+_FALLBACK_HINT = ("pass scores= as a Series indexed by training index that covers the whole training set (e.g. "
+                  "proxies.compute(proxy, recording=...)) or proxy= with recording=")
+
+
 @register_method(NAME, config=RUMConfig, inputs=("scores", "proxy", "recording", "expected_accuracy"))
 def rum(model, forget: Dataset, retain: Dataset, config: RUMConfig, *, seed: int, device,
-        scores=None, proxy: str | None = None, recording=None, expected_accuracy=None) -> UnlearnResult:
-    """Memorization-aware scheduling: unlearn each memorization group in turn with its policy's method.
+        scores=None, proxy: str | None = None, recording=None, expected_accuracy=None) -> RUMResult:
+    """Memorization-aware unlearning: unlearn each memorization group in turn with its policy's method.
 
     Args:
-        model, forget, retain, config, seed, device: as for every method (see :mod:`unlearn.registry`); each
-            step's seed is :func:`unlearn.scheduler.step_seed_of` ``(seed, number)``.
+        model, forget, retain, config, seed, device: as for every method (see :mod:`unlearn.algorithms.registry`); each
+            step's seed is :func:`unlearn.algorithms.rum.policies.step_seed_of` ``(seed, number)``.
         scores: memorization scores, a Series indexed by training index (one from :func:`proxies.compute` carries
             its direction) or an array in forget order. A Series that also covers the retain set (e.g. of the whole
             training set) gives training-set grouping its thresholds; scores of the forget set alone fall back to
@@ -205,8 +217,8 @@ def rum(model, forget: Dataset, retain: Dataset, config: RUMConfig, *, seed: int
             with the ``early_accuracy`` proxy.
 
     Returns:
-        An :class:`~unlearn.unlearning.UnlearnResult` with one step per step of each non-empty group's policy entry,
-        the ``grouping`` used (after any fallback), its ``thresholds`` and the scores' direction.
+        A :class:`RUMResult`: one step per step of each non-empty group's policy entry, and the grouping used
+        (after any fallback), its thresholds and the scores' direction.
     """
     start = time.perf_counter()
     if recording is not None:
@@ -217,23 +229,22 @@ def rum(model, forget: Dataset, retain: Dataset, config: RUMConfig, *, seed: int
     plan_for = resolve_policy(config.policy, config.ordered_groups())
     _check_policy(plan_for)
     expected = _expected_accuracy(expected_accuracy, recording, forget) if uses_expected(plan_for) else None
-    groups, thresholds, bins = _groups(memorization, population, higher, config)  # after every check: its warning
+    split = form_groups(memorization, population, groups=config.groups, grouping=config.grouping,
+                        higher_is_memorized=higher, stacklevel=3, fallback_hint=_FALLBACK_HINT)  # after every check
     plan, number = [], 0
     for group in config.ordered_groups():
-        positions = torch.from_numpy(groups[group])
+        positions = torch.from_numpy(split.groups[group])
         if len(positions) == 0:
             continue
         subset = take(forget, positions)
-        for method_name, settings in plan_for[group] or [("noop", {})]:
+        for method_name, settings in plan_for[group] or [(NOOP, {})]:
             retain_per_forget = settings.pop(RETAIN_PER_FORGET, config.retain_per_forget)
             if settings.get("target_accuracy") == EXPECTED:
-                settings["target_accuracy"] = float(expected[groups[group]].mean())
+                settings["target_accuracy"] = float(expected[split.groups[group]].mean())
             step_seed = step_seed_of(seed, number)
-            step_retain = retain if method_name == "noop" else _sampled(retain, len(positions), retain_per_forget,
-                                                                        step_seed)
+            step_retain = retain if method_name == NOOP else _sampled(retain, len(positions), retain_per_forget,
+                                                                      step_seed)
             model, step = run_step(model, group, method_name, settings, subset, step_retain, step_seed, device)
-            plan.append(dataclasses.replace(step, score_bin=bins[group]))
+            plan.append(step)
             number += 1
-    return UnlearnResult(model, plan, time.perf_counter() - start,
-                         grouping="request" if thresholds is None else "training_set", thresholds=thresholds,
-                         higher_is_memorized=higher)
+    return RUMResult(model, plan, time.perf_counter() - start, split=split, policy=config.policy)

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .sources import register_dataset
+
 __all__ = ["SyntheticCIFAR", "register_synthetic_cifar", "synthetic_images"]
 
 SHAPE = (3, 32, 32)
@@ -172,8 +174,6 @@ def register_synthetic_cifar(name: str = "synthetic-cifar", *, train: int = 50_0
     >>> load_dataset("synthetic-cifar-doc", train_size=30)
     Splits('synthetic-cifar-doc', train=30, val=10, test=20, num_classes=10, in_channels=3)
     """
-    from .data import register_dataset
-
     def loader(root, download):  # nothing to read or download
         data, held_out = (SyntheticCIFAR(n, seed=s, num_classes=num_classes) for n, s in ((train, seed),
                                                                                           (test, seed + 1)))

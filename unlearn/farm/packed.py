@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .farm import Job, JobFn, TrainTask, _FolderFarm, _save, train_and_predict
+from .local import FolderFarm, Job, JobFn, TrainTask, save_result, train_and_predict
 
 __all__ = ["PACKABLE_SETTINGS", "PackedFarm", "check_packable", "train_pack"]
 
@@ -81,8 +81,8 @@ batch_size, momentum, weight_decay, schedule, drop_last)
 
     import torch.nn as nn
 
-    from .epochs import lr_factor
-    from .training import check_recipe, train
+    from ..training.loop import lr_factor
+    from ..training.trainer import check_recipe, train
 
     unknown = sorted(set(train_kwargs) - set(PACKABLE_SETTINGS))
     if unknown:
@@ -118,9 +118,9 @@ def train_pack(task: TrainTask, jobs: Sequence[Job]) -> list:
     import torch.nn.functional as F
     from torch.func import functional_call, stack_module_state, vmap
 
-    from .data import as_tensors
-    from .epochs import lr_factor
-    from .training import resolve_device
+    from ..data.sources import as_tensors
+    from ..training.loop import lr_factor
+    from ..training.trainer import resolve_device
 
     recipe = check_packable(task.train_kwargs)
     tensors = as_tensors(task.dataset)
@@ -217,7 +217,7 @@ def _sgd_step(params: dict, momenta: dict, grads: dict, *, lr: float, momentum: 
 
 def _predictions(model, job: Job, task: TrainTask) -> dict[str, np.ndarray]:
     """A trained model's result, as :func:`~unlearn.farm.train_and_predict` makes it."""
-    from .attacks.signals import predict_queries
+    from ..evaluation.attacks.signals import predict_queries
 
     logits, _, _ = predict_queries(model, task.dataset, task.queries)
     result = {"train_ids": job.train_ids}
@@ -226,7 +226,7 @@ def _predictions(model, job: Job, task: TrainTask) -> dict[str, np.ndarray]:
     return result
 
 
-class PackedFarm(_FolderFarm):
+class PackedFarm(FolderFarm):
     """Trains :func:`~unlearn.farm.train_and_predict` jobs in packs of ``models_per_pack`` vmapped models, writing
     each model's result to ``folder/<key>.npz`` when its pack is done (see the module docstring).
 
@@ -269,9 +269,9 @@ class PackedFarm(_FolderFarm):
                 pack = todo[start:start + step]
                 if packable:
                     for job, model in zip(pack, train_pack(shared, pack), strict=True):
-                        _save(self.path(job.key), _predictions(model, job, shared))
+                        save_result(self.path(job.key), _predictions(model, job, shared))
                 else:
-                    _save(self.path(pack[0].key), fn(pack[0], shared))
+                    save_result(self.path(pack[0].key), fn(pack[0], shared))
                 bar.update(len(pack))
         finally:
             bar.close()

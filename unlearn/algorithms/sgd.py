@@ -1,5 +1,5 @@
 """What the gradient-based unlearning methods share: their optimizer settings and :func:`run_sgd`, which steps
-through the one epoch loop (:func:`unlearn.epochs.run_epochs`) on the losses each method yields."""
+through the one epoch loop (:func:`unlearn.training.loop.run_epochs`) on the losses each method yields."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .._checks import real, whole
-from ..data import batches, first_input
-from ..epochs import lr_factor, run_epochs, training_numerics
-from ..training import accuracy
+from ..data.sources import batches, first_input
+from ..training.loop import lr_factor, run_epochs, training_numerics
+from ..training.trainer import accuracy
 
 
 @dataclass
@@ -25,7 +25,7 @@ class SGDConfig:
     ``target_accuracy`` (a fraction, or ``None``) stops training early, at the first check (see :func:`run_sgd`)
     that finds the model's accuracy on the forget set at or below it. ``epochs`` then caps the run. The
     memorization-aware scheduler sets it to the accuracy a model that never saw the group is expected to have (see
-    :mod:`unlearn.scheduler`).
+    :mod:`unlearn.algorithms.rum.policies`).
     """
 
     epochs: int = 10
@@ -63,7 +63,7 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
     before the first step and then every ``ceil(len(forget) / batch_size)`` steps: each check is a forward pass
     over the forget set, which this spacing keeps to about one forward pass per example trained on, and the one
     place the loop reads the device back besides each epoch's end. On CUDA the loop runs with TF32 matmuls
-    (:func:`unlearn.epochs.training_numerics`).
+    (:func:`unlearn.training.loop.training_numerics`).
 
     Raises:
         ValueError: ``config.target_accuracy`` is set and no ``forget`` set was given (the method cannot stop

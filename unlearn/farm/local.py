@@ -3,9 +3,9 @@
 A farm runs ``fn(job, shared) -> dict of arrays`` for every :class:`Job` and writes each result to
 ``<folder>/<job.key>.npz`` as soon as it is done. A job whose file exists is not run again, so an interrupted run
 resumes where it stopped. ``shared`` (the data, the model factory, the training settings) is handed over once.
-:class:`LocalFarm` runs jobs one after another in this process; :class:`unlearn.packed_farm.PackedFarm` trains packs
+:class:`LocalFarm` runs jobs one after another in this process; :class:`unlearn.farm.packed.PackedFarm` trains packs
 of them at once in this process as one vmapped ensemble (``get_farm("packed", folder, models_per_pack=16)``), with
-the same results up to float rounding; :class:`unlearn.ray_farm.RayFarm` runs them as tasks on a Ray cluster
+the same results up to float rounding; :class:`unlearn.farm.ray.RayFarm` runs them as tasks on a Ray cluster
 (``get_farm("ray", folder)``; Ray is an optional dependency, imported only then).
 
 >>> import tempfile
@@ -35,12 +35,10 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from proxies.registries import Registry
+from .._checks import same_settings
 
-from ._checks import same_settings
-
-__all__ = ["Farm", "Job", "LocalFarm", "TrainTask", "check_manifest", "describe_factory", "farms", "fingerprint",
-           "get_farm", "train_and_predict"]
+__all__ = ["Farm", "FolderFarm", "Job", "LocalFarm", "TrainTask", "check_manifest", "describe_factory", "fingerprint",
+           "save_result", "train_and_predict"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class Farm(Protocol):
     def run(self, fn: JobFn, jobs: Sequence[Job], shared: Any) -> dict[str, dict[str, np.ndarray]]: ...
 
 
-def _save(path: Path, result: dict[str, np.ndarray]) -> None:
+def save_result(path: Path, result: dict[str, np.ndarray]) -> None:
     """Write atomically: a crash mid-write leaves no file that looks finished."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial.npz")
     os.close(fd)
@@ -97,7 +95,7 @@ def _readable(path: Path) -> bool:
     return True
 
 
-class _FolderFarm:
+class FolderFarm:
     """What every farm shares: the results folder, one ``<key>.npz`` per job."""
 
     def __init__(self, folder: str | os.PathLike, *, progress: bool = True) -> None:
@@ -120,7 +118,7 @@ class _FolderFarm:
         return {job.key: _load(self.path(job.key)) for job in jobs}
 
 
-class LocalFarm(_FolderFarm):
+class LocalFarm(FolderFarm):
     """Runs jobs sequentially in this process, with a progress bar.
 
     Args:
@@ -136,7 +134,7 @@ class LocalFarm(_FolderFarm):
         todo = self.pending(jobs)
         for job in tqdm(todo, desc=f"models ({len(jobs) - len(todo)} of {len(jobs)} on disk)", unit="model",
                         disable=not self.progress or not todo):
-            _save(self.path(job.key), fn(job, shared))
+            save_result(self.path(job.key), fn(job, shared))
         return self.collect(jobs)
 
 
@@ -160,8 +158,8 @@ def train_and_predict(job: Job, task: TrainTask) -> dict[str, np.ndarray]:
     import torch
     from torch.utils.data import Subset
 
-    from .attacks.signals import predict_queries
-    from .training import train
+    from ..evaluation.attacks.signals import predict_queries
+    from ..training.trainer import train
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(job.seed)
@@ -185,7 +183,7 @@ def describe_factory(fn: Callable) -> str:
 
 def fingerprint(dataset) -> str:
     """A hash of an in-memory dataset's tensors (its type and length otherwise), for the farm's manifest."""
-    from .data import as_tensors
+    from ..data.sources import as_tensors
 
     tensors = as_tensors(dataset)
     if tensors is None:
@@ -194,65 +192,6 @@ def fingerprint(dataset) -> str:
     for t in tensors:
         digest.update(t.contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _ray_farm(folder: str | os.PathLike, **options) -> Farm:
-    from .ray_farm import RayFarm  # Ray is optional: imported only when asked for
-
-    return RayFarm(folder, **options)
-
-
-def _packed_farm(folder: str | os.PathLike, **options) -> Farm:
-    from .packed_farm import PackedFarm
-
-    return PackedFarm(folder, **options)
-
-
-_FARMS: Registry[Callable[..., Farm]] = Registry("farm", entries={"local": LocalFarm, "packed": _packed_farm,
-                                                                  "ray": _ray_farm})
-
-
-def farms() -> list[str]:
-    """The names :func:`get_farm` knows.
-
-    >>> farms()
-    ['local', 'packed', 'ray']
-    """
-    return _FARMS.names()
-
-
-def get_farm(farm: str | Farm, folder: str | os.PathLike, *, progress: bool = True, **options) -> Farm:
-    """A farm by name, or the farm object itself.
-
-    Args:
-        farm: ``"local"`` (this process, one model after another), ``"packed"`` (this process, packs of models
-            trained at once as one vmapped ensemble, see :class:`unlearn.packed_farm.PackedFarm`), ``"ray"`` (a Ray
-            cluster, see :class:`unlearn.ray_farm.RayFarm`) or an object with a ``run(fn, jobs, shared)`` method.
-        folder: where a farm given by name writes its results.
-        progress: show a progress bar.
-        **options: settings of a farm given by name, e.g. ``models_per_pack`` for ``"packed"``, ``address``,
-            ``gpus_per_model``, ``max_retries`` for Ray.
-
-    Raises:
-        ValueError: an unknown name.
-        ModuleNotFoundError: ``"ray"`` without Ray installed.
-        TypeError: an object without ``run``, or ``options`` with a farm object.
-
-    >>> get_farm("local", "runs/models").folder.name
-    'models'
-    """
-    if isinstance(farm, str):
-        factory = _FARMS.get(farm, None)
-        if factory is None:
-            raise ValueError(f"unknown farm {farm!r}; expected one of {', '.join(map(repr, farms()))} "
-                             "or a farm object")
-        return factory(folder, progress=progress, **options)
-    if not callable(getattr(farm, "run", None)):
-        raise TypeError(f"farm must be one of {', '.join(map(repr, farms()))} or an object with a "
-                        f"run(fn, jobs, shared) method, got {farm!r}")
-    if options:
-        raise TypeError(f"farm options ({', '.join(sorted(options))}) apply to a farm given by name, not to {farm!r}")
-    return farm
 
 
 def check_manifest(folder: str | os.PathLike, settings: dict, *, force: bool = False) -> None:

@@ -1,5 +1,5 @@
-"""Memorization-aware scheduling (RUM, Zhao et al., NeurIPS 2024): split the forget set by memorization, give each
-group its own method and hyperparameters, and unlearn the groups one after another.
+"""rum's policies (RUM, Zhao et al., NeurIPS 2024): what unlearns each memorization group, and how each step
+trains. The groups themselves are :mod:`unlearn.algorithms.rum.grouping`'s.
 
 A **policy** maps a group name to what unlearns it: ``None`` / ``"noop"`` (leave it), a method name, a
 ``(method, {settings})`` pair, ``{"method": ..., "config": {...}}``, or a list of those: steps that unlearn the
@@ -9,7 +9,7 @@ the retain set, and one that stops each group at its expected accuracy (below).
 
 **Retain subsampling.** A step's cost is set by the retain examples it trains on, not by its forget group. With
 ``retain_per_forget=k`` (in :class:`RUMConfig` for every step, or as a ``"retain_per_forget"`` key in one entry's
-settings, which the scheduler takes out before the method sees them) each step draws a fresh seeded random sample of
+settings, which rum takes out before the method sees them) each step draws a fresh seeded random sample of
 ``ceil(k * group size)`` examples of the retain set and the method sees only those; the plan records which.
 
 **Stopping where a model that never saw the group would be.** A step whose settings say
@@ -20,30 +20,12 @@ Feldman-Zhang's ``c_score``) or estimates from the training ``recording`` (the `
 memorized group is pushed far, a group the model would classify without having seen it is barely touched; the
 step's ``epochs`` cap the run.
 
-**Groups mean the same memorization level whatever the request.** By default (``grouping="training_set"``) the
-groups are bins of the memorization score over the *whole training set*: the thresholds between them are its
-quantiles (tertiles for 3 groups, :func:`group_thresholds`), and each forget example goes to the bin its score falls
-in (a score equal to a threshold goes to the less memorized group; :func:`partition` with ``thresholds=``). A
-request for the two most memorized examples is then the ``high`` group, as it should be, and the groups may be
-uneven or empty (an empty group takes no step: it is left out of the plan). :func:`unlearn.unlearn` has every
-example's score when ``scores=`` is a Series indexed by training index that covers the forget and retain sets (a
-column of :func:`proxies.compute` on the recording, or the CLI's proxies table) or when it computes them itself
-with ``proxy=`` (a recording proxy scores every recorded example; a model proxy is run on the forget and retain sets
-together). Given only the forget set's scores (an array in forget order, or a Series of the forget examples alone)
-it warns and falls back to the request's own split. ``grouping="request"`` asks for that split: the RUM paper's,
-N per group by rank within the forget set (:func:`partition` without thresholds).
-
 **Plugins.** :func:`register_policy` adds a named policy (duplicates refused unless ``force=True``); outside packages
 add theirs through the entry-point group ``unlearn.policies``, read the first time a policy is looked up by name
 (:func:`policies`, or ``policy="name"``): an entry point naming a module registers its policies when imported (as
 for ``unlearn.methods``), one naming a mapping (``my_policy = "my_package.policies:MY_POLICY"``) is registered
 under the entry point's name. A plugin that fails to load raises ``RuntimeError`` naming it.
 
->>> partition(np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2]), groups=3)
-{'low': array([1, 5]), 'medium': array([2, 3]), 'high': array([0, 4])}
->>> cut = group_thresholds(np.arange(10.0), groups=3)  # the training set's tertiles
->>> cut, partition(np.array([8.5, 9.0]), groups=3, thresholds=cut)
-(array([3., 6.]), {'low': array([], dtype=int64), 'medium': array([], dtype=int64), 'high': array([0, 1])})
 >>> retain_sample(1000, 30, retain_per_forget=4, seed=0).shape
 (120,)
 """
@@ -60,24 +42,20 @@ import numpy as np
 
 from proxies.registries import Registry
 
-from ._checks import whole
+from ..._checks import whole
+from .grouping import check_grouping, group_names
 
-__all__ = ["ENTRY_POINT_GROUP", "EXPECTED", "GROUPINGS", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig",
-           "group_names", "group_thresholds", "partition", "policies", "register_policy", "resolve_policy",
-           "retain_sample", "step_seed_of", "uses_expected"]
+__all__ = ["ENTRY_POINT_GROUP", "EXPECTED", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig", "policies",
+           "register_policy", "resolve_policy", "retain_sample", "step_seed_of", "uses_expected"]
 
 ENTRY_POINT_GROUP = "unlearn.policies"
 """The entry-point group through which outside packages add policies (see the module doc)."""
-
-GROUPINGS = ("training_set", "request")
-"""How ``rum`` forms its groups: bins of the training set's score quantiles (the default), or the request's own
-split by rank (the RUM paper's)."""
 
 RETAIN_PER_FORGET = "retain_per_forget"
 """The settings key of a policy entry that sets that step's retain sample (taken out before the method sees them)."""
 
 EXPECTED = "expected"
-"""``target_accuracy`` value that the scheduler replaces by the group's expected held-out accuracy."""
+"""``target_accuracy`` value that rum replaces by the group's expected held-out accuracy."""
 
 _TO_EXPECTED = [("random_label", {"epochs": 10, "lr": 0.05, "batch_size": 64, RETAIN_PER_FORGET: 16,
                                   "target_accuracy": EXPECTED}),
@@ -128,7 +106,6 @@ POLICIES: Registry[dict[str, Any]] = Registry("policy", ENTRY_POINT_GROUP, on_en
 """Policies by name: the RUM paper's two recipes, three of this library's, any :func:`register_policy` added and
 the plugins' (a :class:`proxies.Registry`, a mapping from name to policy)."""
 
-_plugins_loaded = False  # False: policies() reads the entry points not read yet (the tests set it so to add a plugin)
 
 
 @dataclass(frozen=True)
@@ -170,12 +147,6 @@ class RUMConfig:
         return tuple(self.order) if self.order is not None else group_names(self.groups)
 
 
-def check_grouping(grouping: Any) -> None:
-    """Refuse a grouping that is not one of :data:`GROUPINGS`."""
-    if not isinstance(grouping, str) or grouping not in GROUPINGS:
-        raise ValueError(f"grouping must be one of {list(GROUPINGS)}, got {grouping!r}")
-
-
 def check_retain_per_forget(value: Any, where: str) -> None:
     """Refuse anything but ``None`` or a positive finite number (``where`` names the setting in the message)."""
     if value is None:
@@ -213,58 +184,6 @@ def step_seed_of(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed % 2**64, number]).generate_state(1)[0])  # a negative seed too
 
 
-def group_names(groups: int) -> tuple[str, ...]:
-    """Names of memorization groups, least memorized first: low/medium/high for 3, low/high for 2, else q0, q1..."""
-    return {1: ("all",), 2: ("low", "high"), 3: ("low", "medium", "high")}.get(
-        groups, tuple(f"q{i}" for i in range(groups)))
-
-
-def group_thresholds(memorization: np.ndarray, groups: int = 3) -> np.ndarray:
-    """The ``groups - 1`` thresholds between memorization groups: the ``1/groups, 2/groups, ...`` quantiles (numpy's
-    default, linear interpolation) of the finite scores, e.g. of every training example (NaN, e.g. an example a
-    recording never saw, is left out).
-
-    ``memorization`` must point the usual way (higher = more memorized): negate a confidence-like score first.
-
-    Raises:
-        ValueError: no finite score.
-    """
-    whole("groups", groups, minimum=1)
-    memorization = np.asarray(memorization, dtype=float).ravel()
-    finite = memorization[np.isfinite(memorization)]
-    if len(finite) == 0:
-        raise ValueError("no finite memorization score to take the group thresholds from")
-    return np.quantile(finite, np.arange(1, groups) / groups)
-
-
-def partition(memorization: np.ndarray, groups: int = 3, *, thresholds=None) -> dict[str, np.ndarray]:
-    """Positions of the examples in each group, least memorized group first.
-
-    Without ``thresholds``: groups of (as near as possible) equal size by rank within ``memorization`` (the RUM
-    paper's split of a request; ties keep their order, a stable sort). With ``thresholds`` (``groups - 1``
-    non-decreasing values, e.g. :func:`group_thresholds` of the whole training set): group ``k`` holds the scores in
-    ``(thresholds[k-1], thresholds[k]]``, so a score equal to a threshold goes to the less memorized group; groups
-    may be empty.
-
-    ``memorization`` must point the usual way (higher = more memorized): negate a confidence-like score first.
-
-    Raises:
-        ValueError: thresholds that are not ``groups - 1`` non-decreasing numbers.
-    """
-    memorization = np.asarray(memorization, dtype=float)
-    names = group_names(groups)
-    if thresholds is None:
-        order = np.argsort(memorization, kind="stable")
-        return {name: np.sort(chunk) for name, chunk in zip(names, np.array_split(order, groups), strict=True)}
-    thresholds = np.asarray(thresholds, dtype=float)
-    if thresholds.shape != (groups - 1,):
-        raise ValueError(f"need {groups - 1} thresholds for {groups} groups, got shape {thresholds.shape}")
-    if (np.diff(thresholds) < 0).any() or np.isnan(thresholds).any():
-        raise ValueError(f"thresholds must be non-decreasing numbers, got {thresholds.tolist()}")
-    bins = np.searchsorted(thresholds, memorization, side="left")  # how many thresholds each score exceeds
-    return {name: np.flatnonzero(bins == k) for k, name in enumerate(names)}
-
-
 def _resolve_step(entry: Any) -> tuple[str, dict] | None:
     """One step ``(method, settings)`` from a method name, a pair or a ``{"method", "config"}`` mapping; else None.
     A pair's settings are a mapping without a ``"method"`` key, so ``[name, {"method": ...}]`` is two steps."""
@@ -296,7 +215,7 @@ def _resolve_entry(entry: Any, group: str) -> list[tuple[str, dict]]:
 def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> dict[str, list[tuple[str, dict]]]:
     """Normalise a policy to ``{group: [(method, settings), ...]}`` (no steps for a no-op) and check it.
 
-    The settings are new dicts and may hold the scheduler's :data:`RETAIN_PER_FORGET` key (checked here).
+    The settings are new dicts and may hold rum's :data:`RETAIN_PER_FORGET` key (checked here).
 
     >>> resolve_policy("random_label_repair", ["low", "medium", "high"])["high"][1][0]
     'finetune'
@@ -360,16 +279,6 @@ def register_policy(name: str, policy: Mapping[str, Any], force: bool = False) -
     POLICIES.register(name, dict(policy), force=force)
 
 
-def _load_plugins() -> None:
-    """Read the ``unlearn.policies`` entry points once (see the module doc)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    POLICIES.load_entry_points()
-
-
 def policies() -> list[str]:
     """Names of the registered policies (built-in, registered and plugins'), sorted."""
-    _load_plugins()
     return POLICIES.names()

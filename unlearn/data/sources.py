@@ -51,7 +51,7 @@ from proxies.batching import (
 )
 from proxies.registries import Registry
 
-from ._checks import whole
+from .._checks import whole
 
 __all__ = [
     "DatasetNotFoundError",
@@ -440,17 +440,6 @@ def _load_cifar10(root: Path, download: bool):
                   mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
 def _load_cifar100(root: Path, download: bool):
     return _load_cifar("CIFAR100", root, download)
-
-
-def _register_synthetic() -> None:
-    """``synthetic-cifar``: CIFAR-10-shaped images made on the fly (:mod:`unlearn.synthetic`), for GPU timing and
-    smoke runs (``make check-gpu``) on a machine without the real data."""
-    from .synthetic import register_synthetic_cifar
-
-    register_synthetic_cifar("synthetic-cifar")
-
-
-_register_synthetic()
 
 
 # ----------------------------------------------------------------------------------------------------- sources

@@ -1,0 +1,12 @@
+"""``method="rum"``: memorization-aware unlearning. Groups (:mod:`.grouping`), policies (:mod:`.policies`) and the
+method itself with its result (:mod:`.method`) live here, and nothing outside this package asks for rum by name: the
+pipeline and the report read what a method's registration and result say (its inputs, :meth:`RUMResult.facts`).
+"""
+
+from .grouping import GROUPINGS, Grouping, form_groups, group_names, group_of, group_thresholds, partition
+from .method import RUMResult, rum
+from .policies import EXPECTED, POLICIES, RUMConfig, policies, register_policy, resolve_policy, retain_sample
+
+__all__ = ["EXPECTED", "GROUPINGS", "POLICIES", "Grouping", "RUMConfig", "RUMResult", "form_groups", "group_names",
+           "group_of", "group_thresholds", "partition", "policies", "register_policy", "resolve_policy",
+           "retain_sample", "rum"]

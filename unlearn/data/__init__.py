@@ -1,0 +1,61 @@
+"""Data: named datasets and dataset sources (:mod:`.sources`), CIFAR-shaped data made on the fly
+(:mod:`.synthetic`) and forget-set requests (:mod:`.selection`). Every example carries its training-set index;
+batching in memory or streamed is :mod:`proxies.batching`'s, re-exported here.
+
+>>> splits = load_dataset("digits")
+>>> x, y, index = splits.train[5]
+>>> tuple(x.shape), index, splits.num_classes
+((1, 8, 8), 5, 10)
+"""
+
+from .sources import (
+    DatasetNotFoundError,
+    IndexedDataset,
+    Splits,
+    Streamed,
+    WithIndex,
+    as_tensors,
+    batches,
+    check_dataset_name,
+    dataset_sources,
+    datasets,
+    default_root,
+    examples,
+    first_input,
+    join,
+    labels_of,
+    load_dataset,
+    materialize,
+    register_dataset,
+    subset_root,
+    take,
+    tensor_batches,
+)
+from .synthetic import register_synthetic_cifar
+
+register_synthetic_cifar("synthetic-cifar")  # CIFAR-10-shaped images made on the fly, for timing runs
+
+__all__ = [
+    "DatasetNotFoundError",
+    "IndexedDataset",
+    "Splits",
+    "Streamed",
+    "WithIndex",
+    "as_tensors",
+    "batches",
+    "check_dataset_name",
+    "dataset_sources",
+    "datasets",
+    "default_root",
+    "examples",
+    "first_input",
+    "join",
+    "labels_of",
+    "load_dataset",
+    "materialize",
+    "register_dataset",
+    "register_synthetic_cifar",
+    "subset_root",
+    "take",
+    "tensor_batches",
+]

@@ -1,0 +1,172 @@
+"""The last stage of ``unlearn run``: attack the original, unlearned and retrained models, and write the results
+(``results.json`` and ``report.md``, ``scores.csv``, the figures and ``config.toml``)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..algorithms.rum.grouping import group_of
+from ..data.selection import parse_forget_spec
+from ..data.sources import labels_of
+from ..evaluation.attacks import NotApplicable, extract_signals
+from ..evaluation.evaluator import evaluate, evaluate_ulira
+from ..evaluation.metrics import plot_roc
+from ..evaluation.report import plot_group_accuracy, plot_proxies_vs_memorization, write_report
+from .config import RunConfig
+from .folder import RunFolder
+from .scores import per_example_scores
+from .stages import Request, Trained, Unlearned, method_config_of, plan_groups, proxy_series, shadow_stage
+
+__all__ = ["RunResult", "evaluation_stage"]
+
+
+@dataclass
+class RunResult:
+    """What :func:`unlearn.pipeline.run` leaves: the results table (metrics by model), the unlearning plan, the
+    per-example scores (every training example: proxies, forget set, group, per-model attack scores) and the folder
+    holding it all."""
+
+    results: pd.DataFrame
+    plan: pd.DataFrame
+    scores: pd.DataFrame
+    folder: Path
+
+
+def evaluation_stage(config: RunConfig, folder: RunFolder, trained: Trained, table: pd.DataFrame,
+                     memorization: pd.Series | None, request: Request, reference, unlearned: Unlearned,
+                     device) -> RunResult:
+    """Attack the three models, tabulate every example, draw the figures and write the report."""
+    shadows, unlearned_shadows = shadow_stage(config, trained.splits, trained.settings, folder.path)
+    attacks = list(dict.fromkeys([*config.attacks, *(["lira", "rmia"] if shadows is not None else [])]))
+    models = {"original": trained.model, "unlearned": unlearned.model, "retrained": reference}
+    queries = shadows.queries if shadows is not None else ("identity",)
+    # each model predicted once per split; the report, scores.csv and the ROC figure all score these signals
+    signals = {name: {split: extract_signals(model, data, queries=queries, device=device)
+                      for split, data in (("train", trained.splits.train), ("test", trained.splits.test))}
+               for name, model in models.items()}
+    results, examples, not_computed = _attack(config, trained, request, models, shadows, unlearned_shadows, signals,
+                                              attacks, device)
+    stage_seconds = {stage: folder.seconds(stage) for stage in ("train", "proxies", "reference", "unlearn")}
+    results.loc["seconds", ["original", "unlearned", "retrained"]] = [stage_seconds["train"],
+                                                                      stage_seconds["unlearn"],
+                                                                      stage_seconds["reference"]]
+    scores, per_group = _per_example(config, trained, table, memorization, request, unlearned, examples, models)
+    scores.to_csv(folder.path / "scores.csv")
+    figures = _figures(config, folder.path, trained, table, memorization, request, models, shadows, signals,
+                       scores, per_group, device)
+    ratio = stage_seconds["unlearn"] / stage_seconds["reference"]
+    facts = _facts(config, trained, request, unlearned, attacks, not_computed, unlearned_shadows is not None, ratio)
+    tables = {"results": results, "forget accuracy by memorization group": per_group,
+              "unlearning plan": unlearned.plan.drop(columns=["config", "indices"])}
+    write_report(folder.path, {"run": facts, "seconds": stage_seconds, "time_vs_retrain": ratio}, tables, figures)
+    (folder.path / "config.toml").write_text(config.to_toml())  # last, beside the outputs it made: a refused or
+    # failed run leaves none (RUN_OUTPUTS), so the file always describes the folder's results
+    results.attrs["per_group"] = per_group
+    results.attrs["summary"] = (f"unlearning took {stage_seconds['unlearn']:.1f} s, {ratio:.1%} of retraining "
+                                f"({stage_seconds['reference']:.1f} s); ToW {results.loc['tow', 'unlearned']:.3f} "
+                                f"(the original model: {results.loc['tow', 'original']:.3f})\n"
+                                f"wrote report.md, results.json, scores.csv and {len(figures)} figures to "
+                                f"{folder.path}")
+    return RunResult(results=results, plan=unlearned.plan, scores=scores, folder=folder.path)
+
+
+def _attack(config: RunConfig, trained: Trained, request: Request, models: dict, shadows, unlearned_shadows,
+            signals: dict, attacks: list[str], device) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    """The results table (metrics by model), every training example's attack scores, and what was not computed."""
+    splits = trained.splits
+    common = {"forget": request.forget, "retain": request.retain, "test": splits.test, "reference": models["retrained"],
+              "attacks": attacks, "shadows": shadows, "seed": config.seed, "device": device,
+              "signals": {**signals, "reference": signals["retrained"]}}
+    results = evaluate({"original": models["original"], "unlearned": models["unlearned"]}, **common)
+    not_computed = dict(results.attrs.get("not_computed", {}))
+    results = results.rename(columns={"reference": "retrained"})
+    examples = per_example_scores(models, splits.train, shadows=shadows, device=device, signals=signals)
+    if unlearned_shadows is not None:
+        try:
+            summary, ulira_scores = evaluate_ulira(models["unlearned"], models["retrained"], forget=request.forget,
+                                                   shadows=unlearned_shadows, device=device, signals=signals)
+        except NotApplicable as err:
+            not_computed["ulira"] = str(err)
+        else:
+            for key, value in summary.items():
+                results.loc[f"ulira.{key}", "unlearned"] = value
+            examples = examples.join(ulira_scores.add_prefix("ulira_"))
+    for name, reason in not_computed.items():
+        warnings.warn(f"{name} not computed: {reason}", stacklevel=1)
+    return results, examples, not_computed
+
+
+def _per_example(config: RunConfig, trained: Trained, table: pd.DataFrame, memorization: pd.Series | None,
+                 request: Request, unlearned: Unlearned, examples: pd.DataFrame,
+                 models: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``scores.csv``'s table (every training example) and the forget set's accuracy by memorization group."""
+    # a plan that unlearned the forget set by groups (rum's memorization groups) gives the report its groups; for
+    # a plan of one step the report groups the forget set by the run's proxy, with the same rule
+    grouped = set(unlearned.plan["group"]) != {"all"}
+    groups = (plan_groups(unlearned.plan, request.ids) if grouped
+              else group_of(proxy_series(table, config.proxy), request.ids, grouping=config.grouping))
+    train = trained.splits.train
+    scores = table.copy()
+    scores.insert(0, "label", labels_of(train)[0].numpy())
+    if trained.splits.train_rows is not None:
+        scores.insert(1, "source_row", trained.splits.train_rows.numpy())
+    if memorization is not None:
+        scores["memorization"] = memorization
+    scores["forget"] = scores.index.isin(request.ids)
+    scores["group"] = groups
+    scores = scores.join(examples)
+    per_group = scores.loc[request.ids].groupby("group")[[f"correct_{m}" for m in models]].mean()
+    per_group = per_group.reindex([g for g in ("low", "medium", "high") if g in per_group.index])
+    per_group.columns = list(models)
+    per_group.insert(0, "examples", groups.value_counts().reindex(per_group.index))
+    return scores, per_group
+
+
+def _figures(config: RunConfig, out: Path, trained: Trained, table: pd.DataFrame, memorization, request: Request,
+             models: dict, shadows, signals: dict, scores: pd.DataFrame, per_group: pd.DataFrame,
+             device) -> dict[str, str]:
+    """Draw the ROC of the forget set against the test set, the forget accuracy by group and, with Feldman-Zhang
+    scores, the proxies against them; their titles and file names."""
+    figures = {"membership inference ROC (forget vs test)": "roc.png",
+               f"forget accuracy by {config.proxy} group": "forget_accuracy_by_group.png"}
+    test_scores = per_example_scores(models, trained.splits.test, shadows=shadows, split="test", device=device,
+                                     signals=signals)
+    kind = "lira" if shadows is not None else "loss"
+    sign = 1.0 if kind == "lira" else -1.0  # a low loss marks a member
+    curves = {name: (sign * np.r_[scores.loc[request.ids, f"{kind}_{name}"].to_numpy(),
+                                  test_scores[f"{kind}_{name}"].to_numpy()],
+                     np.r_[np.ones(len(request.ids)), np.zeros(len(test_scores))]) for name in models}
+    plot_roc(curves, out / "roc.png", title=f"{'LiRA' if kind == 'lira' else 'loss'} attack: forget vs test")
+    plot_group_accuracy(per_group[list(models)], out / "forget_accuracy_by_group.png",
+                        title=f"forget accuracy by {config.proxy} group")
+    if memorization is not None:
+        plot_proxies_vs_memorization(table, memorization, out / "proxies_vs_memorization.png")
+        figures["proxies against Feldman-Zhang memorization"] = "proxies_vs_memorization.png"
+    return figures
+
+
+def _facts(config: RunConfig, trained: Trained, request: Request, unlearned: Unlearned, attacks: list[str],
+           not_computed: dict[str, str], ulira: bool, ratio: float) -> dict:
+    """The report's facts about the run: data, request, method (and what it noted of its plan), attacks, cost."""
+    needs_scores = parse_forget_spec(config.forget).needs_scores
+    scheduled = unlearned.scheduled_by
+    return {"dataset": config.dataset, "model": trained.settings["model"],
+            "training examples": len(trained.splits.train),
+            "forget": f"{config.forget} ({len(request.ids)} examples"
+                      + (f", by {request.ranked_by})" if needs_scores else ")"),
+            "method": config.method + (f" scheduled by {scheduled}" if scheduled else ""),
+            **unlearned.notes,
+            "method settings": json.dumps(method_config_of(config, trained.settings)) if config.method_config
+            else "defaults",
+            "training recipe": ", ".join(f"{k} {v}" for k, v in trained.recipe.items()), "seed": config.seed,
+            **({"skipped from the request": request.skipped} if request.skipped else {}),
+            **({"not computed": "; ".join(f"{k} ({v})" for k, v in not_computed.items())} if not_computed else {}),
+            "attacks": ", ".join(attacks) + (" and U-LiRA" if ulira else ""),
+            "shadow models": config.shadows, "subset models (FZ)": config.fz_models,
+            "unlearning time vs retraining": f"{ratio:.1%}"}
