@@ -151,7 +151,7 @@ def bench_unlearning_attacks(name: str, options: dict, k: int, forget_size: int,
     from unlearn.evaluation import evaluate_ulira
     from unlearn.evaluation.attacks import extract_signals, forgetting_score
     from unlearn.evaluation.shadows import train_unlearned_shadow_models
-    from unlearn.training import accuracy
+    from unlearn.training import top1_accuracy
 
     splits, model_fn, forget_ids, forget, retain, original = forget_setup(name, options, forget_size, recipe, seed)
     retrained = []
@@ -159,7 +159,7 @@ def bench_unlearning_attacks(name: str, options: dict, k: int, forget_size: int,
         torch.manual_seed(100 + s)
         retrained.append(train(model_fn(), retain, seed=100 + s, progress=False, **recipe)[0])
     phi_retrained = np.stack([extract_signals(m, forget).phi[:, 0] for m in retrained])
-    accuracy_retrained = [np.mean([accuracy(m, d) for m in retrained]) for d in (retain, splits.test)]
+    accuracy_retrained = [np.mean([top1_accuracy(m, d) for m in retrained]) for d in (retain, splits.test)]
 
     rows = []
     for method in methods():
@@ -172,7 +172,7 @@ def bench_unlearning_attacks(name: str, options: dict, k: int, forget_size: int,
                      for s in range(models)]
         phi_unlearned = np.stack([extract_signals(m, forget).phi[:, 0] for m in unlearned])
         summary, _ = evaluate_ulira(unlearned[0], retrained[0], forget=forget, shadows=shadows)
-        accuracy_unlearned = [np.mean([accuracy(m, d) for m in unlearned]) for d in (retain, splits.test)]
+        accuracy_unlearned = [np.mean([top1_accuracy(m, d) for m in unlearned]) for d in (retain, splits.test)]
         score = forgetting_score(phi_unlearned, phi_retrained,
                                  retain_accuracy=(accuracy_unlearned[0], accuracy_retrained[0]),
                                  test_accuracy=(accuracy_unlearned[1], accuracy_retrained[1]))

@@ -35,7 +35,7 @@ from bench_proxies import bench_quality  # noqa: E402
 
 from unlearn.data import DatasetNotFoundError, load_dataset  # noqa: E402
 from unlearn.models import create_model  # noqa: E402
-from unlearn.training import RECIPES, accuracy, train  # noqa: E402
+from unlearn.training import RECIPES, top1_accuracy, train  # noqa: E402
 
 COMPARED = ("fashion-mnist", "fashion-mnist-augmented")
 SUMMARY = {"fz_mean": "FZ mean memorization", "noise_ceiling_spearman": "(noise ceiling of the FZ estimate)",
@@ -66,7 +66,7 @@ def full_accuracy(recipe: str) -> dict:
     seconds = time.perf_counter() - start
     return {"recipe": recipe, "train_examples": len(splits.train), "val_examples": len(splits.val),
             "test_examples": len(splits.test), "epochs": RECIPES[recipe].epochs,
-            "test_accuracy": accuracy(model, splits.test), "train_s": seconds}
+            "test_accuracy": top1_accuracy(model, splits.test), "train_s": seconds}
 
 
 def main() -> int:

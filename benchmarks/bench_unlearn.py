@@ -44,12 +44,12 @@ from tqdm.auto import tqdm
 import proxies
 from unlearn import create_model, memorization_scores, train, unlearn
 from unlearn.algorithms.registry import get_method, make_config, methods
-from unlearn.algorithms.rum.policies import POLICIES, group_names, resolve_policy, uses_expected
+from unlearn.algorithms.rum.grouping import group_names
+from unlearn.algorithms.rum.policies import POLICIES, resolve_policy, step_seed_of, uses_expected
 from unlearn.data import DatasetNotFoundError, load_dataset
 from unlearn.evaluation.attacks import extract_signals, svc
 from unlearn.evaluation.metrics import mean_interval, tow, tow_mia
-from unlearn.training import RECIPES, accuracy
-from unlearn.unlearning import step_seed_of
+from unlearn.training import RECIPES, top1_accuracy
 
 DATASETS = {  # training subset, test subset, subset models (as bench_proxies.py), epochs, N per group
     "digits": {"train_size": None, "test_size": None, "k": 256, "epochs": None, "group": 30},
@@ -115,7 +115,8 @@ def retrain_reference(setting: dict, forget, retain, test, seed: int) -> dict:
     start = time.perf_counter()
     retrained, _ = train(setting["model_fn"](), retain, seed=1000 + seed, progress=False, **setting["recipe"])
     seconds = time.perf_counter() - start
-    acc = {part: accuracy(retrained, data) for part, data in (("forget", forget), ("retain", retain), ("test", test))}
+    acc = {part: top1_accuracy(retrained, data)
+           for part, data in (("forget", forget), ("retain", retain), ("test", test))}
     return {"acc": acc, "mia": _mia(retrained, retain, test, forget, seed), "seconds": seconds}
 
 
@@ -125,7 +126,7 @@ def run_methods(setting: dict, forget, retain, test, seed: int, reference: dict,
     rows = []
     for label, kwargs in runs.items():
         result = unlearn(setting["original"], forget=forget, retain=retain, seed=seed, **kwargs)
-        acc = {part: accuracy(result.model, data) for part, data in (("forget", forget), ("retain", retain),
+        acc = {part: top1_accuracy(result.model, data) for part, data in (("forget", forget), ("retain", retain),
                                                                      ("test", test))}
         mia = _mia(result.model, retain, test, forget, seed)
         rows.append({"dataset": setting["dataset"], "selected_by": setting["selected_by"], "forget": setting["forget"],

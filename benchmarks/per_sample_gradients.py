@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Subset
 
 import proxies
-from proxies.gradients import ENGINES, per_sample_chunk_size
+from proxies.gradients import get_engine, per_sample_chunk_size
 from unlearn.data import DatasetNotFoundError, IndexedDataset, load_dataset
 from unlearn.models import create_model
 
@@ -78,7 +78,7 @@ def bench_per_sample_gradients(*, models: tuple[str, ...] = tuple(CASES), n: int
         batch_size: examples moved to the device at once.
         chunk_size: per-sample gradients computed together (default: the proxy's memory-bounded default).
         repeats: timed runs per engine; the fastest counts.
-        engines: names from :data:`proxies.gradients.ENGINES`.
+        engines: names from :func:`proxies.gradients.engines`.
         device: where to compute (default: CPU).
         seed: seed of the models' initialisation and of the data.
 
@@ -91,7 +91,7 @@ def bench_per_sample_gradients(*, models: tuple[str, ...] = tuple(CASES), n: int
     if unknown:
         raise ValueError(f"unknown benchmark model {unknown[0]!r}; expected one of {sorted(CASES)}")
     for engine in engines:
-        ENGINES.get(engine)
+        get_engine(engine)
     device = torch.device(device) if device is not None else torch.device("cpu")
     rows = []
     for name in models:

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
+from .tasks import task_of
+
 __all__ = ["BATCH_PARTS", "IndexedDataset", "Streamed", "WithIndex", "as_tensors", "batches", "bound_heap_growth",
            "examples", "first_input", "join", "labels_of", "subset_root", "take", "tensor_batches"]
 
@@ -41,6 +43,8 @@ class IndexedDataset(Dataset):
         indices: training-set index of each example (default ``0..N-1``). Given explicitly, they say which
             training example each item is, even across different objects (``explicit_indices`` records it):
             :func:`unlearn.unlearn` then refuses a forget and a retain set that share one.
+        task: the kind of example (a :class:`proxies.tasks.Task`; None: classification), which every part of the
+            library finds with :func:`proxies.tasks.task_of`.
 
     >>> ds = IndexedDataset(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 1]))
     >>> len(ds), ds[2][1].item(), ds[2][2]
@@ -48,7 +52,7 @@ class IndexedDataset(Dataset):
     """
 
     def __init__(self, inputs: Tensor, targets: Tensor, classes: list[str] | None = None,
-                 indices: Tensor | None = None) -> None:
+                 indices: Tensor | None = None, *, task=None) -> None:
         if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
             raise TypeError("inputs and targets must be tensors, "
                             f"got {type(inputs).__name__}, {type(targets).__name__}")
@@ -64,6 +68,7 @@ class IndexedDataset(Dataset):
         self.classes = classes
         self.indices = torch.arange(len(targets)) if indices is None else indices.long()
         self.explicit_indices = indices is not None
+        self.task = task
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -199,6 +204,7 @@ class Streamed(Dataset):
             :func:`labels_of` then reads no item. Otherwise the labels (and indices) of the items asked about are read
             once, in a pass that drops their inputs, and kept.
         worker_seed: seeds the workers' random number generators (a random transform in a worker draws from them).
+        task: the kind of example (a :class:`proxies.tasks.Task`; None: classification).
 
     Only the labels and training-set indices are kept, one integer each per item: a million examples cost 16 MB.
     The first loader fixes glibc's mmap threshold (:func:`bound_heap_growth`), without which the heap grows with the
@@ -212,7 +218,7 @@ class Streamed(Dataset):
 
     def __init__(self, dataset: Dataset, *, num_workers: int = 0, pin_memory: bool | None = None,
                  persistent_workers: bool | None = None, prefetch_factor: int | None = None,
-                 targets: Sequence[int] | Tensor | None = None, worker_seed: int = 0) -> None:
+                 targets: Sequence[int] | Tensor | None = None, worker_seed: int = 0, task=None) -> None:
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise TypeError(f"dataset must be a map-style torch Dataset with __len__ and __getitem__, got "
                             f"{type(dataset).__name__}")
@@ -228,6 +234,7 @@ class Streamed(Dataset):
         self.persistent_workers = num_workers > 0 if persistent_workers is None else bool(persistent_workers)
         self.prefetch_factor = prefetch_factor
         self.worker_seed = int(worker_seed)
+        self.task = task
         n = len(dataset)
         self._labels = torch.full((n,), -1, dtype=torch.long)
         self._indices = torch.full((n,), -1, dtype=torch.long)
@@ -411,7 +418,7 @@ def examples(dataset: Dataset) -> Dataset:
         if isinstance(dataset, IndexedDataset):
             return dataset
         inputs, targets, indices = as_tensors(dataset)
-        result = IndexedDataset(inputs, targets, root.classes, indices=indices)
+        result = IndexedDataset(inputs, targets, root.classes, indices=indices, task=getattr(root, "task", None))
         result.explicit_indices = root.explicit_indices  # positions of a dataset without indices stay positions
         return result
     if isinstance(root, Streamed):
@@ -437,7 +444,7 @@ def take(dataset: Dataset, positions: Tensor | Sequence[int]) -> Dataset:
     positions = torch.as_tensor(positions, dtype=torch.long)
     if isinstance(dataset, IndexedDataset):
         result = IndexedDataset(dataset.inputs[positions], dataset.targets[positions], dataset.classes,
-                                indices=dataset.indices[positions])
+                                indices=dataset.indices[positions], task=getattr(dataset, "task", None))
         result.explicit_indices = dataset.explicit_indices
         return result
     return Subset(dataset, positions.tolist())
@@ -455,18 +462,21 @@ def join(first: Dataset, second: Dataset, *, positions: bool = False) -> Dataset
     ([0, 1, 1], [0, 1, 2])
     """
     first, second = examples(first), examples(second)
+    task = task_of(first)
+    if task is not task_of(second):
+        raise ValueError(f"cannot join examples of two tasks ({task!r} and {task_of(second)!r})")
     (labels_a, indices_a), (labels_b, indices_b) = labels_of(first), labels_of(second)
     indices = torch.arange(len(first) + len(second)) if positions else torch.cat([indices_a, indices_b])
     if isinstance(first, IndexedDataset) and isinstance(second, IndexedDataset):
         result = IndexedDataset(torch.cat([first.inputs, second.inputs]), torch.cat([labels_a, labels_b]),
-                                first.classes, indices=indices)
+                                first.classes, indices=indices, task=task)
         result.explicit_indices = not positions and first.explicit_indices and second.explicit_indices
         return result
     stream = _stream_of(second if isinstance(first, IndexedDataset) else first)[0]
     both = ConcatDataset([_with_index(first), _with_index(second)])
     joined = Streamed(_Reindexed(both, indices) if positions else both, num_workers=stream.num_workers,
                       pin_memory=stream.pin_memory, persistent_workers=stream.persistent_workers,
-                      prefetch_factor=stream.prefetch_factor, worker_seed=stream.worker_seed)
+                      prefetch_factor=stream.prefetch_factor, worker_seed=stream.worker_seed, task=task)
     joined._labels, joined._indices = torch.cat([labels_a, labels_b]), indices.clone()
     joined._known[:] = True
     return joined

@@ -18,7 +18,6 @@ from numbers import Real
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -26,15 +25,17 @@ from .batching import batches
 from .checkpoints import as_checkpoints, average_over_checkpoints
 from .devices import model_device, model_on
 from .registry import register_proxy
+from .tasks import CLASSIFICATION, Task, task_of
 
 __all__ = ["as_checkpoints", "input_gradients", "loss_curvature"]  # as_checkpoints: from .checkpoints
 
 
-def input_gradients(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Per-example ``grad_x CE(model(x), y)`` for a batch (the model must treat examples independently)."""
+def input_gradients(model: nn.Module, x: Tensor, y: Tensor, task: Task = CLASSIFICATION) -> Tensor:
+    """Per-example ``grad_x loss(model(x), y)`` for a batch, the task's loss (cross-entropy; the model must treat
+    examples independently)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x), y, reduction="sum")
+        loss = task.loss(task.forward(model, x), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
     return grad
 
@@ -74,6 +75,8 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
     h = (1e-3 if variant == "rademacher" else 0.01) if h is None else h
     if isinstance(h, bool) or not isinstance(h, Real) or not (math.isfinite(h) and h > 0):
         raise ValueError(f"h must be a positive finite probe size, got {h!r}")
+    task = task_of(data)
+
     def score(checkpoint: nn.Module) -> tuple[np.ndarray, np.ndarray]:
         checkpoint = model_on(checkpoint, device)
         dev = model_device(checkpoint)
@@ -85,17 +88,18 @@ def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: 
         values, indices = [], []
         try:
             for x, y, idx in batches(data, batch_size, device=dev):
-                grad = input_gradients(checkpoint, x, y)
+                grad = input_gradients(checkpoint, x, y, task)
                 if variant == "cure":
                     direction = torch.sign(grad)
                     norms = direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.ndim - 1))
-                    probed = input_gradients(checkpoint, x + h * direction / norms, y)
+                    probed = input_gradients(checkpoint, x + h * direction / norms, y, task)
                     curvature = (probed - grad).flatten(1).norm(dim=1)
                 else:
                     curvature = torch.zeros(len(y), device=dev, dtype=grad.dtype)
                     for _ in range(n_probes):
                         v = (_probe(x.shape, x.dtype, generator, pinned) * 2 - 1).to(dev, non_blocking=pinned)
-                        curvature += (input_gradients(checkpoint, x + h * v, y) - grad).flatten(1).norm(dim=1)
+                        probed = input_gradients(checkpoint, x + h * v, y, task)
+                        curvature += (probed - grad).flatten(1).norm(dim=1)
                     curvature /= n_probes
                 values.append(curvature.detach())  # stays on the device: one copy back per checkpoint
                 indices.append(idx)

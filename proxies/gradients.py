@@ -33,7 +33,6 @@ from numbers import Integral
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -42,8 +41,10 @@ from .checkpoints import average_over_checkpoints
 from .devices import model_device, model_on
 from .registries import Registry
 from .registry import register_proxy
+from .tasks import task_of
 
-__all__ = ["CHUNK_BYTES", "ENGINES", "gradient_norm", "per_sample_gradients", "per_sample_chunk_size"]
+__all__ = ["CHUNK_BYTES", "ENGINES", "engines", "get_engine", "gradient_norm", "per_sample_chunk_size",
+           "per_sample_gradients", "register_engine"]
 
 CHUNK_BYTES = 512 * 2**20
 """Default bound on the bytes of per-sample gradients held at once (one chunk): 512 MiB."""
@@ -52,6 +53,32 @@ Engine = Callable[[nn.Module, Dataset, int, int], Iterator[tuple[list[Tensor], T
 ENGINES: Registry[Engine] = Registry("per-sample gradient engine")
 """The per-sample gradient engines by name: ``f(private model copy, data, batch_size, chunk_size)`` yielding
 ``([grad of each trainable parameter, [C, *param.shape]], training indices [C])`` chunk by chunk."""
+
+
+def engines() -> list[str]:
+    """The names of the per-sample gradient engines.
+
+    >>> engines()
+    ['opacus', 'torch_func']
+    """
+    return ENGINES.names()
+
+
+def get_engine(name: str) -> Engine:
+    """The per-sample gradient engine registered as ``name``.
+
+    Raises:
+        ValueError: an unknown name, with the names there are.
+    """
+    return ENGINES.get(name)
+
+
+def register_engine(name: str, engine: Engine | None = None, *, force: bool = False):
+    """Register a per-sample gradient engine (a call, or a decorator without ``engine``); a taken name is refused
+    unless ``force``."""
+    if engine is None:
+        return ENGINES.register(name, force=force)
+    return ENGINES.register(name, engine, force=force)
 
 
 def per_sample_chunk_size(model: nn.Module, *, batch_size: int = 256, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -84,7 +111,7 @@ def per_sample_gradients(model: nn.Module, data: Dataset, *, batch_size: int = 2
         data: a dataset of ``(x, y)`` or ``(x, y, index)`` items (see :func:`~proxies.batching.batches`).
         batch_size: examples moved to the device at once.
         device: where to compute (default: where the model is).
-        engine: one of :data:`ENGINES`: ``"torch_func"`` (eval mode, BatchNorm with its running statistics) or
+        engine: one of :func:`engines`: ``"torch_func"`` (eval mode, BatchNorm with its running statistics) or
             ``"opacus"`` (no BatchNorm).
         chunk_size: examples whose per-sample gradients are computed together (the memory bound: one chunk is
             ``chunk_size x parameters`` numbers); default :func:`per_sample_chunk_size`, i.e. what fits in
@@ -95,7 +122,7 @@ def per_sample_gradients(model: nn.Module, data: Dataset, *, batch_size: int = 2
             (opacus, on the first chunk) a layer opacus does not support.
         TypeError: a chunk size that is not a whole number.
     """
-    run = ENGINES.get(engine)
+    run = get_engine(engine)
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral):
             raise TypeError(f"chunk_size must be a whole number or None, got {type(chunk_size).__name__} "
@@ -122,7 +149,7 @@ def _chunks(data: Dataset, batch_size: int, chunk_size: int,
             yield x[start:stop], y[start:stop], idx[start:stop]
 
 
-@ENGINES.register("torch_func")
+@register_engine("torch_func")
 def _torch_func_engine(clone: nn.Module, data: Dataset, batch_size: int,
                        chunk_size: int) -> Iterator[tuple[list[Tensor], Tensor]]:
     """``vmap(grad(loss of one example))`` over each chunk, ``clone`` in eval mode."""
@@ -133,9 +160,11 @@ def _torch_func_engine(clone: nn.Module, data: Dataset, batch_size: int,
     fixed = {name: p.detach() for name, p in clone.named_parameters() if not p.requires_grad}
     fixed.update({name: b.detach() for name, b in clone.named_buffers()})
 
+    task = task_of(data)
+
     def loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        logits = functional_call(clone, (params, fixed), (x.unsqueeze(0),))
-        return F.cross_entropy(logits, y.unsqueeze(0))
+        output = task.forward(lambda inputs: functional_call(clone, (params, fixed), (inputs,)), x.unsqueeze(0))
+        return task.loss(output, y.unsqueeze(0))
 
     per_example = vmap(grad(loss), in_dims=(None, 0, 0))
     for x, y, idx in _chunks(data, batch_size, chunk_size, model_device(clone)):
@@ -143,7 +172,7 @@ def _torch_func_engine(clone: nn.Module, data: Dataset, batch_size: int,
         yield [grads[name] for name in trainable], idx
 
 
-@ENGINES.register("opacus")
+@register_engine("opacus")
 def _opacus_engine(clone: nn.Module, data: Dataset, batch_size: int,
                    chunk_size: int) -> Iterator[tuple[list[Tensor], Tensor]]:
     """opacus's ``GradSampleModule`` over each chunk (train mode, dropout off); BatchNorm refused."""
@@ -163,12 +192,13 @@ def _opacus_engine(clone: nn.Module, data: Dataset, batch_size: int,
             module.eval()
     wrapped = GradSampleModule(clone, loss_reduction="sum")
     params = [p for p in wrapped.parameters() if p.requires_grad]
+    task = task_of(data)
     try:
         for x, y, idx in _chunks(data, batch_size, chunk_size, model_device(clone)):
             wrapped.zero_grad(set_to_none=True)
             with warnings.catch_warnings():  # inputs need no gradient here; opacus's hooks still fire correctly
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                F.cross_entropy(wrapped(x), y, reduction="sum").backward()
+                task.loss(task.forward(wrapped, x), y, reduction="sum").backward()
             yield [p.grad_sample.detach() for p in params], idx
     finally:
         wrapped._close()
@@ -212,7 +242,7 @@ def gradient_norm(model: nn.Module | Sequence[nn.Module], data: Dataset, *, batc
     ...
     ValueError: unknown per-sample gradient engine 'jax'; expected one of ['opacus', 'torch_func']
     """
-    ENGINES.get(engine)  # refuse an unknown engine before any work
+    get_engine(engine)  # refuse an unknown engine before any work
 
     def score(checkpoint: nn.Module) -> tuple[np.ndarray, np.ndarray]:
         values, indices = [], []

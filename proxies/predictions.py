@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from .batching import batches
 from .devices import model_device, model_on
+from .tasks import task_of
 
 __all__ = ["predict"]
 
@@ -42,13 +43,14 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
     device = model_device(model)
     was_training = model.training
     model.eval()
+    task = task_of(dataset)
     outputs, labels, indices = [], [], []
     try:
         # the inputs go to the device (an in-memory dataset once per call); labels and indices stay on the CPU,
         # where they are returned. The logits stay on the device until the end: one copy back, not one per batch
         for x, y, index in batches(dataset, batch_size, device=device, moved=("x",)):
-            outputs.append(model(x).float() if views is None
-                           else torch.stack([model(view(x)).float() for view in views], dim=1))
+            outputs.append(task.forward(model, x).float() if views is None
+                           else torch.stack([task.forward(model, view(x)).float() for view in views], dim=1))
             labels.append(y)
             indices.append(index)
     finally:

@@ -44,7 +44,6 @@ import copy
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -53,6 +52,7 @@ from .batching import batches
 from .checkpoints import as_checkpoints
 from .devices import model_device, model_on
 from .recording import TrainingRecorder
+from .tasks import task_of
 
 __all__ = ["MODES", "replay"]
 
@@ -147,16 +147,17 @@ def _replay_one(model: nn.Module, dataset: Dataset, recorder: TrainingRecorder, 
                 input_gradients: bool) -> None:
     """One epoch of ``recorder``: every batch's logits (and input gradients) under ``model``, its weight norm."""
     recorder.start_epoch()
+    task = task_of(dataset)
     for x, y, index in batches(dataset, batch_size, device=model_device(model), moved=("x", "y")):
         if not input_gradients:
             with torch.no_grad():
-                recorder.record(model(x), y, index)
+                recorder.record(task.forward(model, x), y, index)
             continue
         with torch.enable_grad():
             x = x.detach().requires_grad_()
-            logits = model(x)
+            logits = task.forward(model, x)
             # only the inputs' gradient: no parameter's .grad is touched
-            (gradient,) = torch.autograd.grad(F.cross_entropy(logits.float(), y), x)
+            (gradient,) = torch.autograd.grad(task.loss(logits.float(), y), x)
         recorder.record(logits.detach(), y, index)
         recorder.record_input_gradients(gradient, index, scale=len(y))  # a mean loss: 1/B of each example's own
     recorder.end_epoch(model)

@@ -12,7 +12,7 @@ from torch.utils.data import Subset, TensorDataset
 from proxies import TrainingRecorder
 from proxies.batching import batches
 from unlearn.models import create_model
-from unlearn.training import RECIPES, TrainConfig, recipe, recipes, train
+from unlearn.training import RECIPES, TrainConfig, get_recipe, recipes, train
 from unlearn.training.augment import (
     augmentation_generator,
     augmentations,
@@ -239,24 +239,24 @@ def test_a_training_with_augmentation_stopped_mid_way_resumes_to_the_same_bits(d
 # ------------------------------------------------------------------------------------------ recipes
 
 def test_named_recipes_and_the_dataset_defaults():
-    anchors = recipe("cifar-resnet18")
+    anchors = get_recipe("cifar-resnet18")
     assert (anchors.epochs, anchors.lr, anchors.batch_size, anchors.momentum, anchors.weight_decay, anchors.schedule,
             anchors.augment) == (30, 0.01, 512, 0.9, 5e-4, "step", "crop_flip")
     assert RECIPES["cifar10"] == RECIPES["cifar100"] == anchors  # the anchors' setting is the CIFAR default
-    assert recipe("fashion-mnist-augmented").augment == "crop2_flip"
+    assert get_recipe("fashion-mnist-augmented").augment == "crop2_flip"
     assert {"digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic-cifar", "cifar-resnet18",
             "fashion-mnist-augmented"} <= set(recipes())
     for name in ("digits", "mnist", "fashion-mnist", "synthetic-cifar"):  # unchanged: no augmentation recorded
         assert "augment" not in RECIPES[name].as_kwargs()
     assert anchors.as_kwargs()["augment"] == "crop_flip"
     with pytest.raises(ValueError, match=r"unknown training recipe 'nope'; expected one of \[.*'cifar-resnet18'"):
-        recipe("nope")
+        get_recipe("nope")
 
 
 def test_run_config_picks_a_recipe_and_options_override_it():
     from unlearn.pipeline import RunConfig
 
-    assert RunConfig(dataset="cifar10").recipe() == recipe("cifar-resnet18")
+    assert RunConfig(dataset="cifar10").recipe() == get_recipe("cifar-resnet18")
     config = RunConfig(recipe_name="cifar-resnet18", epochs=3, augment="flip")
     assert (config.recipe().epochs, config.recipe().lr, config.recipe().augment) == (3, 0.01, "flip")
     assert config.recipe_settings() == {"recipe": "cifar-resnet18"}

@@ -86,7 +86,7 @@ def test_loss_curvature_runs_on_the_device_with_probes_from_a_cpu_generator(data
 
     calls = []
 
-    def spy(model, x, y):
+    def spy(model, x, y, task=None):
         calls.append((model_device(model).type, x.device.type, y.device.type))
         if len(calls) == 2:  # the first probe: stop before reading meta values back
             raise Stop

@@ -148,6 +148,97 @@ def test_a_packed_run_resumes_a_folder_of_models_trained_one_at_a_time(digits, t
     np.testing.assert_array_equal(again.logits, models.logits)
 
 
+def test_the_packed_farm_steps_through_the_one_training_loop_and_predicts_as_every_farm(digits, tmp_path,
+                                                                                      monkeypatch):
+    import unlearn.farm.packed as packed
+    import unlearn.training.loop as loop
+
+    optimizers, loops, predicted = [], [], []
+
+    class SpySGD(torch.optim.SGD):
+        def __init__(self, params, **kwargs):
+            super().__init__(params, **kwargs)
+            optimizers.append((self, kwargs))
+
+    def spy_run_epochs(model, optimizer, steps, **kwargs):
+        loops.append((model, optimizer, kwargs))
+        return run_epochs(model, optimizer, steps, **kwargs)
+
+    def spy_predict_job(model, job, task):
+        predicted.append(job.key)
+        return predict_job(model, job, task)
+
+    run_epochs, predict_job = loop.run_epochs, packed.predict_job
+    monkeypatch.setattr(torch.optim, "SGD", SpySGD)
+    monkeypatch.setattr(loop, "run_epochs", spy_run_epochs)
+    monkeypatch.setattr(packed, "predict_job", spy_predict_job)
+    jobs = [Job(f"m{i}", np.arange(40 * i, 40 * i + 100 + 10 * i), seed=i) for i in range(3)]
+    recipe = {"epochs": 2, "batch_size": 32, "lr": 0.1, "momentum": 0.5, "weight_decay": 1e-3, "schedule": "step"}
+    PackedFarm(tmp_path, progress=False, models_per_pack=2).run(train_and_predict, jobs, TrainTask(
+        digits.train, DIGITS_CNN, recipe, "cpu"))
+    assert len(loops) == len(optimizers) == 2  # one loop and one SGD per pack: 2 models, then 1
+    assert predicted == ["m0", "m1", "m2"]
+    for (model, optimizer, kwargs), (sgd, sgd_kwargs), pack in zip(loops, optimizers, (2, 1), strict=True):
+        assert optimizer is sgd and isinstance(model, nn.Module)
+        assert sgd_kwargs == {"lr": 0.1, "momentum": 0.5, "weight_decay": 1e-3}
+        assert {k: kwargs[k] for k in ("lr", "schedule", "epochs")} == {"lr": 0.1, "schedule": "step", "epochs": 2}
+        stacked = [p for group in sgd.param_groups for p in group["params"]]
+        assert [p.shape for p in stacked] == [(pack, *p.shape) for p in DIGITS_CNN().parameters()]
+        assert all(p is q for p, q in zip(stacked, model.parameters(), strict=True))
+
+
+class _Linear(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Flatten(), nn.Linear(64, 10))
+
+
+def test_a_packed_model_whose_epoch_has_ended_does_not_step(digits, monkeypatch):
+    """Model 1 has one batch per epoch, model 0 two: at every second step model 1 must keep its weights and its
+    momentum buffer bit for bit (no weight decay, no momentum decay), and it ends where SGD's formula puts it."""
+    import unlearn.training.loop as loop
+    from unlearn.farm.packed import train_pack
+
+    lr, momentum, wd = 0.5, 0.9, 0.1
+    jobs = [Job("a", np.arange(4), seed=0), Job("b", np.array([10, 11]), seed=1)]
+    seen = []  # after each step: (weights, momentum buffers) of every stacked parameter
+
+    def spy_run_epochs(model, optimizer, steps, *, step_hook, **kwargs):
+        def record(opt):
+            step_hook(opt)
+            params = [p for group in opt.param_groups for p in group["params"]]
+            seen.append(([p.detach().clone() for p in params],
+                         [opt.state[p]["momentum_buffer"].clone() for p in params]))
+        return run_epochs(model, optimizer, steps, step_hook=record, **kwargs)
+
+    run_epochs = loop.run_epochs
+    monkeypatch.setattr(loop, "run_epochs", spy_run_epochs)
+    recipe = {"epochs": 2, "batch_size": 2, "lr": lr, "momentum": momentum, "weight_decay": wd,
+              "schedule": "constant"}
+    trained = train_pack(TrainTask(digits.train, _Linear, recipe, "cpu"), jobs)
+    assert len(seen) == 4  # 2 epochs of 2 steps; model "b" has no batch at steps 1 and 3
+    for idle in (1, 3):
+        for before, after in zip(seen[idle - 1], seen[idle], strict=True):  # weights, then momentum buffers
+            for p, q in zip(before, after, strict=True):
+                assert torch.equal(p[1], q[1])  # model "b": exactly unchanged
+                assert not torch.equal(p[0], q[0])  # model "a" stepped
+    # model "b" from torch.optim.SGD's definition: d_p = g + wd * p; buf = d_p (first step), then
+    # buf = momentum * buf + d_p; p = p - lr * buf; two steps, one per epoch, each on both of its examples
+    torch.manual_seed(1)
+    expected = _Linear()
+    x = torch.stack([digits.train[i][0] for i in (10, 11)])
+    y = torch.stack([torch.as_tensor(digits.train[i][1]) for i in (10, 11)])
+    buffers = None
+    for _ in range(2):
+        grads = torch.autograd.grad(nn.functional.cross_entropy(expected(x), y), list(expected.parameters()))
+        with torch.no_grad():
+            d_p = [g + wd * p for g, p in zip(grads, expected.parameters(), strict=True)]
+            buffers = d_p if buffers is None else [momentum * b + d for b, d in zip(buffers, d_p, strict=True)]
+            for p, b in zip(expected.parameters(), buffers, strict=True):
+                p -= lr * b
+    for p, q in zip(trained[1].parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 class _Normed(nn.Sequential):
     def __init__(self):
         super().__init__(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))

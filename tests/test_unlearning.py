@@ -18,7 +18,7 @@ from unlearn.algorithms.random_label import RandomLabelConfig, relabelled_losses
 from unlearn.algorithms.rum.policies import resolve_policy, retain_sample
 from unlearn.algorithms.sgd import forget_accuracy, run_sgd
 from unlearn.data import IndexedDataset, materialize
-from unlearn.training import accuracy
+from unlearn.training import top1_accuracy
 
 FAST = {  # fewer epochs than the anchors: the tests check behaviour, the benchmark checks quality
     "retrain": {"epochs": 3}, "finetune": {"epochs": 2}, "neggrad": {}, "neggrad_plus": {"epochs": 2},
@@ -64,12 +64,12 @@ def test_every_method_returns_a_new_model_and_leaves_the_original_alone(trained,
 
 def test_neggrad_lowers_forget_accuracy(trained):
     model, _, forget, retain = trained
-    assert accuracy(model, forget) == 1.0
+    assert top1_accuracy(model, forget) == 1.0
     default = unlearn(model, forget=forget, retain=retain, method="neggrad")
     strong = unlearn(model, forget=forget, retain=retain, method="neggrad",
                      config={"lr": 0.05, "epochs": 5, "batch_size": 32})
     # a random forget set is mostly typical digits the model also gets right unseen: ascent costs it a few
-    assert accuracy(strong.model, forget) <= 0.97
+    assert top1_accuracy(strong.model, forget) <= 0.97
     loss = torch.nn.functional.cross_entropy
     x, y = torch.stack([forget[i][0] for i in range(len(forget))]), torch.tensor([forget[i][1] for i in range(90)])
     with torch.no_grad():
@@ -79,8 +79,8 @@ def test_neggrad_lowers_forget_accuracy(trained):
 def test_finetune_keeps_retain_accuracy(trained, digits):
     model, _, forget, retain = trained
     result = unlearn(model, forget=forget, retain=retain, method="finetune")
-    assert accuracy(result.model, retain) >= accuracy(model, retain) - 0.01
-    assert accuracy(result.model, digits.test) >= 0.9
+    assert top1_accuracy(result.model, retain) >= top1_accuracy(model, retain) - 0.01
+    assert top1_accuracy(result.model, digits.test) >= 0.9
 
 
 def test_rum_runs_one_step_per_group_in_the_stated_order(trained):
@@ -562,7 +562,7 @@ def test_rum_stops_each_group_at_its_expected_accuracy(trained):
     targets = {s.group: s.config["target_accuracy"] for s in result.plan if s.method != "noop"}
     assert targets == pytest.approx({"medium": expected.iloc[30:60].mean(), "high": expected.iloc[60:].mean()})
     high = Subset(forget.dataset, [int(i) for i in indices[60:]])
-    assert accuracy(result.model, high) <= targets["high"]  # reached within 5 epochs
+    assert top1_accuracy(result.model, high) <= targets["high"]  # reached within 5 epochs
     # without expected_accuracy= the recording's early_accuracy proxy estimates it
     estimated = proxies.compute("early_accuracy", recording=recorder).loc[indices]
     result = unlearn(model, forget=forget, retain=retain, scores=scores, recording=recorder, policy=EXPECTED_POLICY)
@@ -615,7 +615,7 @@ def test_rum_unlearns_the_most_memorized_examples_as_the_high_group(trained, dig
     unlearned; ranked against each other (the paper's split) they are ``low`` and ``medium``, no-ops here."""
     model, recorder, _, _ = trained
     confidence, forget, retain = _most_memorized(recorder, digits)
-    assert accuracy(model, forget) == 1.0
+    assert top1_accuracy(model, forget) == 1.0
     before = _state(model)
     result = unlearn(model, forget=forget, retain=retain, proxy="confidence", recording=recorder,
                      policy="random_label_fast")
@@ -623,11 +623,11 @@ def test_rum_unlearns_the_most_memorized_examples_as_the_high_group(trained, dig
         ("high", "random_label", sorted(forget.indices))]
     assert result.grouping == "training_set"
     np.testing.assert_allclose(result.thresholds, np.quantile(confidence, [1 / 3, 2 / 3]))
-    assert accuracy(result.model, forget) < 1.0 and not _identical(result.model, before)
+    assert top1_accuracy(result.model, forget) < 1.0 and not _identical(result.model, before)
     request = unlearn(model, forget=forget, retain=retain, proxy="confidence", recording=recorder,
                       policy="random_label_fast", grouping="request")
     assert [(s.group, s.method, len(s.indices)) for s in request.plan] == [("low", "noop", 1), ("medium", "noop", 1)]
-    assert _identical(request.model, before) and accuracy(request.model, forget) == 1.0
+    assert _identical(request.model, before) and top1_accuracy(request.model, forget) == 1.0
 
 
 def test_a_recording_of_another_training_set_is_refused(trained, digits):

@@ -15,7 +15,7 @@ from .data import IndexedDataset, Splits, Streamed, datasets, load_dataset
 from .evaluation import evaluate
 from .farm import memorization_scores, train_subset_models
 from .models import create_model, models, register_model
-from .training import TrainConfig, accuracy, load_checkpoint, predict, save_checkpoint, train
+from .training import TrainConfig, load_checkpoint, predict, save_checkpoint, top1_accuracy, train
 from .unlearning import unlearn
 
 _moved.install()  # the module paths of 0.1 (unlearn.scheduler, unlearn.attacks, ...) still import, with a warning
@@ -30,7 +30,6 @@ __all__ = [
     "Streamed",
     "TrainConfig",
     "UnlearnResult",
-    "accuracy",
     "create_model",
     "datasets",
     "evaluate",
@@ -45,15 +44,21 @@ __all__ = [
     "register_model",
     "register_policy",
     "save_checkpoint",
+    "top1_accuracy",
     "train",
     "train_subset_models",
     "unlearn",
 ]
 
 
+_RENAMED = {"Step": "PlanStep", "accuracy": "top1_accuracy"}
+"""0.1's names, kept for a release: the plan's steps (training's loop has batch losses), and a model's top-1 accuracy
+(``accuracy`` is also a proxy, a score of training dynamics)."""
+
+
 def __getattr__(name: str):
-    if name == "Step":  # renamed: training's loop has a batch loss, the plan has steps
-        _warnings.warn("unlearn.Step is now unlearn.PlanStep (unlearn.Step goes in the next release)",
+    if name in _RENAMED:
+        _warnings.warn(f"unlearn.{name} is now unlearn.{_RENAMED[name]} (unlearn.{name} goes in the next release)",
                        DeprecationWarning, stacklevel=2)
-        return PlanStep
+        return globals()[_RENAMED[name]]
     raise AttributeError(f"module 'unlearn' has no attribute {name!r}")

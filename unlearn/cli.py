@@ -28,7 +28,7 @@ from .farm.registry import farms
 from .models import models
 from .pipeline import DEFAULT_PROXIES, RunConfig, run, run_attack, run_proxies, train_original
 from .training.augment import augmentations
-from .training.trainer import PRECISIONS, accuracy, recipes
+from .training.trainer import PRECISIONS, recipes, top1_accuracy
 
 RUN_DEFAULTS: dict[str, object] = {}
 """The defaults ``unlearn run`` and ``train`` declare, by option (a test holds them equal to :class:`RunConfig`'s)."""
@@ -305,7 +305,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def cmd_train(args: argparse.Namespace) -> None:
     splits, model, _ = train_original(run_config(args))
-    print(f"test accuracy {accuracy(model, splits.test):.4f}")
+    print(f"test accuracy {top1_accuracy(model, splits.test):.4f}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from proxies.registries import Registry
 
-__all__ = ["create_model", "models", "register_model"]
+__all__ = ["create_model", "get_model", "models", "register_model"]
 
 _MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -33,9 +33,18 @@ def models() -> list[str]:
     return _MODELS.names()
 
 
+def get_model(name: str) -> Callable[..., nn.Module]:
+    """The factory registered as ``name``: ``f(*, num_classes, in_channels) -> nn.Module``.
+
+    Raises:
+        ValueError: an unknown name, with the names there are.
+    """
+    return _MODELS.get(name)
+
+
 def create_model(name: str, *, num_classes: int, in_channels: int) -> nn.Module:
     """Build a fresh, randomly initialised model (seed it with ``torch.manual_seed`` first)."""
-    factory = _MODELS.get(name)
+    factory = get_model(name)
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
     return factory(num_classes=num_classes, in_channels=in_channels)

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from proxies.tasks import task_of
+
 from ._checks import whole
 from .algorithms.plan import PlanStep, UnlearnResult, step_of
 from .algorithms.registry import Method, get_method, make_config, methods, takers
@@ -47,17 +49,15 @@ def _check_disjoint(forget: Dataset, retain: Dataset, forget_data: Dataset, reta
 
 
 def _check_model(model: nn.Module, forget: Dataset, retain: Dataset, device: torch.device) -> int:
-    """Refuse a model that does not return logits wide enough for the labels; return its number of classes."""
+    """Refuse a model whose output cannot score the examples' targets (for classification: logits wide enough for
+    the labels); return how many targets it scores."""
+    task = task_of(forget)
+    if task_of(retain) is not task:
+        raise ValueError(f"forget and retain must hold examples of one task, got {task!r} and {task_of(retain)!r}")
     with torch.no_grad():
-        out = model(first_input(forget, 2).to(device))
+        out = task.forward(model, first_input(forget, 2).to(device))
     labels = torch.cat([labels_of(forget)[0], labels_of(retain)[0]])
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != min(2, len(forget)):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model must return logits [batch, classes], got {shape}")
-    if int(labels.max()) >= out.shape[1] or int(labels.min()) < 0:
-        raise ValueError(f"model returns {out.shape[1]} logits but the labels span "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
-    return int(out.shape[1])
+    return task.check(out, labels, min(2, len(forget)))
 
 
 def _split_options(method: Method, options: Mapping) -> tuple[dict, dict]:

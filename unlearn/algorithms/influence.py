@@ -28,7 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from proxies.tasks import task_of
 
 from .._checks import real, whole
 from ..data.sources import batches
@@ -67,8 +68,9 @@ def influence(model, forget, retain, config: InfluenceConfig, *, seed, device):
 
     model.eval()
     forget_grad = [torch.zeros_like(p) for p in params]
+    task = task_of(forget)
     for x, y, _ in batches(forget, config.batch_size, device=device):
-        loss = F.cross_entropy(model(x), y, reduction="sum")
+        loss = task.loss(task.forward(model, x), y, reduction="sum")
         for total, g in zip(forget_grad, torch.autograd.grad(loss, params), strict=True):
             total += g
     with torch.no_grad():

@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from proxies.tasks import task_of
 
 from .._checks import real
 from .registry import register_method
@@ -35,10 +36,12 @@ def l1_sparse(model, forget, retain, config: L1SparseConfig, *, seed, device):
     steps_per_epoch = math.ceil(len(retain) / config.batch_size)
     total = max(1, config.epochs * steps_per_epoch)
 
+    task = task_of(retain)
+
     def losses(epoch):
         for step, (x, y) in enumerate(shuffled(retain, config.batch_size, generator, device)):
             alpha = config.alpha * (1 - (epoch * steps_per_epoch + step) / total)
             l1 = sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
-            yield F.cross_entropy(model(x), y) + alpha * l1
+            yield task.loss(task.forward(model, x), y) + alpha * l1
 
     return run_sgd(model, config, losses, seed=seed, forget=forget)

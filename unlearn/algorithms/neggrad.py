@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from proxies.tasks import task_of
 
 from .registry import register_method
 from .sgd import SGDConfig, run_sgd, shuffled
@@ -22,8 +23,10 @@ def neggrad(model, forget, retain, config: NegGradConfig, *, seed, device):
     """Ascend the cross-entropy of the forget set."""
     generator = torch.Generator().manual_seed(seed)
 
+    task = task_of(forget)
+
     def losses(epoch):
         for x, y in shuffled(forget, config.batch_size, generator, device):
-            yield -F.cross_entropy(model(x), y)
+            yield -task.loss(task.forward(model, x), y)
 
     return run_sgd(model, config, losses, seed=seed, forget=forget)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from itertools import cycle
 
 import torch
-import torch.nn.functional as F
+
+from proxies.tasks import task_of
 
 from .._checks import real
 from .registry import register_method
@@ -29,11 +30,13 @@ def neggrad_plus(model, forget, retain, config: NegGradPlusConfig, *, seed, devi
     """``alpha * CE(retain) - (1 - alpha) * CE(forget)`` over retain batches, cycling through the forget set."""
     generator = torch.Generator().manual_seed(seed)
 
+    task = task_of(forget)
+
     def losses(epoch):
         forget_batches = cycle(list(shuffled(forget, config.batch_size, generator, device)))
         retain_batches = shuffled(retain, config.batch_size, generator, device)
         for (xr, yr), (xf, yf) in zip(retain_batches, forget_batches, strict=False):  # cycle never ends
-            retain_loss = F.cross_entropy(model(xr), yr)
-            yield config.alpha * retain_loss - (1 - config.alpha) * F.cross_entropy(model(xf), yf)
+            retain_loss = task.loss(task.forward(model, xr), yr)
+            yield config.alpha * retain_loss - (1 - config.alpha) * task.loss(task.forward(model, xf), yf)
 
     return run_sgd(model, config, losses, seed=seed, forget=forget)

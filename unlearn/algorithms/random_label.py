@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from proxies.tasks import task_of
+
 from ..data.sources import batches, join
 from .registry import register_method
-from .sgd import SGDConfig, num_classes, run_sgd, wrong_labels
+from .sgd import SGDConfig, num_classes, run_sgd
 
 
 @dataclass
@@ -23,14 +24,16 @@ class RandomLabelConfig(SGDConfig):
 
 def relabelled_losses(model: nn.Module, forget: Dataset, retain: Dataset, batch_size: int, classes: int,
                       generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
-    """One epoch of cross-entropy over retain and forget shuffled together; forget examples get a fresh wrong
-    label out of ``classes`` in every batch. Each batch is moved to ``device`` before its labels are combined, so
-    the data may live on any device (the shuffling and the random labels are drawn on the CPU by ``generator``)."""
+    """One epoch of the task's loss (cross-entropy) over retain and forget shuffled together; forget examples get a
+    fresh wrong label out of ``classes`` in every batch. Each batch is moved to ``device`` before its labels are
+    combined, so the data may live on any device (the shuffling and the random labels are drawn on the CPU by
+    ``generator``)."""
     both = join(retain, forget, positions=True)  # an item's index is its position: past the retain set is forget
+    task = task_of(both)
     for x, y, position in batches(both, batch_size, shuffle=True, generator=generator, device=device,
                                   moved=("x", "y", "index")):  # in memory: moved once, gathered there
-        y = torch.where(position >= len(retain), wrong_labels(y, classes, generator), y)
-        yield F.cross_entropy(model(x), y)
+        y = torch.where(position >= len(retain), task.wrong_targets(y, classes, generator), y)
+        yield task.loss(task.forward(model, x), y)
 
 
 @register_method("random_label", config=RandomLabelConfig)

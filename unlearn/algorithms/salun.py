@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+
+from proxies.tasks import task_of
 
 from .._checks import real
 from ..data.sources import batches
@@ -41,8 +42,9 @@ def saliency_mask(model: nn.Module, forget: Dataset, ratio: float, batch_size: i
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     saliency = {name: torch.zeros_like(p) for name, p in params.items()}
     model.eval()
+    task = task_of(forget)
     for x, y, _ in batches(forget, batch_size, device=device):
-        loss = F.cross_entropy(model(x), y, reduction="sum")
+        loss = task.loss(task.forward(model, x), y, reduction="sum")
         grads = torch.autograd.grad(loss, list(params.values()))
         for name, g in zip(params, grads, strict=True):
             saliency[name] += g

@@ -7,8 +7,8 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+
+from proxies.tasks import task_of
 
 from .._checks import real, whole
 from .registry import register_method
@@ -32,13 +32,6 @@ class ScrubConfig(SGDConfig):
         real("ce_weight", self.ce_weight, low=0.0)
 
 
-def distill_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch."""
-    log_student = F.log_softmax(student / temperature, dim=1)
-    target = F.softmax(teacher / temperature, dim=1)
-    return F.kl_div(log_student, target, reduction="batchmean") * temperature**2
-
-
 @register_method("scrub", config=ScrubConfig)
 def scrub(model, forget, retain, config: ScrubConfig, *, seed, device):
     """Alternate max steps (diverge from the teacher on forget) and min steps (match it on retain)."""
@@ -46,18 +39,19 @@ def scrub(model, forget, retain, config: ScrubConfig, *, seed, device):
     for p in teacher.parameters():
         p.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
+    task = task_of(forget)
 
     def losses(epoch):
         if epoch < config.msteps:
             for x, _ in shuffled(forget, config.batch_size, generator, device):
                 with torch.no_grad():
-                    target = teacher(x)
-                yield -distill_kl(model(x), target, config.temperature)
+                    target = task.forward(teacher, x)
+                yield -task.divergence(task.forward(model, x), target, config.temperature)
         for x, y in shuffled(retain, config.batch_size, generator, device):
             with torch.no_grad():
-                target = teacher(x)
-            logits = model(x)
-            yield config.ce_weight * F.cross_entropy(logits, y) + config.kl_weight * distill_kl(
-                logits, target, config.temperature)
+                target = task.forward(teacher, x)
+            output = task.forward(model, x)
+            yield config.ce_weight * task.loss(output, y) + config.kl_weight * task.divergence(
+                output, target, config.temperature)
 
     return run_sgd(model, config, losses, seed=seed, forget=forget)

@@ -12,10 +12,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from proxies.tasks import task_of
+
 from .._checks import real, whole
 from ..data.sources import batches, first_input
 from ..training.loop import lr_factor, run_epochs, training_numerics
-from ..training.trainer import accuracy
+from ..training.trainer import top1_accuracy
 
 
 @dataclass
@@ -103,7 +105,7 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
 @torch.no_grad()
 def forget_accuracy(model: nn.Module, forget: Dataset, device: torch.device) -> float:
     """Eval-mode top-1 accuracy on the forget set, where the model is (:func:`unlearn.training.accuracy`)."""
-    return accuracy(model, forget, device=device)
+    return top1_accuracy(model, forget, device=device)
 
 
 def shuffled(data: Dataset, batch_size: int, generator: torch.Generator,
@@ -115,20 +117,13 @@ def shuffled(data: Dataset, batch_size: int, generator: torch.Generator,
 
 
 def num_classes(model: nn.Module, data: Dataset, device: torch.device) -> int:
-    """The number of logits ``model`` produces (an eval-mode pass: no BatchNorm statistics change)."""
+    """How many targets ``model``'s output scores (the number of logits; an eval-mode pass: no BatchNorm statistics
+    change)."""
     was_training = model.training
     model.eval()
+    task = task_of(data)
     try:
         with torch.no_grad():
-            return int(model(first_input(data).to(device)).shape[1])
+            return task.width(task.forward(model, first_input(data).to(device)))
     finally:
         model.train(was_training)
-
-
-def wrong_labels(y: Tensor, classes: int, generator: torch.Generator) -> Tensor:
-    """A uniformly random label different from ``y`` for every example, drawn on the CPU by ``generator`` (the same
-    labels on every device); for labels on CUDA the draw goes through pinned memory, copied without a host sync."""
-    pinned = y.device.type == "cuda"
-    shift = (torch.randint(1, classes, y.shape, generator=generator, pin_memory=True) if pinned
-             else torch.randint(1, classes, y.shape, generator=generator))
-    return (y + shift.to(y.device, non_blocking=pinned)) % classes

@@ -243,54 +243,80 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     whole("num_workers", num_workers)
     root = Path(root) if root is not None else default_root()
+    data, spec = _read_dataset(name, root=root, download=download, test_fraction=test_fraction, lazy=stream)
+    train_ids, val_ids = _split_ids(name, len(data.y_train), val_fraction=val_fraction, train_size=train_size,
+                                    seed=seed)
+    mean, std, about = _normalisation_and_about(data, spec, train_ids, stream=stream)
+
+    def split(x, y: Tensor, ids: Tensor | None) -> IndexedDataset | Streamed:
+        return _split(x, y, ids, mean=mean, std=std, classes=data.classes, stream=stream, num_workers=num_workers)
+
+    rows = train_ids if data.rows is None else data.rows[train_ids]
+    return Splits(name, split(data.x_train, data.y_train, train_ids), split(data.x_train, data.y_train, val_ids),
+                  split(data.x_test, data.y_test, None), *about, train_rows=rows)
+
+
+def _read_dataset(name: str, *, root: Path, download: bool, test_fraction: float,
+                  lazy: bool) -> tuple[_SourceData, _DatasetSpec | None]:
+    """What :func:`load_dataset`'s ``name`` reads: a source's data (``SOURCE:ARGUMENT``; no spec: its statistics
+    come from the data), or a registered dataset's with its spec."""
     kind, colon, argument = name.partition(":")
     if colon:
         source = _SOURCES.get(kind)
         if not argument:
             raise ValueError(f"dataset {name!r} names no {kind} argument: expected {kind}:{source.argument}")
-        data = source.loader(argument, root=root, download=download, test_fraction=test_fraction, lazy=stream)
-        spec = None
-    else:
-        spec = _DATASETS.get(name)
-        data = _SourceData(*spec.loader(root=root, download=download))
-    x_train, y_train, x_test, y_test, classes = data.x_train, data.y_train, data.x_test, data.y_test, data.classes
+        return source.loader(argument, root=root, download=download, test_fraction=test_fraction, lazy=lazy), None
+    spec = _DATASETS.get(name)
+    return _SourceData(*spec.loader(root=root, download=download)), spec
 
+
+def _split_ids(name: str, n: int, *, val_fraction: float, train_size: int | None,
+               seed: int) -> tuple[Tensor, Tensor]:
+    """The sorted rows of the ``n`` official training examples that make the training and the validation splits:
+    one seeded permutation, the validation split its first ``val_fraction``, the training split the first
+    ``train_size`` of the rest."""
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(y_train), generator=generator)
+    order = torch.randperm(n, generator=generator)
     n_val = int(round(val_fraction * len(order)))
     val_ids, train_ids = order[:n_val].sort().values, order[n_val:]
     if train_size is not None:
         if not 0 < train_size <= len(train_ids):
             raise ValueError(f"train_size must be in [1, {len(train_ids)}] for {name!r}, got {train_size}")
         train_ids = train_ids[:train_size]
-    train_ids = train_ids.sort().values
+    return train_ids.sort().values, val_ids
 
-    if spec is None:  # statistics of the data: the training split's normalisation, the images' shape
+
+def _normalisation_and_about(data: _SourceData, spec: _DatasetSpec | None, train_ids: Tensor, *,
+                             stream: bool) -> tuple[Tensor, Tensor, tuple[int, int, str, tuple[str, ...]]]:
+    """The per-channel mean and std ``[1, C, 1, 1]`` that normalise the images, and what :class:`Splits` says
+    about them (``num_classes, in_channels, default_model, queries``): a registered dataset's spec's, else
+    statistics of the data (the training split's normalisation, the images' shape)."""
+    if spec is None:
+        x_train = data.x_train
         if stream:
             mean, std = _channel_statistics(x_train, train_ids)
         else:
             pixels = x_train[train_ids].float().transpose(0, 1).flatten(1)
             mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-6)
-        num_classes, in_channels = len(classes), x_train.shape[1]
-        default_model, queries = _default_model(tuple(x_train.shape[1:])), ("identity",) if in_channels == 1 else (
-            "identity", "hflip")
+        num_classes, in_channels = len(data.classes), x_train.shape[1]
+        about = (num_classes, in_channels, _default_model(tuple(x_train.shape[1:])),
+                 ("identity",) if in_channels == 1 else ("identity", "hflip"))
     else:
         mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
-        num_classes, in_channels, default_model, queries = (spec.num_classes, spec.in_channels, spec.default_model,
-                                                            spec.queries)
-    mean, std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+        about = (spec.num_classes, spec.in_channels, spec.default_model, spec.queries)
+    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), about
 
-    def split(x, y: Tensor, ids: Tensor | None) -> IndexedDataset | Streamed:
-        if stream:
-            items = _NormalisedImages(x, y, torch.arange(len(y)) if ids is None else ids, mean, std, classes)
-            return Streamed(items, num_workers=num_workers, targets=items.labels)
-        if ids is not None:
-            x, y = x[ids], y[ids]
-        return IndexedDataset(((x.float() - mean) / std).contiguous(), y.long(), classes)
 
-    rows = train_ids if data.rows is None else data.rows[train_ids]
-    return Splits(name, split(x_train, y_train, train_ids), split(x_train, y_train, val_ids),
-                  split(x_test, y_test, None), num_classes, in_channels, default_model, queries, train_rows=rows)
+def _split(x, y: Tensor, ids: Tensor | None, *, mean: Tensor, std: Tensor, classes: list[str] | None,
+           stream: bool, num_workers: int) -> IndexedDataset | Streamed:
+    """The examples ``ids`` of ``x, y`` (None: all of them), normalised with ``mean`` and ``std``: read when asked
+    for (``stream``) or copied into memory."""
+    if stream:
+        items = _NormalisedImages(x, y, torch.arange(len(y)) if ids is None else ids, mean, std, classes)
+        return Streamed(items, num_workers=num_workers, targets=items.labels)
+    if ids is not None:
+        x, y = x[ids], y[ids]
+    return IndexedDataset(((x.float() - mean) / std).contiguous(), y.long(), classes)
 
 
 def _channel_statistics(images, ids: Tensor, chunk: int = 1024) -> tuple[Tensor, Tensor]:

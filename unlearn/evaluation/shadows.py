@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from ..algorithms.registry import get_method
 from ..data.sources import examples, join, labels_of
 from ..farm.local import Job, TrainTask, check_manifest, describe_factory, fingerprint, train_and_predict
 from ..farm.registry import get_farm
 from ..training.trainer import train
-from ..algorithms.registry import get_method
 from ..unlearning import unlearn
 from .attacks.signals import logit_scaled_confidence, predict_queries, true_class_log_probability
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from .._checks import same_settings
 
 __all__ = ["Farm", "FolderFarm", "Job", "LocalFarm", "TrainTask", "check_manifest", "describe_factory", "fingerprint",
-           "save_result", "train_and_predict"]
+           "predict_job", "save_result", "train_and_predict"]
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,6 @@ def train_and_predict(job: Job, task: TrainTask) -> dict[str, np.ndarray]:
     import torch
     from torch.utils.data import Subset
 
-    from ..evaluation.attacks.signals import predict_queries
     from ..training.trainer import train
 
     with torch.random.fork_rng(devices=[]):
@@ -166,6 +165,20 @@ def train_and_predict(job: Job, task: TrainTask) -> dict[str, np.ndarray]:
         model = task.model_fn()
     model, _ = train(model, Subset(task.dataset, job.train_ids.tolist()), seed=job.seed, device=task.device,
                      progress=False, **task.train_kwargs)
+    return predict_job(model, job, task)
+
+
+def predict_job(model, job: Job, task: TrainTask) -> dict[str, np.ndarray]:
+    """A trained model's result for ``job``, as every farm writes it: ``train_ids`` and the model's ``logits``
+    ``[N, C]`` on the whole ``task.dataset`` (identity query) plus ``logits_<query>`` for ``task.queries``' others.
+
+    Args:
+        model: the trained model.
+        job: the job it was trained for.
+        task: what its jobs share: the dataset to predict, and the queries.
+    """
+    from ..evaluation.attacks.signals import predict_queries
+
     logits, _, _ = predict_queries(model, task.dataset, task.queries)
     result = {"train_ids": job.train_ids}
     for a, query in enumerate(task.queries):

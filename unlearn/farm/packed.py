@@ -3,14 +3,20 @@
 :class:`PackedFarm` (``get_farm("packed", folder, models_per_pack=16)``) trains up to ``models_per_pack``
 :func:`~unlearn.farm.train_and_predict` jobs together: their fresh models (each built exactly as one-at-a-time
 training builds it, from ``model_fn`` under ``torch.manual_seed(job.seed)``) are stacked with
-``torch.func.stack_module_state``, one ``vmap(functional_call)`` runs every model on its own batch, and one SGD step
-(torch.optim.SGD's formula: ``d_p = g + wd * p``, ``buf = momentum * buf + d_p``, ``p -= lr * buf``) updates all the
-stacked weights. Each model draws its own batches from its own ``train_ids``, shuffled by a generator seeded with
+``torch.func.stack_module_state`` into one module whose parameters are the stacked weights ``[P, ...]``, and
+one ``vmap(functional_call)`` runs every model on its own batch. The ensemble trains through the one epoch loop,
+:func:`unlearn.training.loop.run_epochs` (each epoch's learning rate from the schedule, ``zero_grad``, ``backward``,
+``optimizer.step``), with one ``torch.optim.SGD`` over the stacked weights: SGD's update (``d_p = g + wd * p``,
+``buf = momentum * buf + d_p``, ``p -= lr * buf``) is elementwise, so a stacked weight steps exactly as its P models
+would one by one. Each model draws its own batches from its own ``train_ids``, shuffled by a generator seeded with
 its job's seed, in the order :func:`unlearn.train` draws them, with the same per-epoch learning rate, so a packed
 model ends where the same model trained alone ends, up to float rounding: vmap sums in another order, as training
 with another number of threads does (digits CNNs, 3 epochs: logits within ~1e-5, the same argmax; see
-``tests/test_farm.py``). Many small models per step instead of one amortise Python's and the kernels' per-step cost:
-on CPU, 16 digits CNNs train several times faster packed (``benchmarks/bench_farm.py``).
+``tests/test_farm.py``). Many small models per step instead of one amortise Python's and the kernels' per-step cost
+(a kernel launch per layer per model, an optimizer step per model): on a GPU, where a small CNN leaves most of the
+device idle, that is the point; on a CPU at one thread it about breaks even (``benchmarks/bench_farm.py``).
+Trained, the ensemble is split back into P ordinary models, whose predictions are made as every farm makes them
+(:func:`unlearn.farm.local.predict_job`).
 
 Results are written per job exactly as :class:`~unlearn.farm.LocalFarm` writes them (same file, same keys), so a
 folder is a cache for both and a rerun resumes from either. The manifest does not record the farm: a packed model
@@ -19,8 +25,10 @@ thread counts (which the manifest does not record either) are. A run interrupted
 
 Subsets of different sizes pack together (a shadow model's half of the pool differs in size from model to model):
 every model's epoch has its own number of batches; a step gives each model its own batch (padded to the largest,
-the padding weighted zero), and a model whose epoch has ended does not step (its update is masked) until the
-next epoch starts.
+the padding weighted zero), and a model whose epoch has ended does not step until the next epoch starts: SGD steps
+every stacked weight (weight decay and momentum move even a weight with a zero gradient), so that model's slices of
+the weights and momentum buffers are copied before the step and put back, bit for bit, after it (the loop's
+``grad_hook`` and ``step_hook``); steps where every model has a batch copy nothing.
 
 Not packed (refused with a ``ValueError`` naming them): models with BatchNorm (its running statistics are updated
 inside the forward pass) or dropout (vmap cannot draw one model's random masks as training alone draws them),
@@ -51,9 +59,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from .local import FolderFarm, Job, JobFn, TrainTask, save_result, train_and_predict
+from .local import FolderFarm, Job, JobFn, TrainTask, predict_job, save_result, train_and_predict
 
 __all__ = ["PACKABLE_SETTINGS", "PackedFarm", "check_packable", "train_pack"]
 
@@ -79,8 +89,6 @@ batch_size, momentum, weight_decay, schedule, drop_last)
     """
     import inspect
 
-    import torch.nn as nn
-
     from ..training.loop import lr_factor
     from ..training.trainer import check_recipe, train
 
@@ -104,22 +112,25 @@ batch_size, momentum, weight_decay, schedule, drop_last)
     return recipe
 
 
-def train_pack(task: TrainTask, jobs: Sequence[Job]) -> list:
+def train_pack(task: TrainTask, jobs: Sequence[Job]) -> list[nn.Module]:
     """Train one model per job together, as one vmapped ensemble; the trained models (eval mode, on the device).
 
     Each model equals, up to float rounding, ``unlearn.train(model_fn(), Subset(task.dataset, job.train_ids),
     seed=job.seed, **task.train_kwargs)`` with ``model_fn`` called under ``torch.manual_seed(job.seed)``, as
-    :func:`~unlearn.farm.train_and_predict` trains it.
+    :func:`~unlearn.farm.train_and_predict` trains it: the ensemble steps through the same epoch loop
+    (:func:`~unlearn.training.loop.run_epochs`, which sets each epoch's learning rate from the schedule) with a
+    ``torch.optim.SGD`` over the stacked weights, each model on its own batch; a model whose epoch has ended is
+    held where it is until the next epoch starts.
 
     Raises:
         ValueError: see :func:`check_packable`; a dataset that is not in memory; a job with no training examples.
+        TypeError: a ``model_fn`` that does not build a ``torch.nn.Module``.
     """
-    import torch
-    import torch.nn.functional as F
-    from torch.func import functional_call, stack_module_state, vmap
+
+    from proxies.tasks import task_of
 
     from ..data.sources import as_tensors
-    from ..training.loop import lr_factor
+    from ..training.loop import run_epochs
     from ..training.trainer import resolve_device
 
     recipe = check_packable(task.train_kwargs)
@@ -130,100 +141,178 @@ def train_pack(task: TrainTask, jobs: Sequence[Job]) -> list:
     if any(len(job.train_ids) == 0 for job in jobs):
         raise ValueError("cannot train on an empty dataset (a job has no train_ids)")
     device = resolve_device(task.device)
+    models = _fresh_models(task, jobs, device)
+    ensemble = _Ensemble(models)
+    optimizer = torch.optim.SGD(ensemble.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
+                                weight_decay=recipe["weight_decay"])
+    hold = _HoldIdle(optimizer)
+    plan = _Batches(jobs, recipe["batch_size"], drop_last=recipe["drop_last"], device=device)
+    inputs, targets = tensors[0].to(device), tensors[1].to(device)
+    kind = task_of(task.dataset)  # (``task`` is the farm's TrainTask: the examples' task is their kind)
+
+    def steps(epoch: int):
+        order = plan.order()
+        for step in range(plan.steps):
+            take, weight, count = plan.batch(order, step)
+            logits = ensemble(inputs[take])  # [P, B, C]
+            losses = kind.loss(logits.flatten(0, 1), targets[take].flatten(), reduction="none")
+            hold.idle = plan.idle[step]
+            # the sum of each model's mean loss over its own batch: each model's gradient is its own
+            yield ((losses.view_as(weight) * weight.to(losses.dtype)).sum(1) / count).sum()
+
+    run_epochs(ensemble, optimizer, steps, lr=recipe["lr"], schedule=recipe["schedule"], epochs=recipe["epochs"],
+               grad_hook=hold.save, step_hook=hold.restore)
+    ensemble.unstack(models)
+    for model in models:
+        model.eval()
+    return models
+
+
+def _fresh_models(task: TrainTask, jobs: Sequence[Job], device) -> list[nn.Module]:
+    """Each job's untrained model on ``device``, built as one-at-a-time training builds it: ``task.model_fn()``
+    under ``torch.manual_seed(job.seed)``, the global random state left as it was.
+
+    Raises:
+        TypeError: ``model_fn`` does not build a ``torch.nn.Module``.
+        ValueError: a model that cannot be packed (see :func:`check_packable`).
+    """
     models = []
     for job in jobs:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(job.seed)
             models.append(task.model_fn())
-    if not isinstance(models[0], torch.nn.Module):
+    if not isinstance(models[0], nn.Module):
         raise TypeError(f"model_fn must build a torch.nn.Module, got {type(models[0]).__name__}")
     check_packable(task.train_kwargs, models[0])
-    models = [model.to(device) for model in models]
-    params, buffers = stack_module_state(models)
-    names = list(params)
-    base = copy.deepcopy(models[0]).to("meta")
-    base.train()
+    return [model.to(device) for model in models]
 
-    def forward(p, b, x):
-        return functional_call(base, (p, b), (x,))
 
-    ensemble = vmap(forward)
-    inputs, targets = tensors[0].to(device), tensors[1].to(device)
-    sizes = torch.tensor([len(job.train_ids) for job in jobs])
-    batch_size, epochs, momentum, weight_decay = (recipe[k] for k in ("batch_size", "epochs", "momentum",
-                                                                       "weight_decay"))
-    stops = sizes - sizes % batch_size if recipe["drop_last"] else sizes  # the examples each model steps on
-    steps = int(-(-int(stops.max()) // batch_size))
-    width = steps * batch_size
-    momenta = {name: torch.zeros_like(params[name]) for name in names} if momentum else {}
-    generators = [torch.Generator().manual_seed(job.seed) for job in jobs]
-    train_ids = [torch.as_tensor(job.train_ids, dtype=torch.long) for job in jobs]
-    valid = torch.arange(width)[None, :] < stops[:, None]  # [P, width]: model m steps on slot j of its epoch
-    counts = valid.view(len(jobs), steps, batch_size).sum(2)  # [P, steps] examples of each model's batch
-    # known before training: no host sync per step on a GPU
-    step_weights, step_counts = valid.to(device, torch.get_default_dtype()), counts.clamp(min=1).to(device)
-    for epoch in range(epochs):
-        lr = recipe["lr"] * lr_factor(recipe["schedule"], epoch, epochs)
-        order = torch.zeros(len(jobs), width, dtype=torch.long)
-        for m, (ids, generator) in enumerate(zip(train_ids, generators, strict=True)):
-            # the draw of proxies.batching.tensor_batches, made by train() once per epoch
-            drawn = ids[torch.randperm(len(ids), generator=generator)][:width]
+class _Batches:
+    """Every model's batches of a pack, a step at a time.
+
+    Model ``m``'s epoch is its own shuffle of its ``train_ids`` (the draw of ``proxies.batching.tensor_batches``,
+    made by :func:`unlearn.train` once per epoch, from a generator seeded with its job's seed) cut into batches of
+    ``batch_size``; step ``s`` takes every model's ``s``-th batch, padded to the largest (the padding weighted 0).
+    A model with fewer batches (a smaller subset) is idle at the steps after its last one.
+
+    Args:
+        jobs: the pack's jobs.
+        batch_size: examples per batch.
+        drop_last: drop each model's last partial batch, as :func:`unlearn.train` does.
+        device: where the batches' indices and weights go (all made before training: no host sync per step).
+    """
+
+    def __init__(self, jobs: Sequence[Job], batch_size: int, *, drop_last: bool, device) -> None:
+        sizes = torch.tensor([len(job.train_ids) for job in jobs])
+        stops = sizes - sizes % batch_size if drop_last else sizes  # the examples each model steps on
+        self.batch_size, self.device = batch_size, device
+        self.steps = int(-(-int(stops.max()) // batch_size))
+        self.width = self.steps * batch_size
+        self.generators = [torch.Generator().manual_seed(job.seed) for job in jobs]
+        self.train_ids = [torch.as_tensor(job.train_ids, dtype=torch.long) for job in jobs]
+        valid = torch.arange(self.width)[None, :] < stops[:, None]  # [P, width]: model m steps on slot j of its epoch
+        counts = valid.view(len(jobs), self.steps, batch_size).sum(2)  # [P, steps] examples of each model's batch
+        self.used = counts.amax(0).tolist() if self.steps else []  # each step's batch width: its largest batch
+        self.weights = valid.to(device, torch.get_default_dtype())
+        self.counts = counts.clamp(min=1).to(device)
+        # per step: the indices of the models without a batch, None when every model has one
+        self.idle = [None if bool(count.all()) else torch.nonzero(count == 0).flatten().to(device)
+                     for count in counts.T]
+
+    def order(self) -> torch.Tensor:
+        """The next epoch's example indices ``[P, width]``: row ``m`` is model ``m``'s shuffle, zero-padded."""
+        order = torch.zeros(len(self.train_ids), self.width, dtype=torch.long)
+        for m, (ids, generator) in enumerate(zip(self.train_ids, self.generators, strict=True)):
+            drawn = ids[torch.randperm(len(ids), generator=generator)][:self.width]
             order[m, :len(drawn)] = drawn
-        order = order.to(device)
-        for step in range(steps):
-            start, used = step * batch_size, int(counts[:, step].max())  # the batch padded to the largest
-            take, weight = order[:, start:start + used], step_weights[:, start:start + used]
-            logits = ensemble(params, buffers, inputs[take])  # [P, B, C]
-            losses = F.cross_entropy(logits.flatten(0, 1), targets[take].flatten(), reduction="none")
-            # the sum of each model's mean loss over its own batch: each model's gradient is its own
-            loss = ((losses.view_as(weight) * weight.to(losses.dtype)).sum(1) / step_counts[:, step]).sum()
-            grads = torch.autograd.grad(loss, [params[name] for name in names])
-            active = counts[:, step] > 0  # a model whose epoch has ended does not step
-            _sgd_step(params, momenta, dict(zip(names, grads, strict=True)), lr=lr, momentum=momentum,
-                      weight_decay=weight_decay, active=None if bool(active.all()) else active.to(device))
-    with torch.no_grad():
+        return order.to(self.device)
+
+    def batch(self, order: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step ``step``'s example indices ``[P, B]``, their weights ``[P, B]`` (1, or 0 for padding) and each
+        model's number of examples ``[P]`` (at least 1: an idle model's weights are all 0)."""
+        start, used = step * self.batch_size, self.used[step]
+        return order[:, start:start + used], self.weights[:, start:start + used], self.counts[:, step]
+
+
+class _Ensemble(nn.Module):
+    """P models of one architecture as one module: each weight stacked ``[P, ...]`` into one ``nn.Parameter`` (what
+    the optimizer steps), ``forward(x [P, B, ...]) -> [P, B, C]`` running model ``m`` on ``x[m]`` with vmap.
+
+    Args:
+        models: the P models, on one device (their weights are copied, not shared).
+    """
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        from torch.func import stack_module_state
+
+        super().__init__()
+        params, self.stacked_buffers = stack_module_state(list(models))  # the buffers are not trained
+        self.names = list(params)
+        self.stacked = nn.ParameterList([nn.Parameter(params[name].detach()) for name in self.names])
+        base = copy.deepcopy(models[0]).to("meta")
+        base.train()
+        self._base = (base,)  # in a tuple: no submodule, so its meta weights are none of the ensemble's parameters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call, vmap
+
+        base = self._base[0]
+
+        def one(params, buffers, inputs):
+            return functional_call(base, (params, buffers), (inputs,))
+
+        return vmap(one)(dict(zip(self.names, self.stacked, strict=True)), self.stacked_buffers, x)
+
+    @torch.no_grad()
+    def unstack(self, models: Sequence[nn.Module]) -> None:
+        """Copy model ``m``'s slice of every stacked weight and buffer into ``models[m]``."""
+        params = dict(zip(self.names, self.stacked, strict=True))
         for m, model in enumerate(models):
             for name, param in model.named_parameters():
                 param.copy_(params[name][m])
             for name, buffer in model.named_buffers():
-                buffer.copy_(buffers[name][m])
-            model.eval()
-    return models
+                buffer.copy_(self.stacked_buffers[name][m])
 
 
-def _sgd_step(params: dict, momenta: dict, grads: dict, *, lr: float, momentum: float, weight_decay: float,
-              active) -> None:
-    """torch.optim.SGD's step (no dampening, no Nesterov) on stacked weights; ``active [P]`` (None: all) masks the
-    models that do not step."""
-    import torch
+class _HoldIdle:
+    """Keeps the models without a batch at a step (their epoch has ended) from stepping, bit for bit.
 
-    with torch.no_grad():
-        for name, param in params.items():
-            d_p = grads[name]
-            if weight_decay:
-                d_p = d_p.add(param, alpha=weight_decay)
-            if active is None:  # every model steps: in place, as torch's SGD
-                if momentum:
-                    d_p = momenta[name].mul_(momentum).add_(d_p)  # first step: momentum * 0 + d_p == d_p
-                param.add_(d_p, alpha=-lr)
-                continue
-            mask = active.view(-1, *([1] * (param.dim() - 1)))
-            if momentum:
-                buf = momenta[name]
-                d_p = buf.mul(momentum).add_(d_p)
-                buf.copy_(torch.where(mask, d_p, buf))
-            param.copy_(torch.where(mask, param.add(d_p, alpha=-lr), param))
+    ``torch.optim.SGD`` steps every stacked weight, and even a zero gradient moves a weight through weight decay and
+    momentum; so the idle models' slices of the weights and momentum buffers are copied before the step
+    (:meth:`save`, :func:`~unlearn.training.loop.run_epochs`'s ``grad_hook``) and put back after it (:meth:`restore`,
+    its ``step_hook``). A momentum buffer that the step created holds zeros for them, as SGD's first step
+    (``buf = d_p``) is ``momentum * 0 + d_p``. ``idle`` is None (nothing copied) when every model has a batch.
+    """
 
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.idle: torch.Tensor | None = None  # the idle models' indices [I], set before each step
+        self.saved: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
-def _predictions(model, job: Job, task: TrainTask) -> dict[str, np.ndarray]:
-    """A trained model's result, as :func:`~unlearn.farm.train_and_predict` makes it."""
-    from ..evaluation.attacks.signals import predict_queries
+    @torch.no_grad()
+    def save(self, model: nn.Module) -> None:
+        """Copy the idle models' weights and momentum buffers (``grad_hook``: after ``backward``, before the step)."""
+        if self.idle is None:
+            return
+        self.saved = [(p[self.idle], None if (buf := self._momentum(p)) is None else buf[self.idle])
+                      for p in self.params]
 
-    logits, _, _ = predict_queries(model, task.dataset, task.queries)
-    result = {"train_ids": job.train_ids}
-    for a, query in enumerate(task.queries):
-        result["logits" if query == "identity" else f"logits_{query}"] = logits[:, a].numpy().astype(np.float32)
-    return result
+    @torch.no_grad()
+    def restore(self, optimizer: torch.optim.Optimizer) -> None:
+        """Put the idle models' weights and momentum buffers back as they were before the step (``step_hook``)."""
+        if self.idle is None:
+            return
+        for p, (weights, momenta) in zip(self.params, self.saved, strict=True):
+            p.index_copy_(0, self.idle, weights)
+            buf = self._momentum(p)
+            if buf is not None and momenta is not None:
+                buf.index_copy_(0, self.idle, momenta)
+            elif buf is not None:  # made by this step
+                buf.index_fill_(0, self.idle, 0)
+
+    def _momentum(self, p: torch.Tensor) -> torch.Tensor | None:
+        return self.optimizer.state.get(p, {}).get("momentum_buffer")
 
 
 class PackedFarm(FolderFarm):
@@ -269,7 +358,7 @@ class PackedFarm(FolderFarm):
                 pack = todo[start:start + step]
                 if packable:
                     for job, model in zip(pack, train_pack(shared, pack), strict=True):
-                        save_result(self.path(job.key), _predictions(model, job, shared))
+                        save_result(self.path(job.key), predict_job(model, job, shared))
                 else:
                     save_result(self.path(pack[0].key), fn(pack[0], shared))
                 bar.update(len(pack))

@@ -129,6 +129,19 @@ TRAIN_STATE = "train-state.pt"
 """The training state after the last finished epoch, in ``OUT/checkpoints``: a killed training resumes from it."""
 
 
+def _run_settings(config: RunConfig, splits, model_name: str) -> dict:
+    """What identifies the original model's training: data, model, seed, checkpoint epochs and recipe."""
+    recipe = config.recipe()
+    every = min(config.checkpoints, recipe.epochs)  # more checkpoints than epochs: one per epoch
+    keep = sorted({round(recipe.epochs * (i + 1) / every) for i in range(every)} - {0})
+    settings = {"dataset": config.dataset, "model": model_name, "seed": config.seed, "train_size": config.train_size,
+                "val_fraction": config.val_fraction, "checkpoint_epochs": keep, **config.recipe_settings(),
+                **recipe.as_kwargs()}
+    if config.stream:  # (an image folder's streamed normalisation can differ in the last bits: another run)
+        settings["stream"] = True
+    return settings
+
+
 def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFolder | None = None):
     """Train the original model on ``device`` into ``out``, or load it there when ``out`` already holds the same
     run (``run``: the folder's later stages, cleared when training starts).
@@ -142,20 +155,13 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
     except DatasetNotFoundError as err:
         raise ValueError(str(err)) from err
     model_name = config.model or splits.default_model
-    recipe = config.recipe()
-    every = min(config.checkpoints, recipe.epochs)  # more checkpoints than epochs: one per epoch
-    keep = sorted({round(recipe.epochs * (i + 1) / every) for i in range(every)} - {0})
-    settings = {"dataset": config.dataset, "model": model_name, "seed": config.seed, "train_size": config.train_size,
-                "val_fraction": config.val_fraction, "checkpoint_epochs": keep, **config.recipe_settings(),
-                **recipe.as_kwargs()}
-    if config.stream:  # (an image folder's streamed normalisation can differ in the last bits: another run)
-        settings["stream"] = True
+    settings = _run_settings(config, splits, model_name)
     torch.manual_seed(config.seed)
     model = create_model(model_name, num_classes=splits.num_classes, in_channels=splits.in_channels)
     check_data(config, splits, model, model_name)
 
     config_file = out / "config.json"
-    checkpoint_files = [out / "checkpoints" / f"epoch-{e:03d}.pt" for e in keep]
+    checkpoint_files = [out / "checkpoints" / f"epoch-{e:03d}.pt" for e in settings["checkpoint_epochs"]]
     files = [out / "model.pt", out / "recording.npz", config_file]
     saved = read_settings(config_file) if config_file.is_file() else None
     if saved is not None:
@@ -163,17 +169,7 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
                       hint="choose another --out or pass --force to overwrite it")
     if saved == settings and all(f.is_file() for f in files + checkpoint_files):
         say(f"reusing the trained model in {out}")
-        checkpoints = []
-        try:
-            for reading in checkpoint_files:
-                checkpoints.append(load_checkpoint(copy.deepcopy(model), reading, device).eval())
-            reading = out / "model.pt"
-            model = load_checkpoint(model, reading, device).eval()
-            reading = out / "recording.npz"
-            recorder = TrainingRecorder.load(reading)
-        except UNREADABLE as err:
-            reason = str(err).splitlines()[0].replace(f"{reading}: ", "")
-            raise ValueError(f"cannot read {reading} ({reason}); pass --force to train again, or delete it") from None
+        model, recorder, checkpoints = _trained_files(out, model, checkpoint_files, device)
         return splits, model, recorder, checkpoints, settings, None
 
     config_file.unlink(missing_ok=True)  # until training finishes, the folder holds no finished run
@@ -183,30 +179,10 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
     state = out / "checkpoints" / TRAIN_STATE
     if saved is not None and saved != settings:  # --force over another run: its state is not this run's
         state.unlink(missing_ok=True)
-    recorder = TrainingRecorder(len(splits.train))
-
-    def keep_checkpoint(epoch, trained):
-        if epoch in keep:
-            save_checkpoint(trained, out / "checkpoints" / f"epoch-{epoch:03d}.pt")
-
-    resumed = state.is_file()
-    say(f"training {model_name} on {splits!r} for {recipe.epochs} epochs"
-        + (f" (resuming from {state})" if resumed else ""))
+    say(f"training {model_name} on {splits!r} for {config.recipe().epochs} epochs"
+        + (f" (resuming from {state})" if state.is_file() else ""))
     start = time.perf_counter()
-    options = {"seed": config.seed, "device": device, "on_epoch_end": keep_checkpoint, "resume": state,
-               "progress": progress_bars(), **recipe.as_kwargs()}
-    try:
-        trained, history = train(model, splits.train, recorder=recorder, **options)
-    except ValueError as err:  # a state file of another training, or unreadable
-        if not (resumed and str(state) in str(err)):
-            raise
-        if not config.force:
-            raise ValueError(f"{err}, or pass --force") from err
-        say(f"{state} is not this training's state: training from the start (--force)")
-        state.unlink()
-        recorder = TrainingRecorder(len(splits.train))
-        trained, history = train(model, splits.train, recorder=recorder, **options)
-    model = trained
+    model, recorder, history = _train_original(config, model, splits, settings, state, out, device)
     seconds = time.perf_counter() - start
     checkpoints = [load_checkpoint(copy.deepcopy(model), f, device).eval() for f in checkpoint_files]
     save_checkpoint(model, out / "model.pt")
@@ -218,6 +194,49 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
         f"{len(checkpoints)} checkpoints to {out}")
     return splits, model, recorder, checkpoints, settings, seconds
 
+
+def _trained_files(out: Path, model: nn.Module, checkpoint_files: list[Path], device):
+    """The trained model, its recording and its checkpoints, read from a finished run folder (a file that cannot
+    be read: a one-line ValueError naming it)."""
+    checkpoints = []
+    try:
+        for reading in checkpoint_files:
+            checkpoints.append(load_checkpoint(copy.deepcopy(model), reading, device).eval())
+        reading = out / "model.pt"
+        model = load_checkpoint(model, reading, device).eval()
+        reading = out / "recording.npz"
+        recorder = TrainingRecorder.load(reading)
+    except UNREADABLE as err:
+        reason = str(err).splitlines()[0].replace(f"{reading}: ", "")
+        raise ValueError(f"cannot read {reading} ({reason}); pass --force to train again, or delete it") from None
+    return model, recorder, checkpoints
+
+
+def _train_original(config: RunConfig, model: nn.Module, splits, settings: dict, state: Path, out: Path, device):
+    """Train with the recorder, keeping the checkpoints of ``settings["checkpoint_epochs"]`` and resuming from
+    ``state`` when it is this training's (another's is refused, or with ``--force`` trained over)."""
+    keep = settings["checkpoint_epochs"]
+
+    def keep_checkpoint(epoch, trained):
+        if epoch in keep:
+            save_checkpoint(trained, out / "checkpoints" / f"epoch-{epoch:03d}.pt")
+
+    resumed = state.is_file()
+    recorder = TrainingRecorder(len(splits.train))
+    options = {"seed": config.seed, "device": device, "on_epoch_end": keep_checkpoint, "resume": state,
+               "progress": progress_bars(), **config.recipe().as_kwargs()}
+    try:
+        trained, history = train(model, splits.train, recorder=recorder, **options)
+    except ValueError as err:  # a state file of another training, or unreadable
+        if not (resumed and str(state) in str(err)):
+            raise
+        if not config.force:
+            raise ValueError(f"{err}, or pass --force") from err
+        say(f"{state} is not this training's state: training from the start (--force)")
+        state.unlink()
+        recorder = TrainingRecorder(len(splits.train))
+        trained, history = train(model, splits.train, recorder=recorder, **options)
+    return trained, recorder, history
 
 
 def digest(settings: dict) -> str:

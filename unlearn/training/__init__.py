@@ -19,12 +19,13 @@ from .trainer import (
     RECIPES,
     DPConfig,
     TrainConfig,
-    accuracy,
+    get_recipe,
     load_checkpoint,
     predict,
-    recipe,
     recipes,
+    register_recipe,
     save_checkpoint,
+    top1_accuracy,
     train,
 )
 
@@ -35,16 +36,30 @@ __all__ = [
     "BatchLoss",
     "DPConfig",
     "TrainConfig",
-    "accuracy",
     "augmentations",
     "get_augmentation",
     "load_checkpoint",
     "lr_factor",
     "predict",
-    "recipe",
+    "get_recipe",
     "recipes",
+    "register_recipe",
     "run_epochs",
     "save_checkpoint",
+    "top1_accuracy",
     "train",
     "training_numerics",
 ]
+
+
+_RENAMED = {"accuracy": "top1_accuracy", "recipe": "get_recipe"}
+
+
+def __getattr__(name: str):
+    if name in _RENAMED:  # 0.1's names, kept for a release
+        import warnings
+
+        warnings.warn(f"unlearn.training.{name} is now {_RENAMED[name]} (the old name goes in the next release)",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module 'unlearn.training' has no attribute {name!r}")

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from proxies.tasks import CLASSIFICATION, Task
+
 __all__ = ["CUBLAS_WORKSPACE", "BatchLoss", "Schedule", "lr_factor", "run_epochs", "training_numerics"]
 
 Schedule = str | Callable[[int, int], float]
@@ -118,7 +120,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
                step_hook: Callable[[torch.optim.Optimizer], None] | None = None,
                stop_after_step: Callable[[], bool] | None = None,
                on_epoch_end: Callable[[int, dict], bool | None] | None = None,
-               progress: str | None = None) -> list[dict]:
+               progress: str | None = None, task: Task = CLASSIFICATION) -> list[dict]:
     """Train epochs ``first .. epochs - 1`` (0-based) of an ``epochs``-long schedule; returns their rows.
 
     Args:
@@ -133,6 +135,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         on_epoch_end: ``on_epoch_end(epoch, row)`` (0-based epoch) after each full epoch; it may add to ``row``;
             ``True`` ends training.
         progress: a tqdm bar's description; ``None``: no bar.
+        task: the kind of example, which says whether a :class:`BatchLoss`'s logits get its examples right.
 
     Returns:
         One row per epoch trained: ``epoch`` (1-based), ``lr``, ``loss`` (mean per example over :class:`BatchLoss`\\ s,
@@ -163,7 +166,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
             size = 1 if targets is None else len(targets)
             total_loss += loss.detach() * size
             if logits is not None:
-                correct += (logits.detach().argmax(1) == targets).sum()
+                correct += task.correct(logits.detach(), targets).sum()
                 scored += size
             seen += size
             if stop_after_step is not None and stop_after_step():

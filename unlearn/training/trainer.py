@@ -18,26 +18,26 @@ import math
 import numbers
 import os
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from proxies import predictions
 from proxies.batching import as_tensors
+from proxies.predictions import predict
 from proxies.registries import Registry
+from proxies.tasks import CLASSIFICATION, Task, task_of
 
 from .._checks import same_settings
 from ..data.sources import batches
-from .augment import augmentation_generator, get_augmentation
+from .augment import Augmentation, augmentation_generator, get_augmentation
 from .loop import BatchLoss, Schedule, lr_factor, run_epochs, training_numerics
 
-__all__ = ["PRECISIONS", "RECIPES", "DPConfig", "TrainConfig", "accuracy", "load_checkpoint", "predict", "recipe",
-           "recipes", "save_checkpoint", "train"]
+__all__ = ["PRECISIONS", "RECIPES", "DPConfig", "TrainConfig", "get_recipe", "load_checkpoint", "recipes",
+           "register_recipe", "save_checkpoint", "top1_accuracy", "train"]
 
 PRECISIONS = ("fp32", "bf16")
 """The arithmetic :func:`train` can run in: ``fp32`` (on CUDA its matmuls and convolutions use TF32, see
@@ -120,22 +120,29 @@ RECIPES: Registry[TrainConfig] = Registry("training recipe", entries={
     # (label-preserving for clothes, bags and shoes, unlike for digits: mnist and digits have no augmented recipe)
     "fashion-mnist-augmented": TrainConfig(epochs=15, lr=0.05, batch_size=128, augment="crop2_flip"),
 })
-"""Training recipes by name (:func:`recipe`): each dataset's default under the dataset's name (what ``unlearn
+"""Training recipes by name (:func:`get_recipe`): each dataset's default under the dataset's name (what ``unlearn
 run`` uses without ``--recipe``), and named ones: ``cifar-resnet18`` (the anchors' CIFAR-10/100 ResNet-18 recipe,
-also the ``cifar10`` and ``cifar100`` defaults) and ``fashion-mnist-augmented``. A mapping;
-``RECIPES.register(name, TrainConfig(...))`` adds one."""
+also the ``cifar10`` and ``cifar100`` defaults) and ``fashion-mnist-augmented``; :func:`register_recipe` adds
+one."""
 
 
-def recipe(name: str) -> TrainConfig:
+def get_recipe(name: str) -> TrainConfig:
     """The training recipe registered as ``name`` (:data:`RECIPES`).
 
-    >>> recipe("cifar-resnet18").augment, recipe("digits").augment
+    >>> get_recipe("cifar-resnet18").augment, get_recipe("digits").augment
     ('crop_flip', 'none')
 
     Raises:
         ValueError: an unknown name, with the names there are.
     """
     return RECIPES.get(name)
+
+
+def register_recipe(name: str, recipe: TrainConfig, *, force: bool = False) -> None:
+    """Add a training recipe (``unlearn run --recipe NAME``); a taken name is refused unless ``force``."""
+    if not isinstance(recipe, TrainConfig):
+        raise TypeError(f"a recipe must be a TrainConfig, got {type(recipe).__name__}")
+    RECIPES.register(name, recipe, force=force)
 
 
 def recipes() -> list[str]:
@@ -228,105 +235,207 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
     Returns:
         The trained model (in eval mode, on ``device``) and a DataFrame with one row per epoch.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_recipe(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay)
-    check_numerics(precision=precision, channels_last=channels_last, deterministic=deterministic)
-    augmentation = get_augmentation(augment)
-    if len(dataset) == 0:
-        raise ValueError("cannot train on an empty dataset")
-    if augment != "none" and torch.as_tensor(dataset[0][0]).ndim != 3:
-        raise ValueError(f"augment={augment!r} needs images [C, H, W], but the dataset's inputs have shape "
-                         f"{list(torch.as_tensor(dataset[0][0]).shape)}")
-    _check_recorder_fits(recorder, dataset)
-    lr_factor(schedule, 0, max(epochs, 1))  # reject a bad schedule before any work
-    if resume is not None and (dp is not None or callable(schedule)):
-        raise ValueError("resume= needs a named schedule and no dp: a callable schedule or opacus's accountant "
-                         "cannot be written to the state file")
+    settings = _Settings(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
+                         schedule=schedule, seed=seed, drop_last=drop_last, patience=patience, recorder=recorder,
+                         on_epoch_end=on_epoch_end, dp=dp, resume=resume, precision=precision,
+                         channels_last=channels_last, deterministic=deterministic, augment=augment)
+    augmentation = settings.check(model, dataset)
     device = resolve_device(device)
-    model = copy.deepcopy(model).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    rows, best_loss, stale, first = [], float("inf"), 0, 0
-    fingerprint = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "momentum": momentum,
-                   "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "drop_last": drop_last,
-                   "patience": patience, "examples": len(dataset), "recorder": recorder is not None}
-    # other arithmetic trains other weights; the defaults stay out, so that states written before read the same
-    fingerprint.update({k: v for k, v in (("precision", precision), ("channels_last", channels_last),
-                                          ("augment", augment))
-                        if v != TrainConfig.__dataclass_fields__[k].default})
+    run = _Run.create(settings, model, dataset, device, augmentation)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             training_numerics(device, deterministic=deterministic):
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
+        run.start(dataset)
+        run_epochs(run.model, run.optimizer, run.steps, lr=lr, schedule=schedule, epochs=epochs, first=run.first,
+                   on_epoch_end=run.end_epoch, progress="train" if progress else None, task=run.task)
+    return run.finish()
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """:func:`train`'s arguments other than the model, the data, the device and the progress bar."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    schedule: Schedule
+    seed: int
+    drop_last: bool
+    patience: int | None
+    recorder: object
+    on_epoch_end: Callable[[int, nn.Module], None] | None
+    dp: DPConfig | None
+    resume: str | os.PathLike | None
+    precision: str
+    channels_last: bool
+    deterministic: bool
+    augment: str
+
+    def check(self, model: nn.Module, dataset: Dataset) -> Augmentation:
+        """Refuse what cannot train, before any work; returns the augmentation ``augment`` names.
+
+        Raises:
+            TypeError: ``model`` is not a module, or a numerics flag is not a bool.
+            ValueError: bad settings, an empty dataset, inputs the augmentation cannot take, a recorder too small
+                for the dataset, an unknown schedule, or ``resume`` with ``dp`` or a callable schedule.
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_recipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, momentum=self.momentum,
+                     weight_decay=self.weight_decay)
+        check_numerics(precision=self.precision, channels_last=self.channels_last, deterministic=self.deterministic)
+        augmentation = get_augmentation(self.augment)
+        if len(dataset) == 0:
+            raise ValueError("cannot train on an empty dataset")
+        if self.augment != "none" and torch.as_tensor(dataset[0][0]).ndim != 3:
+            raise ValueError(f"augment={self.augment!r} needs images [C, H, W], but the dataset's inputs have shape "
+                             f"{list(torch.as_tensor(dataset[0][0]).shape)}")
+        _check_recorder_fits(self.recorder, dataset)
+        lr_factor(self.schedule, 0, max(self.epochs, 1))  # reject a bad schedule before any work
+        if self.resume is not None and (self.dp is not None or callable(self.schedule)):
+            raise ValueError("resume= needs a named schedule and no dp: a callable schedule or opacus's accountant "
+                             "cannot be written to the state file")
+        return augmentation
+
+    def fingerprint(self, examples: int) -> dict:
+        """What a resume state must have been written with: the settings that change the weights trained."""
+        fingerprint = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "momentum": self.momentum,
+                       "weight_decay": self.weight_decay, "schedule": self.schedule, "seed": self.seed,
+                       "drop_last": self.drop_last, "patience": self.patience, "examples": examples,
+                       "recorder": self.recorder is not None}
+        # other arithmetic trains other weights; the defaults stay out, so that states written before read the same
+        fingerprint.update({k: v for k, v in (("precision", self.precision), ("channels_last", self.channels_last),
+                                              ("augment", self.augment))
+                            if v != TrainConfig.__dataclass_fields__[k].default})
+        return fingerprint
+
+
+@dataclass
+class _Run:
+    """The objects and the progress of one :func:`train` call, which its epochs' steps (:meth:`steps`) and ends
+    (:meth:`end_epoch`) share. :meth:`start` sets the fields after ``fingerprint`` (``first`` and the progress only
+    when it resumes); :meth:`end_epoch` keeps the progress."""
+
+    settings: _Settings
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    augmentation: Augmentation
+    fingerprint: dict
+    task: Task = CLASSIFICATION  # the kind of example: how a batch's loss comes out of the model's output
+    generator: torch.Generator | None = None  # the shuffling's
+    augment_generator: torch.Generator | None = None  # the augmentation's; None without augmentation
+    private: nn.Module | None = None  # the module stepped on: ``model``, or opacus's wrapper of it with dp
+    engine: object = None  # opacus's PrivacyEngine with dp: its accountant reports epsilon
+    epoch_batches: Callable[[], Iterable] | None = None
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None
+    input_gradients: bool = False
+    first: int = 0
+    rows: list[dict] = field(default_factory=list)
+    best_loss: float = float("inf")
+    stale: int = 0
+
+    @classmethod
+    def create(cls, settings: _Settings, model: nn.Module, dataset: Dataset, device: torch.device,
+               augmentation: Augmentation) -> _Run:
+        """A copy of ``model`` on ``device`` (the caller's is left unchanged) with its optimizer."""
+        model = copy.deepcopy(model).to(device)
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                    weight_decay=settings.weight_decay)
+        return cls(settings, model, optimizer, device, augmentation, settings.fingerprint(len(dataset)),
+                   task_of(dataset))
+
+    def start(self, dataset: Dataset) -> None:
+        """Seed the random numbers, continue from the resume state when there is one, and choose where the batches
+        come from and the arithmetic; inside the call's ``fork_rng``, before the first epoch."""
+        settings, recorder = self.settings, self.settings.recorder
+        torch.manual_seed(settings.seed)
+        self.generator = torch.Generator().manual_seed(settings.seed)
         # augmentation draws from a stream of its own: the shuffling order is that of an un-augmented run
-        augment_generator = augmentation_generator(seed) if augment != "none" else None
-        if resume is not None and os.path.exists(resume):
-            first, rows, best_loss, stale = _restore(resume, fingerprint, model, optimizer, generator, recorder,
-                                                     device, augment_generator)
-        if dp is not None:
-            private, optimizer, engine, loader = _make_private(model, optimizer, dataset, dp, batch_size=batch_size,
-                                                               epochs=epochs, generator=generator)
+        self.augment_generator = augmentation_generator(settings.seed) if settings.augment != "none" else None
+        if settings.resume is not None and os.path.exists(settings.resume):
+            self.first, self.rows, self.best_loss, self.stale = _restore(
+                settings.resume, self.fingerprint, self.model, self.optimizer, self.generator, recorder, self.device,
+                self.augment_generator)
+        self._choose_batches(dataset)
+        self.autocast = (functools.partial(torch.autocast, self.device.type, dtype=torch.bfloat16)
+                         if settings.precision == "bf16" else contextlib.nullcontext)
+        # the recorder's input gradients come from this very backward pass: the inputs require grad, and x.grad
+        # (of the batch-mean loss, 1/B of each example's own) is handed over once the step is done
+        self.input_gradients = recorder is not None and getattr(recorder, "input_gradients", False)
+
+    def _choose_batches(self, dataset: Dataset) -> None:
+        """With dp, opacus's Poisson-sampled batches through a private model and optimizer; else the dataset's
+        batches, shuffled by the generator."""
+        settings, device = self.settings, self.device
+        if settings.dp is not None:
+            self.private, self.optimizer, self.engine, loader = _make_private(
+                self.model, self.optimizer, dataset, settings.dp, batch_size=settings.batch_size,
+                epochs=settings.epochs, generator=self.generator)
 
             def epoch_batches():
                 for x, y, index in loader:
                     if len(y):  # Poisson sampling can draw an empty batch
                         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), index
+
+            self.epoch_batches = epoch_batches
         else:
-            private = model
+            self.private = self.model
             # the indices go to the device too: the recorder keys its device buffers on them without a copy
-            epoch_batches = functools.partial(batches, dataset, batch_size, shuffle=True, generator=generator,
-                                              drop_last=drop_last, device=device, moved=("x", "y", "index"))
-        autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if precision == "bf16"
-                    else contextlib.nullcontext)
+            self.epoch_batches = functools.partial(batches, dataset, settings.batch_size, shuffle=True,
+                                                   generator=self.generator, drop_last=settings.drop_last,
+                                                   device=device, moved=("x", "y", "index"))
 
-        # the recorder's input gradients come from this very backward pass: the inputs require grad, and x.grad
-        # (of the batch-mean loss, 1/B of each example's own) is handed over once the step is done
-        input_gradients = recorder is not None and getattr(recorder, "input_gradients", False)
-
-        def steps(epoch: int):
+    def steps(self, epoch: int) -> Iterator[BatchLoss]:
+        """:func:`~.loop.run_epochs`'s ``steps``: the epoch's batch losses, recorded when there is a recorder."""
+        recorder, channels_last = self.settings.recorder, self.settings.channels_last
+        if recorder is not None:
+            recorder.start_epoch()
+        for x, y, index in self.epoch_batches():
+            if self.augment_generator is not None:  # the presentation: what the model and the recorder see
+                x = self.augmentation(x, self.augment_generator)
+            if channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.input_gradients:
+                x = x.detach().requires_grad_()
+            with self.autocast():
+                logits = self.task.forward(self.private, x)
+                loss = self.task.loss(logits, y)
             if recorder is not None:
-                recorder.start_epoch()
-            for x, y, index in epoch_batches():
-                if augment_generator is not None:  # the presentation: what the model and the recorder see
-                    x = augmentation(x, augment_generator)
-                if channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                if input_gradients:
-                    x = x.detach().requires_grad_()
-                with autocast():
-                    logits = private(x)
-                    loss = F.cross_entropy(logits, y)
-                if recorder is not None:
-                    recorder.record(logits, y, index)
-                yield BatchLoss(loss, logits, y)  # the loop steps on it before asking for the next one
-                if input_gradients:
-                    recorder.record_input_gradients(x.grad, index, scale=len(y))
-            if recorder is not None:
-                recorder.end_epoch(model)
+                recorder.record(logits, y, index)
+            yield BatchLoss(loss, logits, y)  # the loop steps on it before asking for the next one
+            if self.input_gradients:
+                recorder.record_input_gradients(x.grad, index, scale=len(y))
+        if recorder is not None:
+            recorder.end_epoch(self.model)
 
-        def end_epoch(epoch: int, row: dict) -> bool:
-            nonlocal best_loss, stale
-            if dp is not None:
-                row["epsilon"] = engine.get_epsilon(dp.delta)
-            rows.append(row)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, model)
-            if patience is not None:
-                best_loss, stale = (row["loss"], 0) if row["loss"] < best_loss else (best_loss, stale + 1)
-            if resume is not None:
-                _save_state(resume, fingerprint, epoch + 1, model, optimizer, generator, recorder, rows, best_loss,
-                            stale, device, augment_generator)
-            return patience is not None and stale >= patience
+    def end_epoch(self, epoch: int, row: dict) -> bool:
+        """:func:`~.loop.run_epochs`'s ``on_epoch_end``: keep the row (with dp, its epsilon), call the caller's
+        ``on_epoch_end``, write the resume state; True (stop) once the patience has run out."""
+        settings = self.settings
+        if settings.dp is not None:
+            row["epsilon"] = self.engine.get_epsilon(settings.dp.delta)
+        self.rows.append(row)
+        if settings.on_epoch_end is not None:
+            settings.on_epoch_end(epoch + 1, self.model)
+        if settings.patience is not None:
+            self.best_loss, self.stale = ((row["loss"], 0) if row["loss"] < self.best_loss
+                                          else (self.best_loss, self.stale + 1))
+        if settings.resume is not None:
+            _save_state(settings.resume, self.fingerprint, epoch + 1, self.model, self.optimizer, self.generator,
+                        settings.recorder, self.rows, self.best_loss, self.stale, self.device, self.augment_generator)
+        return settings.patience is not None and self.stale >= settings.patience
 
-        run_epochs(model, optimizer, steps, lr=lr, schedule=schedule, epochs=epochs, first=first,
-                   on_epoch_end=end_epoch, progress="train" if progress else None)
-    if dp is not None:
-        private._close()  # removes opacus's hooks; ``model`` is the trained module inside
-    model.eval()
-    columns = ["epoch", "lr", "loss", "accuracy", "seconds"] + (["epsilon"] if dp is not None else [])
-    return model, pd.DataFrame(rows, columns=columns)
+    def finish(self) -> tuple[nn.Module, pd.DataFrame]:
+        """The trained model, in eval mode, and the history, one row per epoch."""
+        if self.settings.dp is not None:
+            self.private._close()  # removes opacus's hooks; ``model`` is the trained module inside
+        self.model.eval()
+        columns = ["epoch", "lr", "loss", "accuracy", "seconds"] + (["epsilon"] if self.settings.dp is not None else [])
+        return self.model, pd.DataFrame(self.rows, columns=columns)
 
 
 def _check_recorder_fits(recorder, dataset: Dataset) -> None:
@@ -439,22 +548,12 @@ def _make_private(model: nn.Module, optimizer, dataset: Dataset, dp: DPConfig, *
     return private, optimizer, engine, loader
 
 
-@torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
-            device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eval-mode logits ``[N, C]`` (on CPU), labels ``[N]`` and indices ``[N]`` of a dataset, in its order.
-
-    ``device``: where to predict (default: where the model is); a model elsewhere is copied there, never moved.
-    The model's train/eval mode is restored afterwards. The one implementation is :func:`proxies.predict`.
-    """
-    return predictions.predict(model, dataset, batch_size=batch_size, device=device)
-
-
-def accuracy(model: nn.Module, dataset: Dataset, **kwargs) -> float:
+def top1_accuracy(model: nn.Module, dataset: Dataset, **kwargs) -> float:
     """Top-1 accuracy of ``model`` on ``dataset``: correct predictions over examples, an exact fraction (no float32
-    rounding); NaN for an empty dataset. ``kwargs`` go to :func:`predict` (``device``, ``batch_size``)."""
+    rounding); NaN for an empty dataset. ``kwargs`` go to :func:`proxies.predict` (``device``, ``batch_size``).
+    (Named apart from the ``accuracy`` proxy, a score of training dynamics.)"""
     logits, labels, _ = predict(model, dataset, **kwargs)
-    return int((logits.argmax(1) == labels).sum()) / len(labels) if len(labels) else float("nan")
+    return int(task_of(dataset).correct(logits, labels).sum()) / len(labels) if len(labels) else float("nan")
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:

@@ -5,8 +5,17 @@ pipeline and the report read what a method's registration and result say (its in
 
 from .grouping import GROUPINGS, Grouping, form_groups, group_names, group_of, group_thresholds, partition
 from .method import RUMResult, rum
-from .policies import EXPECTED, POLICIES, RUMConfig, policies, register_policy, resolve_policy, retain_sample
+from .policies import (
+    EXPECTED,
+    POLICIES,
+    RUMConfig,
+    get_policy,
+    policies,
+    register_policy,
+    resolve_policy,
+    retain_sample,
+)
 
-__all__ = ["EXPECTED", "GROUPINGS", "POLICIES", "Grouping", "RUMConfig", "RUMResult", "form_groups", "group_names",
-           "group_of", "group_thresholds", "partition", "policies", "register_policy", "resolve_policy",
+__all__ = ["EXPECTED", "GROUPINGS", "POLICIES", "Grouping", "RUMConfig", "RUMResult", "form_groups", "get_policy",
+           "group_names", "group_of", "group_thresholds", "partition", "policies", "register_policy", "resolve_policy",
            "retain_sample", "rum"]

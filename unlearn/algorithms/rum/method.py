@@ -16,9 +16,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ...data.sources import first_input, join, labels_of, take
+from ...data.sources import join, labels_of, take
 from ..plan import NOOP, PlanStep, UnlearnResult, run_step
 from ..registry import get_method, make_config, methods, register_method
+from ..sgd import num_classes
 from .grouping import Grouping, form_groups
 from .policies import EXPECTED, RETAIN_PER_FORGET, RUMConfig, resolve_policy, retain_sample, step_seed_of, uses_expected
 
@@ -78,12 +79,7 @@ def _check_recording(recording, model, forget: Dataset, retain: Dataset, device)
         raise TypeError(f"recording must be a proxies.TrainingRecorder, got {type(recording).__name__}")
     (forget_labels, forget_indices), (retain_labels, retain_indices) = labels_of(forget), labels_of(retain)
     recording.check_matches(torch.cat([forget_indices, retain_indices]), torch.cat([forget_labels, retain_labels]),
-                            num_classes=_num_classes(model, forget, device), what="the forget and retain sets")
-
-
-def _num_classes(model, forget: Dataset, device) -> int:
-    with torch.no_grad():
-        return int(model(first_input(forget).to(device)).shape[1])
+                            num_classes=num_classes(model, forget, device), what="the forget and retain sets")
 
 
 def _per_forget(values, forget: Dataset, name: str) -> np.ndarray:

@@ -45,7 +45,7 @@ from proxies.registries import Registry
 from ..._checks import whole
 from .grouping import check_grouping, group_names
 
-__all__ = ["ENTRY_POINT_GROUP", "EXPECTED", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig", "policies",
+__all__ = ["ENTRY_POINT_GROUP", "EXPECTED", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig", "get_policy", "policies",
            "register_policy", "resolve_policy", "retain_sample", "step_seed_of", "uses_expected"]
 
 ENTRY_POINT_GROUP = "unlearn.policies"
@@ -222,9 +222,7 @@ def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> di
     """
     name = "the policy"
     if isinstance(policy, str):
-        if policy not in policies():
-            raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES.names()} or a mapping")
-        name, policy = f"policy {policy!r}", POLICIES[policy]
+        name, policy = f"policy {policy!r}", get_policy(policy)
     if not isinstance(policy, Mapping):
         raise TypeError(f"policy must be a name or a mapping from group to method, got {type(policy).__name__}")
     missing = [g for g in groups if g not in policy]
@@ -282,3 +280,17 @@ def register_policy(name: str, policy: Mapping[str, Any], force: bool = False) -
 def policies() -> list[str]:
     """Names of the registered policies (built-in, registered and plugins'), sorted."""
     return POLICIES.names()
+
+
+def get_policy(name: str) -> dict[str, Any]:
+    """The policy registered as ``name`` (a mapping from group name to what unlearns it).
+
+    >>> get_policy("random_label_fast")["high"][0]
+    'random_label'
+
+    Raises:
+        ValueError: an unknown name, with the names there are.
+    """
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; expected one of {policies()} or a mapping")
+    return POLICIES[name]

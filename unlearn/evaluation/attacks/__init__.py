@@ -11,7 +11,14 @@ from .forgetting import epsilons, forgetting_quality, forgetting_score
 from .lira import lira, ulira
 from .registry import DEFAULT_ATTACKS, AttackInputs, NotApplicable, attacks, get_attack, register_attack
 from .rmia import disjoint_halves, rmia, tune_rmia_a
-from .signals import QUERIES, AttackSignals, extract_signals, logit_scaled_confidence, modified_entropy
+from .signals import (
+    QUERIES,
+    AttackSignals,
+    extract_signals,
+    logit_scaled_confidence,
+    modified_entropy,
+    register_signals,
+)
 
 __all__ = [
     "DEFAULT_ATTACKS",
@@ -32,6 +39,7 @@ __all__ = [
     "loss_logreg",
     "loss_threshold",
     "modified_entropy",
+    "register_signals",
     "register_attack",
     "rmia",
     "svc",

@@ -8,6 +8,7 @@ cross-entropy loss, the true-class probability, the entropy and Song & Mittal's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -16,8 +17,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from proxies import predict
+from proxies.registries import Registry
+from proxies.tasks import task_of
 
-__all__ = ["QUERIES", "AttackSignals", "extract_signals", "logit_scaled_confidence", "modified_entropy"]
+__all__ = ["QUERIES", "AttackSignals", "extract_signals", "logit_scaled_confidence", "modified_entropy",
+           "register_signals"]
 
 QUERIES = {"identity": lambda x: x, "hflip": lambda x: torch.flip(x, dims=[-1])}
 """Augmentation queries by name (``hflip`` only where the data allows it, e.g. natural images)."""
@@ -149,8 +153,25 @@ def predict_queries(model: nn.Module, data: Dataset, queries=("identity",), *, b
     return predict(model, data, batch_size=batch_size, device=device, views=[QUERIES[q] for q in queries])
 
 
+_FROM_OUTPUTS: Registry[Callable[..., AttackSignals]] = Registry("task's attack signals",
+                                                                entries={"classification": AttackSignals.from_logits})
+
+
+def register_signals(task: str, from_outputs: Callable[..., AttackSignals], *, force: bool = False) -> None:
+    """How the attacks' signals come out of a :class:`proxies.tasks.Task`'s outputs:
+    ``from_outputs(outputs [N, A, ...], targets [N, ...], index [N]) -> AttackSignals`` (numpy arrays), for the
+    task named ``task``; classification's is :meth:`AttackSignals.from_logits`."""
+    _FROM_OUTPUTS.register(task, from_outputs, force=force)
+
+
 def extract_signals(model: nn.Module, data: Dataset, *, queries=("identity",), batch_size: int = 1024,
                     device: torch.device | str | None = None) -> AttackSignals:
-    """All signals of ``model`` on ``data`` for the given augmentation queries."""
+    """All signals of ``model`` on ``data`` for the given augmentation queries, as the examples' task makes them
+    (:func:`register_signals`).
+
+    Raises:
+        ValueError: a task no signals are registered for.
+    """
+    from_outputs = _FROM_OUTPUTS.get(task_of(data).name)
     logits, labels, index = predict_queries(model, data, queries, batch_size=batch_size, device=device)
-    return AttackSignals.from_logits(logits.numpy(), labels.numpy(), index.numpy())
+    return from_outputs(logits.numpy(), labels.numpy(), index.numpy())

@@ -1,0 +1,115 @@
+"""What a kind of example is to the library: how a batch is shown to the model, and how its per-example loss,
+correctness and random targets come out of the model's output. The one seam between the engine (training, every
+unlearning method, rum, the recorder, the attacks) and a kind of data: everything above it is shared.
+
+A :class:`Task` is attached to a dataset (``IndexedDataset(..., task=)``, ``Streamed(..., task=)``) and found by
+:func:`task_of`; a dataset without one holds :data:`CLASSIFICATION` examples: inputs a model maps to logits
+``[batch, classes]``, one integer label each. A second kind (e.g. token sequences with a per-token loss) is a second
+:class:`Task`, with no method edited.
+
+>>> logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
+>>> [round(v, 4) for v in CLASSIFICATION.loss(logits, labels, reduction="none").tolist()]
+[0.1269, 1.3133]
+>>> CLASSIFICATION.correct(logits, labels).tolist()
+[True, False]
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CLASSIFICATION", "Classification", "Task", "task_of"]
+
+
+@runtime_checkable
+class Task(Protocol):
+    """The interface a kind of example implements (see the module doc). ``output`` is what the model returns for a
+    batch (logits for classification); ``targets`` what the batch's items carry as their label."""
+
+    name: str
+
+    def forward(self, model: nn.Module, inputs: Tensor) -> Tensor:
+        """The model's output on a batch of inputs."""
+
+    def loss(self, output: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+        """The loss training minimises: per example (``"none"``), summed or averaged over the batch."""
+
+    def correct(self, output: Tensor, targets: Tensor) -> Tensor:
+        """Whether the model gets each example right, ``[batch]`` bool."""
+
+    def width(self, output: Tensor) -> int:
+        """How many targets the output scores (the number of classes)."""
+
+    def check(self, output: object, targets: Tensor, batch: int) -> int:
+        """Refuse an output that cannot score these targets (a ``ValueError`` saying what was expected); else
+        :meth:`width`."""
+
+    def wrong_targets(self, targets: Tensor, width: int, generator: torch.Generator) -> Tensor:
+        """Targets drawn uniformly at random among the wrong ones, by ``generator`` (random-label unlearning)."""
+
+    def divergence(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """How far a student's output is from a teacher's, averaged over the batch (distillation: SCRUB)."""
+
+
+class Classification:
+    """Inputs a model maps to logits ``[batch, classes]``, one integer label per example; the loss is the
+    cross-entropy."""
+
+    name = "classification"
+
+    def forward(self, model: nn.Module, inputs: Tensor) -> Tensor:
+        return model(inputs)
+
+    def loss(self, output: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+        return F.cross_entropy(output, targets, reduction=reduction)
+
+    def correct(self, output: Tensor, targets: Tensor) -> Tensor:
+        return output.argmax(1) == targets
+
+    def width(self, output: Tensor) -> int:
+        return int(output.shape[1])
+
+    def check(self, output: object, targets: Tensor, batch: int) -> int:
+        if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != batch:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(f"model must return logits [batch, classes], got {shape}")
+        if int(targets.max()) >= output.shape[1] or int(targets.min()) < 0:
+            raise ValueError(f"model returns {output.shape[1]} logits but the labels span "
+                             f"[{int(targets.min())}, {int(targets.max())}]")
+        return self.width(output)
+
+    def wrong_targets(self, targets: Tensor, width: int, generator: torch.Generator) -> Tensor:
+        """A uniformly random label other than each ``targets``' own, drawn on the CPU by ``generator`` (the same
+        labels on every device); for labels on CUDA the draw goes through pinned memory, copied without a host
+        sync."""
+        pinned = targets.device.type == "cuda"
+        shift = (torch.randint(1, width, targets.shape, generator=generator, pin_memory=True) if pinned
+                 else torch.randint(1, width, targets.shape, generator=generator))
+        return (targets + shift.to(targets.device, non_blocking=pinned)) % width
+
+    def divergence(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch."""
+        log_student = F.log_softmax(student / temperature, dim=1)
+        target = F.softmax(teacher / temperature, dim=1)
+        return F.kl_div(log_student, target, reduction="batchmean") * temperature**2
+
+    def __repr__(self) -> str:
+        return "Classification()"
+
+
+CLASSIFICATION = Classification()
+"""The task of a dataset that names none."""
+
+
+def task_of(dataset) -> Task:
+    """The :class:`Task` of a dataset's examples: the one its root (under any ``Subset``) carries as ``task``,
+    else :data:`CLASSIFICATION`."""
+    from torch.utils.data import Subset
+
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "task", None) or CLASSIFICATION
