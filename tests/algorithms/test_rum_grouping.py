@@ -174,7 +174,7 @@ def restore_policies(monkeypatch):
     POLICIES.update(saved)
 
 
-# a policy an outside package exposes; the entry-point test names it (tests.test_rum_grouping:PLUGIN_POLICY)
+# a policy an outside package exposes; the entry-point test names it (tests.algorithms.test_rum_grouping:PLUGIN_POLICY)
 PLUGIN_POLICY = {"low": None, "medium": None, "high": ("finetune", {"epochs": 1, "lr": 1e-6})}
 
 
@@ -204,7 +204,7 @@ def test_register_policy_adds_a_named_policy_and_refuses_duplicates(small, resto
 def test_a_plugin_policy_comes_in_through_entry_points(small, restore_policies, monkeypatch):
     model, train, rank = small
     entries = [importlib.metadata.EntryPoint(name="plugin_only_high", group="unlearn.policies",
-                                             value="tests.test_rum_grouping:PLUGIN_POLICY")]
+                                             value="tests.algorithms.test_rum_grouping:PLUGIN_POLICY")]
     monkeypatch.setattr(POLICIES, "_loaded", False)  # read the entry points again
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group=None: entries if group == "unlearn.policies" else [])

@@ -150,7 +150,7 @@ def test_proxies_score_without_importing_unlearn():
     from pathlib import Path
 
     done = subprocess.run([sys.executable, "-c", PROXIES_ALONE], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).parents[1])
+                          cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
@@ -177,7 +177,7 @@ def test_registry_refuses_duplicates_names_its_contents_and_loads_plugins_lazily
 
     from proxies import Registry
 
-    good = importlib.metadata.EntryPoint(name="blue", value="tests.test_proxies:PLUGIN_COLOUR", group="test.colours")
+    good = importlib.metadata.EntryPoint(name="blue", value="tests.proxies.test_proxies:PLUGIN_COLOUR", group="test.colours")
     scans = []
 
     def entry_points(group=None):
@@ -208,7 +208,7 @@ def test_registry_refuses_duplicates_names_its_contents_and_loads_plugins_lazily
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [broken])
     with pytest.raises(RuntimeError, match=r"colour plugin 'broken' \(no_such_module_xyz\) failed to load"):
         Registry("colour", "test.colours").names()
-    clash = importlib.metadata.EntryPoint(name="red", value="tests.test_proxies:PLUGIN_COLOUR", group="test.colours")
+    clash = importlib.metadata.EntryPoint(name="red", value="tests.proxies.test_proxies:PLUGIN_COLOUR", group="test.colours")
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [clash])
     with pytest.raises(RuntimeError, match="colour plugin 'red' .* failed to register: colour 'red' is already"):
         colours.load_entry_points()

@@ -16,7 +16,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 import proxies  # noqa: E402
 from proxies import TrainingRecorder  # noqa: E402
-from tests.test_recording import _expected  # noqa: E402
+from tests.proxies.test_recording import _expected  # noqa: E402
 from unlearn import create_model, unlearn  # noqa: E402
 from unlearn.training.lightning import RecorderCallback  # noqa: E402
 
