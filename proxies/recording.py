@@ -54,7 +54,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .kernels import SIGNAL_COLUMNS, signals
+from .kernels import SIGNAL_COLUMNS
+from .tasks import CLASSIFICATION, Task
 
 __all__ = ["TrainingRecorder"]
 
@@ -69,17 +70,20 @@ class TrainingRecorder:
             input: +6% of a digits epoch and +20% of a Fashion-MNIST one on a CPU, where oneDNN's backward for a
             1-channel convolution is slow (``benchmarks/README.md``). A manual loop records them with
             :meth:`record_input_gradients`.
+        task: the kind of example (:class:`proxies.tasks.Task`; None: classification), which turns the outputs an
+            epoch buffered into each example's columns.
     """
 
     columns = SIGNAL_COLUMNS
 
-    def __init__(self, num_examples: int, *, input_gradients: bool = True) -> None:
+    def __init__(self, num_examples: int, *, input_gradients: bool = True, task: Task | None = None) -> None:
         if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
             raise ValueError(f"num_examples must be a non-negative int, got {num_examples!r}")
         if not isinstance(input_gradients, bool):
             raise TypeError(f"input_gradients must be True or False, got {input_gradients!r}")
         self.num_examples = num_examples
         self.input_gradients = input_gradients
+        self.task = CLASSIFICATION if task is None else task  # what turns the epoch's outputs into its columns
         self._epochs: list[Tensor] = []
         # per finished epoch: squared input-gradient norms [N] (None: the epoch recorded none) and the weight norm
         self._gradient_epochs: list[Tensor | None] = []
@@ -215,7 +219,7 @@ class TrainingRecorder:
         if any_presented:
             # a diverged model's NaN/inf rows come back NaN, as if not presented
             logits, labels = self._logits[:n][presented], self._labels[:n][presented]
-            scored = signals(logits, labels, check_finite=False)
+            scored = self.task.signals(logits, labels, check_finite=False)
             on_host = presented.cpu()
             values[on_host] = scored.cpu()
             if self._last_labels is not None:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
+
 __all__ = ["CLASSIFICATION", "Classification", "Task", "task_of"]
 
 
@@ -53,6 +55,10 @@ class Task(Protocol):
 
     def divergence(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
         """How far a student's output is from a teacher's, averaged over the batch (distillation: SCRUB)."""
+
+    def signals(self, output: Tensor, targets: Tensor, **options) -> Tensor:
+        """The training recorder's columns for each example (:data:`proxies.kernels.SIGNAL_COLUMNS`), ``[batch,
+        columns]`` float32, from the outputs it buffered over an epoch."""
 
 
 class Classification:
@@ -96,6 +102,10 @@ class Classification:
         log_student = F.log_softmax(student / temperature, dim=1)
         target = F.softmax(teacher / temperature, dim=1)
         return F.kl_div(log_student, target, reduction="batchmean") * temperature**2
+
+    def signals(self, output: Tensor, targets: Tensor, **options) -> Tensor:
+        """The softmax signals of :func:`proxies.kernels.signals` (its fast kernels; ``options`` go to it)."""
+        return kernels.signals(output, targets, **options)
 
     def __repr__(self) -> str:
         return "Classification()"

@@ -69,7 +69,7 @@ class Spy(Classification):
         self.calls = collections.Counter()
 
     def __getattribute__(self, name):
-        if name in ("forward", "loss", "correct", "width", "check", "wrong_targets", "divergence"):
+        if name in ("forward", "loss", "correct", "width", "check", "wrong_targets", "divergence", "signals"):
             object.__getattribute__(self, "calls")[name] += 1
         return object.__getattribute__(self, name)
 
@@ -121,6 +121,25 @@ def test_predictions_proxies_and_attack_signals_go_through_the_task(digits):
                                       proxies.compute(name, model=model, data=plain, progress=False))
         assert spy.calls["loss"] > before.get("loss", 0), name
     np.testing.assert_array_equal(extract_signals(model, data).phi, extract_signals(model, plain).phi)
+
+
+def test_training_and_its_recording_go_through_the_task(digits):
+    from unlearn import train
+
+    spy, runs = Spy(), []
+    for task in (spy, None):
+        data = _digits_with(task, digits)[1]
+        recorder = proxies.TrainingRecorder(len(digits.train), task=task)
+        torch.manual_seed(0)
+        model, history = train(create_model("digits_cnn", num_classes=10, in_channels=1), data, epochs=1,
+                               batch_size=32, recorder=recorder, progress=False)
+        runs.append((model, history, recorder))
+    assert spy.calls["forward"] == spy.calls["loss"] == 2 and spy.calls["correct"] == 2  # 60 examples, batch 32
+    assert spy.calls["signals"] == 1  # once per epoch, over the epoch's buffer
+    (seen, seen_history, seen_recording), (plain, plain_history, plain_recording) = runs
+    assert all(torch.equal(a, b) for a, b in zip(seen.state_dict().values(), plain.state_dict().values(), strict=True))
+    assert seen_history["accuracy"].tolist() == plain_history["accuracy"].tolist()
+    np.testing.assert_array_equal(seen_recording.values, plain_recording.values)
 
 
 def test_a_task_without_attack_signals_is_refused_by_name(digits):

@@ -10,6 +10,7 @@ batching in memory or streamed is :mod:`proxies.batching`'s, re-exported here.
 
 from .sources import (
     DatasetNotFoundError,
+    DatasetSpec,
     IndexedDataset,
     Splits,
     Streamed,
@@ -22,6 +23,7 @@ from .sources import (
     default_root,
     examples,
     first_input,
+    get_dataset,
     join,
     labels_of,
     load_dataset,
@@ -37,6 +39,7 @@ register_synthetic_cifar("synthetic-cifar")  # CIFAR-10-shaped images made on th
 
 __all__ = [
     "DatasetNotFoundError",
+    "DatasetSpec",
     "IndexedDataset",
     "Splits",
     "Streamed",
@@ -49,6 +52,7 @@ __all__ = [
     "default_root",
     "examples",
     "first_input",
+    "get_dataset",
     "join",
     "labels_of",
     "load_dataset",

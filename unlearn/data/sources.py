@@ -55,6 +55,7 @@ from .._checks import whole
 
 __all__ = [
     "DatasetNotFoundError",
+    "DatasetSpec",
     "IndexedDataset",
     "Splits",
     "Streamed",
@@ -63,6 +64,7 @@ __all__ = [
     "datasets",
     "examples",
     "first_input",
+    "get_dataset",
     "join",
     "labels_of",
     "materialize",
@@ -112,7 +114,9 @@ _Loader = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor, list[str] | None]]
 
 
 @dataclass(frozen=True)
-class _DatasetSpec:
+class DatasetSpec:
+    """A named dataset as registered: its loader and what a model needs to know about it (:func:`get_dataset`)."""
+
     loader: _Loader
     num_classes: int
     in_channels: int
@@ -122,7 +126,7 @@ class _DatasetSpec:
     queries: tuple[str, ...]
 
 
-_DATASETS: Registry[_DatasetSpec] = Registry("dataset")
+_DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
 def register_dataset(name: str, *, num_classes: int, in_channels: int, default_model: str,
@@ -132,7 +136,7 @@ def register_dataset(name: str, *, num_classes: int, in_channels: int, default_m
     duplicates are refused unless ``force``."""
 
     def decorator(loader: _Loader) -> _Loader:
-        _DATASETS.register(name, _DatasetSpec(loader, num_classes, in_channels, default_model, mean, std, queries),
+        _DATASETS.register(name, DatasetSpec(loader, num_classes, in_channels, default_model, mean, std, queries),
                            force=force)
         return loader
 
@@ -146,6 +150,19 @@ def datasets() -> list[str]:
     True
     """
     return _DATASETS.names()
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The dataset registered as ``name``: its loader, classes, channels, default model, normalisation and the
+    augmentation queries attacks may use (:func:`load_dataset` reads and splits it).
+
+    >>> get_dataset("digits").default_model
+    'digits_cnn'
+
+    Raises:
+        ValueError: an unknown name, with the names there are.
+    """
+    return _DATASETS.get(name)
 
 
 @dataclass(frozen=True)
@@ -257,7 +274,7 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
 
 
 def _read_dataset(name: str, *, root: Path, download: bool, test_fraction: float,
-                  lazy: bool) -> tuple[_SourceData, _DatasetSpec | None]:
+                  lazy: bool) -> tuple[_SourceData, DatasetSpec | None]:
     """What :func:`load_dataset`'s ``name`` reads: a source's data (``SOURCE:ARGUMENT``; no spec: its statistics
     come from the data), or a registered dataset's with its spec."""
     kind, colon, argument = name.partition(":")
@@ -266,7 +283,7 @@ def _read_dataset(name: str, *, root: Path, download: bool, test_fraction: float
         if not argument:
             raise ValueError(f"dataset {name!r} names no {kind} argument: expected {kind}:{source.argument}")
         return source.loader(argument, root=root, download=download, test_fraction=test_fraction, lazy=lazy), None
-    spec = _DATASETS.get(name)
+    spec = get_dataset(name)
     return _SourceData(*spec.loader(root=root, download=download)), spec
 
 
@@ -286,7 +303,7 @@ def _split_ids(name: str, n: int, *, val_fraction: float, train_size: int | None
     return train_ids.sort().values, val_ids
 
 
-def _normalisation_and_about(data: _SourceData, spec: _DatasetSpec | None, train_ids: Tensor, *,
+def _normalisation_and_about(data: _SourceData, spec: DatasetSpec | None, train_ids: Tensor, *,
                              stream: bool) -> tuple[Tensor, Tensor, tuple[int, int, str, tuple[str, ...]]]:
     """The per-channel mean and std ``[1, C, 1, 1]`` that normalise the images, and what :class:`Splits` says
     about them (``num_classes, in_channels, default_model, queries``): a registered dataset's spec's, else

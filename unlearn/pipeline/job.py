@@ -35,7 +35,6 @@ from .stages import (
     load_run,
     memorization_stage,
     method_config_of,
-    method_options,
     model_fn_of,
     proxies_stage,
     proxy_series,
@@ -60,7 +59,6 @@ RUN_STAGES = {"train": (), "proxies": ("proxies.csv",), "forget": ("forget.csv",
 RUN_OUTPUTS = ("report.md", "results.json", "scores.csv", "roc.png", "forget_accuracy_by_group.png",
                "proxies_vs_memorization.png", "config.toml")
 """What the evaluation writes from all the stages: removed as soon as any stage is redone."""
-
 
 
 def _settled(config: RunConfig | None, out) -> RunConfig:
@@ -120,7 +118,7 @@ def _request(config: RunConfig, folder: RunFolder, trained: Trained, table: pd.D
     say(f"forget {len(forget)} of {len(splits.train)} training examples ({config.forget}"
         + (f", ranked by {select_by}" if spec.needs_scores else "") + ")")
     return Request(ids, forget, retain, select_by if spec.needs_scores else None,
-                    skipped_request_rows(spec, splits), folder.digest("forget"))
+                   skipped_request_rows(spec, splits), folder.digest("forget"))
 
 
 def _reference(config: RunConfig, folder: RunFolder, trained: Trained, request: Request, device) -> nn.Module:
@@ -132,11 +130,11 @@ def _reference(config: RunConfig, folder: RunFolder, trained: Trained, request: 
 def _unlearned(config: RunConfig, folder: RunFolder, trained: Trained, table: pd.DataFrame, request: Request,
                device) -> Unlearned:
     say(f"\n[5/6] unlearning ({config.method})")
-    model, plan, notes = unlearn_stage(folder, config, trained.model, request.forget, request.retain, table,
-                                       trained.recorder, trained.model_fn, request.digest, device,
-                                       method_config_of(config, trained.settings))
-    say(plan.drop(columns=["config", "indices"]).to_string(index=False))
-    return Unlearned(model, plan, notes, config.proxy if "proxy" in method_options(config, None, None)[0] else None)
+    unlearned = unlearn_stage(folder, config, trained.model, request.forget, request.retain, table,
+                              trained.recorder, trained.model_fn, request.digest, device,
+                              method_config_of(config, trained.settings))
+    say(unlearned.plan.drop(columns=["config", "indices"]).to_string(index=False))
+    return unlearned
 
 
 def run(config: RunConfig | None = None, out: str | os.PathLike | None = None, *, progress: bool = True) -> RunResult:

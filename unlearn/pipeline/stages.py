@@ -440,7 +440,7 @@ def method_options(config: RunConfig, table: pd.DataFrame | None, recorder) -> t
 def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, table: pd.DataFrame, recorder,
                   model_fn, after: str, device: torch.device, method_config: dict):
     """Unlearn ``forget`` from the original model with the run's method, or reuse the folder's
-    ``unlearned.pt`` and ``plan.csv``; returns the model, the plan and what the method noted of its plan."""
+    ``unlearned.pt`` and ``plan.csv``: the model, the plan and what the method noted of it."""
     from ..unlearning import unlearn
 
     named, options = method_options(config, table, recorder)
@@ -454,7 +454,7 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
                                                                 "indices"])))
     if reused is not None:
         say("reusing the unlearned model in unlearned.pt")
-        return reused[0].eval(), reused[1], run.notes("unlearn")
+        return Unlearned(reused[0].eval(), reused[1], run.notes("unlearn"), named.get("proxy"))
     say(f"unlearning {len(forget)} examples with {config.method}"
         + (f" scheduled by {config.proxy}" if "proxy" in named else ""))
     with run.timed("unlearn", settings) as notes:
@@ -470,7 +470,7 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
                                          indices=[json.dumps(step.indices.tolist()) for step in result.plan])
         plan.to_csv(run.path / "plan.csv", index=False)
         notes.update(result.facts())
-    return result.model.eval(), plan, run.notes("unlearn")
+    return Unlearned(result.model.eval(), plan, run.notes("unlearn"), named.get("proxy"))
 
 
 def plan_groups(plan: pd.DataFrame, forget_ids: np.ndarray) -> pd.Series:
