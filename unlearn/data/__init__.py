@@ -1,11 +1,6 @@
 """Data: named datasets and dataset sources (:mod:`.sources`), CIFAR-shaped data made on the fly
 (:mod:`.synthetic`) and forget-set requests (:mod:`.selection`). Every example carries its training-set index;
 batching in memory or streamed is :mod:`proxies.batching`'s, re-exported here.
-
->>> splits = load_dataset("digits")
->>> x, y, index = splits.train[5]
->>> tuple(x.shape), index, splits.num_classes
-((1, 8, 8), 5, 10)
 """
 
 from .sources import (

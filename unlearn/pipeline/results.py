@@ -122,7 +122,11 @@ def _per_example(config: RunConfig, trained: Trained, table: pd.DataFrame, memor
     scores["group"] = groups
     scores = scores.join(examples)
     per_group = scores.loc[request.ids].groupby("group")[[f"correct_{m}" for m in models]].mean()
-    per_group = per_group.reindex([g for g in ("low", "medium", "high") if g in per_group.index])
+    # least memorized group first: ordered by the groups' mean score, pointing the usual way
+    ranked = proxy_series(table, config.proxy)
+    sign = 1.0 if ranked.attrs["higher_is_memorized"] else -1.0
+    level = (sign * ranked.loc[request.ids]).groupby(groups.loc[request.ids]).mean()
+    per_group = per_group.loc[level.sort_values(kind="stable").index]
     per_group.columns = list(models)
     per_group.insert(0, "examples", groups.value_counts().reindex(per_group.index))
     return scores, per_group
