@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (the main job on the built-in data) and `make test` (the whole suite).
+# Two entry points: `make demo` (the main job on the built-in data) and `make test` (the suite without the tests
+# marked slow, in about 75 s on two cores; `make test-slow` runs those, CI runs both).
 # Both create .venv when it is missing and install into it; a second run only reinstalls when
 # pyproject.toml, setup.py or the C++/CUDA sources changed.
 
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
 
-.PHONY: install demo test test-fast bench fashion-mnist check-cuda check-gpu lint clean
+.PHONY: install demo test test-slow bench fashion-mnist check-cuda check-gpu lint clean
 
 install: $(STAMP)
 
@@ -21,12 +22,14 @@ $(STAMP): pyproject.toml setup.py $(CSRC)
 demo: install
 	$(BIN)/unlearn run
 
+# Every test and doctest but the ones marked slow.
 test: install
-	$(BIN)/python -m pytest -q -rs
-
-# The suite without the tests marked slow (kill-and-resume, Ray): for a quick loop while editing.
-test-fast: install
 	$(BIN)/python -m pytest -q -rs -m "not slow"
+
+# The tests marked slow: end-to-end runs, Ray, fresh interpreters and kill-and-resume, a benchmark script, the
+# full digits recipe. `make test` and `make test-slow` together run the whole suite.
+test-slow: install
+	$(BIN)/python -m pytest -q -rs -m slow
 
 bench: install
 	$(BIN)/python benchmarks/bench_recorder.py

@@ -3,13 +3,18 @@ and warns with a DeprecationWarning naming where it went."""
 
 from __future__ import annotations
 
+import ast
 import importlib
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from unlearn._moved import MOVED
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("old", sorted(MOVED))
@@ -46,6 +51,56 @@ def test_unlearn_step_is_plan_step_with_a_warning():
         unlearn.no_such_name  # noqa: B018
 
 
+def _imported(module: str, is_package: bool, source: str) -> set[tuple[str, int]]:
+    """Every module path ``source`` (the code of ``module``) imports anywhere, with its line: ``import a.b`` and
+    ``from a.b import c`` import ``a`` and ``a.b`` (and ``a.b.c`` where ``c`` is a submodule), relative imports
+    resolved, and the constant names given to ``importlib.import_module``."""
+    package = module if is_package else module.rpartition(".")[0]
+    named = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            named.update((alias.name, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            named.add((base, node.lineno))
+            named.update((f"{base}.{alias.name}", node.lineno) for alias in node.names)
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and (getattr(node.func, "attr", None) or getattr(node.func, "id", None)) == "import_module"):
+            named.add((node.args[0].value, node.lineno))
+    # importing a.b.c imports a and a.b first
+    return {(name[:end], line) for name, line in named for end in
+            [m.start() for m in re.finditer(r"\.", name)] + [len(name)]}
+
+
+def test_the_import_finder_sees_an_old_path_however_it_is_written():
+    code = ("import unlearn.attacks.lira\nfrom unlearn import scheduler\nfrom ..registry import x\n"
+            "def f():\n    importlib.import_module('unlearn.metrics')\n")
+    found = {name for name, _ in _imported("unlearn.algorithms.x", False, code)} & set(MOVED)
+    assert found == {"unlearn.attacks", "unlearn.attacks.lira", "unlearn.scheduler", "unlearn.registry",
+                     "unlearn.metrics"}
+    assert {name for name, _ in _imported("unlearn.data", True, "from .selection import y")} >= {
+        "unlearn.data.selection", "unlearn"}
+
+
+def test_no_module_of_the_library_names_an_old_path():
+    """No module of the packages (imports inside functions included) names a moved path, read from the source;
+    the slow test below imports them in a fresh interpreter."""
+    old = []
+    for package in ("unlearn", "proxies"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            is_package = parts[-1] == "__init__"
+            module = ".".join(parts[:-1] if is_package else parts)
+            old += [f"{path.relative_to(ROOT).as_posix()}:{line} imports {name}"
+                    for name, line in _imported(module, is_package, path.read_text()) if name in MOVED]
+    assert sorted(old) == []
+
+
+@pytest.mark.slow
 def test_the_library_itself_imports_no_old_path():
     """In a fresh interpreter that turns DeprecationWarnings into errors, importing every package and the CLI
     touches none of the moved paths."""

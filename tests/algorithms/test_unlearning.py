@@ -116,6 +116,11 @@ def test_rum_with_a_confidence_proxy_flips_its_direction(trained):
     renamed = table["confidence"].rename("conf")
     with pytest.raises(ValueError, match="named 'conf': pass one column"):
         unlearn(model, forget=forget, retain=retain, scores=renamed, policy=policy)
+
+
+@pytest.mark.slow  # the anchor policy: 5 + 5 + 10 epochs of neggrad_plus, over the retain set too
+def test_rum_with_a_model_based_proxy_runs_an_anchor_policy_end_to_end(trained):
+    model, _, forget, retain = trained
     # a model-based proxy needs no recording; the built-in anchor policies run end to end
     result = unlearn(model, forget=forget, retain=retain, proxy="loss_curvature", policy="neggrad_plus")
     assert [s.method for s in result.plan] == ["neggrad_plus"] * 3

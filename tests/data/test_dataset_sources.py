@@ -94,6 +94,7 @@ def test_image_folder_split_is_seeded_and_rows_are_stable(image_folder):
     assert len(trained) <= 3 * 32  # no seed ever trains on a test image
 
 
+@pytest.mark.slow  # an end-to-end run
 @requires_fashion_mnist
 def test_unlearn_run_on_an_image_folder(image_folder, tmp_path):
     folder, _ = image_folder
@@ -145,6 +146,7 @@ def test_a_streamed_image_folder_is_opened_a_batch_at_a_time(image_folder, monke
         assert torch.equal(copy.targets, getattr(memory, name).targets)
 
 
+@pytest.mark.slow  # two end-to-end runs with shadow models, one read through a worker process
 @requires_fashion_mnist
 def test_unlearn_run_streams_an_image_folder(image_folder, tmp_path):
     folder, _ = image_folder

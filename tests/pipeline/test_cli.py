@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -16,9 +17,19 @@ def test_help_explains_every_option(command):
         assert action.help, f"unlearn {command} {action.option_strings} has no help"
 
 
-def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "unlearn.cli", "--help"], capture_output=True, text=True, check=True)
-    assert all(command in out.stdout for command in ("train", "run", "proxies", "attack", "bench"))
+def test_console_script_help(monkeypatch, capsys):
+    """``python -m unlearn.cli --help``, run the way ``-m`` runs a module (here, in this process: a fresh interpreter
+    would add nothing but the imports)."""
+    import runpy
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", ["unlearn", "--help"])
+    with pytest.raises(SystemExit) as done, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: unlearn.cli is already imported, by this module
+        runpy.run_module("unlearn.cli", run_name="__main__", alter_sys=True)
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in ("train", "run", "proxies", "attack", "bench"))
 
 
 def test_train_writes_checkpoint_recording_and_config(tmp_path, capsys):
@@ -160,7 +171,7 @@ def test_run_removes_the_ids_of_a_request(tmp_path, capsys):
     pd.DataFrame({"source_row": [0, 1, 2, 5]}).to_csv(request, index=False)
     out = tmp_path / "run"
     assert main(["run", "--epochs", "1", "--checkpoints", "1", "--forget", f"ids:{request}", "--method", "finetune",
-                 "--proxies", "confidence", "forgetting_events", "--out", str(out)]) == 0
+                 "--method-config", "epochs=1", "--proxies", "confidence", "forgetting_events", "--out", str(out)]) == 0
     forget = pd.read_csv(out / "forget.csv")
     assert forget["source_row"].tolist() == [0, 1, 2, 5]
     scores = pd.read_csv(out / "scores.csv", index_col="index")
@@ -230,8 +241,12 @@ def test_run_input_errors_fail_before_training(argv, message, capsys, tmp_path, 
     assert err.count("\n") == 1 and message in err
 
 
+@pytest.mark.slow
 def test_bench_runs_a_benchmark_script(capsys):
-    assert main(["bench", "recorder", "--", "--help"]) == 0
+    assert main(["bench", "recorder", "--", "--help"]) == 0  # a fresh interpreter: its imports take seconds
+
+
+def test_bench_refuses_an_unknown_benchmark(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "nope"])
 
@@ -271,21 +286,33 @@ def test_a_second_command_on_a_folder_in_use_is_refused_in_one_line(tmp_path, ca
         assert not (out / "config.json").exists()  # refused before any work
 
 
-def test_the_lock_dies_with_its_process(tmp_path):
-    """A killed holder leaves no lock behind: the OS drops it with the process."""
+def _hold_the_lock(path, ready):
     from unlearn.pipeline import locked
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom unlearn.pipeline import locked\n"
-                               f"with locked({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    with locked(path):
+        ready.send("held")
+        time.sleep(60)
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    """A killed holder leaves no lock behind: the OS drops it with the process (a forked one: the lock is the
+    process's, however it started, and a fork needs no fresh interpreter)."""
+    import multiprocessing
+
+    from unlearn.pipeline import locked
+
+    context = multiprocessing.get_context("fork")
+    ready, child_end = context.Pipe(duplex=False)
+    holder = context.Process(target=_hold_the_lock, args=(str(tmp_path), child_end), daemon=True)
+    holder.start()
     try:
-        assert holder.stdout.readline().strip() == "held"
+        assert ready.poll(60) and ready.recv() == "held"
         with pytest.raises(ValueError, match="in use"):
             with locked(tmp_path):
                 pass
     finally:
-        holder.kill()
-        holder.wait()
+        holder.kill()  # SIGKILL
+        holder.join()
     with locked(tmp_path):
         pass
 
@@ -351,6 +378,7 @@ FAULTS = {
 }
 
 
+@pytest.mark.slow  # ten end-to-end reruns
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_a_damaged_run_folder_is_rebuilt_or_refused_in_one_line(finished_run, tmp_path, fault, capsys):
     """A file a later stage made is rebuilt with a warning; one the run cannot rebuild is refused in one line
@@ -417,6 +445,7 @@ def test_a_training_killed_with_sigkill_resumes_to_the_same_bits(tmp_path):
     assert not state.exists()  # a finished training leaves no state behind
 
 
+@pytest.mark.slow  # two end-to-end runs with shadow models
 @pytest.mark.parametrize("forget", ["random:1", "random:2"])
 def test_a_request_of_one_or_two_examples_runs_and_says_what_it_could_not_compute(tmp_path, forget, capsys):
     out = tmp_path / "run"
@@ -443,6 +472,7 @@ def _without_timings(value):
     return value
 
 
+@pytest.mark.slow  # two end-to-end runs and a rerun from config.toml
 def test_the_command_and_pipeline_run_write_the_same_results_and_config_toml_repeats_a_run(tmp_path, capsys):
     from unlearn.pipeline import RunConfig, run
 

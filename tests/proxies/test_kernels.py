@@ -255,6 +255,7 @@ def test_holdout_scores_where_the_predictions_are_made(monkeypatch):
     assert seen[-1] == ("meta", "meta", torch.float64)
 
 
+@pytest.mark.slow  # a fresh interpreter: its imports and numba's start take seconds
 def test_numba_kernels_leave_torch_thread_count_alone():
     """numba's OpenMP layer sets the process's OpenMP thread count when it starts, which torch shares: in a fresh
     process told to use one thread, neither a LiRA fit nor the numba backend's kernels may leave torch with more."""

@@ -142,6 +142,7 @@ print(sorted(m for m in sys.modules if m == "unlearn" or m.startswith("unlearn."
 """
 
 
+@pytest.mark.slow  # a fresh interpreter; test_no_proxies_module_imports_unlearn checks the source meanwhile
 def test_proxies_score_without_importing_unlearn():
     """The scoring layer stands alone: a recording proxy and loss curvature, on a plain nn.Module and in-memory data,
     in a fresh interpreter that never loads ``unlearn``."""
@@ -177,7 +178,8 @@ def test_registry_refuses_duplicates_names_its_contents_and_loads_plugins_lazily
 
     from proxies import Registry
 
-    good = importlib.metadata.EntryPoint(name="blue", value="tests.proxies.test_proxies:PLUGIN_COLOUR", group="test.colours")
+    good = importlib.metadata.EntryPoint(name="blue", value="tests.proxies.test_proxies:PLUGIN_COLOUR",
+                                         group="test.colours")
     scans = []
 
     def entry_points(group=None):
@@ -208,7 +210,8 @@ def test_registry_refuses_duplicates_names_its_contents_and_loads_plugins_lazily
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [broken])
     with pytest.raises(RuntimeError, match=r"colour plugin 'broken' \(no_such_module_xyz\) failed to load"):
         Registry("colour", "test.colours").names()
-    clash = importlib.metadata.EntryPoint(name="red", value="tests.proxies.test_proxies:PLUGIN_COLOUR", group="test.colours")
+    clash = importlib.metadata.EntryPoint(name="red", value="tests.proxies.test_proxies:PLUGIN_COLOUR",
+                                          group="test.colours")
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [clash])
     with pytest.raises(RuntimeError, match="colour plugin 'red' .* failed to register: colour 'red' is already"):
         colours.load_entry_points()

@@ -16,6 +16,7 @@ def digits_model(digits):
     return train(model, digits.train, seed=0, progress=False, device="cpu", **RECIPES["digits"].as_kwargs())
 
 
+@pytest.mark.slow  # the whole digits recipe, 30 epochs
 def test_digits_cnn_reaches_95_percent_on_real_test_digits(digits, digits_model):
     model, history = digits_model
     assert top1_accuracy(model, digits.test) >= 0.95
@@ -28,9 +29,10 @@ def test_training_is_deterministic_and_leaves_the_caller_alone(digits):
     model = create_model("digits_cnn", num_classes=10, in_channels=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng_before = torch.get_rng_state()
-    a, _ = train(model, digits.train, epochs=2, seed=3, progress=False, device="cpu")
-    b, _ = train(model, digits.train, epochs=2, seed=3, progress=False, device="cpu")
-    c, _ = train(model, digits.train, epochs=2, seed=4, progress=False, device="cpu")
+    data = _small_digits(digits, 300)  # 300: the last batch of each epoch is a short one
+    a, _ = train(model, data, epochs=2, seed=3, progress=False, device="cpu")
+    b, _ = train(model, data, epochs=2, seed=3, progress=False, device="cpu")
+    c, _ = train(model, data, epochs=2, seed=4, progress=False, device="cpu")
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in before)
     assert not all(torch.equal(a.state_dict()[k], c.state_dict()[k]) for k in before)
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
@@ -61,8 +63,10 @@ def test_bad_arguments_raise():
         train(nn.Linear(3, 2), TensorDataset(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)), epochs=1)
 
 
-def test_checkpoints_round_trip_as_weights_only(tmp_path, digits, digits_model):
-    model, _ = digits_model
+def test_checkpoints_round_trip_as_weights_only(tmp_path, digits):
+    torch.manual_seed(0)  # trained weights, not initial ones; one short epoch is enough to write and read them
+    model, _ = train(create_model("digits_cnn", num_classes=10, in_channels=1), _small_digits(digits), epochs=1,
+                     batch_size=32, device="cpu", progress=False)
     save_checkpoint(model, tmp_path / "model.pt")
     fresh = load_checkpoint(create_model("digits_cnn", num_classes=10, in_channels=1), tmp_path / "model.pt")
     torch.testing.assert_close(predict(fresh, digits.test)[0], predict(model, digits.test)[0])
@@ -79,6 +83,7 @@ def test_patience_stops_when_the_training_loss_stalls():
     assert len(history) == 4
 
 
+@pytest.mark.slow  # opacus calibrates the noise to the budget: seconds of accounting before the first step
 def test_dp_training_reports_the_accountants_epsilon(digits):
     from unlearn.training import DPConfig
 
@@ -90,6 +95,11 @@ def test_dp_training_reports_the_accountants_epsilon(digits):
     assert 3.0 < history["epsilon"].iloc[-1] <= 4.0 + 1e-6  # the budget is spent, not exceeded
     assert top1_accuracy(model, digits.test) > 0.3  # it learns despite clipping and noise
     assert not hasattr(model, "_module")  # the plain trained module, not opacus's wrapper
+
+
+def test_dp_settings_and_layers_opacus_cannot_train_are_refused(digits):
+    from unlearn.training import DPConfig
+
     with pytest.raises(ValueError, match="epsilon > 0"):
         DPConfig(epsilon=0)
     with pytest.raises(ValueError, match="BatchNorm"):
