@@ -25,9 +25,9 @@ class SGDConfig:
     """Optimizer settings every gradient-based method has (anchor defaults: batch 256, momentum 0.9, wd 5e-4).
 
     ``target_accuracy`` (a fraction, or ``None``) stops training early, at the first check (see :func:`run_sgd`)
-    that finds the model's accuracy on the forget set at or below it. ``epochs`` then caps the run. The
-    memorization-aware scheduler sets it to the accuracy a model that never saw the group is expected to have (see
-    :mod:`unlearn.algorithms.rum.policies`).
+    that finds the model's accuracy on the forget set at or below it. ``epochs`` then caps the run. A ``rum``
+    policy step with ``"expected"`` sets it to the accuracy a model that never saw the group is expected to have
+    (see :mod:`unlearn.algorithms.rum.policies`).
     """
 
     epochs: int = 10
@@ -104,7 +104,7 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
 
 @torch.no_grad()
 def forget_accuracy(model: nn.Module, forget: Dataset, device: torch.device) -> float:
-    """Eval-mode top-1 accuracy on the forget set, where the model is (:func:`unlearn.training.accuracy`)."""
+    """Eval-mode top-1 accuracy on the forget set, where the model is (:func:`unlearn.training.top1_accuracy`)."""
     return top1_accuracy(model, forget, device=device)
 
 
