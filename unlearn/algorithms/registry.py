@@ -45,6 +45,10 @@ class Method:
         """The names of the config's fields, in declaration order."""
         return [f.name for f in dataclasses.fields(self.config)]
 
+    def takes(self, keyword: str) -> bool:
+        """Whether :func:`unlearn.unlearn` passes ``keyword`` to this method: an input or a setting of its config."""
+        return keyword in self.inputs or keyword in self.settings()
+
 
 _METHODS: Registry[Method] = Registry("unlearning method", ENTRY_POINT_GROUP)
 
@@ -104,8 +108,7 @@ def takers(keyword: str) -> list[str]:
     >>> takers("policy"), takers("scores")
     (['rum'], ['rum'])
     """
-    return [name for name in methods()
-            if keyword in get_method(name).inputs or keyword in get_method(name).settings()]
+    return [name for name in methods() if get_method(name).takes(keyword)]
 
 
 def make_config(method: Method, overrides: Any = None):

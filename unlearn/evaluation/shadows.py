@@ -154,7 +154,7 @@ def _train_unlearn_predict(job: Job, task: _UnlearnTask) -> dict[str, np.ndarray
     forget_ids = task.forget_ids[job.key]
     config = dict(task.method_config)
     # a method that schedules by a proxy (rum) reads it off each shadow's own training, as the target's did
-    scheduling = {"proxy": config.pop("proxy", "confidence")} if "proxy" in get_method(task.method).inputs else {}
+    scheduling = {"proxy": config.pop("proxy", "confidence")} if get_method(task.method).takes("proxy") else {}
     recorder = TrainingRecorder(len(task.train.dataset)) if scheduling else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(job.seed)

@@ -215,7 +215,7 @@ class RunConfig:
     def _check_method(self) -> None:
         """The method's own options, before any work: ``--policy`` only for a method that has one, and
         ``--method-config`` settings the method takes."""
-        if self.policy and "policy" not in get_method(self.method).settings():
+        if self.policy and not get_method(self.method).takes("policy"):
             raise ValueError(f"--policy is for --method {' / '.join(takers('policy'))}, not {self.method}")
         if self.method_config:
             try:

@@ -29,7 +29,7 @@ from proxies import TrainingRecorder
 from proxies.devices import model_device
 
 from .._checks import same_settings
-from ..algorithms.registry import Method, get_method, make_config
+from ..algorithms.registry import get_method, make_config
 from ..data.selection import parse_forget_spec, read_ids, select_forget
 from ..data.sources import DatasetNotFoundError, first_input, labels_of, load_dataset
 from ..farm.subset_models import train_subset_models
@@ -409,10 +409,6 @@ def method_config_of(config: RunConfig, settings: dict) -> dict:
     return {**base, **config.method_config}
 
 
-def _takes(method: Method, keyword: str) -> bool:
-    return keyword in method.inputs or keyword in method.settings()
-
-
 def method_options(config: RunConfig, table: pd.DataFrame | None, recorder) -> tuple[dict, dict]:
     """What a run hands its method beside the forget and retain sets, as far as the method's registration says it
     takes them: ``(the settings that identify them, the keywords for unlearn())``. Scores come from the run's
@@ -421,18 +417,18 @@ def method_options(config: RunConfig, table: pd.DataFrame | None, recorder) -> t
     own recordings)."""
     method = get_method(config.method)
     named, passed = {}, {}
-    if _takes(method, "scores"):
+    if method.takes("scores"):
         named["proxy"] = config.proxy
         if table is not None:
             passed["scores"] = proxy_series(table, config.proxy)
         else:
             passed["proxy"] = config.proxy
-    if _takes(method, "recording") and table is not None:
+    if method.takes("recording") and table is not None:
         passed["recording"] = recorder  # for policies that stop at each group's expected accuracy
-    if _takes(method, "policy"):
+    if method.takes("policy"):
         named["policy"] = config.policy or make_config(method).policy
         passed["policy"] = config.policy
-    if _takes(method, "grouping"):
+    if method.takes("grouping"):
         named["grouping"] = passed["grouping"] = config.grouping
     return named, passed
 
