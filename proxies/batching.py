@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
-from .tasks import task_of
+from .tasks import same_task, task_of
 
 __all__ = ["BATCH_PARTS", "IndexedDataset", "Streamed", "WithIndex", "as_tensors", "batches", "bound_heap_growth",
            "examples", "first_input", "join", "labels_of", "subset_root", "take", "tensor_batches"]
@@ -38,7 +38,8 @@ class IndexedDataset(Dataset):
 
     Args:
         inputs: float tensor ``[N, ...]`` (already normalised).
-        targets: integer class labels ``[N]``.
+        targets: integer class labels ``[N]`` (with a ``task``, what it takes: token sequences' ``labels
+            [N, T]``).
         classes: optional class names.
         indices: training-set index of each example (default ``0..N-1``). Given explicitly, they say which
             training example each item is, even across different objects (``explicit_indices`` records it):
@@ -56,12 +57,13 @@ class IndexedDataset(Dataset):
         if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
             raise TypeError("inputs and targets must be tensors, "
                             f"got {type(inputs).__name__}, {type(targets).__name__}")
-        if targets.ndim != 1 or len(inputs) != len(targets):
+        # a task other than classification says what its targets are (token sequences: labels [N, T])
+        if (targets.ndim != 1 and task is None) or targets.ndim == 0 or len(inputs) != len(targets):
             raise ValueError("expected targets [N] matching inputs [N, ...], "
                              f"got {tuple(targets.shape)} and {tuple(inputs.shape)}")
-        if targets.is_floating_point():
+        if targets.is_floating_point() or targets.dtype == torch.bool:
             raise TypeError(f"targets must be integer class labels, got dtype {targets.dtype}")
-        if indices is not None and (not isinstance(indices, Tensor) or indices.shape != targets.shape):
+        if indices is not None and (not isinstance(indices, Tensor) or indices.shape != targets.shape[:1]):
             raise ValueError(f"indices must be a tensor [{len(targets)}], got {getattr(indices, 'shape', indices)}")
         self.inputs = inputs
         self.targets = targets.long()
@@ -206,7 +208,8 @@ class Streamed(Dataset):
         worker_seed: seeds the workers' random number generators (a random transform in a worker draws from them).
         task: the kind of example (a :class:`proxies.tasks.Task`; None: classification).
 
-    Only the labels and training-set indices are kept, one integer each per item: a million examples cost 16 MB.
+    Only the labels and training-set indices are kept, one integer each per item: a million examples cost 16 MB
+    (token sequences keep their labels, ``[T]`` integers each).
     The first loader fixes glibc's mmap threshold (:func:`bound_heap_growth`), without which the heap grows with the
     number of batches read.
 
@@ -295,6 +298,8 @@ class Streamed(Dataset):
         missing = positions[~self._known[positions]].unique()
         chunks = [chunk for chunk in missing.split(1024) if len(chunk)]
         for chunk, (_, y, index) in zip(chunks, self.read(chunks), strict=True):
+            if self._labels.shape[1:] != y.shape[1:]:  # labels of another shape (token sequences [T]): kept as read
+                self._labels = torch.full((len(self), *y.shape[1:]), -1, dtype=torch.long)
             self._labels[chunk], self._indices[chunk] = y, index
             self._known[chunk] = True
         return self._labels[positions], self._indices[positions]
@@ -463,7 +468,7 @@ def join(first: Dataset, second: Dataset, *, positions: bool = False) -> Dataset
     """
     first, second = examples(first), examples(second)
     task = task_of(first)
-    if task is not task_of(second):
+    if not same_task(task, task_of(second)):
         raise ValueError(f"cannot join examples of two tasks ({task!r} and {task_of(second)!r})")
     (labels_a, indices_a), (labels_b, indices_b) = labels_of(first), labels_of(second)
     indices = torch.arange(len(first) + len(second)) if positions else torch.cat([indices_a, indices_b])

@@ -55,9 +55,13 @@ import torch
 from torch import Tensor
 
 from .kernels import SIGNAL_COLUMNS
+from .sequences import CAUSAL_LM, SEQUENCE_COLUMNS, sequence_fingerprint
 from .tasks import CLASSIFICATION, Task
 
-__all__ = ["TrainingRecorder"]
+__all__ = ["COLUMN_SETS", "TrainingRecorder"]
+
+COLUMN_SETS: dict[tuple[str, ...], Task] = {SIGNAL_COLUMNS: CLASSIFICATION, SEQUENCE_COLUMNS: CAUSAL_LM}
+"""The columns a recording can have, and the kind of example that records them."""
 
 
 class TrainingRecorder:
@@ -70,11 +74,10 @@ class TrainingRecorder:
             input: +6% of a digits epoch and +20% of a Fashion-MNIST one on a CPU, where oneDNN's backward for a
             1-channel convolution is slow (``benchmarks/README.md``). A manual loop records them with
             :meth:`record_input_gradients`.
-        task: the kind of example (:class:`proxies.tasks.Task`; None: classification), which turns the outputs an
-            epoch buffered into each example's columns.
+        task: the kind of example (:class:`proxies.tasks.Task`), which turns the outputs an epoch buffered into
+            each example's columns. None: told by the first batch, logits ``[B, C]`` (classification) or ``[B, T,
+            V]`` (token sequences, :class:`proxies.sequences.CausalLM`).
     """
-
-    columns = SIGNAL_COLUMNS
 
     def __init__(self, num_examples: int, *, input_gradients: bool = True, task: Task | None = None) -> None:
         if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
@@ -83,7 +86,9 @@ class TrainingRecorder:
             raise TypeError(f"input_gradients must be True or False, got {input_gradients!r}")
         self.num_examples = num_examples
         self.input_gradients = input_gradients
-        self.task = CLASSIFICATION if task is None else task  # what turns the epoch's outputs into its columns
+        # what turns the epoch's outputs into its columns; None: told by the first batch's shape
+        self.task: Task | None = task
+        self._width: int | None = None  # the logits' width of the last batch (classes, or the vocabulary)
         self._epochs: list[Tensor] = []
         # per finished epoch: squared input-gradient norms [N] (None: the epoch recorded none) and the weight norm
         self._gradient_epochs: list[Tensor | None] = []
@@ -98,6 +103,12 @@ class TrainingRecorder:
         self._logits: Tensor | None = None  # [N, C] logits of the open epoch's presentations
         self._labels: Tensor | None = None
         self._stacked: np.ndarray | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The names of the recorded columns: the task's (:data:`proxies.kernels.SIGNAL_COLUMNS` for classification,
+        :data:`proxies.sequences.SEQUENCE_COLUMNS` for token sequences)."""
+        return tuple((self.task or CLASSIFICATION).columns)
 
     # --------------------------------------------------------------------------------------- during training
     # A batch only copies its logits into an epoch buffer; the signals are computed once per epoch over the whole
@@ -114,7 +125,9 @@ class TrainingRecorder:
             self._current = self._current.to(self._logits.device)
 
     def record(self, logits: Tensor, labels: Tensor, index: Tensor) -> None:
-        """Store one batch: train-mode ``logits [B, C]``, ``labels [B]``, training-set ``index [B]``.
+        """Store one batch: train-mode ``logits [B, C]``, ``labels [B]``, training-set ``index [B]`` (token
+        sequences: ``logits [B, T, V]`` and ``labels [B, T]`` with -100 where a token is not scored, shifted as the
+        model's loss shifts them; see :mod:`proxies.sequences`).
 
         Nothing here waits for the device: the batch is copied into the epoch's buffers where they are. An ``index``
         on the CPU is range-checked at once (a ValueError); one on a device is checked at :meth:`end_epoch`, in the
@@ -124,34 +137,47 @@ class TrainingRecorder:
         if self._current is None:
             raise RuntimeError("call start_epoch() before record()")
         index, labels = torch.as_tensor(index), torch.as_tensor(labels)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-            raise ValueError(f"logits must be a tensor [B, C], got {getattr(logits, 'shape', type(logits).__name__)}")
-        if labels.shape != (len(logits),) or index.shape != (len(logits),):
-            raise ValueError(f"labels and index must be [B] = [{len(logits)}] like the logits' rows, got "
-                             f"{list(labels.shape)} and {list(index.shape)}")
-        for name, value in (("labels", labels), ("index", index)):
-            if value.is_floating_point() or value.dtype == torch.bool:
-                raise TypeError(f"{name} must be integers, got {value.dtype}")
-        if self._logits is not None and self._logits.shape[1] != logits.shape[1] and self._epoch_has_rows:
-            raise ValueError(f"logits have {logits.shape[1]} classes, earlier batches of this epoch had "
-                             f"{self._logits.shape[1]}")
+        if self.task is None:  # no task named: the first batch's logits say which
+            self.task = CAUSAL_LM if getattr(logits, "ndim", 0) == 3 else CLASSIFICATION
+        self._check_batch(logits, labels, index)
         self._check_host_index(index)
-        logits = logits.detach()
-        if self._logits is None or self._logits.shape[1] != logits.shape[1] or (
-                self._logits.device != logits.device and not self._epoch_has_rows):
+        rows = self.task.record(logits.detach(), labels)  # what the epoch keeps: logits, or the signals themselves
+        if self._logits is not None and self._logits.shape[1] != rows.shape[1] and self._epoch_has_rows:
+            raise ValueError(f"logits have {rows.shape[1]} classes, earlier batches of this epoch had "
+                             f"{self._logits.shape[1]}")
+        if self._logits is None or self._logits.shape[1] != rows.shape[1] or (
+                self._logits.device != rows.device and not self._epoch_has_rows):
             # the buffers live where the logits are: no device sync per batch
-            rows = self.num_examples + 1  # the last row: where out-of-range device indices land
-            self._logits = torch.zeros(rows, logits.shape[1], dtype=torch.float32, device=logits.device)
-            self._labels = torch.zeros(rows, dtype=torch.long, device=logits.device)
-            self._current = self._current.to(logits.device)
+            size = self.num_examples + 1  # the last row: where out-of-range device indices land
+            self._logits = torch.zeros(size, rows.shape[1], dtype=torch.float32, device=rows.device)
+            self._labels = torch.zeros(size, dtype=torch.long, device=rows.device)
+            self._current = self._current.to(rows.device)
+        self._width = self.task.width(logits)
         # a batch from another device in the middle of an epoch joins the epoch's buffers, which keep its rows
         device = self._logits.device
         index = index.to(device)
         index = self._spare_row_for_out_of_range(index)
-        self._logits[index] = logits.to(device=device, dtype=torch.float32)
-        self._labels[index] = labels.to(device)
+        self._logits[index] = rows.to(device=device, dtype=torch.float32)
+        self._labels[index] = self.task.fingerprint(labels).to(device)
         self._current[index] = True
         self._epoch_has_rows = self._epoch_has_rows or bool(len(index))
+
+    def _check_batch(self, logits: Tensor, labels: Tensor, index: Tensor) -> None:
+        """Refuse a batch whose shapes or dtypes are not the task's."""
+        sequences = self.task.columns != SIGNAL_COLUMNS
+        dims, expected = (3, "[B, T, V] (token sequences)") if sequences else (2, "[B, C]")
+        if not isinstance(logits, torch.Tensor) or logits.ndim != dims:
+            raise ValueError(f"logits must be a tensor {expected}, got "
+                             f"{getattr(logits, 'shape', type(logits).__name__)}")
+        label_shape = tuple(logits.shape[:2]) if sequences else (len(logits),)
+        if (labels.shape[:1] != label_shape[:1] or labels.ndim != len(label_shape)
+                or (sequences and labels.shape[1] < logits.shape[1])) or index.shape != (len(logits),):
+            wanted = (f"labels [B, T] = {list(label_shape)} (or longer) and index [B] = [{len(logits)}]" if sequences
+                      else f"labels and index must be [B] = [{len(logits)}]")
+            raise ValueError(f"{wanted} like the logits' rows, got {list(labels.shape)} and {list(index.shape)}")
+        for name, value in (("labels", labels), ("index", index)):
+            if value.is_floating_point() or value.dtype == torch.bool:
+                raise TypeError(f"{name} must be integers, got {value.dtype}")
 
     def record_input_gradients(self, gradients: Tensor, index: Tensor, *, scale: float = 1.0) -> None:
         """Store one batch's input gradients: ``gradients [B, ...]`` (``x.grad`` after the backward pass), keyed by
@@ -208,8 +234,8 @@ class TrainingRecorder:
             raise RuntimeError("end_epoch() without start_epoch()")
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
-        values = torch.full((self.num_examples, len(self.columns)), float("nan"))
         n = self.num_examples
+        values = torch.full((n, len(self.columns)), float("nan"))
         presented = self._current[:n]
         any_presented, out_of_range = (bool(v) for v in torch.stack([presented.any(), self._current[n]]).cpu())
         if out_of_range:
@@ -224,7 +250,7 @@ class TrainingRecorder:
             values[on_host] = scored.cpu()
             if self._last_labels is not None:
                 self._last_labels[on_host.numpy()] = labels.cpu().numpy()
-            self._num_classes = int(self._logits.shape[1])
+            self._num_classes = self._width
         self._epochs.append(values)
         self._gradient_epochs.append(None if self._gradients is None else self._gradients[:n].float().cpu())
         self._weight_norms.append(_weight_norm(model) if model is not None else float("nan"))
@@ -239,7 +265,7 @@ class TrainingRecorder:
 
     @property
     def values(self) -> np.ndarray:
-        """All signals, ``[epochs, examples, 5]`` float32 (columns :attr:`columns`), read-only."""
+        """All signals, ``[epochs, examples, columns]`` float32 (:attr:`columns`), read-only."""
         if self._stacked is None:
             self._stacked = (torch.stack(self._epochs).numpy() if self._epochs
                              else np.zeros((0, self.num_examples, len(self.columns)), dtype=np.float32))
@@ -311,7 +337,10 @@ class TrainingRecorder:
         ValueError: recording= was made on another training set: the labels of 1 of 2 examples of the data ...
         """
         indices = np.asarray(torch.as_tensor(indices).cpu(), dtype=np.int64).ravel()
-        labels = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).ravel()
+        labels = torch.as_tensor(labels).cpu()
+        if labels.ndim == 2:  # token sequences: a recording keeps each one's fingerprint
+            labels = sequence_fingerprint(labels)
+        labels = np.asarray(labels, dtype=np.int64).ravel()
         if indices.shape != labels.shape:
             raise ValueError(f"indices and labels must have the same length, got {len(indices)} and {len(labels)}")
         if len(indices) and (int(indices.max()) >= self.num_examples or int(indices.min()) < 0):
@@ -359,7 +388,8 @@ class TrainingRecorder:
         num_classes = state.get("num_classes")
         restored = TrainingRecorder.from_values(
             values, labels=array("labels"), num_classes=None if num_classes is None else int(num_classes),
-            input_gradient_norms=array("input_gradient_norms"), weight_norms=array("weight_norms"))
+            input_gradient_norms=array("input_gradient_norms"), weight_norms=array("weight_norms"),
+            columns=self.columns)
         if restored.num_examples != self.num_examples:
             raise ValueError(f"the state holds {restored.num_examples} examples, this recorder {self.num_examples}")
         self._epochs, self._last_labels, self._num_classes = restored._epochs, restored._last_labels, \
@@ -400,24 +430,27 @@ class TrainingRecorder:
             optional = {key: f[key] if key in f else None
                         for key in ("labels", "input_gradient_norms", "weight_norms")}
             num_classes = int(f["num_classes"]) if "num_classes" in f else None
-        if columns != cls.columns:
-            raise ValueError(f"{os.fspath(path)}: expected columns {cls.columns}, got {columns}")
-        return cls.from_values(values, num_classes=num_classes, **optional)
+        if columns not in COLUMN_SETS:
+            raise ValueError(f"{os.fspath(path)}: expected the columns of one of {list(COLUMN_SETS)}, got {columns}")
+        return cls.from_values(values, num_classes=num_classes, columns=columns, **optional)
 
     @classmethod
     def from_values(cls, values: np.ndarray, *, labels: np.ndarray | None = None, num_classes: int | None = None,
-                    input_gradient_norms: np.ndarray | None = None,
-                    weight_norms: np.ndarray | None = None) -> TrainingRecorder:
+                    input_gradient_norms: np.ndarray | None = None, weight_norms: np.ndarray | None = None,
+                    columns: tuple[str, ...] = SIGNAL_COLUMNS) -> TrainingRecorder:
         """A recording holding ``values [epochs, examples, 5]`` (columns :attr:`columns`, NaN = not presented) and,
         where given, its fingerprint: ``labels [examples]`` (-1: never presented) and ``num_classes``. Without
         them the recording carries none (:attr:`labels` / :attr:`num_classes` None) and is not checked against a
         dataset's labels or a model's width. ``input_gradient_norms [epochs, examples]`` (squared; an all-NaN
         epoch recorded none) and ``weight_norms [epochs]`` feed the ``csg`` and ``sgal`` proxies."""
         values = np.asarray(values, dtype=np.float32)
-        if values.ndim != 3 or values.shape[2] != len(cls.columns):
-            raise ValueError(f"expected values [epochs, examples, {len(cls.columns)}], got {values.shape}")
+        columns = tuple(columns)
+        if columns not in COLUMN_SETS:
+            raise ValueError(f"columns must be those of one of {list(COLUMN_SETS)}, got {columns}")
+        if values.ndim != 3 or values.shape[2] != len(columns):
+            raise ValueError(f"expected values [epochs, examples, {len(columns)}], got {values.shape}")
         epochs, n = int(values.shape[0]), int(values.shape[1])
-        recorder = cls(n)
+        recorder = cls(n, task=COLUMN_SETS[columns])
         recorder._epochs = [torch.from_numpy(v.copy()) for v in values]
         recorder._gradient_epochs = [None] * epochs
         if input_gradient_norms is not None:
@@ -447,7 +480,7 @@ class TrainingRecorder:
         if num_classes is not None:
             if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer) or num_classes < 1:
                 raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
-            if labels is not None and len(labels) and int(labels.max()) >= num_classes:
+            if columns == SIGNAL_COLUMNS and labels is not None and len(labels) and int(labels.max()) >= num_classes:
                 raise ValueError(f"labels reach {int(labels.max())} but num_classes is {num_classes}")
             recorder._num_classes = int(num_classes)
         return recorder

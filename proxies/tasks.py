@@ -4,8 +4,8 @@ unlearning method, rum, the recorder, the attacks) and a kind of data: everythin
 
 A :class:`Task` is attached to a dataset (``IndexedDataset(..., task=)``, ``Streamed(..., task=)``) and found by
 :func:`task_of`; a dataset without one holds :data:`CLASSIFICATION` examples: inputs a model maps to logits
-``[batch, classes]``, one integer label each. A second kind (e.g. token sequences with a per-token loss) is a second
-:class:`Task`, with no method edited.
+``[batch, classes]``, one integer label each. Token sequences for a causal language model are the second kind
+(:class:`proxies.sequences.CausalLM`), with no method edited.
 
 >>> logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
 >>> [round(v, 4) for v in CLASSIFICATION.loss(logits, labels, reduction="none").tolist()]
@@ -16,6 +16,7 @@ A :class:`Task` is attached to a dataset (``IndexedDataset(..., task=)``, ``Stre
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from . import kernels
 
-__all__ = ["CLASSIFICATION", "Classification", "Task", "task_of"]
+__all__ = ["CLASSIFICATION", "Classification", "Task", "same_task", "task_of"]
 
 
 @runtime_checkable
@@ -56,9 +57,24 @@ class Task(Protocol):
     def divergence(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
         """How far a student's output is from a teacher's, averaged over the batch (distillation: SCRUB)."""
 
-    def signals(self, output: Tensor, targets: Tensor, **options) -> Tensor:
-        """The training recorder's columns for each example (:data:`proxies.kernels.SIGNAL_COLUMNS`), ``[batch,
-        columns]`` float32, from the outputs it buffered over an epoch."""
+    columns: tuple[str, ...]
+    """The names of the training recorder's columns for this kind of example."""
+
+    def record(self, output: Tensor, targets: Tensor) -> Tensor:
+        """What the training recorder keeps of a batch until its epoch ends, ``[batch, K]`` float32 (the logits
+        of a classifier; the signals themselves where outputs are too big to keep)."""
+
+    def signals(self, recorded: Tensor, fingerprints: Tensor, **options) -> Tensor:
+        """The recorder's columns for each example (:attr:`columns`), ``[batch, columns]`` float32, from what
+        :meth:`record` kept over an epoch and the examples' :meth:`fingerprint`."""
+
+    def fingerprint(self, targets: Tensor) -> Tensor:
+        """One non-negative integer per example that a recording keeps of its targets, ``[batch]`` int64 (the
+        class label itself), to refuse another training set's examples."""
+
+    def watch_input(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor, Callable[[], Tensor | None]]:
+        """``(inputs, gradient)``: the inputs to show the model and a function that, after the backward pass of
+        one forward on them, returns each example's input gradient ``[batch, ...]`` (the ``csg`` proxy's)."""
 
 
 class Classification:
@@ -103,9 +119,25 @@ class Classification:
         target = F.softmax(teacher / temperature, dim=1)
         return F.kl_div(log_student, target, reduction="batchmean") * temperature**2
 
-    def signals(self, output: Tensor, targets: Tensor, **options) -> Tensor:
-        """The softmax signals of :func:`proxies.kernels.signals` (its fast kernels; ``options`` go to it)."""
-        return kernels.signals(output, targets, **options)
+    columns = kernels.SIGNAL_COLUMNS
+
+    def record(self, output: Tensor, targets: Tensor) -> Tensor:
+        """The logits: the softmax signals are computed once an epoch, over all of them."""
+        return output.detach().float()
+
+    def signals(self, recorded: Tensor, fingerprints: Tensor, **options) -> Tensor:
+        """The softmax signals of :func:`proxies.kernels.signals` (its fast kernels; ``options`` go to it) of the
+        logits :meth:`record` kept and the labels (their own fingerprint)."""
+        return kernels.signals(recorded, fingerprints, **options)
+
+    def fingerprint(self, targets: Tensor) -> Tensor:
+        """The label."""
+        return targets.long()
+
+    def watch_input(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor, Callable[[], Tensor | None]]:
+        """The inputs made to require grad; their ``.grad``."""
+        inputs = inputs.detach().requires_grad_()
+        return inputs, lambda: inputs.grad
 
     def __repr__(self) -> str:
         return "Classification()"
@@ -123,3 +155,8 @@ def task_of(dataset) -> Task:
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
     return getattr(dataset, "task", None) or CLASSIFICATION
+
+
+def same_task(first: Task, second: Task) -> bool:
+    """Whether two tasks are one kind of example (equal, or the same object)."""
+    return first is second or first == second

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from proxies.tasks import task_of
+from proxies.tasks import same_task, task_of
 
 from ._checks import whole
 from .algorithms.plan import PlanStep, UnlearnResult, step_of
@@ -52,7 +52,7 @@ def _check_model(model: nn.Module, forget: Dataset, retain: Dataset, device: tor
     """Refuse a model whose output cannot score the examples' targets (for classification: logits wide enough for
     the labels); return how many targets it scores."""
     task = task_of(forget)
-    if task_of(retain) is not task:
+    if not same_task(task_of(retain), task):
         raise ValueError(f"forget and retain must hold examples of one task, got {task!r} and {task_of(retain)!r}")
     with torch.no_grad():
         out = task.forward(model, first_input(forget, 2).to(device))

@@ -585,7 +585,7 @@ def test_expected_accuracy_bad_input_is_named(trained, monkeypatch):
         unlearn(model, forget=forget, retain=retain, scores=scores, policy=spied, expected_accuracy=np.full(90, 1.5))
     with pytest.raises(ValueError, match=r"expected_accuracy must hold one value per forget example \(90\)"):
         unlearn(model, forget=forget, retain=retain, scores=scores, policy=spied, expected_accuracy=np.ones(3))
-    values = np.full((2, len(forget.dataset), len(proxies.TrainingRecorder.columns)), np.nan, dtype=np.float32)
+    values = np.full((2, len(forget.dataset), len(proxies.kernels.SIGNAL_COLUMNS)), np.nan, dtype=np.float32)
     values[:, 0] = 1.0  # only example 0 was ever presented: the others have no estimate
     never_presented = proxies.TrainingRecorder.from_values(values)
     with pytest.raises(ValueError, match="the early_accuracy estimate from recording= must be finite"):

@@ -11,6 +11,7 @@ from torch import nn
 
 import proxies
 from proxies import TrainingRecorder
+from proxies.kernels import SIGNAL_COLUMNS
 from unlearn.models import create_model
 from unlearn.training import train
 
@@ -155,7 +156,7 @@ def test_gradients_and_weight_norms_survive_save_load_and_state_dict(tmp_path):
         np.testing.assert_array_equal(other.input_gradient_norms, recording.input_gradient_norms)
         np.testing.assert_array_equal(other.weight_norms, recording.weight_norms)
     old = tmp_path / "old.npz"  # a recording written before these were kept
-    np.savez(old, signals=recording.values, columns=np.array(TrainingRecorder.columns))
+    np.savez(old, signals=recording.values, columns=np.array(SIGNAL_COLUMNS))
     legacy = TrainingRecorder.load(old)
     assert legacy.input_gradient_norms is None and np.isnan(legacy.weight_norms).all()
 

@@ -399,16 +399,17 @@ class _Run:
                 x = self.augmentation(x, self.augment_generator)
             if channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self.input_gradients:
-                x = x.detach().requires_grad_()
+            gradient = None
+            if self.input_gradients:  # the task says where an example's input gradient is taken
+                x, gradient = self.task.watch_input(self.private, x)
             with self.autocast():
                 logits = self.task.forward(self.private, x)
                 loss = self.task.loss(logits, y)
             if recorder is not None:
                 recorder.record(logits, y, index)
             yield BatchLoss(loss, logits, y)  # the loop steps on it before asking for the next one
-            if self.input_gradients:
-                recorder.record_input_gradients(x.grad, index, scale=len(y))
+            if gradient is not None:
+                recorder.record_input_gradients(gradient(), index, scale=len(y))
         if recorder is not None:
             recorder.end_epoch(self.model)
 
