@@ -20,7 +20,7 @@ from .batching import batches
 from .devices import model_device, model_on
 from .tasks import task_of
 
-__all__ = ["predict"]
+__all__ = ["predict", "predict_signals"]
 
 
 @torch.no_grad()
@@ -67,3 +67,36 @@ def _on_cpu(outputs: list[Tensor]) -> Tensor:
     if len(devices) > 1:
         return torch.cat([t.cpu() for t in outputs])
     return torch.cat(outputs).cpu()
+
+
+@torch.no_grad()
+def predict_signals(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
+                    device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Eval-mode per-example signals ``[N, columns]`` (float32, on the CPU; the columns the dataset's task records:
+    :data:`proxies.kernels.SIGNAL_COLUMNS`, or :data:`proxies.sequences.SEQUENCE_COLUMNS` for token sequences),
+    labels and training indices, in the dataset's order. Each batch is reduced where it is computed, so a language
+    model's ``[B, T, V]`` logits never pile up.
+
+    >>> from torch import nn
+    >>> from proxies import IndexedDataset
+    >>> ds = IndexedDataset(torch.zeros(2, 3), torch.tensor([0, 1]))
+    >>> predict_signals(nn.Linear(3, 2), ds)[0].shape
+    torch.Size([2, 5])
+    """
+    model = model_on(model, device)
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    task = task_of(dataset)
+    rows, labels, indices = [], [], []
+    try:
+        for x, y, index in batches(dataset, batch_size, device=device, moved=("x", "y")):
+            output = task.forward(model, x)
+            rows.append(task.signals(task.record(output, y), task.fingerprint(y)).float())
+            labels.append(y.cpu())
+            indices.append(index)
+    finally:
+        model.train(was_training)
+    if not rows:
+        return torch.zeros(0, len(task.columns)), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return _on_cpu(rows), torch.cat(labels), torch.cat(indices)

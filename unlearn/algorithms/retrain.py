@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from ..data.sources import first_input
 from ..models import create_model, models
 from ..training.augment import get_augmentation
-from ..training.trainer import NUMERICS, TrainConfig, train
+from ..training.trainer import NUMERICS, TrainConfig, check_optimizer, train
 from .registry import register_method
 from .sgd import SGDConfig, num_classes
 
@@ -68,6 +68,7 @@ class RetrainConfig(SGDConfig):
     schedule: str = TrainConfig.schedule
     drop_last: bool = TrainConfig.drop_last
     augment: str = TrainConfig.augment
+    optimizer: str = TrainConfig.optimizer
     model_fn: str | Callable[[], nn.Module] | None = None
     model_kwargs: dict = field(default_factory=dict)
 
@@ -79,6 +80,7 @@ class RetrainConfig(SGDConfig):
         if not isinstance(self.drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {type(self.drop_last).__name__} {self.drop_last!r}")
         get_augmentation(self.augment)  # an unknown name fails before any work
+        check_optimizer(self.optimizer)
         if isinstance(self.model_fn, str):
             if self.model_fn not in models():
                 raise ValueError(f"unknown model {self.model_fn!r}; expected one of {models()} or a callable")
@@ -92,11 +94,12 @@ class RetrainConfig(SGDConfig):
 
     def recipe(self) -> dict:
         """The keyword arguments of :func:`~unlearn.training.train` this config sets: the optimisation recipe and its
-        training-time augmentation (``augment``, left out when ``"none"``, as
+        training-time augmentation and optimizer (``augment`` and ``optimizer``, left out at their defaults, as
         :meth:`~unlearn.training.TrainConfig.as_kwargs` leaves it out); the arithmetic settings
         (:data:`~unlearn.training.NUMERICS`: precision, channels_last, deterministic) are train()'s defaults."""
+        defaults = {"augment": TrainConfig.augment, "optimizer": TrainConfig.optimizer}
         return {f.name: getattr(self, f.name) for f in fields(TrainConfig)
-                if f.name not in NUMERICS and (f.name != "augment" or self.augment != TrainConfig.augment)}
+                if f.name not in NUMERICS and (f.name not in defaults or getattr(self, f.name) != defaults[f.name])}
 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:

@@ -170,17 +170,26 @@ def train_and_predict(job: Job, task: TrainTask) -> dict[str, np.ndarray]:
 
 def predict_job(model, job: Job, task: TrainTask) -> dict[str, np.ndarray]:
     """A trained model's result for ``job``, as every farm writes it: ``train_ids`` and the model's ``logits``
-    ``[N, C]`` on the whole ``task.dataset`` (identity query) plus ``logits_<query>`` for ``task.queries``' others.
+    ``[N, C]`` on the whole ``task.dataset`` (identity query) plus ``logits_<query>`` for ``task.queries``' others;
+    for examples of another task (token sequences), their eval-mode ``signals [N, columns]`` instead
+    (:func:`proxies.predictions.predict_signals`).
 
     Args:
         model: the trained model.
         job: the job it was trained for.
         task: what its jobs share: the dataset to predict, and the queries.
     """
+    from proxies.predictions import predict_signals
+    from proxies.tasks import Classification, task_of
+
     from ..evaluation.attacks.signals import predict_queries
 
-    logits, _, _ = predict_queries(model, task.dataset, task.queries)
     result = {"train_ids": job.train_ids}
+    if not isinstance(task_of(task.dataset), Classification):  # token sequences: their signals, not [N, T, V]
+        signals, _, _ = predict_signals(model, task.dataset)
+        result["signals"] = signals.numpy().astype(np.float32)
+        return result
+    logits, _, _ = predict_queries(model, task.dataset, task.queries)
     for a, query in enumerate(task.queries):
         result["logits" if query == "identity" else f"logits_{query}"] = logits[:, a].numpy().astype(np.float32)
     return result

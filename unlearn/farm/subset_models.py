@@ -1,5 +1,9 @@
 """Ground-truth memorization scores: K models trained on random subsets through the model farm, then scored.
 
+For token sequences the same farm and estimator give counterfactual memorization (Zhang et al. 2021): each model
+keeps its token accuracy on every sequence, and ``fraction`` is the subset size (the paper's 25%, the
+classifiers' 70%).
+
 Each model trains on a seeded random ``fraction`` (70% by default) of the training set and predicts all of it; the
 farm keeps each finished model's predictions on disk (:mod:`unlearn.farm`), so an interrupted run resumes. The
 estimators themselves (Feldman-Zhang memorization, the C-score) are in :mod:`proxies.memorization` and read only the
@@ -17,6 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from proxies.memorization import SubsetModels
+from proxies.tasks import task_of
 
 from ..data.sources import examples, labels_of
 from .local import Job, TrainTask, check_manifest, describe_factory, fingerprint, train_and_predict
@@ -69,10 +74,14 @@ def train_subset_models(dataset: Dataset, model_fn: Callable[[], nn.Module], *, 
     check_manifest(runner.folder, settings, force=force)
     results = runner.run(train_and_predict, jobs, TrainTask(dataset, model_fn, dict(train_kwargs), device))
     labels, index = labels_of(examples(dataset))
-    logits = np.stack([results[job.key]["logits"] for job in jobs])
     in_mask = np.zeros((k, len(dataset)), dtype=bool)
     for row, job in enumerate(jobs):
         in_mask[row, results[job.key]["train_ids"]] = True
+    if "signals" in results[jobs[0].key]:  # token sequences: each model's token accuracy on each sequence
+        column = task_of(dataset).columns.index("token_accuracy")
+        accuracy = np.stack([results[job.key]["signals"][:, column] for job in jobs]).astype(np.float64)
+        return SubsetModels(None, in_mask, None, index.numpy(), accuracy=accuracy)
+    logits = np.stack([results[job.key]["logits"] for job in jobs])
     return SubsetModels(logits, in_mask, labels.numpy(), index.numpy())
 
 

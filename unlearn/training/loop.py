@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from proxies.tasks import CLASSIFICATION, Task
 
-__all__ = ["CUBLAS_WORKSPACE", "BatchLoss", "Schedule", "lr_factor", "run_epochs", "training_numerics"]
+__all__ = ["CUBLAS_WORKSPACE", "SCHEDULES", "BatchLoss", "Schedule", "lr_factor", "run_epochs", "training_numerics"]
 
 Schedule = str | Callable[[int, int], float]
 
@@ -51,7 +51,18 @@ def lr_factor(schedule: Schedule, epoch: int, epochs: int) -> float:
         return 0.1 ** sum(epoch >= round(epochs * f) for f in (1 / 2, 2 / 3, 5 / 6))
     if schedule == "linear":
         return 1.0 - epoch / epochs
-    raise ValueError(f"unknown schedule {schedule!r}; expected 'constant', 'cosine', 'step', 'linear' or a callable")
+    if schedule == "warmup_cosine":  # a language model's: a linear warmup over the first tenth, then cosine
+        warmup = max(1, round(0.1 * epochs))
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / max(epochs - warmup, 1)))
+    raise ValueError(f"unknown schedule {schedule!r}; expected one of {list(SCHEDULES)} or a callable")
+
+
+SCHEDULES = ("constant", "cosine", "step", "linear", "warmup_cosine")
+"""The named schedules of :func:`lr_factor`, each set per epoch: ``warmup_cosine`` rises linearly over the first
+tenth of the epochs (at least one; ``(e + 1) / (w + 1)`` in epoch ``e < w``) and then follows a cosine from the
+full rate, as language models are trained (per epoch here, where LM trainers warm up per step)."""
 
 
 CUBLAS_WORKSPACE = ":4096:8"

@@ -1,4 +1,4 @@
-"""SGD training that can record per-example dynamics, deterministic for a seed on CPU.
+"""Training (SGD, or AdamW for language models) that can record per-example dynamics, deterministic for a seed on CPU.
 
 >>> from unlearn.data import load_dataset
 >>> from unlearn.models import create_model
@@ -36,7 +36,7 @@ from ..data.sources import batches
 from .augment import Augmentation, augmentation_generator, get_augmentation
 from .loop import BatchLoss, Schedule, lr_factor, run_epochs, training_numerics
 
-__all__ = ["PRECISIONS", "RECIPES", "DPConfig", "TrainConfig", "get_recipe", "load_checkpoint", "recipes",
+__all__ = ["OPTIMIZERS", "PRECISIONS", "RECIPES", "DPConfig", "TrainConfig", "get_recipe", "load_checkpoint", "recipes",
            "register_recipe", "save_checkpoint", "top1_accuracy", "train"]
 
 PRECISIONS = ("fp32", "bf16")
@@ -67,13 +67,16 @@ class TrainConfig:
     channels_last: bool = False
     deterministic: bool = False
     augment: str = "none"
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         check_numerics(precision=self.precision, channels_last=self.channels_last, deterministic=self.deterministic)
         get_augmentation(self.augment)
+        check_optimizer(self.optimizer)
 
     def as_kwargs(self) -> dict:
-        """The recipe as :func:`train`'s keyword arguments. The :data:`NUMERICS` and ``augment`` are left out where
+        """The recipe as :func:`train`'s keyword arguments. The :data:`NUMERICS`, ``augment`` and ``optimizer`` are
+        left out where
         they have their defaults, so that a default recipe reads as it did before they existed: the settings a run
         folder records, and what a method that takes a recipe (``retrain``) accepts, are unchanged.
 
@@ -84,7 +87,28 @@ class TrainConfig:
         """
         defaults = TrainConfig.__dataclass_fields__
         return {k: v for k, v in asdict(self).items()
-                if k not in (*NUMERICS, "augment") or v != defaults[k].default}
+                if k not in (*NUMERICS, "augment", "optimizer") or v != defaults[k].default}
+
+
+OPTIMIZERS = ("sgd", "adamw")
+"""What :func:`train` steps with: SGD with ``momentum`` and ``weight_decay`` (the classifiers' recipes), or AdamW
+(``torch.optim.AdamW``, betas (0.9, 0.999), decoupled ``weight_decay``; ``momentum`` is not used), the language
+models' recipe."""
+
+
+def check_optimizer(optimizer, label: Callable[[str], str] = str) -> str:
+    """``optimizer`` if it is one of :data:`OPTIMIZERS`, else a ValueError saying which are."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"{label('optimizer')} must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+    return optimizer
+
+
+def make_optimizer(name: str, parameters, *, lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer :data:`OPTIMIZERS` names, over ``parameters``."""
+    if check_optimizer(name) == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def check_numerics(*, precision, channels_last, deterministic, label: Callable[[str], str] = str) -> None:
@@ -115,6 +139,10 @@ RECIPES: Registry[TrainConfig] = Registry("training recipe", entries={
     "synthetic-cifar": TrainConfig(epochs=10, lr=0.05, batch_size=512),
     # named recipes
     "cifar-resnet18": _CIFAR_RESNET18,
+    # a small causal LM on fortunes (tiny_gpt): TinyMem's AdamW lr 1e-3 and weight decay 0.1, batch 64 sequences,
+    # a warmup then cosine; 20 epochs memorize repeated canaries of a few thousand fortunes
+    "fortunes": TrainConfig(epochs=20, lr=1e-3, batch_size=64, momentum=0.0, weight_decay=0.1,
+                            schedule="warmup_cosine", optimizer="adamw"),
     # the fashion-mnist default with augmentation: a random 28x28 crop of the image padded by 2 (items are centred
     # and fill the frame: a shift of 4 of 28 pixels would cut sleeves and soles off) and a horizontal flip
     # (label-preserving for clothes, bags and shoes, unlike for digits: mnist and digits have no augmented recipe)
@@ -177,15 +205,18 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
           on_epoch_end: Callable[[int, nn.Module], None] | None = None, dp: DPConfig | None = None,
           device: torch.device | str | None = None, resume: str | os.PathLike | None = None,
           precision: str = "fp32", channels_last: bool = False, deterministic: bool = False,
-          augment: str = "none", progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
-    """Train a copy of ``model`` with SGD on ``dataset``; the caller's model is left unchanged.
+          augment: str = "none", optimizer: str = "sgd", progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
+    """Train a copy of ``model`` on ``dataset``; the caller's model is left unchanged.
 
     Args:
-        model: any classifier returning logits ``[B, C]``.
+        model: a classifier returning logits ``[B, C]``, or a causal language model returning logits ``[B, T, V]``
+            (or an output with ``.logits``) for a dataset of token sequences (:mod:`proxies.sequences`): the
+            examples' task (:func:`proxies.tasks.task_of`) says how the loss comes out of the output.
         dataset: items ``(x, y)`` or ``(x, y, index)``; ``index`` is the training-set index the recorder keys on.
-        epochs, lr, batch_size, momentum, weight_decay: SGD settings.
-        schedule: ``"cosine"``, ``"step"`` (x0.1 at 1/2, 2/3, 5/6), ``"linear"``, ``"constant"`` or
-            ``f(epoch, epochs) -> factor``; the learning rate is set per epoch.
+        epochs, lr, batch_size, momentum, weight_decay: the optimizer's settings.
+        schedule: ``"cosine"``, ``"step"`` (x0.1 at 1/2, 2/3, 5/6), ``"linear"``, ``"constant"``,
+            ``"warmup_cosine"`` (:data:`~.loop.SCHEDULES`) or ``f(epoch, epochs) -> factor``; the learning rate is
+            set per epoch.
         seed: seeds shuffling and any randomness in the model; the global RNG state is restored afterwards.
         drop_last: drop the last partial batch of each epoch.
         patience: stop early once the training loss has not improved for this many epochs (None: never).
@@ -223,6 +254,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             model and the attacks see the data as it is (the attacks add their own queries), and so do the
             unlearning methods' steps (:mod:`unlearn.methods`; ``retrain`` alone calls :func:`train`, with the
             original recipe, its augmentation included).
+        optimizer: ``"sgd"`` (the default) or ``"adamw"`` (:data:`OPTIMIZERS`).
         progress: show a tqdm bar.
 
     Where things are: with an in-memory dataset the training set is copied to ``device`` once per call and each batch
@@ -238,7 +270,8 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
     settings = _Settings(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
                          schedule=schedule, seed=seed, drop_last=drop_last, patience=patience, recorder=recorder,
                          on_epoch_end=on_epoch_end, dp=dp, resume=resume, precision=precision,
-                         channels_last=channels_last, deterministic=deterministic, augment=augment)
+                         channels_last=channels_last, deterministic=deterministic, augment=augment,
+                         optimizer=optimizer)
     augmentation = settings.check(model, dataset)
     device = resolve_device(device)
     run = _Run.create(settings, model, dataset, device, augmentation)
@@ -271,6 +304,7 @@ class _Settings:
     channels_last: bool
     deterministic: bool
     augment: str
+    optimizer: str
 
     def check(self, model: nn.Module, dataset: Dataset) -> Augmentation:
         """Refuse what cannot train, before any work; returns the augmentation ``augment`` names.
@@ -285,6 +319,7 @@ class _Settings:
         check_recipe(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, momentum=self.momentum,
                      weight_decay=self.weight_decay)
         check_numerics(precision=self.precision, channels_last=self.channels_last, deterministic=self.deterministic)
+        check_optimizer(self.optimizer)
         augmentation = get_augmentation(self.augment)
         if len(dataset) == 0:
             raise ValueError("cannot train on an empty dataset")
@@ -306,7 +341,7 @@ class _Settings:
                        "recorder": self.recorder is not None}
         # other arithmetic trains other weights; the defaults stay out, so that states written before read the same
         fingerprint.update({k: v for k, v in (("precision", self.precision), ("channels_last", self.channels_last),
-                                              ("augment", self.augment))
+                                              ("augment", self.augment), ("optimizer", self.optimizer))
                             if v != TrainConfig.__dataclass_fields__[k].default})
         return fingerprint
 
@@ -343,8 +378,8 @@ class _Run:
         model = copy.deepcopy(model).to(device)
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                    weight_decay=settings.weight_decay)
+        optimizer = make_optimizer(settings.optimizer, model.parameters(), lr=settings.lr,
+                                   momentum=settings.momentum, weight_decay=settings.weight_decay)
         return cls(settings, model, optimizer, device, augmentation, settings.fingerprint(len(dataset)),
                    task_of(dataset))
 
