@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
 
-.PHONY: install demo test test-slow bench fashion-mnist check-cuda check-gpu lint clean
+.PHONY: install demo test test-slow bench fashion-mnist fortunes check-cuda check-gpu lint clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ bench: install
 # Real Fashion-MNIST from Debian's package (needs root and apt-get); the library finds it there.
 fashion-mnist:
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
+
+# Real English text from Debian's fortunes package (needs root and apt-get): about 15,000 fortunes in
+# /usr/share/games/fortunes, the `fortunes` text dataset.
+fortunes:
+	test -d /usr/share/games/fortunes || (apt-get update -q && apt-get install -y -q fortunes)
 
 # Compile the CUDA ops (no GPU needed) into a throwaway folder; the installed CPU build is left alone.
 check-cuda: install

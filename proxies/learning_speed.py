@@ -1,5 +1,10 @@
 """Proxies read off a training recording: the confidence family, learning events and cumulative sample loss.
 
+A recording of token sequences (:mod:`proxies.sequences`) holds each sequence's per-token means of the same
+columns, so every proxy here means the same per token: ``confidence`` is the mean probability of the next token,
+``accuracy`` and the learning events are of exact match (every token right), ``csl`` sums the mean token NLL; its
+``token_accuracy`` column has a proxy of its own.
+
 They cost nothing beyond training: the :class:`~proxies.TrainingRecorder` already holds every presentation.
 Averages skip presentations an example missed (``drop_last``); an example never presented scores NaN.
 """
@@ -45,6 +50,16 @@ def negative_entropy(recording: TrainingRecorder) -> np.ndarray:
 def accuracy(recording: TrainingRecorder) -> np.ndarray:
     """Fraction of training presentations classified correctly."""
     return _mean(recording, "correct")
+
+
+@register_proxy("token_accuracy", higher_is_memorized=False, needs=("recording",),
+                tasks=("causal_lm",))
+def token_accuracy(recording: TrainingRecorder) -> np.ndarray:
+    """Mean fraction of a sequence's tokens predicted by argmax over training presentations (token sequences)."""
+    if "token_accuracy" not in recording.columns:
+        raise ValueError("token_accuracy is a proxy of token sequences: this recording holds "
+                         f"{list(recording.columns)} (a classifier's); use 'accuracy'")
+    return _mean(recording, "token_accuracy")
 
 
 @register_proxy("forgetting_events", higher_is_memorized=True, needs=("recording",))

@@ -389,7 +389,9 @@ class TrainingRecorder:
         restored = TrainingRecorder.from_values(
             values, labels=array("labels"), num_classes=None if num_classes is None else int(num_classes),
             input_gradient_norms=array("input_gradient_norms"), weight_norms=array("weight_norms"),
-            columns=self.columns)
+            columns=next((c for c in COLUMN_SETS if len(c) == values.shape[-1]), self.columns))
+        if self.task is None or self.task.columns != restored.columns:
+            self.task = restored.task  # the kind of example the state was recorded on
         if restored.num_examples != self.num_examples:
             raise ValueError(f"the state holds {restored.num_examples} examples, this recorder {self.num_examples}")
         self._epochs, self._last_labels, self._num_classes = restored._epochs, restored._last_labels, \

@@ -32,13 +32,21 @@ class Proxy:
     higher_is_memorized: bool
     needs: tuple[str, ...]
     description: str
+    tasks: tuple[str, ...] | None = None
+    """The kinds of example it scores (:attr:`proxies.tasks.Task.name`); None: any."""
+
+    def scores(self, task: str) -> bool:
+        """Whether it scores examples of the task named ``task``."""
+        return self.tasks is None or task in self.tasks
 
 
 _PROXIES: Registry[Proxy] = Registry("proxy", ENTRY_POINT_GROUP)
 
 
-def register_proxy(name: str, *, higher_is_memorized: bool, needs: Iterable[str], force: bool = False):
-    """Register ``fn`` as proxy ``name``; ``needs`` names the keyword inputs it requires (e.g. ``("recording",)``).
+def register_proxy(name: str, *, higher_is_memorized: bool, needs: Iterable[str], tasks: Iterable[str] | None = None,
+                   force: bool = False):
+    """Register ``fn`` as proxy ``name``; ``needs`` names the keyword inputs it requires (e.g. ``("recording",)``),
+    ``tasks`` the kinds of example it scores (e.g. ``("causal_lm",)``; None: any).
 
     ``fn`` returns an array ``[N]`` (indexed 0..N-1) or a Series indexed by training index; :func:`compute` passes
     it only the keyword arguments its signature accepts.
@@ -46,7 +54,8 @@ def register_proxy(name: str, *, higher_is_memorized: bool, needs: Iterable[str]
 
     def decorator(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         doc = (fn.__doc__ or "").strip().splitlines()
-        _PROXIES.register(name, Proxy(name, fn, higher_is_memorized, tuple(needs), doc[0] if doc else ""), force=force)
+        _PROXIES.register(name, Proxy(name, fn, higher_is_memorized, tuple(needs), doc[0] if doc else "",
+                                      None if tasks is None else tuple(tasks)), force=force)
         return fn
 
     return decorator

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -27,3 +29,16 @@ def digits():
 
 requires_fashion_mnist = pytest.mark.skipif(
     not DEBIAN_FASHION_MNIST.is_dir(), reason="Fashion-MNIST not installed (make fashion-mnist)")
+
+
+FORTUNES = "/usr/share/games/fortunes"
+requires_fortunes = pytest.mark.skipif(
+    not os.path.isdir(FORTUNES), reason="Debian's fortunes not installed (make fortunes)")
+
+
+@pytest.fixture(scope="session")
+def fortunes():
+    """300 real fortunes for training, a byte-level BPE of 512 tokens trained on them, sequences of <= 48 tokens."""
+    if not os.path.isdir(FORTUNES):
+        pytest.skip("Debian's fortunes not installed (make fortunes)")
+    return load_dataset("fortunes", train_size=300, vocab_size=512, max_tokens=48)

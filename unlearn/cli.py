@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: memorization when --fz-models is set, else --proxy")
     g.add_argument("--method", default="rum", choices=methods(),
                    help="unlearning method; rum (the default) schedules one per memorization group")
-    model_proxies = [n for n in proxies.available() if n not in ("memorization", "c_score")]
+    model_proxies = [n for n in proxies.available()
+                     if n not in ("memorization", "c_score") and proxies.get_proxy(n).scores("classification")]
     g.add_argument("--proxy", default="confidence", choices=model_proxies, metavar="PROXY",
                    help="memorization proxy that schedules rum and groups the report (default: confidence); one of "
                         f"{model_proxies}")

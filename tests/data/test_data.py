@@ -12,7 +12,7 @@ from unlearn.data import DatasetNotFoundError, IndexedDataset, as_tensors, batch
 
 
 def test_registry_lists_every_named_dataset():
-    assert datasets() == ["cifar10", "cifar100", "digits", "fashion-mnist", "mnist", "synthetic-cifar"]
+    assert datasets() == ["cifar10", "cifar100", "digits", "fashion-mnist", "fortunes", "mnist", "synthetic-cifar"]
     with pytest.raises(ValueError, match="expected one of"):
         load_dataset("imagenet")
 

@@ -32,7 +32,8 @@ def relabelled_losses(model: nn.Module, forget: Dataset, retain: Dataset, batch_
     task = task_of(both)
     for x, y, position in batches(both, batch_size, shuffle=True, generator=generator, device=device,
                                   moved=("x", "y", "index")):  # in memory: moved once, gathered there
-        y = torch.where(position >= len(retain), task.wrong_targets(y, classes, generator), y)
+        forget_rows = (position >= len(retain)).view(-1, *[1] * (y.ndim - 1))  # a row of labels per sequence
+        y = torch.where(forget_rows, task.wrong_targets(y, classes, generator), y)
         yield task.loss(task.forward(model, x), y)
 
 

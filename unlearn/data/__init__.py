@@ -1,6 +1,6 @@
-"""Data: named datasets and dataset sources (:mod:`.sources`), CIFAR-shaped data made on the fly
-(:mod:`.synthetic`) and forget-set requests (:mod:`.selection`). Every example carries its training-set index;
-batching in memory or streamed is :mod:`proxies.batching`'s, re-exported here.
+"""Data: named datasets and dataset sources (:mod:`.sources`), text for causal language models (:mod:`.text`),
+CIFAR-shaped data made on the fly (:mod:`.synthetic`) and forget-set requests (:mod:`.selection`). Every example
+carries its training-set index; batching in memory or streamed is :mod:`proxies.batching`'s, re-exported here.
 """
 
 from .sources import (
@@ -29,6 +29,7 @@ from .sources import (
     tensor_batches,
 )
 from .synthetic import register_synthetic_cifar
+from .text import TextSplits
 
 register_synthetic_cifar("synthetic-cifar")  # CIFAR-10-shaped images made on the fly, for timing runs
 
@@ -57,4 +58,5 @@ __all__ = [
     "subset_root",
     "take",
     "tensor_batches",
+    "TextSplits",
 ]

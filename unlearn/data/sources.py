@@ -29,6 +29,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,10 +147,10 @@ def register_dataset(name: str, *, num_classes: int, in_channels: int, default_m
 def datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`.
 
-    >>> "digits" in datasets()
-    True
+    >>> "digits" in datasets(), "fortunes" in datasets()
+    (True, True)
     """
-    return _DATASETS.names()
+    return sorted([*_DATASETS.names(), *(name for kind in _KINDS.values() for name in kind.names())])
 
 
 def get_dataset(name: str) -> DatasetSpec:
@@ -193,9 +194,31 @@ def dataset_sources() -> dict[str, str]:
     """The ``SOURCE:ARGUMENT`` forms :func:`load_dataset` accepts beside :func:`datasets`, with what each reads.
 
     >>> sorted(dataset_sources())
-    ['imagefolder', 'torchvision']
+    ['imagefolder', 'text', 'torchvision']
     """
-    return {name: f"{name}:{_SOURCES.get(name).argument}: {_SOURCES.get(name).help}" for name in _SOURCES.names()}
+    sources = {name: f"{name}:{_SOURCES.get(name).argument}: {_SOURCES.get(name).help}" for name in _SOURCES.names()}
+    for kind in _KINDS.values():
+        sources.update(kind.sources())
+    return dict(sorted(sources.items()))
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """Datasets of another kind than images, loaded by a module of their own that registers them in
+    :data:`_KINDS` (text: :mod:`unlearn.data.text`): its named datasets, its ``SOURCE:ARGUMENT`` forms with what
+    each reads, and ``load(name, *, val_fraction, test_fraction, train_size, seed, stream, num_workers, **options)``
+    (``test_fraction`` None: its default)."""
+
+    names: Callable[[], list[str]]
+    sources: Callable[[], dict[str, str]]
+    load: Callable[..., object]
+
+    def takes(self, name: str) -> bool:
+        kind, colon, _ = name.partition(":")
+        return kind in self.sources() if colon else name in self.names()
+
+
+_KINDS: Registry[_Kind] = Registry("kind of dataset")
 
 
 def check_dataset_name(name: str) -> str:
@@ -205,11 +228,11 @@ def check_dataset_name(name: str) -> str:
     'imagefolder:/data/pets'
     """
     kind, colon, argument = name.partition(":")
-    if colon and kind in _SOURCES.names() and argument:
+    if colon and kind in dataset_sources() and argument:
         return name
     if not colon and name in datasets():
         return name
-    forms = ", ".join(f"{k}:{_SOURCES.get(k).argument}" for k in _SOURCES.names())
+    forms = ", ".join(form.split(": ")[0] for form in dataset_sources().values())
     raise ValueError(f"unknown dataset {name!r}; expected one of {datasets()} or {forms}")
 
 
@@ -226,8 +249,14 @@ def default_root() -> Path:
 
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False,
                  val_fraction: float = 0.1, train_size: int | None = None, seed: int = 0,
-                 test_fraction: float = 0.2, stream: bool = False, num_workers: int = 0) -> Splits:
+                 test_fraction: float | None = None, stream: bool = False, num_workers: int = 0,
+                 **text_options) -> Splits | Any:
     """Load a dataset as normalised, indexed train / validation / test splits, in memory or streamed.
+
+    A text dataset (``fortunes``, ``text:PATH``) is token sequences for a causal language model instead:
+    :func:`unlearn.data.text.load_text` makes its :class:`~unlearn.data.text.TextSplits` (not :class:`Splits`) from
+    the same split arguments (``root`` and ``download`` do not apply) and the ``text_options`` it takes
+    (``vocab_size``, ``max_tokens``, ``canaries``, ``canary_repeats``, ``references``).
 
     The validation split is a seeded random ``val_fraction`` of the official training set (digits has no official
     test set: a stratified 20% is held out as test first). ``train_size`` keeps a seeded random subset of the
@@ -244,18 +273,28 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         val_fraction: fraction of the training set held out for validation, in ``[0, 1)``.
         train_size: keep only this many training examples.
         seed: seed of the splits.
-        test_fraction: for ``imagefolder:``, the fraction of each class held out as the test set, in ``(0, 1)``.
+        test_fraction: for ``imagefolder:``, the fraction of each class held out as the test set, in ``(0, 1)``
+            (None: 0.2); for text, the fraction of the texts (None: 0.1).
         stream: make each split a :class:`Streamed` dataset whose items are read and normalised when asked for,
             instead of an in-memory :class:`IndexedDataset`: the same splits, items and indices. An
             ``imagefolder:`` is then never decoded whole: its files are opened a batch at a time (its normalisation
             comes from one pass over the training split, summed in float64, so it can differ from the in-memory
             one in the last bits); the other datasets stream from the arrays their loaders read.
         num_workers: with ``stream``, the worker processes that read the items (see :class:`Streamed`).
+        text_options: options of text datasets, passed to :func:`unlearn.data.text.load_text`.
 
     Raises:
         ValueError: unknown name or bad fractions/sizes.
+        TypeError: ``text_options`` for a dataset of images.
         DatasetNotFoundError: the files are missing and ``download`` is False.
     """
+    other = next((kind for kind in _KINDS.values() if kind.takes(name)), None)
+    if other is not None:
+        return other.load(name, val_fraction=val_fraction, test_fraction=test_fraction, train_size=train_size,
+                          seed=seed, stream=stream, num_workers=num_workers, **text_options)
+    if text_options:
+        raise TypeError(f"{sorted(text_options)} are options of text datasets (load_text), not of {name!r}")
+    test_fraction = 0.2 if test_fraction is None else test_fraction
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     whole("num_workers", num_workers)

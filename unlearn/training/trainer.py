@@ -209,9 +209,8 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
     """Train a copy of ``model`` on ``dataset``; the caller's model is left unchanged.
 
     Args:
-        model: a classifier returning logits ``[B, C]``, or a causal language model returning logits ``[B, T, V]``
-            (or an output with ``.logits``) for a dataset of token sequences (:mod:`proxies.sequences`): the
-            examples' task (:func:`proxies.tasks.task_of`) says how the loss comes out of the output.
+        model: a classifier (logits ``[B, C]``), or a causal LM (logits ``[B, T, V]`` or ``.logits``) for token
+            sequences (:mod:`proxies.sequences`): the data's task says how the loss comes out of the output.
         dataset: items ``(x, y)`` or ``(x, y, index)``; ``index`` is the training-set index the recorder keys on.
         epochs, lr, batch_size, momentum, weight_decay: the optimizer's settings.
         schedule: ``"cosine"``, ``"step"`` (x0.1 at 1/2, 2/3, 5/6), ``"linear"``, ``"constant"``,
@@ -254,8 +253,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             model and the attacks see the data as it is (the attacks add their own queries), and so do the
             unlearning methods' steps (:mod:`unlearn.methods`; ``retrain`` alone calls :func:`train`, with the
             original recipe, its augmentation included).
-        optimizer: ``"sgd"`` (the default) or ``"adamw"`` (:data:`OPTIMIZERS`).
-        progress: show a tqdm bar.
+        optimizer: ``"sgd"`` or ``"adamw"`` (:data:`OPTIMIZERS`). progress: show a tqdm bar.
 
     Where things are: with an in-memory dataset the training set is copied to ``device`` once per call and each batch
     (shuffled by a CPU generator, the order copied once an epoch) is gathered there; any other dataset is streamed, a
