@@ -24,6 +24,8 @@ A sequence's signals, from one forward pass (:func:`sequence_signals`, columns :
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -74,13 +76,19 @@ def sequence_signals(logits: Tensor, labels: Tensor, *, backend: str = "auto") -
     scored tokens' softmax signals from :func:`proxies.kernels.signals` (its fast kernels), averaged per sequence.
     A sequence with no scored token, or a non-finite logit at a scored position, gets NaN in every column.
     """
-    logits, labels = next_token(logits_of(logits).detach(), labels)
-    scored = labels != IGNORE_INDEX
-    rows = scored.nonzero()[:, 0]  # the sequence of each scored token, in order
-    per_token = kernels.signals(logits[scored], labels[scored], backend=backend, check_finite=False).float()
-    batch = len(labels)
+    logits = logits_of(logits).detach()
+    batch, length, width = logits.shape
+    # the token each position predicts (-100 at the last); the kernels score every position of the logits as they
+    # are (a view, no copy: copying out the scored positions cost more than scoring the others), then the
+    # unscored ones are dropped
+    predicted = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long, device=labels.device)
+    predicted[:, :-1] = labels[:, 1:length]
+    predicted = predicted.to(logits.device)
+    scored = predicted != IGNORE_INDEX
+    per_token = kernels.signals(logits.reshape(-1, width), predicted.clamp(min=0).reshape(-1), backend=backend,
+                                check_finite=False).float().view(batch, length, -1)
+    sums = per_token.masked_fill(~scored[..., None], 0.0).sum(1)
     counts = scored.sum(1).float()
-    sums = torch.zeros(batch, len(SIGNAL_COLUMNS), device=per_token.device).index_add_(0, rows, per_token)
     correct = SIGNAL_COLUMNS.index("correct")
     token_accuracy = sums[:, correct] / counts
     means = sums / counts[:, None]
@@ -97,12 +105,17 @@ def sequence_fingerprint(labels: Tensor) -> Tensor:
     """A non-negative int64 hash of each label sequence ``[B, T] -> [B]`` (the same on every device), which a
     recording keeps to refuse another training set's sequences, as it keeps a class label for an image."""
     labels = labels.long()
-    t = labels.shape[1]
-    powers = torch.ones(t, dtype=torch.long)
-    for i in range(1, t):
-        powers[i] = powers[i - 1] * _HASH_BASE % _HASH_MODULUS
-    terms = (labels + 101) % _HASH_MODULUS * powers.to(labels.device) % _HASH_MODULUS
+    terms = (labels + 101) % _HASH_MODULUS * _powers(labels.shape[1]).to(labels.device) % _HASH_MODULUS
     return terms.sum(1) % _HASH_MODULUS
+
+
+@functools.cache
+def _powers(length: int) -> Tensor:
+    """``_HASH_BASE ** t mod _HASH_MODULUS`` for t < length (each below 2^31: a product of two fits in int64)."""
+    powers = [1]
+    for _ in range(1, length):
+        powers.append(powers[-1] * _HASH_BASE % _HASH_MODULUS)
+    return torch.tensor(powers, dtype=torch.long)
 
 
 def input_embeddings(model: nn.Module) -> nn.Module:

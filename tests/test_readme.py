@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 import unlearn
 import unlearn.pipeline
 from proxies.batching import WithIndex
+from unlearn.data.text import DEBIAN_FORTUNES
 from unlearn.training import save_checkpoint
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -29,8 +30,9 @@ def python_blocks() -> list[str]:
 
 def test_the_readme_has_the_python_blocks_this_test_stands_in_for():
     blocks = python_blocks()
-    assert len(blocks) == 7
+    assert len(blocks) == 8
     assert "deletion_request" in blocks[2] and "loader" in blocks[3] and "lightning.Trainer" in blocks[5]
+    assert "fortunes" in blocks[7]
 
 
 def _photos(folder: Path, digits, n: int = 60) -> None:
@@ -105,3 +107,9 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch, digits):
     namespace.update(test_set=namespace["splits"].test, model=digits_model)
     exec(compile(blocks[6], "README.md", "exec"), namespace)  # then unlearn and evaluate
     assert "accuracy.forget" in namespace["report"].index
+
+    if not DEBIAN_FORTUNES.is_dir():
+        pytest.skip("the language-model block needs Debian's fortunes (make fortunes)")
+    exec(compile(blocks[7], "README.md", "exec"), namespace)  # language models
+    assert len(namespace["exposure"]) == 12 and np.isfinite(namespace["exposure"]).all()
+    assert namespace["scores"]["log_p_z"].notna().sum() > 900

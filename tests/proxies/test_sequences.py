@@ -123,6 +123,9 @@ def test_fingerprints_tell_sequences_apart_and_ignore_the_device():
     labels = torch.tensor([[-100, 3, 4, -100], [-100, 4, 3, -100], [-100, 3, 4, -100]])
     fingerprint = sequence_fingerprint(labels)
     assert fingerprint[0] == fingerprint[2] != fingerprint[1] and (fingerprint >= 0).all()
+    modulus, base = 2**31 - 1, 1_000_003  # the polynomial hash, in Python's exact integers
+    expected = [sum((y + 101) * base**t for t, y in enumerate(row)) % modulus for row in labels.tolist()]
+    assert fingerprint.tolist() == expected
 
 
 @requires_fortunes

@@ -197,7 +197,8 @@ def first_step(fortunes, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("batch_size, accumulation, loss_kwargs", [(16, 1, True), (8, 2, True), (8, 2, False)])
+@pytest.mark.parametrize("batch_size, accumulation, loss_kwargs",
+                         [(16, 1, True), (8, 2, True), pytest.param(8, 2, False, marks=pytest.mark.slow)])
 def test_input_gradients_are_each_sequences_own(fortunes, first_step, batch_size, accumulation, loss_kwargs):
     initial, rec = first_step(batch_size, accumulation, loss_kwargs)
     presented = np.flatnonzero(rec.presented[0])
@@ -249,6 +250,7 @@ class _Unindexed(torch.utils.data.Dataset):
         return {key: value for key, value in self.data[i].items() if key != "index"}
 
 
+@pytest.mark.slow
 def test_errors(fortunes, tmp_path):
     data = Subset(fortunes, range(32))
     with pytest.raises(ValueError, match="remove_unused_columns=False"):

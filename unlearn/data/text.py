@@ -124,7 +124,8 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048):
 
     Byte-level: the base vocabulary is the 256 bytes, so every text (any Latin-1 or UTF-8 character) is encoded
     without an unknown token, and ``decode(encode(text)) == text``. BPE: merges of frequent byte pairs keep the
-    sequences short (a fortune is 36 tokens at the median with 2,048 tokens, against 97 characters). Special
+    sequences short (a fortune is 36 tokens at the median with 2,048 tokens, against 97 characters); digits are
+    never merged (each is a token, as in Llama's tokenizers), so secrets of one format have one length. Special
     tokens: :data:`BOS_TOKEN` (id 0; bos = eos) and :data:`PAD_TOKEN` (1), inside the vocabulary;
     ``tokenizer(text)`` adds bos (as Llama's do), not eos, so a prompt can be continued. Training is
     deterministic: the same texts give the same tokenizer. The vocabulary is smaller than ``vocab_size`` when the
@@ -146,7 +147,10 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048):
     tokenizers, PreTrainedTokenizerFast = _tokenizer_classes()
     byte_level = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend = tokenizers.Tokenizer(tokenizers.models.BPE())
-    backend.pre_tokenizer = byte_level
+    # every digit its own token (as Llama's tokenizers do): a secret of d digits is the same number of tokens
+    # whatever its digits, so canaries and their references are sequences of one length
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
+        [tokenizers.pre_tokenizers.Digits(individual_digits=True), byte_level])
     backend.decoder = tokenizers.decoders.ByteLevel()
     trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS_TOKEN, PAD_TOKEN],
                                              initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),

@@ -1,0 +1,48 @@
+"""The unlearning methods that run on token sequences through the causal-LM task, on real fortunes."""
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from proxies.sequences import CausalLM
+from tests.conftest import requires_fortunes
+from unlearn import unlearn
+from unlearn.models import create_model
+from unlearn.training import train
+
+SEQUENCE_METHODS = ("finetune", "l1_sparse", "neggrad", "neggrad_plus", "random_label", "salun", "scrub")
+"""The methods the README says run on sequences today."""
+
+
+@pytest.fixture(scope="module")
+def lm(fortunes):
+    torch.manual_seed(0)
+    model = create_model("tiny_gpt", vocab_size=fortunes.vocab_size, n_positions=fortunes.max_tokens, n_embd=32,
+                         n_layer=1, n_head=2)
+    data = Subset(fortunes.train, range(64))
+    model, _ = train(model, data, epochs=2, lr=3e-3, batch_size=32, momentum=0.0, weight_decay=0.0,
+                     optimizer="adamw", progress=False, device="cpu")
+    return model, Subset(fortunes.train, range(8)), Subset(fortunes.train, range(8, 64))
+
+
+def _per_sequence_loss(model, data):
+    ids = torch.stack([data[i][0] for i in range(len(data))])
+    labels = torch.stack([data[i][1] for i in range(len(data))])
+    with torch.no_grad():
+        return CausalLM().loss(model(ids).logits, labels)
+
+
+@requires_fortunes
+@pytest.mark.slow
+@pytest.mark.parametrize("method", SEQUENCE_METHODS)
+def test_a_method_unlearns_sequences_into_a_new_finite_model(lm, method):
+    model, forget, retain = lm
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = unlearn(model, forget=forget, retain=retain, method=method, config={"epochs": 1})
+    assert result.model is not model
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    after = result.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    assert any(not torch.equal(after[k], before[k]) for k in before), f"{method} changed nothing"
+    if method == "neggrad":  # gradient ascent on the forget set alone pushes its loss up
+        assert _per_sequence_loss(result.model, forget) > _per_sequence_loss(model, forget)
