@@ -201,6 +201,26 @@ class CausalLM:
                              f"vocabulary has {output.shape[-1]} tokens: a tokenizer of another vocabulary?")
         return self.width(output)
 
+    @torch.no_grad()
+    def probe(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> None:
+        """Refuse token ids past the model's embedding (a tokenizer of another vocabulary), then run the model on
+        ``inputs`` (eval mode, restored) and refuse an output that is not a causal LM's for these labels."""
+        try:
+            rows = input_embeddings(model).num_embeddings
+        except (ValueError, AttributeError):
+            rows = None
+        if rows is not None and inputs.numel() and int(inputs.max()) >= rows:
+            raise ValueError(f"the data's token ids reach {int(inputs.max())} but the model embeds {rows} tokens: "
+                             "a tokenizer of another vocabulary than the model's? (create_model('tiny_gpt', "
+                             "vocab_size=splits.vocab_size))")
+        was_training = model.training
+        model.eval()
+        try:
+            output = self.forward(model, inputs)
+        finally:
+            model.train(was_training)
+        self.check(output, targets.to(inputs.device), len(inputs))
+
     def wrong_targets(self, targets: Tensor, width: int, generator: torch.Generator) -> Tensor:
         """A uniformly random other token at each scored position (drawn on the CPU by ``generator``), -100 kept."""
         shift = torch.randint(1, width, targets.shape, generator=generator).to(targets.device)

@@ -51,6 +51,10 @@ class Task(Protocol):
         """Refuse an output that cannot score these targets (a ``ValueError`` saying what was expected); else
         :meth:`width`."""
 
+    def probe(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> None:
+        """Refuse, before any work, a model that cannot take these (first few) inputs or score their targets: a
+        ``ValueError`` saying what was expected. Runs the model (eval mode, no grad) where a kind needs it to."""
+
     def wrong_targets(self, targets: Tensor, width: int, generator: torch.Generator) -> Tensor:
         """Targets drawn uniformly at random among the wrong ones, by ``generator`` (random-label unlearning)."""
 
@@ -103,6 +107,9 @@ class Classification:
             raise ValueError(f"model returns {output.shape[1]} logits but the labels span "
                              f"[{int(targets.min())}, {int(targets.max())}]")
         return self.width(output)
+
+    def probe(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> None:
+        """Nothing: a classifier that cannot take the inputs fails in its first forward pass, as it always has."""
 
     def wrong_targets(self, targets: Tensor, width: int, generator: torch.Generator) -> Tensor:
         """A uniformly random label other than each ``targets``' own, drawn on the CPU by ``generator`` (the same

@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import Subset
 
 from proxies import TrainingRecorder, compute
-from proxies.sequences import SEQUENCE_COLUMNS
+from proxies.batching import IndexedDataset
+from proxies.sequences import SEQUENCE_COLUMNS, CausalLM
 from tests.conftest import requires_fortunes
 from unlearn.models import create_model
 from unlearn.training import get_recipe, train
@@ -89,3 +90,27 @@ def test_the_fortunes_recipe_is_adamw_and_a_bad_optimizer_is_refused():
     with pytest.raises(ValueError, match=r"optimizer must be one of \['sgd', 'adamw'\]"):
         train(torch.nn.Linear(2, 2), torch.utils.data.TensorDataset(torch.zeros(2, 2), torch.zeros(2).long()),
               optimizer="adam")
+
+
+@requires_fortunes
+def test_what_cannot_train_on_token_sequences_is_refused_before_any_work(fortunes):
+    data = Subset(fortunes.train, range(8))
+    small = create_model("tiny_gpt", vocab_size=fortunes.vocab_size - 100, n_positions=fortunes.max_tokens,
+                         n_embd=32, n_layer=1, n_head=2)
+    with pytest.raises(ValueError, match="token ids reach .* but the model embeds 412 tokens: a tokenizer of another"):
+        train(small, data, **RECIPE)
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(fortunes.vocab_size, 4)
+
+        def forward(self, ids):
+            return self.embed(ids).mean(1)  # [B, 4]: one score per class, not per token
+
+    with pytest.raises(ValueError, match=r"logits \[batch, tokens, vocab\] .*got \(2, 4\)"):
+        train(Classifier(), data, **RECIPE)
+    ids, labels = fortunes.train.inputs[:4], torch.full_like(fortunes.train.targets[:4], -100)
+    unscored = IndexedDataset(ids, labels, task=CausalLM(pad_id=fortunes.tokenizer.pad_token_id))
+    with pytest.raises(ValueError, match="labels are all -100"):
+        train(_model(fortunes), unscored, **RECIPE)

@@ -325,6 +325,7 @@ class _Settings:
             raise ValueError(f"augment={self.augment!r} needs images [C, H, W], but the dataset's inputs have shape "
                              f"{list(torch.as_tensor(dataset[0][0]).shape)}")
         _check_recorder_fits(self.recorder, dataset)
+        _probe(model, dataset)
         lr_factor(self.schedule, 0, max(self.epochs, 1))  # reject a bad schedule before any work
         if self.resume is not None and (self.dp is not None or callable(self.schedule)):
             raise ValueError("resume= needs a named schedule and no dp: a callable schedule or opacus's accountant "
@@ -470,6 +471,15 @@ class _Run:
         self.model.eval()
         columns = ["epoch", "lr", "loss", "accuracy", "seconds"] + (["epsilon"] if self.settings.dp is not None else [])
         return self.model, pd.DataFrame(self.rows, columns=columns)
+
+
+def _probe(model: nn.Module, dataset: Dataset) -> None:
+    """Let the data's task refuse a model that cannot take its first two examples (token sequences: a vocabulary
+    too small for the tokenizer's ids, logits that are not a causal LM's), before any work."""
+    first = [dataset[i] for i in range(min(2, len(dataset)))]
+    device = next(model.parameters(), torch.empty(0)).device
+    inputs = torch.stack([torch.as_tensor(item[0]) for item in first]).to(device)
+    task_of(dataset).probe(model, inputs, torch.stack([torch.as_tensor(item[1]) for item in first]))
 
 
 def _check_recorder_fits(recorder, dataset: Dataset) -> None:
