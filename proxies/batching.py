@@ -206,7 +206,8 @@ class Streamed(Dataset):
             :func:`labels_of` then reads no item. Otherwise the labels (and indices) of the items asked about are read
             once, in a pass that drops their inputs, and kept.
         worker_seed: seeds the workers' random number generators (a random transform in a worker draws from them).
-        task: the kind of example (a :class:`proxies.tasks.Task`; None: classification).
+        task: the kind of example (a :class:`proxies.tasks.Task`; None: the wrapped dataset's, else
+            classification).
 
     Only the labels and training-set indices are kept, one integer each per item: a million examples cost 16 MB
     (token sequences keep their labels, ``[T]`` integers each).
@@ -237,7 +238,7 @@ class Streamed(Dataset):
         self.persistent_workers = num_workers > 0 if persistent_workers is None else bool(persistent_workers)
         self.prefetch_factor = prefetch_factor
         self.worker_seed = int(worker_seed)
-        self.task = task
+        self.task = task if task is not None else getattr(subset_root(dataset)[0], "task", None)  # or the data's
         n = len(dataset)
         self._labels = torch.full((n,), -1, dtype=torch.long)
         self._indices = torch.full((n,), -1, dtype=torch.long)

@@ -202,9 +202,11 @@ class CausalLM:
         return self.width(output)
 
     @torch.no_grad()
-    def probe(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> None:
-        """Refuse token ids past the model's embedding (a tokenizer of another vocabulary), then run the model on
-        ``inputs`` (eval mode, restored) and refuse an output that is not a causal LM's for these labels."""
+    def probe(self, model: nn.Module, examples) -> None:
+        """Read ``(inputs, labels)`` of a few examples; refuse token ids past the model's embedding (a tokenizer of
+        another vocabulary), then run the model on them (eval mode, restored) and refuse an output that is not a
+        causal LM's for these labels."""
+        inputs, targets = examples()
         try:
             rows = input_embeddings(model).num_embeddings
         except (ValueError, AttributeError):

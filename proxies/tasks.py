@@ -51,9 +51,10 @@ class Task(Protocol):
         """Refuse an output that cannot score these targets (a ``ValueError`` saying what was expected); else
         :meth:`width`."""
 
-    def probe(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> None:
-        """Refuse, before any work, a model that cannot take these (first few) inputs or score their targets: a
-        ``ValueError`` saying what was expected. Runs the model (eval mode, no grad) where a kind needs it to."""
+    def probe(self, model: nn.Module, examples: Callable[[], tuple[Tensor, Tensor]]) -> None:
+        """Refuse, before any work, a model that cannot take the data's first examples or score their targets (a
+        ``ValueError`` saying what was expected). ``examples()`` reads ``(inputs, targets)`` of a few of them, on
+        the model's device, for a kind that needs to run the model (eval mode, no grad) to tell."""
 
     def wrong_targets(self, targets: Tensor, width: int, generator: torch.Generator) -> Tensor:
         """Targets drawn uniformly at random among the wrong ones, by ``generator`` (random-label unlearning)."""
@@ -108,8 +109,9 @@ class Classification:
                              f"[{int(targets.min())}, {int(targets.max())}]")
         return self.width(output)
 
-    def probe(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> None:
-        """Nothing: a classifier that cannot take the inputs fails in its first forward pass, as it always has."""
+    def probe(self, model: nn.Module, examples: Callable[[], tuple[Tensor, Tensor]]) -> None:
+        """Nothing (no example is read): a classifier that cannot take the inputs fails in its first forward pass,
+        as it always has."""
 
     def wrong_targets(self, targets: Tensor, width: int, generator: torch.Generator) -> Tensor:
         """A uniformly random label other than each ``targets``' own, drawn on the CPU by ``generator`` (the same

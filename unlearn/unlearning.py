@@ -55,7 +55,7 @@ def _check_model(model: nn.Module, forget: Dataset, retain: Dataset, device: tor
     if not same_task(task_of(retain), task):
         raise ValueError(f"forget and retain must hold examples of one task, got {task!r} and {task_of(retain)!r}")
     inputs = first_input(forget, 2).to(device)
-    task.probe(model, inputs, labels_of(forget)[0][:len(inputs)])
+    task.probe(model, lambda: (inputs, labels_of(forget)[0][:len(inputs)]))
     with torch.no_grad():
         out = task.forward(model, inputs)
     labels = torch.cat([labels_of(forget)[0], labels_of(retain)[0]])

@@ -114,3 +114,15 @@ def test_what_cannot_train_on_token_sequences_is_refused_before_any_work(fortune
     unscored = IndexedDataset(ids, labels, task=CausalLM(pad_id=fortunes.tokenizer.pad_token_id))
     with pytest.raises(ValueError, match="labels are all -100"):
         train(_model(fortunes), unscored, **RECIPE)
+
+
+@requires_fortunes
+def test_streamed_token_sequences_train_the_same_model_as_in_memory(fortunes):
+    from unlearn.data import Streamed
+
+    data = Subset(fortunes.train, range(64))
+    recipe = {**RECIPE, "epochs": 1}
+    in_memory, _ = train(_model(fortunes), data, **recipe)
+    streamed, _ = train(_model(fortunes), Subset(Streamed(fortunes.train), range(64)), **recipe)
+    assert all(torch.equal(a, b) for a, b in zip(in_memory.state_dict().values(), streamed.state_dict().values(),
+                                                 strict=True))

@@ -476,10 +476,13 @@ class _Run:
 def _probe(model: nn.Module, dataset: Dataset) -> None:
     """Let the data's task refuse a model that cannot take its first two examples (token sequences: a vocabulary
     too small for the tokenizer's ids, logits that are not a causal LM's), before any work."""
-    first = [dataset[i] for i in range(min(2, len(dataset)))]
-    device = next(model.parameters(), torch.empty(0)).device
-    inputs = torch.stack([torch.as_tensor(item[0]) for item in first]).to(device)
-    task_of(dataset).probe(model, inputs, torch.stack([torch.as_tensor(item[1]) for item in first]))
+    def examples() -> tuple[torch.Tensor, torch.Tensor]:
+        first = [dataset[i] for i in range(min(2, len(dataset)))]
+        device = next(model.parameters(), torch.empty(0)).device
+        return (torch.stack([torch.as_tensor(item[0]) for item in first]).to(device),
+                torch.stack([torch.as_tensor(item[1]) for item in first]))
+
+    task_of(dataset).probe(model, examples)
 
 
 def _check_recorder_fits(recorder, dataset: Dataset) -> None:
