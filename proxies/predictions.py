@@ -39,25 +39,31 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
         views: functions of a batch of inputs (e.g. a horizontal flip, as membership attacks query); the logits
             are then ``[N, len(views), C]``, one slice per view.
     """
-    model = model_on(model, device)
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
     task = task_of(dataset)
     outputs, labels, indices = [], [], []
-    try:
-        # the inputs go to the device (an in-memory dataset once per call); labels and indices stay on the CPU,
-        # where they are returned. The logits stay on the device until the end: one copy back, not one per batch
-        for x, y, index in batches(dataset, batch_size, device=device, moved=("x",)):
-            outputs.append(task.forward(model, x).float() if views is None
-                           else torch.stack([task.forward(model, view(x)).float() for view in views], dim=1))
-            labels.append(y)
-            indices.append(index)
-    finally:
-        model.train(was_training)
+    # the inputs go to the device (an in-memory dataset once per call); labels and indices stay on the CPU, where
+    # they are returned. The logits stay on the device until the end: one copy back, not one per batch
+    for net, x, y, index in _in_eval(model, dataset, batch_size, device, moved=("x",)):
+        outputs.append(task.forward(net, x).float() if views is None
+                       else torch.stack([task.forward(net, view(x)).float() for view in views], dim=1))
+        labels.append(y)
+        indices.append(index)
     if not outputs:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return _on_cpu(outputs), torch.cat(labels), torch.cat(indices)
+
+
+def _in_eval(model: nn.Module, dataset: Dataset, batch_size: int, device, *, moved: tuple[str, ...]):
+    """``(model, x, y, index)`` for each batch, the model (copied to ``device`` if it is elsewhere) in eval mode
+    while the batches are read, its mode restored after the last or on an error."""
+    model = model_on(model, device)
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y, index in batches(dataset, batch_size, device=model_device(model), moved=moved):
+            yield model, x, y, index
+    finally:
+        model.train(was_training)
 
 
 def _on_cpu(outputs: list[Tensor]) -> Tensor:
@@ -83,20 +89,13 @@ def predict_signals(model: nn.Module, dataset: Dataset, *, batch_size: int = 256
     >>> predict_signals(nn.Linear(3, 2), ds)[0].shape
     torch.Size([2, 5])
     """
-    model = model_on(model, device)
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
     task = task_of(dataset)
     rows, labels, indices = [], [], []
-    try:
-        for x, y, index in batches(dataset, batch_size, device=device, moved=("x", "y")):
-            output = task.forward(model, x)
-            rows.append(task.signals(task.record(output, y), task.fingerprint(y)).float())
-            labels.append(y.cpu())
-            indices.append(index)
-    finally:
-        model.train(was_training)
+    for net, x, y, index in _in_eval(model, dataset, batch_size, device, moved=("x", "y")):
+        output = task.forward(net, x)
+        rows.append(task.signals(task.record(output, y), task.fingerprint(y)).float())
+        labels.append(y.cpu())
+        indices.append(index)
     if not rows:
         return torch.zeros(0, len(task.columns)), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return _on_cpu(rows), torch.cat(labels), torch.cat(indices)
