@@ -4,6 +4,8 @@ Attack signals are extracted once per model and dataset (:func:`extract_signals`
 :func:`loss_threshold`, :func:`loss_logreg` and :func:`svc` on one model; :func:`lira` / :func:`ulira` and
 :func:`rmia` with shadow or reference models; :func:`epsilons` / :func:`forgetting_score` from many unlearned and
 retrained models (``rules="challenge"`` for the NeurIPS 2023 scorer's own rules, comparable with its leaderboard).
+Language models: :func:`text_scores` (LOSS, zlib, Min-K%, Min-K%++ per sequence), :func:`membership_auc` /
+:func:`membership_tpr_at_fpr` on them, and MUSE's :func:`priv_leak` (:func:`priv_leak_of` from the models).
 """
 
 from .basic import SVC_FEATURES, loss_logreg, loss_threshold, svc
@@ -19,6 +21,15 @@ from .signals import (
     modified_entropy,
     register_signals,
 )
+from .text import (
+    TEXT_SCORES,
+    membership_auc,
+    membership_tpr_at_fpr,
+    priv_leak,
+    priv_leak_of,
+    scores_from_logits,
+    text_scores,
+)
 
 __all__ = [
     "DEFAULT_ATTACKS",
@@ -26,6 +37,7 @@ __all__ = [
     "AttackInputs",
     "NotApplicable",
     "SVC_FEATURES",
+    "TEXT_SCORES",
     "AttackSignals",
     "attacks",
     "disjoint_halves",
@@ -38,11 +50,17 @@ __all__ = [
     "logit_scaled_confidence",
     "loss_logreg",
     "loss_threshold",
+    "membership_auc",
+    "membership_tpr_at_fpr",
     "modified_entropy",
+    "priv_leak",
+    "priv_leak_of",
     "register_signals",
     "register_attack",
     "rmia",
+    "scores_from_logits",
     "svc",
+    "text_scores",
     "tune_rmia_a",
     "ulira",
 ]
