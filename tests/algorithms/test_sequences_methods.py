@@ -10,7 +10,8 @@ from unlearn import unlearn
 from unlearn.models import create_model
 from unlearn.training import train
 
-SEQUENCE_METHODS = ("finetune", "l1_sparse", "neggrad", "neggrad_plus", "random_label", "salun", "scrub")
+SEQUENCE_METHODS = ("finetune", "l1_sparse", "neggrad", "neggrad_plus", "npo", "random_label", "salun", "scrub",
+                    "simnpo")
 """The methods the README says run on sequences today."""
 
 

@@ -164,8 +164,8 @@ OPTIONS = {"rum": {"proxy": "confidence", "retain_per_forget": 5.0}, "influence"
            "retrain": {"epochs": 1}}
 
 
-BUILT_IN = ("finetune", "influence", "l1_sparse", "neggrad", "neggrad_plus", "random_label", "retrain", "rum", "salun",
-            "scrub")
+BUILT_IN = ("finetune", "influence", "l1_sparse", "neggrad", "neggrad_plus", "npo", "random_label", "retrain", "rum",
+            "salun", "scrub", "simnpo")
 
 
 def test_every_built_in_method_is_checked():

@@ -17,7 +17,8 @@ from proxies.tasks import CLASSIFICATION, Classification, Task, task_of
 from unlearn import create_model, unlearn
 from unlearn.evaluation.attacks import extract_signals
 
-METHODS = ("finetune", "influence", "l1_sparse", "neggrad", "neggrad_plus", "random_label", "salun", "scrub")
+METHODS = ("finetune", "influence", "l1_sparse", "neggrad", "neggrad_plus", "npo", "random_label", "salun", "scrub",
+           "simnpo")
 
 
 def test_classification_is_the_cross_entropy_of_the_logits():

@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (each registers its method)
     l1_sparse,
     neggrad,
     neggrad_plus,
+    npo,
     random_label,
     retrain,
     rum,
