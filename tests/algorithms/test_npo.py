@@ -252,6 +252,7 @@ STRONG = {"npo": {"lr": 0.03}, "simnpo": {"forget_weight": 1.0, "epochs": 10}}
 
 
 @requires_fortunes
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["npo", "simnpo"])
 def test_the_forget_term_raises_the_forget_loss_of_real_fortunes(lm, method):
     """Against the same run without the forget term (weight 1e-9: the same batches, the retain term alone), which

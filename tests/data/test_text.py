@@ -89,6 +89,7 @@ def test_split_rows_partition_the_corpus_and_follow_the_seed():
 
 
 @requires_fortunes
+@pytest.mark.slow
 def test_same_arguments_same_splits_and_tokenizer(splits):
     again = load_dataset("fortunes", **SMALL, **CANARIES)
     assert again.tokenizer.backend_tokenizer.to_str() == splits.tokenizer.backend_tokenizer.to_str()

@@ -127,6 +127,7 @@ def skewnorm_log_cdf_by_mpmath(x: float, shape: float, loc: float, scale: float)
     return float(top + mpmath.log(mpmath.quad(lambda u: mpmath.exp(mpmath.log(density(z - u)) - top), steps)))
 
 
+@pytest.mark.slow
 def test_skewnorm_log_cdf_is_continuous_where_it_switches_to_the_integral():
     """Either side of the switch (log cdf -50), scipy's and the integral agree: the switch is seamless."""
     shape = 4.0
@@ -178,6 +179,7 @@ def test_log_perplexity_is_the_summed_nll_of_the_scored_tokens():
     np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_inserted_canary_has_the_top_exposure(inserted):
     canaries = secrets([CANARY, "117", "999"], indices=[500, 501, 502])
     every = log_perplexities(inserted, secrets(ALL_SECRETS), batch_size=256, progress=False)

@@ -24,6 +24,8 @@ from unlearn.training.transformers import RecorderCallback, as_hf_dataset  # noq
 FORTUNES = Path("/usr/share/games/fortunes")
 VOCAB, LENGTH, BOS, PAD = 128, 40, 2, 0
 
+pytestmark = pytest.mark.slow  # trains through transformers' Trainer: make test-slow
+
 
 def _read_fortunes(count: int) -> list[str]:
     """The first ``count`` fortunes of 10 to 400 characters, files in name order (Latin-1, ``%`` lines between)."""
@@ -198,7 +200,8 @@ def first_step(fortunes, tmp_path_factory):
 
 
 @pytest.mark.parametrize("batch_size, accumulation, loss_kwargs",
-                         [(16, 1, True), (8, 2, True), pytest.param(8, 2, False, marks=pytest.mark.slow)])
+                         [(16, 1, True), pytest.param(8, 2, True, marks=pytest.mark.slow),
+                          pytest.param(8, 2, False, marks=pytest.mark.slow)])
 def test_input_gradients_are_each_sequences_own(fortunes, first_step, batch_size, accumulation, loss_kwargs):
     initial, rec = first_step(batch_size, accumulation, loss_kwargs)
     presented = np.flatnonzero(rec.presented[0])
