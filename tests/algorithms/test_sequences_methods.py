@@ -47,3 +47,26 @@ def test_a_method_unlearns_sequences_into_a_new_finite_model(lm, method):
     assert any(not torch.equal(after[k], before[k]) for k in before), f"{method} changed nothing"
     if method == "neggrad":  # gradient ascent on the forget set alone pushes its loss up
         assert _per_sequence_loss(result.model, forget) > _per_sequence_loss(model, forget)
+
+
+@requires_fortunes
+@pytest.mark.slow
+def test_retrain_builds_a_language_model_afresh_from_its_config_and_trains_it_on_the_retain_set(lm):
+    model, forget, retain = lm
+    recipe = {"epochs": 1, "lr": 3e-3, "batch_size": 32, "momentum": 0.0, "weight_decay": 0.0, "optimizer": "adamw"}
+    first = unlearn(model, forget=forget, retain=retain, method="retrain", config=recipe, seed=3).model
+    again = unlearn(model, forget=forget, retain=retain, method="retrain", config=recipe, seed=3).model
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(),
+                                                 strict=True))
+    # the same as training a new GPT-2 of the model's config, built under the seed, on the retain set alone
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        fresh = type(model)(model.config)
+    expected, _ = train(fresh, retain, seed=3, progress=False, device="cpu", **recipe)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), expected.state_dict().values(),
+                                                 strict=True))
+    by_name = unlearn(model, forget=forget, retain=retain, method="retrain", seed=3,
+                      config={**recipe, "model_fn": "tiny_gpt",
+                              "model_kwargs": {"n_positions": model.config.n_positions, "n_embd": 32,
+                                               "n_layer": 1, "n_head": 2}}).model
+    assert by_name.config.vocab_size == model.config.vocab_size

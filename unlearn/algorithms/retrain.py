@@ -25,15 +25,16 @@ True
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.sources import first_input
-from ..models import create_model, models
+from ..models import create_model, get_model, models
 from ..training.augment import get_augmentation
 from ..training.trainer import NUMERICS, TrainConfig, check_optimizer, train
 from .registry import register_method
@@ -57,7 +58,10 @@ class RetrainConfig(SGDConfig):
     :func:`reinitialize`) and trained the same way. That is the factory's own initialisation only for a model whose
     factory keeps PyTorch's default layer init and builds its layers in the order they are registered
     (``digits_cnn`` and ``cnn28``; not torchvision's ``resnet18``, which initialises its convolutions and norms
-    itself): pass ``model_fn`` for a retraining that is the reference's.
+    itself): pass ``model_fn`` for a retraining that is the reference's. A ``transformers`` model (``tiny_gpt``)
+    is instead built afresh by its class from its own config under ``seed``: its own initialisation, whatever its
+    layers (GPT-2's ``Conv1D`` has no ``reset_parameters``). A model given by name gets the sizes its factory
+    takes (``vocab_size`` for a language model: the model's width).
     """
 
     epochs: int = TrainConfig.epochs
@@ -126,6 +130,15 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+def _built_from_config(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``transformers`` model, which its class builds afresh from its ``config``."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
 def fresh_model(config: RetrainConfig, like: nn.Module, data: Dataset, seed: int,
                 device: torch.device) -> nn.Module:
     """A new model from ``config.model_fn``, built right after ``torch.manual_seed(seed)`` (the random state is
@@ -136,7 +149,11 @@ def fresh_model(config: RetrainConfig, like: nn.Module, data: Dataset, seed: int
     """
     build = config.model_fn
     if isinstance(build, str):
-        sizes = {"num_classes": num_classes(like, data, device), "in_channels": int(first_input(data).shape[1])}
+        # the sizes the factory takes: an image classifier's classes and channels, a language model's vocabulary
+        width = num_classes(like, data, device)
+        sizes = {"num_classes": width, "in_channels": int(first_input(data).shape[1]), "vocab_size": width}
+        takes = inspect.signature(get_model(build)).parameters
+        sizes = {k: v for k, v in sizes.items() if k in takes}
         build = functools.partial(create_model, build, **{**sizes, **config.model_kwargs})
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -156,6 +173,12 @@ def fresh_model(config: RetrainConfig, like: nn.Module, data: Dataset, seed: int
 @register_method("retrain", config=RetrainConfig)
 def retrain(model, forget, retain, config: RetrainConfig, *, seed, device):
     """Retrain a freshly initialised copy of the architecture on the retain set only."""
-    start = reinitialize(model, seed) if config.model_fn is None else fresh_model(config, model, retain, seed, device)
+    if config.model_fn is not None:
+        start = fresh_model(config, model, retain, seed, device)
+    elif _built_from_config(model):  # a transformers model: a new one of its class from its own config
+        start = fresh_model(replace(config, model_fn=functools.partial(type(model), model.config)), model, retain,
+                            seed, device)
+    else:
+        start = reinitialize(model, seed)
     retrained, _ = train(start, retain, seed=seed, device=device, progress=False, **config.recipe())
     return retrained
