@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from ..data.sources import first_input
 from ..models import create_model, get_model, models
 from ..training.augment import get_augmentation
-from ..training.trainer import NUMERICS, TrainConfig, check_optimizer, train
+from ..training.trainer import NUMERICS, TrainConfig, train
 from .registry import register_method
 from .sgd import SGDConfig, num_classes
 
@@ -72,7 +72,6 @@ class RetrainConfig(SGDConfig):
     schedule: str = TrainConfig.schedule
     drop_last: bool = TrainConfig.drop_last
     augment: str = TrainConfig.augment
-    optimizer: str = TrainConfig.optimizer
     model_fn: str | Callable[[], nn.Module] | None = None
     model_kwargs: dict = field(default_factory=dict)
 
@@ -84,7 +83,6 @@ class RetrainConfig(SGDConfig):
         if not isinstance(self.drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {type(self.drop_last).__name__} {self.drop_last!r}")
         get_augmentation(self.augment)  # an unknown name fails before any work
-        check_optimizer(self.optimizer)
         if isinstance(self.model_fn, str):
             if self.model_fn not in models():
                 raise ValueError(f"unknown model {self.model_fn!r}; expected one of {models()} or a callable")

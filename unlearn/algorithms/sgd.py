@@ -17,7 +17,7 @@ from proxies.tasks import task_of
 from .._checks import real, whole
 from ..data.sources import batches, first_input
 from ..training.loop import lr_factor, run_epochs, training_numerics
-from ..training.trainer import top1_accuracy
+from ..training.trainer import check_optimizer, make_optimizer, top1_accuracy
 
 
 @dataclass
@@ -37,6 +37,8 @@ class SGDConfig:
     weight_decay: float = 5e-4
     schedule: str = "constant"
     target_accuracy: float | None = None
+    optimizer: str = "sgd"
+    """``"sgd"`` (the anchors') or ``"adamw"`` (language models'; ``momentum`` unused), as :func:`unlearn.train`."""
 
     def __post_init__(self) -> None:
         whole("epochs", self.epochs)
@@ -45,6 +47,7 @@ class SGDConfig:
         real("momentum", self.momentum, low=0.0)
         real("weight_decay", self.weight_decay, low=0.0)
         lr_factor(self.schedule, 0, 1)  # rejects an unknown schedule now, not mid-run
+        check_optimizer(self.optimizer)
         target = self.target_accuracy
         if target is not None and (isinstance(target, bool) or not isinstance(target, Real)
                                    or not 0.0 <= target <= 1.0):
@@ -80,8 +83,8 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
     def reached() -> bool:
         return target is not None and forget_accuracy(model, forget, device) <= target
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
     steps = 0
 
     def stop_after_step() -> bool:
