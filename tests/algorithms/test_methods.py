@@ -260,3 +260,29 @@ def test_retrain_refuses_a_factory_of_another_architecture(digits):
     with pytest.raises(ValueError, match="model_kwargs are for a model_fn given by name"):
         unlearn(original, forget=forget, retain=retain, method="retrain",
                 config={"model_fn": _custom_init_cnn, "model_kwargs": {"num_classes": 10}})
+
+
+def test_a_method_with_optimizer_adamw_takes_adamw_steps():
+    """finetune with ``optimizer="adamw"``: each step is AdamW's, written out (bias-corrected moments, decoupled
+    weight decay) on the closed-form cross-entropy gradient of the batch it saw."""
+    retain, forget = _data(8, seed=1), _data(4, seed=2)
+    model = RecordingLinear()
+    weight, bias = _initial(model)
+    lr, decay, (beta1, beta2), eps = 0.1, 0.01, (0.9, 0.999), 1e-8
+    result = unlearn(model, forget=forget, retain=retain, method="finetune",
+                     config={"epochs": 1, "lr": lr, "batch_size": 4, "weight_decay": decay, "optimizer": "adamw"})
+    moments = [[torch.zeros_like(weight), torch.zeros_like(weight)], [torch.zeros_like(bias), torch.zeros_like(bias)]]
+    for step, x in enumerate(result.model.seen, start=1):
+        grads = _ce_grads(weight, bias, x, retain.targets[_positions(x, retain)])
+        params = []
+        for p, g, m in zip((weight, bias), grads, moments, strict=True):
+            m[0] = beta1 * m[0] + (1 - beta1) * g
+            m[1] = beta2 * m[1] + (1 - beta2) * g * g
+            update = (m[0] / (1 - beta1**step)) / ((m[1] / (1 - beta2**step)).sqrt() + eps)
+            params.append(p * (1 - lr * decay) - lr * update)
+        weight, bias = params
+    assert len(result.model.seen) == 2
+    torch.testing.assert_close(result.model.weight.detach(), weight, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(result.model.bias.detach(), bias, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"optimizer must be one of \['sgd', 'adamw'\]"):
+        unlearn(model, forget=forget, retain=retain, method="finetune", config={"optimizer": "adam"})
