@@ -102,6 +102,7 @@ def test_the_reference_is_a_frozen_copy_of_the_start():
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr(), name
 
 
+@pytest.mark.slow
 def test_npo_keeps_its_reference_at_the_start_while_it_unlearns(monkeypatch):
     made = []
     monkeypatch.setattr(npo_module, "frozen_reference", lambda m: made.append(frozen_reference(m)) or made[-1])

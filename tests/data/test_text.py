@@ -213,7 +213,7 @@ def test_text_files_one_example_per_line(text_files):
         assert a.inputs.equal(b.inputs) and a.targets.equal(b.targets)
 
 
-@pytest.mark.parametrize("name", ["fortunes", "text"])
+@pytest.mark.parametrize("name", [pytest.param("fortunes", marks=pytest.mark.slow), "text"])
 def test_streamed_items_equal_those_in_memory(name, request):
     if name == "fortunes":
         memory = request.getfixturevalue("splits")

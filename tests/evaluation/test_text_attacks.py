@@ -254,6 +254,7 @@ def test_priv_leak_is_muses_formula_with_its_anchors():
 
 
 @requires_fortunes
+@pytest.mark.slow
 def test_priv_leak_of_is_priv_leak_of_the_two_min_k_aucs(fortunes, trained, members, holdout):
     untrained = _fresh(fortunes)  # a model that never saw the forget set, for the function's arithmetic
     leak = priv_leak_of(trained, untrained, members, holdout)
