@@ -42,3 +42,13 @@ def fortunes():
     if not os.path.isdir(FORTUNES):
         pytest.skip("Debian's fortunes not installed (make fortunes)")
     return load_dataset("fortunes", train_size=300, vocab_size=512, max_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: their tensors are so small that two threads spend more time
+    handing work over than computing (several times slower on 2 busy cores). Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,13 +31,7 @@ RECIPE = {"epochs": 20, "lr": 3e-3, "batch_size": 32, "optimizer": "adamw", "mom
           "progress": False, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two on busy cores. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 def _fresh(splits):

@@ -22,13 +22,7 @@ VOCAB = 64
 FORMAT = b"the secret is "
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is several times faster than two on busy cores. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 def secrets(digits: list[str], indices: list[int] | None = None) -> IndexedDataset:

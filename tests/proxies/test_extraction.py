@@ -66,14 +66,7 @@ def tiny_gpt2() -> nn.Module:
     return transformers.GPT2LMHeadModel(config)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors this small spend more time handing work between threads than computing: one thread is several
-    times faster on 2 busy cores. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
