@@ -113,6 +113,8 @@ class TrainingRecorder:
     # --------------------------------------------------------------------------------------- during training
     # A batch only copies its logits into an epoch buffer; the signals are computed once per epoch over the whole
     # buffer. That keeps the cost per batch to one small copy, where computing them per batch cost ~2% of an epoch.
+    # (Token sequences are reduced in the batch instead, the task's record(): an epoch's [N, T, V] logits would not
+    # fit in memory; benchmarks/README.md has the cost, +2.4% of a tiny_gpt epoch.)
     def start_epoch(self) -> None:
         """Open a new epoch (closing one left open)."""
         if self._current is not None:
@@ -300,7 +302,8 @@ class TrainingRecorder:
 
     @property
     def labels(self) -> np.ndarray | None:
-        """Each example's label as last presented, ``int64 [num_examples]`` (-1: never presented), read-only; None
+        """Each example's label as last presented (a token sequence's: the hash of its labels,
+        :func:`proxies.sequences.sequence_fingerprint`), ``int64 [num_examples]`` (-1: never presented), read-only; None
         for a recording that does not carry them (loaded from a file written before they were saved, or built by
         :meth:`from_values` without ``labels``)."""
         if self._last_labels is None:

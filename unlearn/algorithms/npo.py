@@ -25,10 +25,10 @@ and ``|y| = 1``. That is the same preference loss on the one likelihood a classi
 (NPO's paper motivates it as bounded gradient ascent, which is a classifier's ``neggrad``). A task of another kind
 counts its per-example loss as the NLL of one target.
 
-Optimizer: the library's unlearning loop steps SGD (:class:`~unlearn.algorithms.sgd.SGDConfig`: no AdamW there,
-where LM unlearning usually runs AdamW at lr 1e-5); the defaults below are SGD settings chosen on ``tiny_gpt`` (see
-the configs). They are a language model's: on a classifier they do little (a digits CNN keeps its forget accuracy
-of 1.0 under either method's defaults; NPO at lr 0.05 takes it to 0.99), so set ``lr`` and ``epochs`` there.
+Optimizer: the defaults below are SGD settings chosen on ``tiny_gpt`` (see the configs); LM unlearning usually
+runs AdamW at lr 1e-5, which ``optimizer="adamw"`` gives (:class:`~unlearn.algorithms.sgd.SGDConfig`). They are
+a language model's: on a classifier they do little (a digits CNN keeps its forget accuracy of 1.0 under either
+method's defaults; NPO at lr 0.05 takes it to 0.99), so set ``lr`` and ``epochs`` there.
 
 >>> import torch
 >>> round(float(npo_loss(torch.tensor([-5.0]), torch.tensor([-5.0]), beta=0.1)), 4)  # (2/beta) log 2
