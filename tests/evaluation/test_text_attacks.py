@@ -100,6 +100,7 @@ def _by_definition(model, data: IndexedDataset, tokenizer, *, k: float, drop_las
 
 @requires_fortunes
 @pytest.mark.parametrize(("k", "drop_last"), [(0.2, False), (0.5, True)])
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_every_column_is_its_per_token_definition(fortunes, trained, k, drop_last):
     data = _mixed(fortunes)
     got = text_scores(trained, data, k=k, tokenizer=fortunes.tokenizer, drop_last=drop_last, batch_size=5)
@@ -113,6 +114,7 @@ def test_every_column_is_its_per_token_definition(fortunes, trained, k, drop_las
 
 
 @requires_fortunes
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_min_k_takes_at_least_one_token_and_all_of_them_at_k_1(fortunes, trained):
     data = _mixed(fortunes)  # sequence 103 has 4 scored tokens, 201 one: int(n * 0.2) = 0 for both
     with torch.no_grad():
@@ -145,6 +147,7 @@ def test_scores_from_logits_by_hand():
 
 
 @requires_fortunes
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_the_model_stays_put_and_batches_do_not_matter(fortunes, trained, members):
     model = trained.train()  # train mode: dropout would make two calls differ
     before = {name: t.clone() for name, t in model.state_dict().items()}
@@ -161,6 +164,7 @@ def test_the_model_stays_put_and_batches_do_not_matter(fortunes, trained, member
 
 
 @requires_fortunes
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_on_each_device(fortunes, trained, device):
     data = _mixed(fortunes)
     expected = text_scores(trained, data, tokenizer=fortunes.tokenizer)
@@ -170,6 +174,7 @@ def test_on_each_device(fortunes, trained, device):
 
 
 @requires_fortunes
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_members_score_lower_than_held_out_fortunes(fortunes, trained, members, holdout):
     inside = text_scores(trained, members, tokenizer=fortunes.tokenizer)
     outside = text_scores(trained, holdout, tokenizer=fortunes.tokenizer)

@@ -161,6 +161,7 @@ def test_series_nan_and_bad_inputs():
 
 # ------------------------------------------------------------------------------------------- from a model
 
+@pytest.mark.slow  # a tiny GPT-2: make test-slow
 def test_log_perplexity_is_the_summed_nll_of_the_scored_tokens():
     model = tiny_gpt2()
     data = secrets(["281", "7", "12345"])  # padded to different lengths
@@ -203,6 +204,7 @@ def test_canaries_and_references_of_other_lengths_are_warned_about():
         exposure(model, secrets(["281"]), secrets(["123"]), method="interpolation")
 
 
+@pytest.mark.slow  # a tiny GPT-2: make test-slow
 def test_exposure_is_the_same_on_every_device(inserted, device):
     canaries, references = secrets([CANARY, "117"]), secrets([f"{i:03d}" for i in range(300, 400)])
     here = exposure(inserted, canaries, references, progress=False)

@@ -148,6 +148,7 @@ def reference_case(fortunes, trained):
 
 
 @pytest.mark.parametrize("scheme", SCHEMES.values(), ids=SCHEMES.keys())
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_extraction_probability_matches_a_token_by_token_loop(fortunes, trained, reference_case, scheme):
     model, _ = trained
     data, positions, prefix_logits = reference_case
@@ -167,6 +168,7 @@ def test_extraction_probability_matches_a_token_by_token_loop(fortunes, trained,
     np.testing.assert_allclose(got.to_numpy()[finite], expected[finite], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_greedy_extraction_is_what_greedy_generation_reproduces(fortunes, trained):
     model, seen = trained
     positions = seen.tolist() + list(range(8))
@@ -212,6 +214,7 @@ def test_extraction_probability_agrees_with_sampling(fortunes, trained, scheme):
     assert abs(rate / p_z[index] - 1) < 0.1, (rate, p_z[index])
 
 
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_batches_subsets_streams_and_the_registry_agree(fortunes, trained):
     model, _ = trained
     data = Subset(fortunes, list(range(40, 60)))
@@ -227,6 +230,7 @@ def test_batches_subsets_streams_and_the_registry_agree(fortunes, trained):
     assert registered.attrs["higher_is_memorized"] is True
 
 
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_model_is_left_as_it_was(fortunes):
     model = tiny_gpt2().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -237,6 +241,7 @@ def test_model_is_left_as_it_was(fortunes):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_too_short_sequences_get_nan_and_one_warning(fortunes, trained):
     """A sequence ends at its last scored token: three whose labels stop at 10 tokens are too short."""
     model, _ = trained
@@ -251,6 +256,7 @@ def test_too_short_sequences_get_nan_and_one_warning(fortunes, trained):
     assert got.isna().tolist() == [False, True, False, False, True, True, False]
 
 
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_no_sequence_long_enough_is_an_error(fortunes, trained):
     model, _ = trained
     longest = int((fortunes.targets[:20] != IGNORE_INDEX).sum(1).max())
@@ -356,6 +362,7 @@ def argmax_case(fortunes, trained):
     return Subset(data, positions), positions, matches
 
 
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_exact_memorization_matches_a_loop_and_token_accuracy(trained, argmax_case):
     model, _ = trained
     data, positions, matches = argmax_case
@@ -372,6 +379,7 @@ def test_exact_memorization_matches_a_loop_and_token_accuracy(trained, argmax_ca
                                    check_names=False)
 
 
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_extraction_strength_matches_its_definition(trained, argmax_case):
     model, _ = trained
     data, positions, matches = argmax_case
@@ -397,6 +405,7 @@ def test_extraction_strength_is_zero_where_the_last_token_misses():
     assert extraction_strength(bigram, data, progress=False).isna().tolist() == [False, False, True]
 
 
+@pytest.mark.slow  # trains a tiny GPT-2: make test-slow
 def test_scores_are_the_same_on_every_device(fortunes, trained, device):
     model, _ = trained
     data = Subset(fortunes, list(range(20, 36)))
