@@ -1,5 +1,5 @@
 # Two entry points: `make demo` (the main job on the built-in data) and `make test` (the suite without the tests
-# marked slow, in about 90 s on two cores; `make test-slow` runs those, CI runs both).
+# marked slow, in about 85 s on two cores; `make test-slow` runs those, CI runs both).
 # Both create .venv when it is missing and install into it; a second run only reinstalls when
 # pyproject.toml, setup.py or the C++/CUDA sources changed.
 
