@@ -78,7 +78,7 @@ def secret_lengths(splits) -> tuple[int, int]:
     return prefix, min(lengths) - prefix - 1  # the digits, not the end-of-text token after them
 
 
-def model_scores(model, splits, *, prefix: int, suffix: int) -> tuple[pd.DataFrame, dict]:
+def model_scores(model, splits) -> tuple[pd.DataFrame, dict]:
     """The model-based measures over the training set, and their seconds."""
     seconds, columns = {}, {}
     for name, options in (("exact_memorization", {}),
@@ -221,7 +221,7 @@ def main() -> int:
     model, recorder, history, train_seconds = train_original(splits, recipe)
     prefix, suffix = secret_lengths(splits)
     table = proxies.compute(list(RECORDED), recording=recorder)
-    scores, seconds = model_scores(model, splits, prefix=prefix, suffix=suffix)
+    scores, seconds = model_scores(model, splits)
     table = table.join(scores)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:

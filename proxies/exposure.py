@@ -35,9 +35,9 @@ from scipy import integrate, special, stats
 from torch import nn
 from torch.utils.data import Dataset
 
-from .extraction import _causal_task, _model_batches
+from .extraction import _model_batches
 from .registry import register_proxy
-from .sequences import token_log_probs
+from .sequences import causal_task_of, token_log_probs
 
 __all__ = ["EXPOSURE_METHODS", "exposure", "exposure_from_perplexities", "log_perplexities", "skewnorm_log_cdf"]
 
@@ -133,7 +133,7 @@ def exposure_from_perplexities(canary, references, *, method: str = "rank"):
 @torch.no_grad()
 def _perplexities_and_lengths(model, data, *, batch_size, device, progress) -> tuple[pd.Series, np.ndarray]:
     """Each sequence's log-perplexity (Series by training index) and its number of scored tokens."""
-    task = _causal_task(data)
+    task = causal_task_of(data)
     sums, counts, indices = [], [], []
     for net, x, y, index in _model_batches(model, data, batch_size=batch_size, device=device, progress=progress,
                                            desc="log-perplexity"):

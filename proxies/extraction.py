@@ -36,13 +36,10 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from .batching import batches
-from .devices import model_device, model_on
+from .predictions import eval_batches
 from .registry import register_proxy
-from .sequences import CAUSAL_LM, IGNORE_INDEX, CausalLM, logits_of, next_token
-from .tasks import task_of
+from .sequences import IGNORE_INDEX, causal_task_of, logits_of, next_token
 
 __all__ = ["discoverable_extraction", "exact_memorization", "extraction_chance", "extraction_probability",
            "extraction_strength", "samples_needed", "sampling_log_probs", "token_lengths"]
@@ -121,27 +118,11 @@ def token_lengths(labels: Tensor) -> Tensor:
 
 def _model_batches(model: nn.Module, data: Dataset, *, batch_size: int, device, progress: bool,
                    desc: str) -> Iterator[tuple[nn.Module, Tensor, Tensor, Tensor]]:
-    """``(model, input_ids, labels, index)`` batches of ``data`` on the model's device (a copy of it on
-    ``device``), the model in eval mode; its train/eval mode is restored afterwards. The callers run under
-    ``torch.no_grad()`` (a grad mode set inside a generator would leak into its caller between batches)."""
+    """:func:`proxies.predictions.eval_batches` of ``data``, ``batch_size`` checked first and the token ids long."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-    model = model_on(model, device)
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        for x, y, index in tqdm(batches(data, batch_size, device=device), desc=desc, unit="batch",
-                                total=math.ceil(len(data) / batch_size), disable=not progress, leave=False):
-            yield model, x.long(), y, index
-    finally:
-        model.train(was_training)
-
-
-def _causal_task(data: Dataset) -> CausalLM:
-    """The data's :class:`CausalLM` task (it trims trailing padding), else the one with no padding to trim."""
-    task = task_of(data)
-    return task if isinstance(task, CausalLM) else CAUSAL_LM
+    for net, x, y, index in eval_batches(model, data, batch_size, device=device, progress=progress, desc=desc):
+        yield net, x.long(), y, index
 
 
 def _series(values: list[Tensor], indices: list[Tensor], name: str) -> pd.Series:
@@ -196,6 +177,7 @@ def extraction_probability(model: nn.Module, data: Dataset, *, prefix_length: in
         ValueError: no sequence of the (non-empty) data has ``P + S`` tokens (the longest length is named).
 
     >>> from proxies.batching import IndexedDataset
+    >>> from proxies.sequences import CausalLM
     >>> bigram = nn.Embedding(3, 3)   # the logits of the next token are a row of the current one's
     >>> _ = bigram.weight.data.copy_(torch.tensor([[0.1, 0.6, 0.3], [0.2, 0.2, 0.6], [0.4, 0.3, 0.3]]).log())
     >>> ids = torch.tensor([[0, 1, 2], [0, 2, 0]])
@@ -334,7 +316,7 @@ def samples_needed(log_p, *, p: float):
 def _argmax_matches(model, data, *, batch_size, device, progress, desc) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """``(correct [B, T-1], scored [B, T-1], index)`` per batch: whether each next token is the argmax given the
     true prefix, and which next tokens are scored (labels not -100)."""
-    task = _causal_task(data)
+    task = causal_task_of(data)
     for net, x, y, index in _model_batches(model, data, batch_size=batch_size, device=device, progress=progress,
                                            desc=desc):
         logits, labels = next_token(task.forward(net, x), y)
@@ -368,6 +350,7 @@ def exact_memorization(model: nn.Module, data: Dataset, *, batch_size: int = 64,
         Values in [0, 1] indexed by training index.
 
     >>> from proxies.batching import IndexedDataset
+    >>> from proxies.sequences import CausalLM
     >>> bigram = nn.Embedding(3, 3)
     >>> _ = bigram.weight.data.copy_(torch.eye(3).roll(1, dims=1))   # predicts token + 1 (mod 3)
     >>> ids = torch.tensor([[0, 1, 2, 0], [0, 2, 0, 1]])
@@ -401,6 +384,7 @@ def extraction_strength(model: nn.Module, data: Dataset, *, batch_size: int = 64
     Args and Returns: as :func:`exact_memorization`.
 
     >>> from proxies.batching import IndexedDataset
+    >>> from proxies.sequences import CausalLM
     >>> bigram = nn.Embedding(3, 3)
     >>> _ = bigram.weight.data.copy_(torch.eye(3).roll(1, dims=1))   # predicts token + 1 (mod 3)
     >>> ids = torch.tensor([[0, 2, 0, 1], [0, 1, 2, 1]])

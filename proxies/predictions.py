@@ -10,17 +10,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from .batching import batches
 from .devices import model_device, model_on
 from .tasks import task_of
 
-__all__ = ["predict", "predict_signals"]
+__all__ = ["eval_batches", "predict", "predict_signals"]
 
 
 @torch.no_grad()
@@ -43,7 +45,7 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
     outputs, labels, indices = [], [], []
     # the inputs go to the device (an in-memory dataset once per call); labels and indices stay on the CPU, where
     # they are returned. The logits stay on the device until the end: one copy back, not one per batch
-    for net, x, y, index in _in_eval(model, dataset, batch_size, device, moved=("x",)):
+    for net, x, y, index in eval_batches(model, dataset, batch_size, device=device, moved=("x",)):
         outputs.append(task.forward(net, x).float() if views is None
                        else torch.stack([task.forward(net, view(x)).float() for view in views], dim=1))
         labels.append(y)
@@ -53,14 +55,21 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024,
     return _on_cpu(outputs), torch.cat(labels), torch.cat(indices)
 
 
-def _in_eval(model: nn.Module, dataset: Dataset, batch_size: int, device, *, moved: tuple[str, ...]):
-    """``(model, x, y, index)`` for each batch, the model (copied to ``device`` if it is elsewhere) in eval mode
-    while the batches are read, its mode restored after the last or on an error."""
+def eval_batches(model: nn.Module, dataset: Dataset, batch_size: int, *, device: torch.device | str | None = None,
+                 moved: tuple[str, ...] = ("x", "y"), progress: bool = False,
+                 desc: str | None = None) -> Iterator[tuple[nn.Module, Tensor, Tensor, Tensor]]:
+    """``(model, x, y, index)`` for each batch of ``dataset`` (the parts in ``moved`` on the model's device), the
+    model (copied to ``device`` if it is elsewhere, never moved) in eval mode while the batches are read, its mode
+    restored after the last or on an error; ``progress``: a tqdm bar named ``desc``. The pass every model-based
+    score makes; callers run it under ``torch.no_grad()`` where they need (a grad mode set inside a generator would
+    leak into its caller between batches)."""
     model = model_on(model, device)
     was_training = model.training
     model.eval()
     try:
-        for x, y, index in batches(dataset, batch_size, device=model_device(model), moved=moved):
+        for x, y, index in tqdm(batches(dataset, batch_size, device=model_device(model), moved=moved), desc=desc,
+                                unit="batch", total=math.ceil(len(dataset) / batch_size), disable=not progress,
+                                leave=False):
             yield model, x, y, index
     finally:
         model.train(was_training)
@@ -91,7 +100,7 @@ def predict_signals(model: nn.Module, dataset: Dataset, *, batch_size: int = 256
     """
     task = task_of(dataset)
     rows, labels, indices = [], [], []
-    for net, x, y, index in _in_eval(model, dataset, batch_size, device, moved=("x", "y")):
+    for net, x, y, index in eval_batches(model, dataset, batch_size, device=device):
         output = task.forward(net, x)
         rows.append(task.signals(task.record(output, y), task.fingerprint(y)).float())
         labels.append(y.cpu())

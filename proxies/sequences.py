@@ -32,8 +32,10 @@ from torch import Tensor, nn
 
 from . import kernels
 from .kernels import SIGNAL_COLUMNS
+from .tasks import task_of
 
-__all__ = ["CAUSAL_LM", "IGNORE_INDEX", "SEQUENCE_COLUMNS", "CausalLM", "input_embeddings", "next_token",
+__all__ = ["CAUSAL_LM", "IGNORE_INDEX", "SEQUENCE_COLUMNS", "CausalLM", "causal_task_of", "input_embeddings",
+           "next_token",
            "scored_lengths", "sequence_fingerprint", "sequence_signals", "token_log_probs"]
 
 IGNORE_INDEX = -100
@@ -277,3 +279,9 @@ class CausalLM:
 
 CAUSAL_LM = CausalLM()
 """The causal-LM task with no padding token to trim."""
+
+
+def causal_task_of(data) -> CausalLM:
+    """The data's :class:`CausalLM` task (it trims trailing padding), else :data:`CAUSAL_LM` (nothing to trim)."""
+    task = task_of(data)
+    return task if isinstance(task, CausalLM) else CAUSAL_LM

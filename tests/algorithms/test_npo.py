@@ -12,11 +12,12 @@ from torch.utils.data import Subset
 import unlearn.algorithms.npo as npo_module
 from proxies.sequences import CausalLM
 from proxies.tasks import CLASSIFICATION
+from tests.algorithms.test_methods import CLASSES, FEATURES, RecordingLinear, _data
 from tests.conftest import requires_fortunes
 from unlearn import unlearn
 from unlearn.algorithms.npo import NPOConfig, SimNPOConfig, frozen_reference, log_likelihood, npo_loss, simnpo_loss
 from unlearn.algorithms.registry import get_method, make_config
-from unlearn.data import IndexedDataset, load_dataset
+from unlearn.data import load_dataset
 from unlearn.models import create_model
 from unlearn.training import train
 
@@ -151,31 +152,8 @@ def test_a_setting_of_the_wrong_type_is_a_type_error():
 # one step on a classifier against the formula
 
 
-FEATURES, CLASSES = 4, 3
-
-
-class RecordingLinear(nn.Linear):
-    """A float64 linear classifier that keeps every input it is shown in training mode."""
-
-    def __init__(self) -> None:
-        torch.manual_seed(0)
-        super().__init__(FEATURES, CLASSES, dtype=torch.float64)
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x):
-        if self.training:
-            self.seen.append(x.detach().clone())
-        return super().forward(x)
-
-
 def _classifier() -> RecordingLinear:
     return RecordingLinear()
-
-
-def _data(n: int, seed: int) -> IndexedDataset:
-    generator = torch.Generator().manual_seed(seed)
-    return IndexedDataset(torch.randn(n, FEATURES, generator=generator, dtype=torch.float64),
-                          torch.randint(0, CLASSES, (n,), generator=generator))
 
 
 def _forget_loss(method, logits, labels, start_logits, config):

@@ -46,10 +46,8 @@ from sklearn.metrics import roc_curve
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from proxies.batching import batches
-from proxies.devices import model_device, model_on
-from proxies.sequences import CAUSAL_LM, IGNORE_INDEX, CausalLM, logits_of, next_token
-from proxies.tasks import task_of
+from proxies.predictions import eval_batches
+from proxies.sequences import IGNORE_INDEX, causal_task_of, logits_of, next_token
 
 from ..._checks import real, whole
 from ..metrics import roc_summary, tpr_at_fpr
@@ -191,24 +189,17 @@ def text_scores(model: nn.Module, data: Dataset, *, k: float = 0.2, tokenizer=No
     real("k", k, low=0.0, high=1.0, low_open=True)
     whole("batch_size", batch_size, minimum=1)
     _check_tokenizer(tokenizer)
-    task = task_of(data)
-    task = task if isinstance(task, CausalLM) else CAUSAL_LM
+    task = causal_task_of(data)
     columns = [c for c in TEXT_SCORES if c != "zlib" or tokenizer is not None]
-    net = model_on(model, device)
-    was_training = net.training
-    net.eval()
     values, lengths, indices = [], [], []
-    try:
-        for x, y, index in batches(data, batch_size, device=model_device(net), moved=("x", "y")):
-            if y.ndim != 2:
-                raise ValueError(f"text_scores scores token sequences: labels [batch, tokens], got {list(y.shape)}")
-            scores, labels, scored = _batch_scores(task.forward(net, x.long()), y, k, drop_last)
-            values.append(scores.cpu())
-            indices.append(index.cpu())
-            if tokenizer is not None:
-                lengths.append(_zlib_lengths(labels, scored, tokenizer))
-    finally:
-        net.train(was_training)
+    for net, x, y, index in eval_batches(model, data, batch_size, device=device):
+        if y.ndim != 2:
+            raise ValueError(f"text_scores scores token sequences: labels [batch, tokens], got {list(y.shape)}")
+        scores, labels, scored = _batch_scores(task.forward(net, x.long()), y, k, drop_last)
+        values.append(scores.cpu())
+        indices.append(index.cpu())
+        if tokenizer is not None:
+            lengths.append(_zlib_lengths(labels, scored, tokenizer))
     if not values:
         return _empty_frame(columns)
     scores = torch.cat(values).numpy()
