@@ -48,7 +48,8 @@ def _probe(shape: torch.Size, dtype: torch.dtype, generator: torch.Generator, pi
     return torch.randint(0, 2, shape, generator=generator, dtype=dtype)
 
 
-@register_proxy("loss_curvature", higher_is_memorized=True, needs=("model", "data"))
+@register_proxy("loss_curvature", higher_is_memorized=True, needs=("model", "data"),
+                tasks=("classification",))
 def loss_curvature(model: nn.Module | Sequence[nn.Module], data: Dataset, *, h: float | None = None,
                    n_probes: int = 10, variant: str = "rademacher", batch_size: int = 256, seed: int = 0,
                    device: torch.device | str | None = None, progress: bool = True) -> pd.Series:

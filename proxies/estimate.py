@@ -41,7 +41,8 @@ def feature_ranks(recording: TrainingRecorder, features=FEATURES) -> pd.DataFram
     return pd.DataFrame(ranks)
 
 
-@register_proxy("memorization_estimate", higher_is_memorized=True, needs=("recording",))
+@register_proxy("memorization_estimate", higher_is_memorized=True, needs=("recording",),
+                tasks=("classification",))
 def memorization_estimate(recording: TrainingRecorder, weights: Mapping[str, float] | None = None) -> np.ndarray:
     """Mean training-set rank of confidence, CSG and the loss trace's IQR, chosen on digits' FZ memorization.
 

@@ -204,7 +204,8 @@ def _opacus_engine(clone: nn.Module, data: Dataset, batch_size: int,
         wrapped._close()
 
 
-@register_proxy("gradient_norm", higher_is_memorized=True, needs=("model", "data"))
+@register_proxy("gradient_norm", higher_is_memorized=True, needs=("model", "data"),
+                tasks=("classification",))
 def gradient_norm(model: nn.Module | Sequence[nn.Module], data: Dataset, *, batch_size: int = 256,
                   device: torch.device | str | None = None, engine: str = "torch_func",
                   chunk_size: int | None = None) -> pd.Series:

@@ -33,7 +33,8 @@ here), shuffled by ``seed``, stopped once the training loss has not improved for
 ``model`` unchanged. :func:`unlearn.train` is one."""
 
 
-@register_proxy("holdout_retraining", higher_is_memorized=True, needs=("model", "data", "holdout", "fine_tune"))
+@register_proxy("holdout_retraining", higher_is_memorized=True, needs=("model", "data", "holdout", "fine_tune"),
+                tasks=("classification",))
 def holdout_retraining(model: nn.Module, data: Dataset, holdout: Dataset, *, fine_tune: FineTune, lr: float = 0.1,
                        max_epochs: int = 30, patience: int = 4, batch_size: int = 128, momentum: float = 0.9,
                        weight_decay: float = 5e-4, seed: int = 0, backend: str = "auto",

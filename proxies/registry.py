@@ -2,14 +2,16 @@
 
 Every proxy returns one value per training example as a pandas Series indexed by training-set index, and declares
 whether a higher value means *more* memorized (the confidence family does not: a confidently learned example is
-typical, so its sign flips).
+typical, so its sign flips), on every kind of example or by kind (on token sequences the confidence family's sign
+is the images' reversed: a fortune is one of a kind, and what a model gets right of it it gets right because it
+saw it). :func:`compute` records the direction for the examples it scored.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -34,19 +36,33 @@ class Proxy:
     description: str
     tasks: tuple[str, ...] | None = None
     """The kinds of example it scores (:attr:`proxies.tasks.Task.name`); None: any."""
+    directions: Mapping[str, bool] = field(default_factory=dict)
+    """Where the direction differs by the kind of example: ``{task name: higher_is_memorized}``."""
 
     def scores(self, task: str) -> bool:
         """Whether it scores examples of the task named ``task``."""
         return self.tasks is None or task in self.tasks
+
+    def higher_is_memorized_on(self, task: str | None) -> bool:
+        """The direction on examples of the task named ``task`` (None: :attr:`higher_is_memorized`).
+
+        >>> get_proxy("confidence").higher_is_memorized_on("classification")
+        False
+        >>> get_proxy("confidence").higher_is_memorized_on("causal_lm")
+        True
+        """
+        return self.directions.get(task, self.higher_is_memorized) if task is not None else self.higher_is_memorized
 
 
 _PROXIES: Registry[Proxy] = Registry("proxy", ENTRY_POINT_GROUP)
 
 
 def register_proxy(name: str, *, higher_is_memorized: bool, needs: Iterable[str], tasks: Iterable[str] | None = None,
-                   force: bool = False):
+                   directions: Mapping[str, bool] | None = None, force: bool = False):
     """Register ``fn`` as proxy ``name``; ``needs`` names the keyword inputs it requires (e.g. ``("recording",)``),
-    ``tasks`` the kinds of example it scores (e.g. ``("causal_lm",)``; None: any).
+    ``tasks`` the kinds of example it scores (e.g. ``("causal_lm",)``; None: any), ``directions`` the kinds of
+    example on which a higher score means *less* memorized where ``higher_is_memorized`` says more, or the other way
+    (``{"causal_lm": True}``: on token sequences the confidence family points the other way, benchmarks/README.md).
 
     ``fn`` returns an array ``[N]`` (indexed 0..N-1) or a Series indexed by training index; :func:`compute` passes
     it only the keyword arguments its signature accepts.
@@ -55,7 +71,7 @@ def register_proxy(name: str, *, higher_is_memorized: bool, needs: Iterable[str]
     def decorator(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         doc = (fn.__doc__ or "").strip().splitlines()
         _PROXIES.register(name, Proxy(name, fn, higher_is_memorized, tuple(needs), doc[0] if doc else "",
-                                      None if tasks is None else tuple(tasks)), force=force)
+                                      None if tasks is None else tuple(tasks), dict(directions or {})), force=force)
         return fn
 
     return decorator
@@ -95,6 +111,21 @@ def _check_inputs(inputs: dict) -> None:
     unknown = sorted(set(inputs) - known)
     if unknown:
         raise TypeError(f"no proxy takes {unknown}; proxies take {sorted(known)}")
+
+
+def _task_name(inputs: dict) -> str | None:
+    """The kind of example the inputs hold (:attr:`proxies.tasks.Task.name`): the recording's, else the data's;
+    None when neither says."""
+    from .tasks import task_of
+
+    recording = inputs.get("recording")
+    if recording is not None:
+        task = getattr(recording, "task", None)
+        return "classification" if task is None else task.name
+    for key in ("data", "canaries"):
+        if inputs.get(key) is not None:
+            return task_of(inputs[key]).name
+    return None
 
 
 def higher_is_memorized(scores: pd.Series) -> bool:
@@ -137,13 +168,17 @@ def compute(names: str | Iterable[str], **inputs) -> pd.Series | pd.DataFrame:
         missing = [k for k in proxy.needs if inputs.get(k) is None]
         if missing:
             raise ValueError(f"proxy {proxy.name!r} needs {', '.join(f'{k}=' for k in missing)}")
+        task = _task_name(inputs)
+        if task is not None and not proxy.scores(task):
+            raise ValueError(f"proxy {proxy.name!r} scores {' and '.join(proxy.tasks)} examples, not {task}; "
+                             f"expected one of {[n for n in available() if get_proxy(n).scores(task)]}")
         values = proxy.fn(**_accepted(proxy.fn, inputs))
         if isinstance(values, pd.Series):
             series = values.rename(proxy.name).rename_axis("index")
         else:
             values = np.asarray(values)
             series = pd.Series(values, index=pd.RangeIndex(len(values), name="index"), name=proxy.name)
-        series.attrs["higher_is_memorized"] = proxy.higher_is_memorized
+        series.attrs["higher_is_memorized"] = proxy.higher_is_memorized_on(_task_name(inputs))
         return series
     names = list(names)
     if not names:

@@ -56,7 +56,7 @@ def csg(recording: TrainingRecorder) -> np.ndarray:
     return _nan_sum(norms)
 
 
-@register_proxy("sgal", higher_is_memorized=True, needs=("recording",))
+@register_proxy("sgal", higher_is_memorized=True, needs=("recording",), directions={"causal_lm": False})
 def sgal(recording: TrainingRecorder) -> np.ndarray:
     """Cumulative sample loss up to and including the epoch where the weight norm peaks (Ravikumar et al. 2026).
 

@@ -172,3 +172,33 @@ def test_a_dataset_of_sequences_needs_its_task_to_hold_2d_targets():
     with pytest.raises(ValueError, match=r"expected targets \[N\]"):
         IndexedDataset(ids, ids)
     assert IndexedDataset(ids, ids, task=CausalLM())[1][1].shape == (6,)
+
+
+@requires_fortunes
+def test_a_proxy_points_the_way_memorization_runs_on_the_examples_it_scored(text, digits):
+    """On sequences the confidence family and CSL point the other way than on images (benchmarks/README.md): the
+    direction :func:`proxies.compute` records follows the recording's kind of example, and a proxy of one kind of
+    example refuses the other before any work."""
+    import proxies
+
+    model, ids, labels, logits = text
+    sequences = TrainingRecorder(len(labels))
+    sequences.start_epoch()
+    sequences.record(logits, labels, torch.arange(len(labels)))
+    sequences.end_epoch()
+    images = TrainingRecorder(4)
+    images.start_epoch()
+    images.record(torch.randn(4, 10), torch.arange(4), torch.arange(4))
+    images.end_epoch()
+    expected = {"confidence": (False, True), "accuracy": (False, True), "csl": (True, False),
+                "loss_iqr": (True, True), "forgetting_events": (True, True)}
+    for name, (on_images, on_sequences) in expected.items():
+        assert proxies.compute(name, recording=images).attrs["higher_is_memorized"] is on_images, name
+        assert proxies.compute(name, recording=sequences).attrs["higher_is_memorized"] is on_sequences, name
+        assert proxies.get_proxy(name).higher_is_memorized_on("causal_lm") is on_sequences
+    data = IndexedDataset(ids, labels, task=CausalLM(pad_id=1))
+    for name in ("loss_curvature", "gradient_norm", "memorization_estimate"):
+        with pytest.raises(ValueError, match=f"{name}' scores classification examples, not causal_lm"):
+            proxies.compute(name, model=model, data=data, recording=sequences)
+    with pytest.raises(ValueError, match="scores causal_lm examples, not classification"):
+        proxies.compute("exact_memorization", model=model, data=digits.train)
