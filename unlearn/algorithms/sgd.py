@@ -25,7 +25,8 @@ class SGDConfig:
     """Optimizer settings every gradient-based method has (anchor defaults: batch 256, momentum 0.9, wd 5e-4).
 
     ``target_accuracy`` (a fraction, or ``None``) stops training early, at the first check (see :func:`run_sgd`)
-    that finds the model's accuracy on the forget set at or below it. ``epochs`` then caps the run. A ``rum``
+    that finds the model's accuracy on the forget set (on token sequences, their mean token accuracy: see
+    :func:`forget_accuracy`) at or below it. ``epochs`` then caps the run. A ``rum``
     policy step with ``"expected"`` sets it to the accuracy a model that never saw the group is expected to have
     (see :mod:`unlearn.algorithms.rum.policies`).
     """
@@ -58,7 +59,7 @@ class SGDConfig:
 def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterable[Tensor]], *, seed: int,
             grad_hook: Callable[[nn.Module], None] | None = None,
             step_hook: Callable[[torch.optim.Optimizer], None] | None = None,
-            forget: Dataset | None = None) -> nn.Module:
+            forget: Dataset | None = None, stop: Callable[[], bool] | None = None) -> nn.Module:
     """Step SGD on every loss ``losses(epoch)`` yields, for ``config.epochs`` epochs; returns ``model`` in eval mode.
 
     ``grad_hook(model)`` runs between ``backward`` and the step (SalUn masks gradients there);
@@ -67,21 +68,27 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
     ``config.target_accuracy`` set, training stops once the accuracy on ``forget`` is at or below it, checked
     before the first step and then every ``ceil(len(forget) / batch_size)`` steps: each check is a forward pass
     over the forget set, which this spacing keeps to about one forward pass per example trained on, and the one
-    place the loop reads the device back besides each epoch's end. On CUDA the loop runs with TF32 matmuls
-    (:func:`unlearn.training.loop.training_numerics`).
+    place the loop reads the device back besides each epoch's end. A method's own stopping rule, ``stop()``
+    (``True``: stop; SGA's forget-set memorization), is checked at the same points, after the target accuracy. On
+    CUDA the loop runs with TF32 matmuls (:func:`unlearn.training.loop.training_numerics`).
 
     Raises:
-        ValueError: ``config.target_accuracy`` is set and no ``forget`` set was given (the method cannot stop
-            on it, e.g. ``retrain``).
+        ValueError: ``config.target_accuracy`` or ``stop`` is set and no ``forget`` set was given (the method
+            cannot stop on it, e.g. ``retrain``; the checks are spaced by the forget set's size).
     """
     target = config.target_accuracy
     if target is not None and forget is None:
         raise ValueError("this method cannot stop at a target_accuracy (it does not pass its forget set)")
-    check_every = math.ceil(len(forget) / config.batch_size) if target is not None else 0
+    if stop is not None and forget is None:
+        raise ValueError("a stopping rule is checked once per pass over the forget set: pass forget")
+    checked = target is not None or stop is not None
+    check_every = math.ceil(len(forget) / config.batch_size) if checked else 0
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     def reached() -> bool:
-        return target is not None and forget_accuracy(model, forget, device) <= target
+        if target is not None and forget_accuracy(model, forget, device) <= target:
+            return True
+        return stop is not None and stop()
 
     optimizer = make_optimizer(config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
@@ -107,7 +114,15 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
 
 @torch.no_grad()
 def forget_accuracy(model: nn.Module, forget: Dataset, device: torch.device) -> float:
-    """Eval-mode top-1 accuracy on the forget set, where the model is (:func:`unlearn.training.top1_accuracy`)."""
+    """What ``target_accuracy`` is compared with: eval-mode top-1 accuracy on the forget set, where the model is
+    (:func:`unlearn.training.top1_accuracy`); on token sequences, memorization in open-unlearning's terms, the
+    forget set's mean token accuracy (each sequence's fraction of tokens whose argmax from the true prefix is right:
+    ``proxies.exact_memorization``), not exact match, which a small model rarely reaches on any sequence."""
+    if "token_accuracy" in task_of(forget).columns:
+        from proxies.predictions import predict_signals
+
+        signals, _, _ = predict_signals(model, forget, device=device)
+        return float(signals[:, task_of(forget).columns.index("token_accuracy")].double().mean())
     return top1_accuracy(model, forget, device=device)
 
 
