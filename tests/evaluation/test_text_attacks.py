@@ -17,6 +17,7 @@ from tests.conftest import requires_fortunes
 from unlearn.evaluation.attacks import (
     TEXT_SCORES,
     membership_auc,
+    membership_summary,
     membership_tpr_at_fpr,
     priv_leak,
     priv_leak_of,
@@ -227,11 +228,26 @@ def test_tpr_at_fpr_is_the_best_threshold_sweep():
         assert membership_tpr_at_fpr(member, nonmember, fpr=target) == pytest.approx(best, abs=1e-12)
 
 
+def test_membership_summary_is_the_auc_and_the_tpr_sweeps():
+    rng = np.random.default_rng(2)
+    member, nonmember = rng.normal(0.0, 1.0, 300), rng.normal(1.0, 1.0, 400)
+    member[:10] = nonmember[:10]  # ties
+    summary = membership_summary(member, nonmember)
+    assert summary["auc"] == membership_auc(member, nonmember)
+    for target in (0.001, 0.01):
+        assert summary[f"tpr_at_fpr_{target}"] == membership_tpr_at_fpr(member, nonmember, fpr=target)
+    # balanced accuracy: the best threshold t (a member caught when its score is at most t)
+    best = max((np.mean(member <= t) + np.mean(nonmember > t)) / 2 for t in np.r_[member, nonmember, -np.inf])
+    assert summary["balanced_accuracy"] == pytest.approx(best, abs=1e-12)
+
+
 def test_summaries_refuse_empty_or_missing_scores():
     with pytest.raises(ValueError, match="empty"):
         membership_auc([], [1.0])
     with pytest.raises(ValueError, match="no scored token"):
         membership_auc([1.0, np.nan], [1.0])
+    with pytest.raises(ValueError, match="empty"):
+        membership_summary([1.0], [])
     with pytest.raises(ValueError, match="fpr"):
         membership_tpr_at_fpr([1.0], [2.0], fpr=1.5)
 

@@ -1,4 +1,5 @@
-"""``evaluate``: accuracies, membership-inference attacks and ToW of an (unlearned) model, beside a reference.
+"""``evaluate``: accuracies, membership-inference attacks and ToW of an (unlearned) model, beside a reference; for a
+causal language model also perplexity, token accuracy, the text attacks and PrivLeak (:mod:`.language`).
 
 >>> from torch.utils.data import Subset
 >>> from unlearn import create_model, load_dataset, train
@@ -21,8 +22,18 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from proxies.tasks import Classification, task_of
+
 from ..data.sources import examples, labels_of
 from .attacks import DEFAULT_ATTACKS, AttackInputs, AttackSignals, NotApplicable, extract_signals, get_attack
+from .language import (
+    TextOptions,
+    compare_with_reference,
+    exposure_rows,
+    extraction_rows,
+    sequence_rows,
+    text_attack_rows,
+)
 from .metrics import roc_summary, tow, tow_mia
 
 __all__ = ["evaluate", "evaluate_ulira"]
@@ -45,14 +56,32 @@ def _signals(model: nn.Module, data, split: str, given: Mapping[str, AttackSigna
     return source.take(source.locate(labels_of(data)[1].numpy()))
 
 
+def _attack_rows(inputs: AttackInputs, attack_names, not_computed: dict[str, str]) -> dict[str, float]:
+    """Each registered attack's figures as ``<attack>.<metric>`` rows; an attack that is not applicable to these
+    inputs has none, its reason in ``not_computed``."""
+    rows = {}
+    for name in attack_names:
+        try:
+            values = get_attack(name).fn(inputs)
+        except NotApplicable as err:  # e.g. cross-validation over a one-example forget set
+            not_computed[name] = str(err)
+            continue
+        for metric, value in values.items():
+            rows[f"{name}.{metric}"] = value
+    return rows
+
+
 def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows, seed, device,
-                   given: Mapping[str, AttackSignals] | None, population,
-                   not_computed: dict[str, str]) -> dict[str, float]:
+                   given: Mapping[str, AttackSignals] | None, population, not_computed: dict[str, str],
+                   text: TextOptions | None = None) -> tuple[dict[str, float], dict | None]:
+    """One model's column, and for a language model (``text`` given) its text scores by split."""
     queries = shadows.queries if shadows is not None else ("identity",)
     signals = {name: _signals(model, data, split, given, queries, device)
                for name, data, split in (("forget", forget, "train"), ("retain", retain, "train"),
                                          ("test", test, "test"))}
     column = {f"accuracy.{name}": float(s.correct[:, 0].mean()) for name, s in signals.items()}
+    if text is not None:
+        column |= sequence_rows(signals)
     positions = {}
     if shadows is not None:
         positions = {"forget_positions": shadows.locate("train", signals["forget"].index),
@@ -61,15 +90,16 @@ def _report_column(model: nn.Module, forget, retain, test, attack_names, shadows
             found = _signals(model, population, "test", given, queries, device)
             positions |= {"population": found, "population_positions": shadows.locate("test", found.index)}
     inputs = AttackInputs(signals["forget"], signals["retain"], signals["test"], shadows, seed=seed, **positions)
-    for name in attack_names:
-        try:
-            values = get_attack(name).fn(inputs)
-        except NotApplicable as err:  # e.g. cross-validation over a one-example forget set
-            not_computed[name] = str(err)
-            continue
-        for metric, value in values.items():
-            column[f"{name}.{metric}"] = value
-    return column
+    column |= _attack_rows(inputs, attack_names, not_computed)
+    if text is None:
+        return column, None
+    rows, scores = text_attack_rows(model, forget, test, tokenizer=text.tokenizer, device=device)
+    column |= rows
+    if text.extraction is not None:
+        column |= extraction_rows(model, forget, text.extraction, device=device, not_computed=not_computed)
+    if text.canaries is not None:
+        column |= exposure_rows(model, text.canaries, text.canary_references, device=device)
+    return column, scores
 
 
 def _mia_fraction(column: dict[str, float]) -> tuple[str, float] | None:
@@ -81,43 +111,9 @@ def _mia_fraction(column: dict[str, float]) -> tuple[str, float] | None:
     return None
 
 
-def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, retain: Dataset, test: Dataset,
-             reference: nn.Module | None = None, attacks=DEFAULT_ATTACKS, shadows=None, seed: int = 0,
-             device: torch.device | str | None = None, signals: SplitSignals | None = None,
-             population: Dataset | None = None) -> pd.DataFrame:
-    """Evaluate an unlearned model, and a retrained-from-scratch ``reference`` beside it.
-
-    Args:
-        model: the model to evaluate, or several by name (``{"original": ..., "unlearned": ...}``: one column
-            each, all scored against one evaluation of the reference).
-        forget, retain, test: the forget set, the retain set and held-out data (items ``(x, y[, index])``), in
-            memory or streamed (see :func:`unlearn.unlearn`): a streamed set is predicted a batch at a time, and
-            only its per-example signals (a few numbers each) are kept.
-        reference: the model retrained without the forget set; adds a ``reference`` column and ToW / ToW-MIA.
-        attacks: names from :func:`unlearn.evaluation.attacks.attacks`. ``lira``, ``lira_offline`` and ``rmia`` need
-            ``shadows``.
-        shadows: :class:`unlearn.evaluation.shadows.ShadowModels` trained on the training and test sets
-            (:func:`unlearn.evaluation.shadows.train_shadow_models`; cached on disk, reusable across evaluations).
-        seed: seed of the attacks' subsampling and cross-validation.
-        signals: signals already extracted, to take rows from instead of predicting again: by model name
-            (``"model"`` for a single one, ``"reference"``) and split, ``{"train": ..., "test": ...}`` as
-            :func:`~.attacks.extract_signals` gives them on datasets holding the forget and retain examples
-            (``train``) and the test examples (``test``), by index, with ``shadows.queries`` when there are shadows.
-            A model or split missing here is predicted.
-        population: RMIA's population ``z``: examples of the test split the ``shadows`` were trained beside
-            (their pool holds the training and test splits only, so not the validation split), none of them in
-            ``test``. Default: RMIA splits ``test`` in two by index (:func:`~.attacks.disjoint_halves`) and
-            scores one half against the other, so no example is compared with itself; ``rmia.*`` then rests on
-            half the test examples, the other attacks on all of them.
-
-    Returns:
-        A DataFrame indexed by metric (``accuracy.forget``, ``svc.confidence``, ``lira.auc``, ``tow``...) with a
-        ``model`` column (or one per named model) and, given a reference, a ``reference`` column. An attack that
-        cannot be computed on these sets (:class:`unlearn.evaluation.attacks.NotApplicable`, e.g. ``loss_logreg``'s
-        cross-validation over one forget example) has no rows; ``attrs["not_computed"]`` maps it to the reason.
-    """
-    if isinstance(attacks, str):
-        attacks = (attacks,)
+def _checked(forget, retain, test, attacks, shadows, population) -> tuple[Dataset, Dataset, Dataset, Dataset | None]:
+    """The sets as the library takes them (:func:`~unlearn.data.sources.examples`), refused when an attack needs
+    shadows there are not, a set is empty, or the population is not of the shadows' test split."""
     for name in attacks:
         if get_attack(name).needs_shadows and shadows is None:
             raise ValueError(f"attack {name!r} needs shadows= (unlearn.evaluation.shadows.train_shadow_models)")
@@ -133,26 +129,108 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
         if not np.array_equal(shadows.labels[positions], labels.numpy()):
             raise ValueError("the population's labels differ from the shadows' test examples of the same index: "
                              "the population must be test-split examples (the validation split is not in their pool)")
+    return forget, retain, test, population
+
+
+def _text_options(forget: Dataset, tokenizer, extraction, canaries, canary_references) -> TextOptions | None:
+    """The language-model settings when ``forget`` holds token sequences (a task other than classification), else
+    None, refusing them for a classifier."""
+    if isinstance(task_of(forget), Classification):
+        given = [name for name, value in (("tokenizer", tokenizer), ("extraction", extraction),
+                                          ("canaries", canaries), ("canary_references", canary_references))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for language models: the "
+                             "forget set holds classification examples")
+        return None
+    return TextOptions(tokenizer, extraction, canaries, canary_references)
+
+
+def _compare(columns: dict[str, dict[str, float]], named, scores: dict, text: TextOptions | None,
+             not_computed: dict[str, str]) -> None:
+    """Add ToW (and ToW-MIA) to each evaluated model's column against the ``reference`` column; for a language
+    model on token accuracy, with PrivLeak and the reference-model attack."""
+    accuracy = "accuracy" if text is None else "token_accuracy"
+    accuracies = {name: {s: columns[name][f"{accuracy}.{s}"] for s in ("forget", "retain", "test")} for name in columns}
+    for name in named:
+        columns[name]["tow"] = tow(accuracies[name], accuracies["reference"])
+        mia = _mia_fraction(columns[name])
+        if mia is not None and mia[0] in columns["reference"]:
+            key = mia[0]
+            columns[name]["tow_mia"] = tow_mia(accuracies[name], accuracies["reference"],
+                                               mia_unlearned=columns[name][key],
+                                               mia_retrained=columns["reference"][key])
+        if text is not None:
+            columns[name] |= compare_with_reference(columns[name], scores[name], columns["reference"],
+                                                    scores["reference"], not_computed)
+
+
+def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, retain: Dataset, test: Dataset,
+             reference: nn.Module | None = None, attacks=DEFAULT_ATTACKS, shadows=None, seed: int = 0,
+             device: torch.device | str | None = None, signals: SplitSignals | None = None,
+             population: Dataset | None = None, tokenizer=None, extraction: Mapping | None = None,
+             canaries: Dataset | None = None, canary_references: Dataset | None = None) -> pd.DataFrame:
+    """Evaluate an unlearned model, and a retrained-from-scratch ``reference`` beside it.
+
+    A causal language model (``forget`` of token sequences, a :class:`proxies.sequences.CausalLM` task) gets the
+    language-model rows instead of the classifier's alone (:mod:`unlearn.evaluation.language`: perplexity, token
+    accuracy, the text attacks, PrivLeak, the reference-model attack, and optionally extraction and exposure); the
+    registered attacks run on its sequences' signals (:mod:`~.attacks.signals`: LiRA on the mean token
+    log-likelihood; ``svc`` is not applicable).
+
+    Args:
+        model: the model to evaluate, or several by name (``{"original": ..., "unlearned": ...}``: one column
+            each, all scored against one evaluation of the reference).
+        forget, retain, test: the forget set, the retain set and held-out data (items ``(x, y[, index])``), in
+            memory or streamed (see :func:`unlearn.unlearn`): a streamed set is predicted a batch at a time, and
+            only its per-example signals (a few numbers each) are kept.
+        reference: the model retrained without the forget set; adds a ``reference`` column and ToW / ToW-MIA
+            (on token accuracy for a language model), and for a language model ``privleak`` and
+            ``mia_reference.*``.
+        attacks: names from :func:`unlearn.evaluation.attacks.attacks`. ``lira``, ``lira_offline`` and ``rmia`` need
+            ``shadows``.
+        shadows: :class:`unlearn.evaluation.shadows.ShadowModels` trained on the training and test sets
+            (:func:`unlearn.evaluation.shadows.train_shadow_models`; cached on disk, reusable across evaluations).
+        seed: seed of the attacks' subsampling and cross-validation.
+        signals: signals already extracted, to take rows from instead of predicting again: by model name
+            (``"model"`` for a single one, ``"reference"``) and split, ``{"train": ..., "test": ...}`` as
+            :func:`~.attacks.extract_signals` gives them on datasets holding the forget and retain examples
+            (``train``) and the test examples (``test``), by index, with ``shadows.queries`` when there are shadows.
+            A model or split missing here is predicted.
+        population: RMIA's population ``z``: examples of the test split the ``shadows`` were trained beside
+            (their pool holds the training and test splits only, so not the validation split), none of them in
+            ``test``. Default: RMIA splits ``test`` in two by index (:func:`~.attacks.disjoint_halves`) and
+            scores one half against the other, so no example is compared with itself; ``rmia.*`` then rests on
+            half the test examples, the other attacks on all of them.
+        tokenizer: language models: decodes tokens for the ``mia_zlib.*`` rows (e.g. ``splits.tokenizer``).
+        extraction: language models: ``{"prefix_length": P, "suffix_length": S}`` and optionally the
+            :data:`~unlearn.evaluation.language.EXTRACTION_DEFAULTS` (``n``, ``p``, the sampling scheme): adds
+            ``extraction.rate``, ``extraction.mean_log_p`` and ``extraction.scored`` of the forget set.
+        canaries, canary_references: language models: inserted secrets and never-inserted ones of the same format
+            (e.g. ``splits.canary_secrets`` and ``splits.references``): adds ``exposure.mean``.
+
+    Returns:
+        A DataFrame indexed by metric (``accuracy.forget``, ``svc.confidence``, ``lira.auc``, ``tow``...) with a
+        ``model`` column (or one per named model) and, given a reference, a ``reference`` column. An attack that
+        cannot be computed on these sets (:class:`unlearn.evaluation.attacks.NotApplicable`, e.g. ``loss_logreg``'s
+        cross-validation over one forget example) has no rows; ``attrs["not_computed"]`` maps it to the reason.
+    """
+    if isinstance(attacks, str):
+        attacks = (attacks,)
+    forget, retain, test, population = _checked(forget, retain, test, attacks, shadows, population)
+    text = _text_options(forget, tokenizer, extraction, canaries, canary_references)
     named = dict(model) if isinstance(model, Mapping) else {"model": model}
     if "reference" in named or not named:
         raise ValueError(f"models must be named, and not 'reference'; got {list(named)}")
     signals = signals or {}
     not_computed: dict[str, str] = {}
-    columns = {name: _report_column(m, forget, retain, test, attacks, shadows, seed, device, signals.get(name),
-                                    population, not_computed) for name, m in named.items()}
+    models = named | ({"reference": reference} if reference is not None else {})
+    columns, scores = {}, {}
+    for name, m in models.items():
+        columns[name], scores[name] = _report_column(m, forget, retain, test, attacks, shadows, seed, device,
+                                                     signals.get(name), population, not_computed, text)
     if reference is not None:
-        columns["reference"] = _report_column(reference, forget, retain, test, attacks, shadows, seed, device,
-                                              signals.get("reference"), population, not_computed)
-        accuracy = {name: {s: columns[name][f"accuracy.{s}"] for s in ("forget", "retain", "test")}
-                    for name in columns}
-        for name in named:
-            columns[name]["tow"] = tow(accuracy[name], accuracy["reference"])
-            mia = _mia_fraction(columns[name])
-            if mia is not None and mia[0] in columns["reference"]:
-                key = mia[0]
-                columns[name]["tow_mia"] = tow_mia(accuracy[name], accuracy["reference"],
-                                                   mia_unlearned=columns[name][key],
-                                                   mia_retrained=columns["reference"][key])
+        _compare(columns, named, scores, text, not_computed)
     report = pd.DataFrame(columns, dtype=float)
     report.index.name = "metric"
     report.attrs["not_computed"] = not_computed
@@ -165,6 +243,9 @@ def evaluate_ulira(model: nn.Module, reference: nn.Module, *, forget: Dataset, s
     """U-LiRA (Hayes et al. 2024): can an attacker tell the unlearned ``model`` from the retrained ``reference`` on
     the forget examples? Shadows that trained on and then unlearned an example with the same method give its
     "unlearned" distribution, shadows that never saw it the "retrained" one.
+
+    Both models' and the shadows' signal is ``phi``: a classifier's logit-scaled confidence, a language model's mean
+    token log-likelihood of each sequence (:mod:`~.attacks.signals`).
 
     Args:
         model, reference: the unlearned and the retrained model.

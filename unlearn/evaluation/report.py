@@ -18,21 +18,48 @@ from scipy import stats
 __all__ = ["METRICS", "plot_group_accuracy", "plot_proxies_vs_memorization", "write_report"]
 
 METRICS = {
-    "accuracy": "top-1 accuracy on the forget, retain and test sets (the goal is the retrained column, not 0)",
+    "accuracy": "top-1 accuracy on the forget, retain and test sets (the goal is the retrained column, not 0); for "
+                "a language model, exact match: the fraction of sequences whose every token is the argmax given the "
+                "true prefix",
+    "token_accuracy": "language models: per sequence, the fraction of its tokens that are the argmax given the true "
+                      "prefix (open-unlearning's exact memorization), averaged over the forget, retain and test sets",
+    "perplexity": "language models: corpus perplexity of the forget, retain and test sets, exp of the mean token "
+                  "negative log-likelihood over all their scored tokens",
     "loss_threshold": "an attacker who thresholds the loss to tell forget (members) from test examples: AUC, "
                       "balanced accuracy, TPR at 0.1% / 1% FPR (0.5 AUC: no signal)",
     "loss_logreg": "logistic regression on the loss, forget vs test, balanced, cross-validated accuracy (~0.5 for a "
                    "model that never saw the forget set)",
     "svc": "the unlearning papers' SVC attack on softmax features, trained retain vs test: the fraction of forget "
-           "examples it calls non-members",
-    "lira": "online LiRA from the shadow models (Carlini et al. 2022), forget vs test",
+           "examples it calls non-members (classifiers only)",
+    "mia_loss": "language models: the LOSS attack, forget (members) vs test, by the mean token NLL: AUC in "
+                "open-unlearning's convention (1: the forget set is far more likely than unseen text, 0.5: no "
+                "signal), balanced accuracy, TPR at 0.1% / 1% FPR",
+    "mia_zlib": "language models: the zlib attack (Carlini et al. 2021), the NLL over the zlib-compressed length of "
+                "the text, forget vs test, as mia_loss",
+    "mia_min_k": "language models: Min-K% (Shi et al. 2023, k = 0.4), minus the mean of the 40% lowest token "
+                 "log-probabilities, forget vs test, as mia_loss",
+    "mia_min_k_plus_plus": "language models: Min-K%++ (Zhang et al. 2024, k = 0.4), Min-K% over token "
+                           "log-probabilities normalised by the next-token distribution's mean and spread, forget vs "
+                           "test, as mia_loss",
+    "mia_reference": "language models: the reference-model attack, per sequence the model's mean token NLL minus the "
+                     "retrained model's, forget vs test, as mia_loss",
+    "privleak": "language models: MUSE's PrivLeak, ((1 - AUC) - (1 - AUC_retrained)) / (1 - AUC_retrained) * 100 of "
+                "the Min-K% (k = 0.4) AUCs (about 0: as the retrained model; down to -100: the forget set still "
+                "stands out; positive: over-unlearned)",
+    "extraction": "language models: probabilistic discoverable extraction of the forget set (Hayes et al. 2024): the "
+                  "fraction of its sequences a sampler reproduces from their prefix with probability >= p in n tries "
+                  "(rate), the mean log-probability of a suffix (mean_log_p), over the sequences long enough (scored)",
+    "exposure": "language models: the canaries' mean exposure in bits (Carlini et al. 2019), log2 |R| - log2 rank "
+                "among never-inserted secrets of their format",
+    "lira": "online LiRA from the shadow models (Carlini et al. 2022), forget vs test (a language model's on the "
+            "sequences' mean token log-likelihood)",
     "lira_offline": "offline LiRA (OUT shadows only), forget vs test",
     "rmia": "offline RMIA (Zarifzadeh et al. 2024), forget vs test, its population drawn apart from the test x",
     "ulira": "U-LiRA (Hayes et al. 2024): telling the unlearned model from a retrained one on the forget set, from "
              "shadows that trained and unlearned each example (0.5 AUC: indistinguishable, the goal)",
     "forgetting": "the NeurIPS 2023 challenge's forgetting score",
     "tow": "tug of war: the product over forget, retain and test of 1 - |accuracy - the retrained accuracy| "
-           "(1: the retrained model's accuracies)",
+           "(1: the retrained model's accuracies); for a language model, of its token accuracies",
     "tow_mia": "ToW with the forget term replaced by the SVC attack's (or the loss attack's) gap to retraining",
     "seconds": "wall-clock seconds: training the original, unlearning, retraining the reference",
 }
@@ -48,7 +75,8 @@ def _pyplot():
     return plt
 
 
-def plot_group_accuracy(table: pd.DataFrame, path: str | os.PathLike, *, title: str = "forget accuracy") -> None:
+def plot_group_accuracy(table: pd.DataFrame, path: str | os.PathLike, *, title: str = "forget accuracy",
+                        ylabel: str = "accuracy") -> None:
     """Grouped bars of ``table`` (index: memorization groups, columns: models) saved as a PNG."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
@@ -56,7 +84,7 @@ def plot_group_accuracy(table: pd.DataFrame, path: str | os.PathLike, *, title: 
     x = np.arange(len(table.index))
     for i, column in enumerate(table.columns):
         ax.bar(x + (i - (len(table.columns) - 1) / 2) * width, table[column].to_numpy(), width, label=column)
-    ax.set(xticks=x, xticklabels=[str(g) for g in table.index], ylim=(0, 1.05), ylabel="accuracy",
+    ax.set(xticks=x, xticklabels=[str(g) for g in table.index], ylim=(0, 1.05), ylabel=ylabel,
            xlabel="memorization group of the forget set", title=title)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()

@@ -4,26 +4,33 @@ shadow then unlearns part of its half with the method under test.
 
 Trained through the model farm, so they are cached on disk, reused across evaluations and resumed after an
 interruption.
+
+Classifiers' shadows keep their logits; causal language models' keep each sequence's signals (the farm reduces
+each batch, :func:`unlearn.farm.local.predict_job`), from which the attacks read the mean token log-likelihood as
+``phi`` and its exponential as ``p_true`` (:mod:`unlearn.evaluation.attacks.signals`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from proxies.sequences import SEQUENCE_COLUMNS
+from proxies.tasks import Classification, task_of
+
 from ..algorithms.registry import get_method
 from ..data.sources import examples, join, labels_of
-from ..farm.local import Job, TrainTask, check_manifest, describe_factory, fingerprint, train_and_predict
+from ..farm.local import Job, TrainTask, check_manifest, describe_factory, fingerprint, predict_job, train_and_predict
 from ..farm.registry import get_farm
 from ..training.trainer import train
 from ..unlearning import unlearn
-from .attacks.signals import logit_scaled_confidence, predict_queries, true_class_log_probability
+from .attacks.signals import logit_scaled_confidence, true_class_log_probability
 
 __all__ = ["PoolPredictions", "ShadowModels", "UnlearnedShadowModels", "balanced_halves", "train_shadow_models",
            "train_unlearned_shadow_models"]
@@ -46,13 +53,24 @@ def balanced_halves(n: int, k: int, seed: int = 0) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PoolPredictions:
-    """Predictions of K models on a pool of training and test examples: ``logits [K, N, A, C]``, ``labels [N]``,
-    and for each pool example its ``split`` ("train" or "test") and its index in that split."""
+    """Predictions of K models on a pool of training and test examples: a classifier's ``logits [K, N, A, C]``, or
+    for token sequences (``logits`` None) their ``signals [K, N, 6]`` (columns
+    :data:`proxies.sequences.SEQUENCE_COLUMNS`, one query); ``labels`` as the data hold them (``[N]``, ``[N, T]``),
+    and for each pool example its ``split`` ("train" or "test") and its index in that split.
 
-    logits: np.ndarray
+    What the attacks read, :meth:`phi` and :meth:`p_true`, comes from either, as the target's own signals do
+    (:class:`unlearn.evaluation.attacks.AttackSignals`).
+    """
+
+    logits: np.ndarray | None
     labels: np.ndarray
     split: np.ndarray
     index: np.ndarray
+    signals: np.ndarray | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if (self.logits is None) == (self.signals is None):
+            raise ValueError("pool predictions hold either logits (classifiers) or signals (token sequences)")
 
     def locate(self, split: str, indices) -> np.ndarray:
         """Pool positions of examples given by split and index; raises if one is not in the pool."""
@@ -68,14 +86,25 @@ class PoolPredictions:
             raise ValueError(f"some {split} examples are not in the shadow models' pool")
         return positions
 
+    def _sequence_loss(self, positions) -> np.ndarray:
+        """Each model's mean token NLL of each sequence ``[K, N]`` float64 (at ``positions``)."""
+        signals = self.signals if positions is None else self.signals[:, positions]
+        return signals[..., SEQUENCE_COLUMNS.index("loss")].astype(np.float64)
+
     def phi(self, positions=None) -> np.ndarray:
-        """Logit-scaled confidence ``[K, N, A]`` (of the pool examples at ``positions``)."""
+        """Logit-scaled confidence ``[K, N, A]`` (of the pool examples at ``positions``); for token sequences the
+        mean token log-likelihood ``[K, N, 1]``."""
+        if self.signals is not None:
+            return -self._sequence_loss(positions)[..., None]
         logits = self.logits if positions is None else self.logits[:, positions]
         labels = self.labels if positions is None else self.labels[positions]
         return logit_scaled_confidence(logits, np.broadcast_to(labels[None, :, None], logits.shape[:3]))
 
     def p_true(self, positions=None) -> np.ndarray:
-        """True-class probability ``[K, N]`` of the identity query."""
+        """True-class probability ``[K, N]`` of the identity query; for token sequences the geometric mean of the
+        tokens' probabilities, ``exp(-loss)``."""
+        if self.signals is not None:
+            return np.exp(-self._sequence_loss(positions))
         logits = (self.logits if positions is None else self.logits[:, positions])[:, :, 0]
         labels = self.labels if positions is None else self.labels[positions]
         return np.exp(true_class_log_probability(logits, np.broadcast_to(labels[None, :], logits.shape[:2])))
@@ -116,6 +145,7 @@ def train_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn
         **train_kwargs: :func:`unlearn.train` settings (as the target was trained).
     """
     pool, split, index = _pool(train, test)
+    _check_queries(pool, queries)
     in_mask = balanced_halves(len(pool), k, seed)
     jobs = [Job(f"shadow-{m:04d}", np.flatnonzero(in_mask[m]), seed=seed * 1_000_003 + m) for m in range(k)]
     runner = get_farm(farm, folder, progress=progress, **(farm_options or {}))
@@ -123,9 +153,20 @@ def train_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn
                                    "model": describe_factory(model_fn), "data": fingerprint(pool),
                                    "train": train_kwargs}, force=force)
     results = runner.run(train_and_predict, jobs, TrainTask(pool, model_fn, dict(train_kwargs), device, queries))
+    labels = labels_of(pool)[0].numpy()
+    if "signals" in results[jobs[0].key]:  # token sequences: the farm kept their signals
+        signals = np.stack([results[job.key]["signals"] for job in jobs])
+        return ShadowModels(None, labels, split, index, in_mask, tuple(queries), signals=signals)
     logits = np.stack([np.stack([results[job.key]["logits" if q == "identity" else f"logits_{q}"] for q in queries],
                                 axis=1) for job in jobs])
-    return ShadowModels(logits, labels_of(pool)[0].numpy(), split, index, in_mask, tuple(queries))
+    return ShadowModels(logits, labels, split, index, in_mask, tuple(queries))
+
+
+def _check_queries(pool: Dataset, queries: tuple[str, ...]) -> None:
+    """Refuse augmentation queries for token sequences (before any training)."""
+    if not isinstance(task_of(pool), Classification) and tuple(queries) != ("identity",):
+        raise ValueError(f"token sequences have no augmentation queries: expected ('identity',), got "
+                         f"{tuple(queries)}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +189,8 @@ class _UnlearnTask:
 
 
 def _train_unlearn_predict(job: Job, task: _UnlearnTask) -> dict[str, np.ndarray]:
-    """Train on the job's half, unlearn its forget part with the method under test, predict the pool."""
+    """Train on the job's half, unlearn its forget part with the method under test, predict the pool (a
+    classifier's logits, token sequences' signals: :func:`unlearn.farm.local.predict_job`)."""
     from proxies import TrainingRecorder
 
     forget_ids = task.forget_ids[job.key]
@@ -165,8 +207,7 @@ def _train_unlearn_predict(job: Job, task: _UnlearnTask) -> dict[str, np.ndarray
     result = unlearn(model, forget=Subset(task.train.dataset, forget_ids.tolist()),
                      retain=Subset(task.train.dataset, retain_ids.tolist()), method=task.method,
                      config=config or None, seed=job.seed, recording=recorder, **scheduling)
-    logits, _, _ = predict_queries(result.model, task.train.dataset, task.train.queries)
-    return {"train_ids": job.train_ids, "forget_ids": forget_ids, "logits": logits[:, 0].numpy().astype(np.float32)}
+    return {**predict_job(result.model, job, task.train), "forget_ids": forget_ids}
 
 
 def train_unlearned_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Module], *, method: str,
@@ -202,5 +243,9 @@ def train_unlearned_shadow_models(train: Dataset, test: Dataset, model_fn: Calla
     unlearned = np.zeros_like(in_mask)
     for m, job in enumerate(jobs):
         unlearned[m, results[job.key]["forget_ids"]] = True
+    labels = labels_of(pool)[0].numpy()
+    if "signals" in results[jobs[0].key]:  # token sequences
+        signals = np.stack([results[job.key]["signals"] for job in jobs])
+        return UnlearnedShadowModels(None, labels, split, index, unlearned, ~in_mask, method, signals=signals)
     logits = np.stack([results[job.key]["logits"][:, None] for job in jobs])
-    return UnlearnedShadowModels(logits, labels_of(pool)[0].numpy(), split, index, unlearned, ~in_mask, method)
+    return UnlearnedShadowModels(logits, labels, split, index, unlearned, ~in_mask, method)

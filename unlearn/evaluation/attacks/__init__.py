@@ -5,7 +5,9 @@ Attack signals are extracted once per model and dataset (:func:`extract_signals`
 :func:`rmia` with shadow or reference models; :func:`epsilons` / :func:`forgetting_score` from many unlearned and
 retrained models (``rules="challenge"`` for the NeurIPS 2023 scorer's own rules, comparable with its leaderboard).
 Language models: :func:`text_scores` (LOSS, zlib, Min-K%, Min-K%++ per sequence), :func:`membership_auc` /
-:func:`membership_tpr_at_fpr` on them, and MUSE's :func:`priv_leak` (:func:`priv_leak_of` from the models).
+:func:`membership_tpr_at_fpr` (:func:`membership_summary`: both and more) on them, and MUSE's :func:`priv_leak`
+(:func:`priv_leak_of` from the models). :func:`extract_signals` gives the registered attacks a sequence's signals too
+(its mean token log-likelihood as LiRA's ``phi``).
 """
 
 from .basic import SVC_FEATURES, loss_logreg, loss_threshold, svc
@@ -24,6 +26,7 @@ from .signals import (
 from .text import (
     TEXT_SCORES,
     membership_auc,
+    membership_summary,
     membership_tpr_at_fpr,
     priv_leak,
     priv_leak_of,
@@ -51,6 +54,7 @@ __all__ = [
     "loss_logreg",
     "loss_threshold",
     "membership_auc",
+    "membership_summary",
     "membership_tpr_at_fpr",
     "modified_entropy",
     "priv_leak",

@@ -60,7 +60,7 @@ def svc(retain: AttackSignals, test: AttackSignals, forget: AttackSignals, *, fe
         max_train: int = 5000, seed: int = 0) -> dict[str, float]:
     """The SVC attack: an RBF SVC (C=3) learns member (retain) vs non-member (test) from softmax features and
     labels the forget set. Returns, per feature set, the fraction of forget examples it calls non-members
-    (MIA efficacy: higher = better forgotten)."""
+    (MIA efficacy: higher = better forgotten). Classifiers' signals only (token sequences have no classes)."""
     unknown = [f for f in features if f not in SVC_FEATURES]
     if unknown:
         raise ValueError(f"unknown SVC features {unknown}; expected some of {list(SVC_FEATURES)}")

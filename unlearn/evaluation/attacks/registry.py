@@ -112,6 +112,11 @@ def _loss_logreg(inputs: AttackInputs) -> dict[str, float]:
 
 @register_attack("svc")
 def _svc(inputs: AttackInputs) -> dict[str, float]:
+    """The SVC attack on softmax features over classes; not applicable to token sequences, which have none."""
+    if not all(s.per_class for s in (inputs.forget, inputs.retain, inputs.test)):
+        raise NotApplicable("svc reads features of a distribution over classes (the probability vector, the "
+                            "modified entropy), which a token sequence does not have: attack language models with "
+                            "the loss, Min-K% or LiRA instead")
     return svc(inputs.retain, inputs.test, inputs.forget, seed=inputs.seed)
 
 
@@ -129,7 +134,8 @@ def _members_vs_test(inputs: AttackInputs, score_fn) -> dict[str, float]:
 
 @register_attack("lira", needs_shadows=True)
 def _lira(inputs: AttackInputs) -> dict[str, float]:
-    """Online LiRA: forget examples as members, test examples as non-members of the target."""
+    """Online LiRA: forget examples as members, test examples as non-members of the target, on ``phi`` (a
+    classifier's logit-scaled confidence, a sequence's mean token log-likelihood)."""
     shadows = inputs.shadows
     return _members_vs_test(inputs, lambda target, pos: lira(target, shadows.phi(pos), shadows.in_mask[:, pos]))
 
@@ -145,7 +151,8 @@ def _lira_offline(inputs: AttackInputs) -> dict[str, float]:
 def _rmia(inputs: AttackInputs) -> dict[str, float]:
     """Offline RMIA: forget examples as members, test examples as non-members ``x``, and a population ``z``
     disjoint from both: ``inputs.population``, else every second test example by index (scored: the others);
-    ``a`` tuned on the first shadow model."""
+    ``a`` tuned on the first shadow model. ``P(x|f)`` is ``p_true``: the true-class probability, or for a token
+    sequence the geometric mean of its tokens' probabilities (:mod:`~.signals`)."""
     shadows = inputs.shadows
     if len(shadows.in_mask) < 4:  # tuning a holds one shadow out; the rest must leave each example out somewhere
         raise ValueError(f"rmia needs at least 4 shadow models, got {len(shadows.in_mask)}")

@@ -52,8 +52,8 @@ from proxies.sequences import IGNORE_INDEX, causal_task_of, logits_of, next_toke
 from ..._checks import real, whole
 from ..metrics import roc_summary, tpr_at_fpr
 
-__all__ = ["LOGIT_SCORES", "TEXT_SCORES", "VARIANCE_FLOOR", "membership_auc", "membership_tpr_at_fpr", "priv_leak",
-           "priv_leak_of", "scores_from_logits", "text_scores"]
+__all__ = ["LOGIT_SCORES", "TEXT_SCORES", "VARIANCE_FLOOR", "membership_auc", "membership_summary",
+           "membership_tpr_at_fpr", "priv_leak", "priv_leak_of", "scores_from_logits", "text_scores"]
 
 TEXT_SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus")
 """The columns of :func:`text_scores` (``zlib`` only with a tokenizer)."""
@@ -237,6 +237,17 @@ def membership_auc(member_scores, nonmember_scores) -> float:
     0.75
     """
     return roc_summary(*_groups(member_scores, nonmember_scores))["auc"]
+
+
+def membership_summary(member_scores, nonmember_scores) -> dict[str, float]:
+    """:func:`unlearn.evaluation.metrics.roc_summary` of telling members from non-members by a loss-signed score:
+    its ``auc`` is :func:`membership_auc`, its ``tpr_at_fpr_0.01`` :func:`membership_tpr_at_fpr` at ``fpr=0.01``
+    (and likewise 0.001), beside the balanced accuracy; what :func:`unlearn.evaluate` reports of each text score.
+
+    >>> membership_summary([0.1, 0.2, 0.9], [0.5, 0.9])["auc"]
+    0.75
+    """
+    return roc_summary(*_groups(member_scores, nonmember_scores))
 
 
 def membership_tpr_at_fpr(member_scores, nonmember_scores, *, fpr: float = 1e-2) -> float:
