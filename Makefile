@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
 
-.PHONY: install demo test test-slow bench fashion-mnist fortunes check-cuda check-gpu lint clean
+.PHONY: install demo demo-text test test-slow bench fashion-mnist fortunes check-cuda check-gpu lint clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml setup.py $(CSRC)
 
 demo: install
 	$(BIN)/unlearn run
+
+# The main job on text: a tiny GPT-2 trained on 500 real fortunes and 12 secrets inserted 1 to 32 times, every copy
+# of every secret forgotten; writes runs/fortunes/ (needs `make fortunes` once).
+demo-text: install fortunes
+	$(BIN)/unlearn run --dataset fortunes
 
 # Every test and doctest but the ones marked slow.
 test: install

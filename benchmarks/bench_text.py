@@ -71,11 +71,8 @@ def train_original(splits, recipe: dict):
 
 
 def secret_lengths(splits) -> tuple[int, int]:
-    """(prefix, suffix) token counts of the canaries: the tokens up to the digits (the same text in every secret),
-    and the fewest tokens any secret's digits take (the tokenizer merges some digit pairs)."""
-    prefix = len(splits.tokenizer(splits.canaries["text"].iloc[0].rsplit(" is ", 1)[0] + " is")["input_ids"])
-    lengths = [int((labels != -100).nonzero().max()) + 1 for _, labels, _ in splits.canary_secrets]
-    return prefix, min(lengths) - prefix - 1  # the digits, not the end-of-text token after them
+    """(prefix, suffix) token counts of the canaries (:attr:`unlearn.data.text.TextSplits.canary_lengths`)."""
+    return splits.canary_lengths
 
 
 def model_scores(model, splits) -> tuple[pd.DataFrame, dict]:

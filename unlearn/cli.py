@@ -26,7 +26,9 @@ from .evaluation.attacks import DEFAULT_ATTACKS
 from .evaluation.attacks import attacks as attack_names
 from .farm.registry import farms
 from .models import models
-from .pipeline import DEFAULT_PROXIES, RunConfig, run, run_attack, run_proxies, train_original
+from .pipeline import RunConfig, run, run_attack, run_proxies, train_original
+from .pipeline.config import TEXT_PROXIES
+from .pipeline.config import run_proxies as proxies_for
 from .training.augment import augmentations
 from .training.trainer import PRECISIONS, recipes, top1_accuracy
 
@@ -76,6 +78,15 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, default=0,
                    help="with --stream: DataLoader worker processes reading the items (default: 0, in the main "
                         "process)")
+    g = p.add_argument_group("text data (fortunes, text:PATH)")
+    g.add_argument("--canaries", type=int, default=None, metavar="K",
+                   help="insert K secrets 'my PIN is d d d d d d' into the training set, secret i repeated 1, 2, 4, "
+                        "8, 16 or 32 times (i %% 6), each copy a training sequence (default: 12 for fortunes, 0 for "
+                        "text:PATH)")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="size of the byte-level BPE trained on the training split (default: 2048)")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="sequences are cut at this many tokens, bos and eos included (default: 64)")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -151,24 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     _add_train_options(p)
     g = p.add_argument_group("unlearning")
-    g.add_argument("--forget", default="random:0.1", metavar="SPEC",
+    g.add_argument("--forget", default=None, metavar="SPEC",
                    help="the examples to remove: random:FRACTION or random:N (seeded random), high:N / low:N (the N "
                         "most / least memorized by --select-by), mixed:N (a third each of least, median and most "
-                        "memorized), or ids:FILE (training indices as in scores.csv, comma/space/newline separated, or "
-                        "a CSV with an 'index' or 'source_row' column); default: random:0.1")
+                        "memorized), ids:FILE (training indices as in scores.csv, comma/space/newline separated, or "
+                        "a CSV with an 'index' or 'source_row' column) or canaries (every copy of every canary of a "
+                        "text dataset); default: canaries on text with canaries, else random:0.1")
     g.add_argument("--select-by", default=None, metavar="SCORE",
                    help="what ranks examples for high/low/mixed: a proxy name or 'memorization' (needs --fz-models); "
                         "default: memorization when --fz-models is set, else --proxy")
     g.add_argument("--method", default="rum", choices=methods(),
                    help="unlearning method; rum (the default) schedules one per memorization group")
-    model_proxies = [n for n in proxies.available()
-                     if n not in ("memorization", "c_score") and proxies.get_proxy(n).scores("classification")]
-    g.add_argument("--proxy", default="confidence", choices=model_proxies, metavar="PROXY",
-                   help="memorization proxy that schedules rum and groups the report (default: confidence); one of "
-                        f"{model_proxies}")
-    g.add_argument("--proxies", nargs="+", default=list(DEFAULT_PROXIES), metavar="PROXY", choices=model_proxies,
-                   help="proxies to compute and report (default: the recording-based ones and loss_curvature, which "
-                        "costs ~20 forward-backward passes per checkpoint); --proxy and --select-by must be among them")
+    model_proxies = list(dict.fromkeys(proxies_for("classification") + proxies_for("causal_lm")))
+    g.add_argument("--proxy", default=None, choices=model_proxies, metavar="PROXY",
+                   help="memorization proxy that schedules rum and groups the report (default: confidence on images, "
+                        f"token_accuracy on text); one of {model_proxies} that scores the data's examples")
+    g.add_argument("--proxies", nargs="+", default=None, metavar="PROXY", choices=model_proxies,
+                   help="proxies to compute and report (default on images: the recording-based ones and "
+                        "loss_curvature, which costs ~20 forward-backward passes per checkpoint; on text: "
+                        f"{' '.join(TEXT_PROXIES)}); --proxy and --select-by must be among them")
     g.add_argument("--grouping", default="training_set", choices=list(GROUPINGS),
                    help="how rum forms its memorization groups: training_set (the default: bins between the "
                         "training set's score tertiles, the same levels whatever the request's size) or request (the "
@@ -187,9 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "quoted or bare strings); for rum: groups, order, retain_per_forget; `unlearn run --method M "
                         "--method-config nope=1` lists a method's settings")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS), choices=attack_names(),
+    g.add_argument("--attacks", nargs="+", default=None, choices=attack_names(),
                    metavar="ATTACK", help=f"membership-inference attacks, of {attack_names()} (default: "
-                                          "loss_threshold loss_logreg svc; lira and rmia are added with --shadows)")
+                                          "loss_threshold loss_logreg svc on images, loss_threshold loss_logreg on "
+                                          "text, where the language-model scores, PrivLeak and extraction are always "
+                                          "reported; lira and rmia are added with --shadows)")
     g.add_argument("--shadows", type=int, default=0, metavar="K",
                    help="train K shadow models (even, >= 4; default 0: none) for LiRA and RMIA, and K train-then-"
                         "unlearn shadows for U-LiRA. Each example is IN for K/2 shadows and OUT for K/2 (RMIA tunes "
@@ -295,13 +309,13 @@ def parse_method_config(items: list[str]) -> dict:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The settings of ``unlearn run`` / ``train``: ``--config`` (else the defaults), then the options given."""
-    config = RunConfig.from_toml(args.config) if getattr(args, "config", None) is not None else RunConfig()
+    settings = vars(RunConfig.from_toml(args.config)) if getattr(args, "config", None) is not None else {}
     given = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "config")}
     if "method_config" in given:
         given["method_config"] = parse_method_config(given["method_config"])
     if given.get("out") is not None:
         given["out"] = str(given["out"])
-    return RunConfig.from_mapping({**vars(config), **given})
+    return RunConfig.from_mapping({**settings, **given})  # what neither sets: the defaults for the data's kind
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -501,11 +501,15 @@ def test_the_command_and_pipeline_run_write_the_same_results_and_config_toml_rep
 
 
 def test_the_command_line_declares_the_run_configs_defaults():
+    import dataclasses
+
     from unlearn.cli import RUN_DEFAULTS, build_parser
     from unlearn.pipeline import RunConfig
 
     build_parser()
-    defaults = vars(RunConfig())
+    # the declared defaults (None where the data's kind decides: RunConfig fills those in)
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(RunConfig)}
     for option, value in RUN_DEFAULTS.items():
         expected = defaults[option]
         assert (value if option != "method_config" else dict(value)) == expected, option

@@ -7,7 +7,9 @@ A request is written as a short spec, the form the ``unlearn run --forget`` opti
 - ``mixed:N`` N examples, a third each from the least memorized, those nearest the median and the most memorized;
 - ``ids:FILE`` the training examples listed in a file (a real request): integers separated by commas, spaces or
   newlines, or a CSV whose header has an ``index`` column (training indices, as in ``scores.csv``) or a
-  ``source_row`` column (rows of the dataset's official training file).
+  ``source_row`` column (rows of the dataset's official training file);
+- ``canaries`` every inserted copy of every canary of a text dataset loaded with canaries (a leaked secret, and all
+  its copies, must go).
 
 Memorization comes from a score Series indexed by training index with higher = more memorized (negate a
 confidence-like proxy first, or pass it with ``attrs["higher_is_memorized"] = False`` as :func:`proxies.compute`
@@ -36,8 +38,8 @@ import pandas as pd
 
 __all__ = ["FORGET_KINDS", "ForgetSpec", "parse_forget_spec", "read_ids", "select_forget"]
 
-FORGET_KINDS = ("random", "high", "low", "mixed", "ids")
-"""The forms a forget spec takes: ``kind:N`` (``random:F`` also takes a fraction) or ``ids:FILE``."""
+FORGET_KINDS = ("random", "high", "low", "mixed", "ids", "canaries")
+"""The forms a forget spec takes: ``kind:N`` (``random:F`` also takes a fraction), ``ids:FILE`` or ``canaries``."""
 
 
 @dataclass(frozen=True)
@@ -54,15 +56,17 @@ class ForgetSpec:
 
 
 def parse_forget_spec(spec: str) -> ForgetSpec:
-    """Parse ``random:0.1``, ``high:50``, ``low:50``, ``mixed:60`` or ``ids:FILE``.
+    """Parse ``random:0.1``, ``high:50``, ``low:50``, ``mixed:60``, ``ids:FILE`` or ``canaries``.
 
     Raises:
         ValueError: anything else, with the accepted forms in the message.
     """
     if not isinstance(spec, str):
         raise TypeError(f"forget spec must be a string, got {type(spec).__name__}")
+    if spec == "canaries":
+        return ForgetSpec(spec)
     kind, sep, value = spec.partition(":")
-    forms = "random:FRACTION, random:N, high:N, low:N, mixed:N or ids:FILE"
+    forms = "random:FRACTION, random:N, high:N, low:N, mixed:N, ids:FILE or canaries"
     if not sep or kind not in FORGET_KINDS or not value:
         raise ValueError(f"bad forget spec {spec!r}; expected {forms}")
     if kind == "ids":
@@ -160,7 +164,8 @@ def _memorization(scores: pd.Series) -> pd.Series:
 
 
 def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, num_train: int | None = None,
-                  seed: int = 0, source_rows: np.ndarray | None = None) -> np.ndarray:
+                  seed: int = 0, source_rows: np.ndarray | None = None,
+                  canaries: np.ndarray | None = None) -> np.ndarray:
     """The training indices a forget spec selects, sorted.
 
     Args:
@@ -170,6 +175,7 @@ def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, nu
         num_train: the training-set size, when no ``scores`` are given.
         seed: seed of random selection and of tie breaking.
         source_rows: official training-file rows of the training examples (for ``ids:`` files by source row).
+        canaries: the training indices of the canary copies (``splits.canaries["index"]``), for ``canaries``.
 
     Raises:
         ValueError: a bad spec, a size that leaves nothing to retain, or ids outside the training set.
@@ -182,6 +188,14 @@ def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, nu
     else:
         raise ValueError("select_forget needs scores= or num_train=")
     n = len(index)
+    if spec.kind == "canaries":
+        if canaries is None or len(canaries) == 0:
+            raise ValueError("forget spec canaries removes the canaries of a text dataset loaded with some "
+                             "(--canaries K); this training set has none")
+        ids = np.unique(np.asarray(canaries, dtype=np.int64))
+        if len(ids) >= n or not np.isin(ids, index).all():
+            raise ValueError(f"the {len(ids)} canary copies must be some, not all, of the {n} training examples")
+        return ids
     if spec.kind == "ids":
         ids = read_ids(spec.path, source_rows=source_rows)
         outside = ids[~np.isin(ids, index)]

@@ -62,6 +62,7 @@ __all__ = [
     "Streamed",
     "as_tensors",
     "batches",
+    "dataset_kind",
     "datasets",
     "examples",
     "first_input",
@@ -103,6 +104,11 @@ class Splits:
     train_rows: Tensor | None = None
     """For each training example, its row in the dataset's official training set (before the validation split and
     ``train_size``): how a deletion request names examples."""
+
+    @property
+    def model_options(self) -> dict:
+        """What :func:`unlearn.create_model` needs to know of the data: ``num_classes`` and ``in_channels``."""
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels}
 
     def __repr__(self) -> str:
         return (f"Splits({self.name!r}, train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
@@ -219,6 +225,16 @@ class _Kind:
 
 
 _KINDS: Registry[_Kind] = Registry("kind of dataset")
+
+
+def dataset_kind(name: str) -> str:
+    """The kind of examples a dataset name reads, without reading them: ``"images"``, or the name of a kind of
+    :data:`_KINDS` (``"text"`` for ``fortunes`` and ``text:PATH``).
+
+    >>> dataset_kind("digits"), dataset_kind("fortunes"), dataset_kind("text:/data/mail.jsonl")
+    ('images', 'text', 'text')
+    """
+    return next((kind for kind in _KINDS.names() if _KINDS.get(kind).takes(name)), "images")
 
 
 def check_dataset_name(name: str) -> str:

@@ -101,6 +101,27 @@ class TextSplits:
     """For each training example, its row in the deduplicated corpus (before the splits and ``train_size``), -1
     for a canary copy: how a deletion request names examples."""
 
+    @property
+    def model_options(self) -> dict:
+        """What :func:`unlearn.create_model` needs to know of the data: ``vocab_size``, and ``n_positions`` (the
+        longest sequence, ``max_tokens``)."""
+        return {"vocab_size": self.vocab_size, "n_positions": self.max_tokens}
+
+    @property
+    def canary_lengths(self) -> tuple[int, int]:
+        """``(prefix, suffix)`` token counts of the canaries: the tokens up to the digits (bos and "my PIN is", the
+        same in every secret) and the fewest tokens any secret's digits take (the eos after them left out), as
+        :func:`proxies.extraction_probability` takes them (``prefix_length``, ``suffix_length``).
+
+        Raises:
+            ValueError: splits without canaries.
+        """
+        if self.canaries is None or self.canary_secrets is None:
+            raise ValueError("these splits hold no canaries: load the text dataset with canaries=K")
+        prefix = len(self.tokenizer(canary_text(0).rsplit(" is ", 1)[0] + " is")["input_ids"])
+        lengths = [int((labels != IGNORE_INDEX).nonzero().max()) + 1 for _, labels, _ in self.canary_secrets]
+        return prefix, min(lengths) - prefix - 1
+
     def __repr__(self) -> str:
         canaries = 0 if self.canaries is None else len(self.canaries)
         return (f"TextSplits({self.name!r}, train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "

@@ -15,6 +15,7 @@ ValueError: unknown run setting 'epoch'; expected some of [...]
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -30,15 +31,54 @@ import proxies
 
 from ..algorithms.registry import get_method, make_config, takers
 from ..data.selection import parse_forget_spec
-from ..data.sources import check_dataset_name
+from ..data.sources import check_dataset_name, dataset_kind
 from ..evaluation.attacks import DEFAULT_ATTACKS
 from ..training.augment import get_augmentation
 from ..training.trainer import NUMERICS, RECIPES, TrainConfig, check_numerics, check_recipe, resolve_device
 
-__all__ = ["DEFAULT_PROXIES", "MAX_MODELS", "MIN_TRAIN_SIZE", "RunConfig"]
+__all__ = ["DEFAULT_PROXIES", "MAX_MODELS", "MIN_TRAIN_SIZE", "RunConfig", "TEXT_DEFAULTS", "TEXT_PROXIES"]
 
 DEFAULT_PROXIES = (*proxies.RECORDING_PROXIES, "loss_curvature")
-"""What ``unlearn run`` computes unless ``proxies`` says otherwise."""
+"""What ``unlearn run`` computes on images unless ``proxies`` says otherwise."""
+
+TEXT_PROXIES = ("confidence", "max_confidence", "negative_entropy", "token_accuracy", "csl", "csg", "loss_iqr",
+                "exact_memorization")
+"""What ``unlearn run`` computes on text unless ``proxies`` says otherwise: the recording's proxies that vary over
+sequences (exact match, and the learning events of it, are constant where no sequence is ever exactly right) and a
+forward pass's exact memorization (benchmarks/README.md, "Language models on fortunes")."""
+
+TEXT_DEFAULTS = {"train_size": 500, "canaries": 12, "vocab_size": 2048, "max_tokens": 64, "forget": "canaries",
+                 "proxy": "token_accuracy", "proxies": list(TEXT_PROXIES), "attacks": ["loss_threshold", "loss_logreg"]}
+"""The defaults of a run on text (``--dataset fortunes``): 500 fortunes (the whole job in a few minutes on two cores)
+and 12 secrets inserted 1 to 32 times, every copy of every one to forget, sequences grouped by their token accuracy
+over training. ``text:PATH`` (your own corpus) trains on all of it and gets no canaries by default, and then
+``forget`` defaults to ``random:0.1``."""
+
+def run_proxies(task: str) -> list[str]:
+    """The proxies ``unlearn run`` can compute on examples of the task named ``task``: from the recording, or from
+    the model and the training set alone (not the subset models' ground truth, which ``--fz-models`` adds, nor the
+    proxies that need canaries or extraction lengths).
+
+    >>> "loss_curvature" in run_proxies("classification"), "token_accuracy" in run_proxies("causal_lm")
+    (True, True)
+    """
+    usable = {"recording"}, {"model", "data"}, {"model", "data", "holdout", "fine_tune"}
+
+    def runnable(proxy) -> bool:  # nothing it requires beyond what a run hands every proxy
+        required = {p.name for p in inspect.signature(proxy.fn).parameters.values()
+                    if p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD}
+        return set(proxy.needs) in usable and required <= set(proxy.needs)
+
+    return [name for name in proxies.available()
+            if proxies.get_proxy(name).scores(task) and runnable(proxies.get_proxy(name))]
+
+
+IMAGE_DEFAULTS = {"forget": "random:0.1", "proxy": "confidence", "proxies": list(DEFAULT_PROXIES),
+                  "attacks": list(DEFAULT_ATTACKS)}
+"""The defaults of a run on images."""
+
+TEXT_OPTIONS = ("canaries", "vocab_size", "max_tokens")
+"""The settings of text datasets alone (:func:`unlearn.data.text.load_text`'s)."""
 
 MAX_MODELS = 10_000
 """The most shadow or subset models a run may ask for (the LiRA paper used 256, Feldman and Zhang 4,000)."""
@@ -54,7 +94,7 @@ class RunConfig:
     recipe's value: the recipe named ``recipe_name`` (:data:`unlearn.training.RECIPES`), by default the dataset's.
     """
 
-    # data (dataset: a name of unlearn.data.datasets(), imagefolder:PATH or torchvision:CLASS)
+    # data (dataset: a name of unlearn.data.datasets(), imagefolder:PATH, torchvision:CLASS or text:PATH)
     dataset: str = "digits"
     root: str | None = None
     download: bool = False
@@ -62,6 +102,10 @@ class RunConfig:
     val_fraction: float = 0.1
     stream: bool = False
     num_workers: int = 0
+    # text datasets alone (None: TEXT_DEFAULTS; canaries 0 for text:PATH)
+    canaries: int | None = None
+    vocab_size: int | None = None
+    max_tokens: int | None = None
     # training (None: the recipe's; recipe_name None: the dataset's recipe)
     model: str | None = None
     recipe_name: str | None = None
@@ -79,17 +123,17 @@ class RunConfig:
     precision: str | None = None
     channels_last: bool | None = None
     deterministic: bool | None = None
-    # unlearning
-    forget: str = "random:0.1"
+    # unlearning (None: the data's default, IMAGE_DEFAULTS or TEXT_DEFAULTS)
+    forget: str | None = None
     select_by: str | None = None
     method: str = "rum"
-    proxy: str = "confidence"
-    proxies: list[str] = field(default_factory=lambda: list(DEFAULT_PROXIES))
+    proxy: str | None = None
+    proxies: list[str] | None = None
     grouping: str = "training_set"
     policy: str | None = None
     method_config: dict[str, Any] = field(default_factory=dict)
     # evaluation
-    attacks: list[str] = field(default_factory=lambda: list(DEFAULT_ATTACKS))
+    attacks: list[str] | None = None
     shadows: int = 0
     fz_models: int = 0
     # model farm
@@ -101,7 +145,32 @@ class RunConfig:
     force: bool = False
     rows: int = 10
 
+    def __post_init__(self) -> None:
+        """Fill the settings left None whose default depends on the kind of data (images or text)."""
+        text = self.kind == "text"
+        defaults = dict(TEXT_DEFAULTS if text else IMAGE_DEFAULTS)
+        if text and self.dataset != "fortunes":  # your own corpus: all of it, no canaries unless asked
+            defaults.update(canaries=0, train_size=None)
+        if text and (self.canaries if self.canaries is not None else defaults["canaries"]) == 0:
+            defaults["forget"] = IMAGE_DEFAULTS["forget"]
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, list(value) if isinstance(value, list) else value)
+
     # ------------------------------------------------------------------------------------------- derived
+    @property
+    def kind(self) -> str:
+        """The kind of data the dataset holds: ``"images"`` or ``"text"`` (:func:`unlearn.data.dataset_kind`)."""
+        return dataset_kind(self.dataset)
+
+    @property
+    def task(self) -> str:
+        """The :attr:`proxies.tasks.Task.name` of the data's examples."""
+        return "causal_lm" if self.kind == "text" else "classification"
+
+    def text_options(self) -> dict:
+        """The text dataset's options for :func:`unlearn.data.load_dataset` (none for images)."""
+        return {name: getattr(self, name) for name in TEXT_OPTIONS} if self.kind == "text" else {}
     @property
     def folder(self) -> Path:
         """The output folder: ``out``, else ``runs/<dataset>`` (``runs/imagefolder-pets`` for
@@ -187,9 +256,27 @@ class RunConfig:
             if value < 0 or (name != "rows" and value > MAX_MODELS):
                 raise ValueError(f"--{name.replace('_', '-')} must be between 0 and "
                                  f"{MAX_MODELS if name != 'rows' else 'the number of examples'}, got {value}")
+        self._check_text()
         self._check_request()
         self._check_method()
         return device
+
+    def _check_text(self) -> None:
+        """The text settings: only for text, whole numbers in range; the proxies score the data's examples."""
+        if self.kind != "text":
+            given = [f"--{name.replace('_', '-')}" for name in TEXT_OPTIONS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} are settings of text datasets (fortunes, text:PATH), not of "
+                                 f"{self.dataset}")
+        else:
+            for name, low in (("canaries", 0), ("vocab_size", 260), ("max_tokens", 8)):
+                value = getattr(self, name)
+                if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                    raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {value!r}")
+        wrong = [n for n in self.proxies if n not in proxies.available() or not proxies.get_proxy(n).scores(self.task)]
+        if wrong:
+            raise ValueError(f"--proxies {wrong} do not score {self.kind} (of {self.dataset}); expected some of "
+                             f"{run_proxies(self.task)}")
 
     @property
     def ranked_by(self) -> str:
@@ -200,6 +287,9 @@ class RunConfig:
     def _check_request(self) -> None:
         """The forget spec, the shadow models and what ranks the request."""
         spec = parse_forget_spec(self.forget)
+        if spec.kind == "canaries" and not self.canaries:
+            raise ValueError("--forget canaries removes the canaries of a text dataset: pass --canaries K (K > 0) "
+                             "with --dataset fortunes or text:PATH")
         if self.shadows and (self.shadows < 4 or self.shadows % 2):
             raise ValueError(f"--shadows must be an even number >= 4 (RMIA holds one out), got {self.shadows}")
         if self.ranked_by == "memorization" and not self.fz_models:

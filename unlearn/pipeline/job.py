@@ -21,7 +21,7 @@ from ..data.sources import labels_of
 from ..evaluation.attacks import DEFAULT_ATTACKS
 from ..farm.subset_models import train_subset_models
 from ..training.trainer import load_checkpoint
-from .config import DEFAULT_PROXIES, RunConfig
+from .config import RunConfig
 from .folder import RunFolder, locked
 from .results import RunResult, evaluation_stage
 from .scores import subset
@@ -29,6 +29,7 @@ from .stages import (
     Request,
     Trained,
     Unlearned,
+    canary_ids,
     compute_proxies,
     digest,
     forget_stage,
@@ -57,7 +58,7 @@ RUN_STAGES = {"train": (), "proxies": ("proxies.csv",), "forget": ("forget.csv",
 """The stages of ``unlearn run`` in order, with the files each writes (training keeps its own, to resume from)."""
 
 RUN_OUTPUTS = ("report.md", "results.json", "scores.csv", "roc.png", "forget_accuracy_by_group.png",
-               "proxies_vs_memorization.png", "config.toml")
+               "proxies_vs_memorization.png", "canaries.png", "config.toml")
 """What the evaluation writes from all the stages: removed as soon as any stage is redone."""
 
 
@@ -96,7 +97,7 @@ def _scores(config: RunConfig, folder: RunFolder, trained: Trained) -> tuple[pd.
     memorization = memorization_stage(config, trained.splits, trained.settings, folder.path)
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
         say(f"most memorized by {config.proxy} (the first {config.rows} of {len(table)}; scores.csv has all):")
-        ranked = proxy_series(table, config.proxy)
+        ranked = proxy_series(table, config.proxy, config.task)
         order = ranked.sort_values(ascending=not ranked.attrs["higher_is_memorized"]).index[:config.rows]
         say(table.loc[order].to_string())
     return table, memorization
@@ -106,7 +107,7 @@ def _request(config: RunConfig, folder: RunFolder, trained: Trained, table: pd.D
              memorization: pd.Series | None) -> Request:
     say("\n[3/6] forget set")
     spec, select_by, splits = parse_forget_spec(config.forget), config.ranked_by, trained.splits
-    ranking = memorization if select_by == "memorization" else proxy_series(table, select_by)
+    ranking = memorization if select_by == "memorization" else proxy_series(table, select_by, config.task)
     if spec.needs_scores and ranking.isna().any():
         say(f"{int(ranking.isna().sum())} examples have no {select_by} score (with few subset models, some are "
             "in all or none of them) and are not ranked")
@@ -184,7 +185,7 @@ def run_proxies(folder: str | os.PathLike, names=None, *, fz_models: int = 0, ro
     """
     folder = Path(folder)
     with _trained_folder(folder, root, device, progress) as (settings, splits, recorder, checkpoints, device):
-        names = list(names or DEFAULT_PROXIES)
+        names = list(names or RunConfig(dataset=settings["dataset"]).proxies)  # the defaults for its kind of data
         subset_models = None
         if fz_models:
             subset_models = train_subset_models(
@@ -214,9 +215,9 @@ def run_attack(folder: str | os.PathLike, *, checkpoint: str | os.PathLike | Non
             spec = parse_forget_spec(forget)
             ranking = None
             if spec.needs_scores:
-                ranking = proxy_series(proxies.compute([select_by], recording=recorder), select_by)
+                ranking = proxies.compute(select_by, recording=recorder)  # with its direction on these examples
             forget_ids = select_forget(spec, ranking, num_train=len(splits.train), seed=settings["seed"],
-                                       source_rows=splits.train_rows.numpy())
+                                       source_rows=splits.train_rows.numpy(), canaries=canary_ids(splits))
         elif (folder / "forget.csv").is_file():
             forget_ids = pd.read_csv(folder / "forget.csv")["index"].to_numpy()
         else:

@@ -18,6 +18,7 @@ from ..evaluation.attacks import NotApplicable, extract_signals
 from ..evaluation.evaluator import evaluate, evaluate_ulira
 from ..evaluation.metrics import plot_roc
 from ..evaluation.report import plot_group_accuracy, plot_proxies_vs_memorization, write_report
+from .canaries import EXTRACTION, canary_table, plot_canaries
 from .config import RunConfig
 from .folder import RunFolder
 from .scores import per_example_scores
@@ -60,10 +61,22 @@ def evaluation_stage(config: RunConfig, folder: RunFolder, trained: Trained, tab
     scores.to_csv(folder.path / "scores.csv")
     figures = _figures(config, folder.path, trained, table, memorization, request, models, shadows, signals,
                        scores, per_group, device)
+    canaries = None
+    if getattr(trained.splits, "canaries", None) is not None:  # a text run with canaries: each, before and after
+        canaries = canary_table(models, trained.splits, device=device)
+        for name in models:
+            results.loc["canaries.extractable", name] = float(canaries[f"extractable_{name}"].sum())
+            results.loc["canaries.exposure", name] = float(canaries[f"exposure_{name}"].mean())
+        plot_canaries(canaries, list(models), folder.path / "canaries.png",
+                      title=f"the {len(canaries)} canaries' extraction probability")
+        figures["each canary's extraction probability, by copies in training"] = "canaries.png"
     ratio = stage_seconds["unlearn"] / stage_seconds["reference"]
     facts = _facts(config, trained, request, unlearned, attacks, not_computed, unlearned_shadows is not None, ratio)
-    tables = {"results": results, "forget accuracy by memorization group": per_group,
+    accuracy = "forget token accuracy" if trained.kind == "text" else "forget accuracy"
+    tables = {"results": results, f"{accuracy} by memorization group": per_group,
               "unlearning plan": unlearned.plan.drop(columns=["config", "indices"])}
+    if canaries is not None:
+        tables["canaries by copies in training"] = canaries
     write_report(folder.path, {"run": facts, "seconds": stage_seconds, "time_vs_retrain": ratio}, tables, figures)
     (folder.path / "config.toml").write_text(config.to_toml())  # last, beside the outputs it made: a refused or
     # failed run leaves none (RUN_OUTPUTS), so the file always describes the folder's results
@@ -83,6 +96,8 @@ def _attack(config: RunConfig, trained: Trained, request: Request, models: dict,
     common = {"forget": request.forget, "retain": request.retain, "test": splits.test, "reference": models["retrained"],
               "attacks": attacks, "shadows": shadows, "seed": config.seed, "device": device,
               "signals": {**signals, "reference": signals["retrained"]}}
+    if trained.kind == "text":  # the language-model rows: zlib needs the text, extraction its lengths
+        common |= {"tokenizer": splits.tokenizer, "extraction": extraction_settings(config, splits)}
     results = evaluate({"original": models["original"], "unlearned": models["unlearned"]}, **common)
     not_computed = dict(results.attrs.get("not_computed", {}))
     results = results.rename(columns={"reference": "retrained"})
@@ -102,6 +117,14 @@ def _attack(config: RunConfig, trained: Trained, request: Request, models: dict,
     return results, examples, not_computed
 
 
+def extraction_settings(config: RunConfig, splits) -> dict:
+    """How a text run tests the forget set for extraction: each sequence's digits from its prefix "my PIN is" for
+    the canary request (:attr:`~unlearn.data.text.TextSplits.canary_lengths`), else its 8 tokens after the first 8
+    (bos included); with top-k 40 sampling (:data:`~.canaries.EXTRACTION`)."""
+    prefix, suffix = splits.canary_lengths if config.forget == "canaries" else (8, 8)
+    return {"prefix_length": prefix, "suffix_length": suffix, **EXTRACTION}
+
+
 def _per_example(config: RunConfig, trained: Trained, table: pd.DataFrame, memorization: pd.Series | None,
                  request: Request, unlearned: Unlearned, examples: pd.DataFrame,
                  models: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -110,20 +133,28 @@ def _per_example(config: RunConfig, trained: Trained, table: pd.DataFrame, memor
     # a plan of one step the report groups the forget set by the run's proxy, with the same rule
     grouped = set(unlearned.plan["group"]) != {"all"}
     groups = (plan_groups(unlearned.plan, request.ids) if grouped
-              else group_of(proxy_series(table, config.proxy), request.ids, grouping=config.grouping))
+              else group_of(proxy_series(table, config.proxy, config.task), request.ids, grouping=config.grouping))
     train = trained.splits.train
     scores = table.copy()
-    scores.insert(0, "label", labels_of(train)[0].numpy())
+    labels = labels_of(train)[0]
+    if labels.ndim == 1:
+        scores.insert(0, "label", labels.numpy())
+    else:  # token sequences: their text, and which canary (and how often inserted) where one is
+        scores.insert(0, "text", _texts(trained.splits))
     if trained.splits.train_rows is not None:
         scores.insert(1, "source_row", trained.splits.train_rows.numpy())
+    canaries = getattr(trained.splits, "canaries", None)
+    if canaries is not None:
+        scores = scores.join(canaries.set_index("index")[["canary", "repeats"]])
     if memorization is not None:
         scores["memorization"] = memorization
     scores["forget"] = scores.index.isin(request.ids)
     scores["group"] = groups
     scores = scores.join(examples)
-    per_group = scores.loc[request.ids].groupby("group")[[f"correct_{m}" for m in models]].mean()
+    measure = "token_accuracy" if f"token_accuracy_{next(iter(models))}" in scores else "correct"
+    per_group = scores.loc[request.ids].groupby("group")[[f"{measure}_{m}" for m in models]].mean()
     # least memorized group first: ordered by the groups' mean score, pointing the usual way
-    ranked = proxy_series(table, config.proxy)
+    ranked = proxy_series(table, config.proxy, config.task)
     sign = 1.0 if ranked.attrs["higher_is_memorized"] else -1.0
     level = (sign * ranked.loc[request.ids]).groupby(groups.loc[request.ids]).mean()
     per_group = per_group.loc[level.sort_values(kind="stable").index]
@@ -132,13 +163,22 @@ def _per_example(config: RunConfig, trained: Trained, table: pd.DataFrame, memor
     return scores, per_group
 
 
+def _texts(splits) -> list[str]:
+    """Each training sequence decoded (special tokens and the unscored padding left out)."""
+    from proxies.sequences import IGNORE_INDEX
+
+    labels = labels_of(splits.train)[0]
+    return [splits.tokenizer.decode(row[row != IGNORE_INDEX].tolist(), skip_special_tokens=True) for row in labels]
+
+
 def _figures(config: RunConfig, out: Path, trained: Trained, table: pd.DataFrame, memorization, request: Request,
              models: dict, shadows, signals: dict, scores: pd.DataFrame, per_group: pd.DataFrame,
              device) -> dict[str, str]:
     """Draw the ROC of the forget set against the test set, the forget accuracy by group and, with Feldman-Zhang
     scores, the proxies against them; their titles and file names."""
+    measure = "token accuracy" if trained.kind == "text" else "accuracy"
     figures = {"membership inference ROC (forget vs test)": "roc.png",
-               f"forget accuracy by {config.proxy} group": "forget_accuracy_by_group.png"}
+               f"forget {measure} by {config.proxy} group": "forget_accuracy_by_group.png"}
     test_scores = per_example_scores(models, trained.splits.test, shadows=shadows, split="test", device=device,
                                      signals=signals)
     kind = "lira" if shadows is not None else "loss"
@@ -148,7 +188,7 @@ def _figures(config: RunConfig, out: Path, trained: Trained, table: pd.DataFrame
                      np.r_[np.ones(len(request.ids)), np.zeros(len(test_scores))]) for name in models}
     plot_roc(curves, out / "roc.png", title=f"{'LiRA' if kind == 'lira' else 'loss'} attack: forget vs test")
     plot_group_accuracy(per_group[list(models)], out / "forget_accuracy_by_group.png",
-                        title=f"forget accuracy by {config.proxy} group")
+                        title=f"forget {measure} by {config.proxy} group", ylabel=measure)
     if memorization is not None:
         plot_proxies_vs_memorization(table, memorization, out / "proxies_vs_memorization.png")
         figures["proxies against Feldman-Zhang memorization"] = "proxies_vs_memorization.png"

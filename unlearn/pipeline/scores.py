@@ -29,7 +29,8 @@ def subset(data: Dataset, indices: np.ndarray) -> Dataset:
 
 def per_example_scores(models: dict[str, nn.Module], data: IndexedDataset, *, shadows=None, split: str = "train",
                        device=None, signals=None) -> pd.DataFrame:
-    """Per-example attack scores of each model on ``data``: ``correct_<model>``, ``loss_<model>`` and, given shadow
+    """Per-example attack scores of each model on ``data``: ``correct_<model>`` (exact match for a token sequence,
+    then also ``token_accuracy_<model>``), ``loss_<model>`` and, given shadow
     models whose pool holds ``data`` (as ``split`` examples), ``lira_<model>`` (online LiRA; higher = more likely a
     member).
 
@@ -46,6 +47,8 @@ def per_example_scores(models: dict[str, nn.Module], data: IndexedDataset, *, sh
     for name, model in models.items():
         scored = _signals(model, data, split, (signals or {}).get(name), queries, device)
         table[f"correct_{name}"] = scored.correct[:, 0].astype(bool)
+        if not scored.per_class:  # a token sequence: how much of it the model gets right, beside exact match
+            table[f"token_accuracy_{name}"] = scored.token_accuracy[:, 0]
         table[f"loss_{name}"] = scored.loss[:, 0]
         if shadows is not None:
             table[f"lira_{name}"] = lira(scored.phi, shadows.phi(positions), shadows.in_mask[:, positions])

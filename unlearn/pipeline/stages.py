@@ -30,6 +30,7 @@ from proxies.devices import model_device
 
 from .._checks import same_settings
 from ..algorithms.registry import get_method, make_config
+from ..algorithms.rum.policies import default_policy
 from ..data.selection import parse_forget_spec, read_ids, select_forget
 from ..data.sources import DatasetNotFoundError, first_input, labels_of, load_dataset
 from ..farm.subset_models import train_subset_models
@@ -78,9 +79,15 @@ def check_data(config: RunConfig, splits, model: nn.Module, model_name: str) -> 
         if spec.size >= n:
             raise ValueError(f"--forget {config.forget} asks for {spec.size} of {n} training examples; expected "
                              f"fewer than {n}, so that some are retained")
-    else:  # random and ids need no scores: the selection itself is the check
-        select_forget(spec, None, num_train=n, seed=config.seed,
+    else:  # random, ids and canaries need no scores: the selection itself is the check
+        select_forget(spec, None, num_train=n, seed=config.seed, canaries=canary_ids(splits),
                       source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
+
+
+def canary_ids(splits) -> np.ndarray | None:
+    """The training indices of a text dataset's canary copies (None without canaries)."""
+    canaries = getattr(splits, "canaries", None)
+    return None if canaries is None else canaries["index"].to_numpy()
 
 
 @dataclass
@@ -101,6 +108,11 @@ class Trained:
     @property
     def recipe(self) -> dict:
         return recipe_of(self.settings)
+
+    @property
+    def kind(self) -> str:
+        """``"text"`` for token sequences, else ``"images"``."""
+        return "images" if labels_of(self.splits.train)[0].ndim == 1 else "text"
 
 
 @dataclass
@@ -135,8 +147,8 @@ def _run_settings(config: RunConfig, splits, model_name: str) -> dict:
     every = min(config.checkpoints, recipe.epochs)  # more checkpoints than epochs: one per epoch
     keep = sorted({round(recipe.epochs * (i + 1) / every) for i in range(every)} - {0})
     settings = {"dataset": config.dataset, "model": model_name, "seed": config.seed, "train_size": config.train_size,
-                "val_fraction": config.val_fraction, "checkpoint_epochs": keep, **config.recipe_settings(),
-                **recipe.as_kwargs()}
+                "val_fraction": config.val_fraction, "checkpoint_epochs": keep, **config.text_options(),
+                **config.recipe_settings(), **recipe.as_kwargs()}
     if config.stream:  # (an image folder's streamed normalisation can differ in the last bits: another run)
         settings["stream"] = True
     return settings
@@ -151,13 +163,13 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
     try:
         splits = load_dataset(config.dataset, root=config.root, download=config.download,
                               val_fraction=config.val_fraction, train_size=config.train_size, seed=config.seed,
-                              stream=config.stream, num_workers=config.num_workers)
+                              stream=config.stream, num_workers=config.num_workers, **config.text_options())
     except DatasetNotFoundError as err:
         raise ValueError(str(err)) from err
     model_name = config.model or splits.default_model
     settings = _run_settings(config, splits, model_name)
     torch.manual_seed(config.seed)
-    model = create_model(model_name, num_classes=splits.num_classes, in_channels=splits.in_channels)
+    model = create_model(model_name, **splits.model_options)
     check_data(config, splits, model, model_name)
 
     config_file = out / "config.json"
@@ -243,16 +255,21 @@ def digest(settings: dict) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def proxy_series(table: pd.DataFrame, name: str) -> pd.Series:
-    """A proxy column with its direction attached (as :func:`proxies.compute` returns it)."""
+def proxy_series(table: pd.DataFrame, name: str, task: str | None = None) -> pd.Series:
+    """A proxy column with its direction on examples of the task named ``task`` attached (as
+    :func:`proxies.compute` returns it; None: the proxy's registered direction)."""
     series = table[name].copy()
-    series.attrs["higher_is_memorized"] = proxies.get_proxy(name).higher_is_memorized
+    series.attrs["higher_is_memorized"] = proxies.get_proxy(name).higher_is_memorized_on(task)
     return series
 
 
 def model_fn_of(settings: dict, splits):
-    return functools.partial(create_model, settings["model"], num_classes=splits.num_classes,
-                             in_channels=splits.in_channels)
+    return functools.partial(create_model, settings["model"], **splits.model_options)
+
+
+def text_options_of(settings: dict) -> dict:
+    """The text dataset's options a run's ``settings`` record (none for images)."""
+    return {k: settings[k] for k in ("canaries", "vocab_size", "max_tokens") if k in settings}
 
 
 def recipe_of(settings: dict) -> dict:
@@ -362,8 +379,12 @@ def forget_stage(run: RunFolder, spec_text: str, ranking: pd.Series | None, spli
         return ids
     with run.timed("forget", settings):
         ids = select_forget(spec, ranking if spec.needs_scores else None, num_train=len(splits.train), seed=seed,
-                            source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
-        table = pd.DataFrame({"index": ids, "label": labels_of(splits.train)[0][ids].numpy()})
+                            source_rows=None if splits.train_rows is None else splits.train_rows.numpy(),
+                            canaries=canary_ids(splits))
+        table = pd.DataFrame({"index": ids})
+        labels = labels_of(splits.train)[0]
+        if labels.ndim == 1:  # a class (a sequence's labels are its tokens: its text is in scores.csv)
+            table["label"] = labels[ids].numpy()
         if splits.train_rows is not None:
             table["source_row"] = splits.train_rows[ids].numpy()
         table.to_csv(run.path / "forget.csv", index=False)
@@ -420,13 +441,13 @@ def method_options(config: RunConfig, table: pd.DataFrame | None, recorder) -> t
     if method.takes("scores"):
         named["proxy"] = config.proxy
         if table is not None:
-            passed["scores"] = proxy_series(table, config.proxy)
+            passed["scores"] = proxy_series(table, config.proxy, config.task)
         else:
             passed["proxy"] = config.proxy
     if method.takes("recording") and table is not None:
         passed["recording"] = recorder  # for policies that stop at each group's expected accuracy
     if method.takes("policy"):
-        named["policy"] = config.policy or make_config(method).policy
+        named["policy"] = config.policy or make_config(method).policy or default_policy(config.task)
         passed["policy"] = config.policy
     if method.takes("grouping"):
         named["grouping"] = passed["grouping"] = config.grouping
@@ -526,7 +547,7 @@ def load_run(folder: Path, root, device: torch.device | None = None) -> tuple:
     try:
         splits = load_dataset(settings["dataset"], root=root, val_fraction=settings["val_fraction"],
                               train_size=settings["train_size"], seed=settings["seed"],
-                              stream=settings.get("stream", False))
+                              stream=settings.get("stream", False), **text_options_of(settings))
     except DatasetNotFoundError as err:
         raise ValueError(str(err)) from err
     model_fn = model_fn_of(settings, splits)

@@ -16,12 +16,23 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from proxies.tasks import task_of
+
 from ...data.sources import join, labels_of, take
 from ..plan import NOOP, PlanStep, UnlearnResult, run_step
 from ..registry import get_method, make_config, methods, register_method
 from ..sgd import num_classes
 from .grouping import Grouping, form_groups
-from .policies import EXPECTED, RETAIN_PER_FORGET, RUMConfig, resolve_policy, retain_sample, step_seed_of, uses_expected
+from .policies import (
+    EXPECTED,
+    RETAIN_PER_FORGET,
+    RUMConfig,
+    default_policy,
+    resolve_policy,
+    retain_sample,
+    step_seed_of,
+    uses_expected,
+)
 
 NAME = "rum"
 
@@ -222,7 +233,8 @@ def rum(model, forget: Dataset, retain: Dataset, config: RUMConfig, *, seed: int
     memorization, population, higher = _memorization_scores(scores, proxy, model=model, forget=forget,
                                                             retain=retain, recording=recording,
                                                             grouping=config.grouping)
-    plan_for = resolve_policy(config.policy, config.ordered_groups())
+    policy = config.policy if config.policy is not None else default_policy(task_of(forget).name)
+    plan_for = resolve_policy(policy, config.ordered_groups())
     _check_policy(plan_for)
     expected = _expected_accuracy(expected_accuracy, recording, forget) if uses_expected(plan_for) else None
     split = form_groups(memorization, population, groups=config.groups, grouping=config.grouping,
@@ -243,4 +255,4 @@ def rum(model, forget: Dataset, retain: Dataset, config: RUMConfig, *, seed: int
             model, step = run_step(model, group, method_name, settings, subset, step_retain, step_seed, device)
             plan.append(step)
             number += 1
-    return RUMResult(model, plan, time.perf_counter() - start, split=split, policy=config.policy)
+    return RUMResult(model, plan, time.perf_counter() - start, split=split, policy=policy)

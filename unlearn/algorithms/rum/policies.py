@@ -45,8 +45,9 @@ from proxies.registries import Registry
 from ..._checks import whole
 from .grouping import check_grouping, group_names
 
-__all__ = ["ENTRY_POINT_GROUP", "EXPECTED", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig", "get_policy", "policies",
-           "register_policy", "resolve_policy", "retain_sample", "step_seed_of", "uses_expected"]
+__all__ = ["DEFAULT_POLICIES", "ENTRY_POINT_GROUP", "EXPECTED", "POLICIES", "RETAIN_PER_FORGET", "RUMConfig",
+           "default_policy", "get_policy", "policies", "register_policy", "resolve_policy", "retain_sample",
+           "step_seed_of", "uses_expected"]
 
 ENTRY_POINT_GROUP = "unlearn.policies"
 """The entry-point group through which outside packages add policies (see the module doc)."""
@@ -102,9 +103,32 @@ POLICIES: Registry[dict[str, Any]] = Registry("policy", ENTRY_POINT_GROUP, on_en
     # once its accuracy falls to what a model that never saw it is expected to score (see "Stopping where a model
     # that never saw the group would be" above), then the repair; up to 10 epochs on a sample of 16 per example.
     "random_label_to_expected": {"low": None, "medium": _TO_EXPECTED, "high": _TO_EXPECTED},
+    # language models (token sequences), not from a paper: NPO on every group, longer as memorization grows
+    "npo_graded": {
+        "low": ("npo", {"epochs": 2}),
+        "medium": ("npo", {"epochs": 5}),
+        "high": ("npo", {"epochs": 10}),
+    },
+    # language models: NPO on the medium and high groups, each stopped once its token accuracy (exact memorization)
+    # falls to what a model that never saw it is expected to show, estimated from the recording (early_accuracy of
+    # the token accuracy); up to 20 epochs
+    "npo_to_expected": {
+        "low": None,
+        "medium": ("npo", {"epochs": 20, "target_accuracy": EXPECTED}),
+        "high": ("npo", {"epochs": 20, "target_accuracy": EXPECTED}),
+    },
 })
 """Policies by name: the RUM paper's two recipes, three of this library's, any :func:`register_policy` added and
 the plugins' (a :class:`proxies.Registry`, a mapping from name to policy)."""
+
+DEFAULT_POLICIES = {"classification": "finetune_salun", "causal_lm": "npo_to_expected"}
+"""The policy ``rum`` follows when none is named, by the kind of example (:attr:`proxies.tasks.Task.name`): the RUM
+paper's first recipe for classifiers; for language models the one ``benchmarks/bench_text_unlearn.py`` chose."""
+
+
+def default_policy(task: str) -> str:
+    """The policy ``rum`` follows on examples of the task named ``task`` when none is named."""
+    return DEFAULT_POLICIES.get(task, DEFAULT_POLICIES["classification"])
 
 
 
@@ -115,7 +139,8 @@ class RUMConfig:
     Args:
         groups: number of memorization groups.
         order: group names in the order they are unlearned (default: least memorized first).
-        policy: a name from :data:`POLICIES` or a mapping from group name to what unlearns it.
+        policy: a name from :data:`POLICIES` or a mapping from group name to what unlearns it; None: the data's
+            default (:data:`DEFAULT_POLICIES`).
         retain_per_forget: retain examples per forget example that each step trains on (a fresh seeded random
             sample of ``ceil(k * group size)``, the whole retain set when that is not smaller); ``None``: the whole
             retain set. A policy entry's own ``"retain_per_forget"`` setting wins over this one.
@@ -131,7 +156,7 @@ class RUMConfig:
 
     groups: int = 3
     order: Sequence[str] | None = None
-    policy: str | Mapping[str, Any] = "finetune_salun"
+    policy: str | Mapping[str, Any] | None = None
     retain_per_forget: float | None = None
     grouping: str = "training_set"
 
