@@ -75,3 +75,18 @@ def test_retrain_builds_a_language_model_afresh_from_its_config_and_trains_it_on
                               "model_kwargs": {"n_positions": model.config.n_positions, "n_embd": 32,
                                                "n_layer": 1, "n_head": 2}}).model
     assert by_name.config.vocab_size == model.config.vocab_size
+
+
+@requires_fortunes
+def test_a_forget_set_from_another_tokenizer_is_refused_before_any_work(lm):
+    """Token ids past the model's embedding (another, larger vocabulary) are refused by unlearn() before a step,
+    naming what went wrong; the caller's model is untouched."""
+    from unlearn.data import load_dataset
+
+    model, _, retain = lm
+    other = load_dataset("fortunes", train_size=40, vocab_size=1024, max_tokens=48)  # another, larger vocabulary
+    assert other.vocab_size > model.get_input_embeddings().num_embeddings
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="token ids reach .* but the model embeds"):
+        unlearn(model, forget=Subset(other.train, range(40)), retain=retain, method="npo")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -53,6 +53,24 @@ def test_a_second_text_run_reuses_every_stage(text_run, capsys):
         assert f"reusing the {stage}" in out, stage
 
 
+@pytest.mark.slow  # two commands on the run's folder
+def test_the_proxies_and_attack_commands_read_a_text_run(text_run, capsys):
+    assert main(["proxies", str(text_run), "--proxies", "token_accuracy", "loss_iqr"]) == 0
+    table = pd.read_csv(text_run / "proxy_scores.csv", index_col="index")
+    assert list(table.columns) == ["token_accuracy", "loss_iqr"] and table.notna().all().all()
+    assert main(["attack", str(text_run), "--attacks", "loss_threshold", "svc"]) == 0
+    written = json.loads((text_run / "attack-unlearned.json").read_text())
+    assert "mia_min_k.auc" in written["report"]["model"] and "svc.confidence" not in written["report"]["model"]
+
+
+def test_a_request_naming_a_sequence_the_model_never_trained_on_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "ids.txt").write_text("3, 99999\n")
+    argv = [*SMALL, "--forget", f"ids:{tmp_path / 'ids.txt'}", "--out", str(tmp_path / "run")]
+    assert main(["run", *argv]) == 2
+    assert "not training indices (e.g. 99999" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "digits", "--canaries", "3"], "--canaries are settings of text datasets"),
     (["--dataset", "fortunes", "--canaries", "0", "--forget", "canaries"], "--forget canaries removes the canaries"),
