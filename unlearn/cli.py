@@ -320,7 +320,13 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def cmd_train(args: argparse.Namespace) -> None:
     splits, model, _ = train_original(run_config(args))
-    print(f"test accuracy {top1_accuracy(model, splits.test):.4f}")
+    if getattr(splits, "tokenizer", None) is not None:  # a language model: exact match says little
+        from .evaluation.attacks import extract_signals
+        from .evaluation.language import perplexity
+
+        print(f"test perplexity {perplexity(extract_signals(model, splits.test)):.2f}")
+    else:
+        print(f"test accuracy {top1_accuracy(model, splits.test):.4f}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:

@@ -63,6 +63,13 @@ def test_the_proxies_and_attack_commands_read_a_text_run(text_run, capsys):
     assert "mia_min_k.auc" in written["report"]["model"] and "svc.confidence" not in written["report"]["model"]
 
 
+@pytest.mark.slow  # a training
+def test_train_on_text_reports_the_test_perplexity(tmp_path, capsys):
+    assert main(["train", *SMALL[:-4], "--out", str(tmp_path / "lm")]) == 0
+    assert "test perplexity" in capsys.readouterr().out
+    assert (tmp_path / "lm" / "recording.npz").is_file()
+
+
 def test_a_request_naming_a_sequence_the_model_never_trained_on_is_refused_before_training(tmp_path, capsys):
     (tmp_path / "ids.txt").write_text("3, 99999\n")
     argv = [*SMALL, "--forget", f"ids:{tmp_path / 'ids.txt'}", "--out", str(tmp_path / "run")]
