@@ -52,3 +52,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def memorized_lm(fortunes):
+    """A tiny GPT-2 that has nearly memorized the 8 shortest fortunes (the forget set, seen 20 times as often as the
+    retain set: mean token NLL about 0.3, token accuracies 0.86 to 1) and seen 40 others (the retain set): ``(model,
+    forget, retain)``. Shared by the modules that unlearn it (each method works on a copy; no test changes it)."""
+    from torch.utils.data import Subset
+
+    from unlearn.models import create_model
+    from unlearn.training import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same bits whichever module asks first, under whatever thread setting
+    try:
+        torch.manual_seed(0)
+        model = create_model("tiny_gpt", vocab_size=fortunes.vocab_size, n_positions=fortunes.max_tokens, n_embd=32,
+                             n_layer=1, n_head=2)
+        shortest = torch.argsort((fortunes.train.targets[:, 1:] != -100).sum(1), stable=True).tolist()
+        forget, retain = shortest[:8], shortest[8:48]
+        model, _ = train(model, Subset(fortunes.train, forget * 20 + retain), epochs=12, lr=1e-2, batch_size=32,
+                         momentum=0.0, weight_decay=0.0, optimizer="adamw", progress=False, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    return model, Subset(fortunes.train, forget), Subset(fortunes.train, retain)

@@ -204,18 +204,9 @@ def test_each_forget_batch_goes_with_a_retain_batch_and_the_retain_set_is_walked
 # on real fortunes
 
 
-@pytest.fixture(scope="module")
-def lm(fortunes):
-    """A tiny GPT-2 that has nearly memorized the 8 shortest fortunes (the forget set, seen 20 times as often as the
-    retain set: mean token NLL about 0.3) and seen 40 others (the retain set)."""
-    torch.manual_seed(0)
-    model = create_model("tiny_gpt", vocab_size=fortunes.vocab_size, n_positions=fortunes.max_tokens, n_embd=32,
-                         n_layer=1, n_head=2)
-    shortest = torch.argsort((fortunes.train.targets[:, 1:] != -100).sum(1), stable=True).tolist()
-    forget, retain = shortest[:8], shortest[8:48]
-    model, _ = train(model, Subset(fortunes.train, forget * 20 + retain), epochs=12, lr=1e-2, batch_size=32,
-                     momentum=0.0, weight_decay=0.0, optimizer="adamw", progress=False, device="cpu")
-    return model, Subset(fortunes.train, forget), Subset(fortunes.train, retain)
+@pytest.fixture
+def lm(memorized_lm):
+    return memorized_lm
 
 
 def _per_sequence_loss(model, data):

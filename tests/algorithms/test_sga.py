@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Subset
 
 import unlearn.algorithms.sga as sga_module
 from proxies import IndexedDataset
@@ -30,8 +29,6 @@ from unlearn.algorithms.sga import (
     select_memorized,
 )
 from unlearn.algorithms.sgd import SGDConfig, run_sgd
-from unlearn.models import create_model
-from unlearn.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
@@ -316,18 +313,10 @@ def test_tau_is_the_snapshot_plus_scale_times_the_descent_from_it(monkeypatch, s
 # on real fortunes
 
 
-@pytest.fixture(scope="module")
-def memorized(fortunes):
-    """A tiny GPT-2 that has nearly memorized the 8 shortest fortunes (the forget set, seen 20 times as often as the
-    retain set: token accuracies 0.86 to 1) and seen 40 others (the retain set)."""
-    torch.manual_seed(0)
-    model = create_model("tiny_gpt", vocab_size=fortunes.vocab_size, n_positions=fortunes.max_tokens, n_embd=32,
-                         n_layer=1, n_head=2)
-    shortest = torch.argsort((fortunes.train.targets[:, 1:] != -100).sum(1), stable=True).tolist()
-    forget, retain = shortest[:8], shortest[8:48]
-    model, _ = train(model, Subset(fortunes.train, forget * 20 + retain), epochs=12, lr=1e-2, batch_size=32,
-                     momentum=0.0, weight_decay=0.0, optimizer="adamw", progress=False, device="cpu")
-    return model, Subset(fortunes.train, forget), Subset(fortunes.train, retain)
+@pytest.fixture
+def memorized(memorized_lm):
+    """The 8 shortest fortunes nearly memorized (token accuracies 0.86 to 1) and 40 others seen."""
+    return memorized_lm
 
 
 def _ids(data) -> torch.Tensor:

@@ -175,7 +175,7 @@ class SGAConfig(SGDConfig):
 
 
 @dataclass
-class TAUConfig(SGDConfig):
+class TAUConfig(SGAConfig):
     """TAU's settings. ``select_above`` 0.70, ``snapshot_below`` 0.5 (its code's ``first_threshold``),
     ``stop_below`` 0.33 (``ma_threshold``) and ``scale`` -1 (``first_coef``) are the paper's TAU configuration, and
     so is the batch of 8; ``epochs`` caps the SGA phase and ``descent_epochs`` the descent, each at the 150 of its
@@ -184,17 +184,10 @@ class TAUConfig(SGDConfig):
     0.47 and five epochs of descent take the edited model to 0.32 (retain NLL 4.05 to 5.3, as SGA's); where SGA
     overshoots past ``stop_below`` (the canaries: 0.29 after two passes) the result is the snapshot itself."""
 
-    select_above: float = 0.70
-    snapshot_below: float = 0.5
     stop_below: float | None = 0.33
+    snapshot_below: float = 0.5
     descent_epochs: int = 150
     scale: float = -1.0
-    epochs: int = 150
-    lr: float = 1e-3
-    batch_size: int = 8
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    optimizer: str = "adamw"
 
     def __post_init__(self) -> None:
         super().__post_init__()
