@@ -6,7 +6,7 @@ d", repeated 1 to 32 times), a ``tiny_gpt`` trained with the ``fortunes`` recipe
 requests, each with a model retrained without it (the reference, timed):
 
 - ``canaries``: every copy of every secret;
-- ``top1``: the most memorized 1% of the training set by the recorded token accuracy.
+- ``top1``: the most memorized 1% of the fortunes (the canary copies aside) by the recorded token accuracy.
 
 Every method of ``--methods`` runs with its defaults; rum runs once per ``--policies`` entry and per scheduler:
 the recorded ``token_accuracy`` (free), ``extraction_probability`` of each training sequence (prefix 8, suffix 8,
@@ -14,7 +14,10 @@ top-k 40: one forward pass; a sequence too short to score takes the lowest score
 counterfactual memorization from K models trained on random halves (Zhang et al. 2021: in minus out token
 accuracy). Reported, mean and 95% t-interval over seeds: secrets still (n=1000, p=0.5)-extractable (of 12, on the
 canary request), mean exposure (bits), PrivLeak (MUSE, Min-K% k=0.4, forget vs test, against the reference),
-Min-K%++ AUC (forget vs test), retain and test perplexity, and time as a share of retraining.
+Min-K%++ AUC (forget vs test), retain and test perplexity, and time as a share of retraining. On the canary
+request PrivLeak compares the 12 secrets with the 1,000 never-inserted ones of their format (MUSE's holdout is text
+of the forget set's kind: against test fortunes a model that never saw a secret still finds its digits likelier
+than prose, AUC ~0.97, and the formula divides by 1 - that), and ``privleak_vs_test`` is the forget-vs-test one.
 
     python benchmarks/bench_text_unlearn.py [--seeds 3] [--train-size 500] [--cf-models 8]
                                             [--requests canaries top1] [--methods npo simnpo ...]
@@ -39,7 +42,9 @@ import torch
 
 import proxies
 from unlearn import evaluate, unlearn
+from unlearn.algorithms.rum import policies, register_policy
 from unlearn.data import load_dataset
+from unlearn.evaluation.attacks import priv_leak_of
 from unlearn.evaluation.metrics import mean_interval
 from unlearn.farm.subset_models import train_subset_models
 from unlearn.models import create_model
@@ -48,8 +53,12 @@ from unlearn.pipeline.scores import subset
 from unlearn.training import get_recipe, train
 
 METHODS = ("finetune", "neggrad", "neggrad_plus", "npo", "simnpo", "sga", "tau")
-POLICIES = ("npo_graded", "npo_to_expected")
-METRICS = ("extractable", "exposure", "privleak", "min_k_pp_auc", "retain_ppl", "test_ppl", "time_share")
+CANDIDATES = {  # policies tried here before the library takes one (its own are npo_graded and npo_to_expected)
+    "npo_light": {"low": None, "medium": ("npo", {"epochs": 2}), "high": ("npo", {"epochs": 4})},
+}
+POLICIES = ("npo_graded", "npo_to_expected", "npo_light")
+METRICS = ("extractable", "exposure", "privleak", "privleak_vs_test", "min_k_pp_auc", "retain_ppl", "test_ppl",
+           "time_share")
 
 
 def parse() -> argparse.Namespace:
@@ -98,10 +107,12 @@ def measure(model, reference, forget, retain, splits, *, canaries: bool, seconds
     row = {"privleak": report.get("privleak", np.nan), "min_k_pp_auc": report["mia_min_k_plus_plus.auc"],
            "retain_ppl": report["perplexity.retain"], "test_ppl": report["perplexity.test"],
            "time_share": seconds / retrain_seconds, "seconds": seconds}
-    if canaries:
+    if canaries:  # and PrivLeak of the secrets against never-inserted ones of their format, not unlike text
         table = canary_table({"model": model}, splits)
         row |= {"extractable": float(table["extractable_model"].sum()),
-                "exposure": float(table["exposure_model"].mean())}
+                "exposure": float(table["exposure_model"].mean()),
+                "privleak": priv_leak_of(model, reference, splits.canary_secrets, splits.references),
+                "privleak_vs_test": row["privleak"]}
     return row
 
 
@@ -109,9 +120,10 @@ def one_request(args, splits, model, recorder, recipe, scores, request: str, see
     n = len(splits.train)
     if request == "canaries":
         ids = np.sort(splits.canaries["index"].to_numpy())
-    else:
-        ranked = scores["token_accuracy"].sort_values(ascending=False, kind="stable")
-        ids = np.sort(ranked.index[:max(1, math.ceil(0.01 * n))].to_numpy())
+    else:  # the most memorized 1% of the fortunes (the canaries aside: their request is the other one)
+        fortunes = scores["token_accuracy"].drop(splits.canaries["index"])
+        ranked = fortunes.sort_values(ascending=False, kind="stable")
+        ids = np.sort(ranked.index[:max(1, math.ceil(0.01 * len(fortunes)))].to_numpy())
     forget = subset(splits.train, ids)
     retain = subset(splits.train, np.setdiff1d(np.arange(n), ids))
     start = time.perf_counter()
@@ -127,15 +139,21 @@ def one_request(args, splits, model, recorder, recipe, scores, request: str, see
     runs += [(f"rum[{policy}] by {by}", {"method": "rum", "policy": policy, "scores": series,
                                          "recording": recorder})
              for policy in args.policies for by, series in scores.items()]
+    for row in rows:
+        show(row, seed)
     for name, options in runs:
         start = time.perf_counter()
         result = unlearn(model, forget=forget, retain=retain, seed=seed, **options)
         seconds = time.perf_counter() - start
         rows.append({"request": request, "method": name,
                      **measure(result.model, reference, forget, retain, splits, seconds=seconds, **common)})
-        print(f"  seed {seed} {request:9s} {name:45s} " + "  ".join(f"{k} {v:.3g}" for k, v in rows[-1].items()
-                                                                   if isinstance(v, float)), flush=True)
+        show(rows[-1], seed)
     return rows
+
+
+def show(row: dict, seed: int) -> None:
+    print(f"  seed {seed} {row['request']:9s} {row['method']:46s} "
+          + "  ".join(f"{k} {v:.3g}" for k, v in row.items() if isinstance(v, float)), flush=True)
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
@@ -148,6 +166,9 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> int:
     args = parse()
+    for name, policy in CANDIDATES.items():
+        if name not in policies():
+            register_policy(name, policy)
     torch.set_num_threads(2)
     rows = []
     for seed in range(args.seeds):

@@ -34,7 +34,7 @@ def test_a_text_run_forgets_every_canary_copy_and_reports_the_language_model_met
     results = json.loads((text_run / "results.json").read_text())
     rows = {row["metric"]: row for row in results["tables"]["results"]}
     for metric in ("perplexity.test", "token_accuracy.forget", "mia_min_k_plus_plus.auc", "canaries.extractable",
-                   "canaries.exposure", "tow"):
+                   "canaries.exposure", "canaries.privleak", "tow"):
         assert np.isfinite(rows[metric]["unlearned"]), metric
     assert "privleak" in rows or "privleak" in results["run"].get("not computed", "")
     canaries = pd.DataFrame(results["tables"]["canaries by copies in training"])

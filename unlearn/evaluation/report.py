@@ -62,6 +62,9 @@ METRICS = {
            "(1: the retrained model's accuracies); for a language model, of its token accuracies",
     "tow_mia": "ToW with the forget term replaced by the SVC attack's (or the loss attack's) gap to retraining",
     "seconds": "wall-clock seconds: training the original, unlearning, retraining the reference",
+    "canaries": "the inserted secrets (a text run's): how many are (n=1000, p=0.5)-discoverably extractable under "
+                "top-k 40 sampling, their mean exposure in bits (about 1: chance) and PrivLeak of the secrets against "
+                "never-inserted ones of their format (0: like retraining)",
 }
 """One line for each metric family of the results table, written under it in ``report.md``."""
 

@@ -14,7 +14,7 @@ import pandas as pd
 from ..algorithms.rum.grouping import group_of
 from ..data.selection import parse_forget_spec
 from ..data.sources import labels_of
-from ..evaluation.attacks import NotApplicable, extract_signals
+from ..evaluation.attacks import NotApplicable, extract_signals, priv_leak_of
 from ..evaluation.evaluator import evaluate, evaluate_ulira
 from ..evaluation.metrics import plot_roc
 from ..evaluation.report import plot_group_accuracy, plot_proxies_vs_memorization, write_report
@@ -67,6 +67,10 @@ def evaluation_stage(config: RunConfig, folder: RunFolder, trained: Trained, tab
         for name in models:
             results.loc["canaries.extractable", name] = float(canaries[f"extractable_{name}"].sum())
             results.loc["canaries.exposure", name] = float(canaries[f"exposure_{name}"].mean())
+        for name in ("original", "unlearned"):  # MUSE's PrivLeak with a holdout of the secrets' own kind
+            results.loc["canaries.privleak", name] = priv_leak_of(models[name], models["retrained"],
+                                                                  trained.splits.canary_secrets,
+                                                                  trained.splits.references, device=device)
         plot_canaries(canaries, list(models), folder.path / "canaries.png",
                       title=f"the {len(canaries)} canaries' extraction probability")
         figures["each canary's extraction probability, by copies in training"] = "canaries.png"
