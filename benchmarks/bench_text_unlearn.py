@@ -8,7 +8,9 @@ requests, each with a model retrained without it (the reference, timed):
 - ``canaries``: every copy of every secret;
 - ``top1``: the most memorized 1% of the fortunes (the canary copies aside) by the recorded token accuracy.
 
-Every method of ``--methods`` runs with its defaults; rum runs once per ``--policies`` entry and per scheduler:
+Every method of ``--methods`` runs with its defaults; rum runs once per ``--policies`` entry and per scheduler (and
+``npo_to_expected`` once more, stopped at the token accuracy of held-out sequences of each one's kind instead of the
+recording's estimate: :func:`unlearn.pipeline.canaries.held_out_token_accuracy`):
 the recorded ``token_accuracy`` (free), ``extraction_probability`` of each training sequence (prefix 8, suffix 8,
 top-k 40: one forward pass; a sequence too short to score takes the lowest score) and, with ``--cf-models K``,
 counterfactual memorization from K models trained on random halves (Zhang et al. 2021: in minus out token
@@ -22,6 +24,8 @@ than prose, AUC ~0.97, and the formula divides by 1 - that), and ``privleak_vs_t
     python benchmarks/bench_text_unlearn.py [--seeds 3] [--train-size 500] [--cf-models 8]
                                             [--requests canaries top1] [--methods npo simnpo ...]
                                             [--policies npo_graded npo_to_expected] [--out FILE.json]
+
+``--summary FILE.json`` prints the table of a finished (or interrupted) run's JSON without running anything.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from unlearn.evaluation.attacks import priv_leak_of
 from unlearn.evaluation.metrics import mean_interval
 from unlearn.farm.subset_models import train_subset_models
 from unlearn.models import create_model
-from unlearn.pipeline.canaries import canary_table
+from unlearn.pipeline.canaries import canary_table, held_out_token_accuracy
 from unlearn.pipeline.scores import subset
 from unlearn.training import get_recipe, train
 
@@ -73,6 +77,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--policies", nargs="+", default=list(POLICIES))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_text_unlearn.json"))
+    parser.add_argument("--summary", type=Path, default=None, help="print the table of this JSON and stop")
     return parser.parse_args()
 
 
@@ -139,6 +144,11 @@ def one_request(args, splits, model, recorder, recipe, scores, request: str, see
     runs += [(f"rum[{policy}] by {by}", {"method": "rum", "policy": policy, "scores": series,
                                          "recording": recorder})
              for policy in args.policies for by, series in scores.items()]
+    if "npo_to_expected" in args.policies:  # stopped at held-out sequences' token accuracy, not the recording's
+        held_out = held_out_token_accuracy(model, splits)
+        runs += [(f"rum[npo_to_expected, held-out] by {by}",
+                  {"method": "rum", "policy": "npo_to_expected", "scores": series, "expected_accuracy": held_out})
+                 for by, series in scores.items()]
     for row in rows:
         show(row, seed)
     for name, options in runs:
@@ -166,6 +176,10 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> int:
     args = parse()
+    if args.summary is not None:
+        pd.set_option("display.width", 200)
+        print(summary(pd.DataFrame(json.loads(args.summary.read_text())["rows"])).to_string())
+        return 0
     for name, policy in CANDIDATES.items():
         if name not in policies():
             register_policy(name, policy)
@@ -182,13 +196,18 @@ def main() -> int:
         scores = schedulers(args, splits, model, recorder, recipe, seed)
         for request in args.requests:
             rows += one_request(args, splits, model, recorder, recipe, scores, request, seed)
-    table = pd.DataFrame(rows)
+            write(args, rows)  # after each request: an interrupted run keeps what it measured
     pd.set_option("display.width", 200)
-    print(summary(table).to_string())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"config": {**vars(args), "out": str(args.out)}, "machine": platform.platform(),
-                                    "rows": table.to_dict("records")}, indent=2, default=float))
+    print(summary(pd.DataFrame(rows)).to_string())
     return 0
+
+
+def write(args, rows: list[dict]) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".partial")
+    partial.write_text(json.dumps({"config": {**vars(args), "out": str(args.out)}, "machine": platform.platform(),
+                                   "rows": rows}, indent=2, default=float))
+    partial.replace(args.out)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,25 @@ def test_the_proxies_and_attack_commands_read_a_text_run(text_run, capsys):
     assert "mia_min_k.auc" in written["report"]["model"] and "svc.confidence" not in written["report"]["model"]
 
 
+@pytest.mark.slow  # reads the run's model
+def test_the_expected_token_accuracy_is_that_of_held_out_sequences_of_each_kind(text_run):
+    import torch
+
+    from proxies.predictions import predict_signals
+    from proxies.sequences import SEQUENCE_COLUMNS
+    from unlearn.pipeline.canaries import held_out_token_accuracy
+    from unlearn.pipeline.stages import load_run
+
+    _, splits, model, _, _ = load_run(text_run, None, torch.device("cpu"))
+    expected = held_out_token_accuracy(model, splits)
+    column = SEQUENCE_COLUMNS.index("token_accuracy")
+    val, references = (float(predict_signals(model, data)[0][:, column].double().mean())
+                       for data in (splits.val, splits.references))
+    copies = splits.canaries["index"].to_numpy()
+    assert np.allclose(expected.loc[copies], references) and np.allclose(expected.drop(copies), val)
+    assert len(expected) == len(splits.train)
+
+
 @pytest.mark.slow  # a training
 def test_train_on_text_reports_the_test_perplexity(tmp_path, capsys):
     assert main(["train", *SMALL[:-4], "--out", str(tmp_path / "lm")]) == 0

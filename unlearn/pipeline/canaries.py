@@ -18,7 +18,9 @@ from torch import nn
 
 import proxies
 
-__all__ = ["EXTRACTION", "canary_table", "plot_canaries"]
+from ..data.sources import labels_of
+
+__all__ = ["EXTRACTION", "canary_table", "held_out_token_accuracy", "plot_canaries"]
 
 EXTRACTION = {"n": 1000, "p": 0.5, "top_k": 40}
 """The extraction test of the report: (n = 1000, p = 0.5)-discoverable extraction under top-k 40 sampling."""
@@ -72,3 +74,21 @@ def plot_canaries(table: pd.DataFrame, models, path: str | os.PathLike, *, title
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def held_out_token_accuracy(model: nn.Module, splits, *, device=None) -> pd.Series:
+    """Each training sequence's token accuracy as a model that never saw it is expected to show it, estimated
+    without retraining: the model's mean token accuracy on held-out sequences of its kind (a canary copy: the
+    never-inserted secrets of its format; any other: the validation split). Indexed by training index, for
+    ``unlearn(..., expected_accuracy=)``: a rum step with ``target_accuracy="expected"`` then stops once its
+    group's token accuracy falls to it."""
+    from ..evaluation.attacks import extract_signals
+
+    def mean_accuracy(data) -> float:
+        return float(extract_signals(model, data, device=device).token_accuracy[:, 0].mean())
+
+    index = labels_of(splits.train)[1].numpy()
+    expected = pd.Series(mean_accuracy(splits.val), index=pd.Index(index, name="index"), name="expected_accuracy")
+    if getattr(splits, "canaries", None) is not None:
+        expected.loc[splits.canaries["index"].to_numpy()] = mean_accuracy(splits.references)
+    return expected

@@ -54,6 +54,7 @@ and 12 secrets inserted 1 to 32 times, every copy of every one to forget, sequen
 over training. ``text:PATH`` (your own corpus) trains on all of it and gets no canaries by default, and then
 ``forget`` defaults to ``random:0.1``."""
 
+
 def run_proxies(task: str) -> list[str]:
     """The proxies ``unlearn run`` can compute on examples of the task named ``task``: from the recording, or from
     the model and the training set alone (not the subset models' ground truth, which ``--fz-models`` adds, nor the
@@ -171,6 +172,7 @@ class RunConfig:
     def text_options(self) -> dict:
         """The text dataset's options for :func:`unlearn.data.load_dataset` (none for images)."""
         return {name: getattr(self, name) for name in TEXT_OPTIONS} if self.kind == "text" else {}
+
     @property
     def folder(self) -> Path:
         """The output folder: ``out``, else ``runs/<dataset>`` (``runs/imagefolder-pets`` for

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from ..data.sources import labels_of
 from ..evaluation.attacks import DEFAULT_ATTACKS
 from ..farm.subset_models import train_subset_models
 from ..training.trainer import load_checkpoint
+from .canaries import held_out_token_accuracy
 from .config import RunConfig
 from .folder import RunFolder, locked
 from .results import RunResult, evaluation_stage
@@ -131,9 +133,12 @@ def _reference(config: RunConfig, folder: RunFolder, trained: Trained, request: 
 def _unlearned(config: RunConfig, folder: RunFolder, trained: Trained, table: pd.DataFrame, request: Request,
                device) -> Unlearned:
     say(f"\n[5/6] unlearning ({config.method})")
+    expected = None
+    if trained.kind == "text":  # a step stopping at "expected": the token accuracy of held-out sequences of its kind
+        expected = functools.partial(held_out_token_accuracy, trained.model, trained.splits, device=device)
     unlearned = unlearn_stage(folder, config, trained.model, request.forget, request.retain, table,
                               trained.recorder, trained.model_fn, request.digest, device,
-                              method_config_of(config, trained.settings))
+                              method_config_of(config, trained.settings), expected)
     say(unlearned.plan.drop(columns=["config", "indices"]).to_string(index=False))
     return unlearned
 

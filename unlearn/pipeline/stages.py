@@ -36,7 +36,7 @@ from ..data.sources import DatasetNotFoundError, first_input, labels_of, load_da
 from ..farm.subset_models import train_subset_models
 from ..models import create_model
 from ..training.trainer import TrainConfig, load_checkpoint, save_checkpoint, train
-from .config import DEFAULT_PROXIES, RunConfig
+from .config import DEFAULT_PROXIES, TEXT_OPTIONS, RunConfig
 from .folder import RunFolder
 
 _PROGRESS = contextvars.ContextVar("progress", default=True)
@@ -269,7 +269,7 @@ def model_fn_of(settings: dict, splits):
 
 def text_options_of(settings: dict) -> dict:
     """The text dataset's options a run's ``settings`` record (none for images)."""
-    return {k: settings[k] for k in ("canaries", "vocab_size", "max_tokens") if k in settings}
+    return {k: settings[k] for k in TEXT_OPTIONS if k in settings}
 
 
 def recipe_of(settings: dict) -> dict:
@@ -455,9 +455,10 @@ def method_options(config: RunConfig, table: pd.DataFrame | None, recorder) -> t
 
 
 def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, table: pd.DataFrame, recorder,
-                  model_fn, after: str, device: torch.device, method_config: dict):
+                  model_fn, after: str, device: torch.device, method_config: dict, expected=None):
     """Unlearn ``forget`` from the original model with the run's method, or reuse the folder's
-    ``unlearned.pt`` and ``plan.csv``: the model, the plan and what the method noted of it."""
+    ``unlearned.pt`` and ``plan.csv``: the model, the plan and what the method noted of it. ``expected()``, where
+    given, makes the ``expected_accuracy=`` of a method that takes it (rum's held-out estimate on text)."""
     from ..unlearning import unlearn
 
     named, options = method_options(config, table, recorder)
@@ -474,6 +475,8 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
         return Unlearned(reused[0].eval(), reused[1], run.notes("unlearn"), named.get("proxy"))
     say(f"unlearning {len(forget)} examples with {config.method}"
         + (f" scheduled by {config.proxy}" if "proxy" in named else ""))
+    if expected is not None and get_method(config.method).takes("expected_accuracy"):
+        options["expected_accuracy"] = expected()  # before the clock: an estimate of the original model's
     with run.timed("unlearn", settings) as notes:
         if method_config:
             options["config"] = method_config
