@@ -186,14 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "training set's score tertiles, the same levels whatever the request's size) or request (the "
                         "RUM paper's: a third of the forget set each, by rank within it)")
     g.add_argument("--policy", default=None, choices=policies(),
-                   help="rum's built-in policy: finetune_salun (the paper's first recipe, the default: fine-tune "
-                        "the medium group, SalUn on the high one, over the whole retain set), neggrad_plus (its "
-                        "second), random_label_fast (random labels on the high group only, 2 epochs on a retain "
+                   help="rum's built-in policy: finetune_salun (the paper's first recipe, the default on images: "
+                        "fine-tune the medium group, SalUn on the high one, over the whole retain set), neggrad_plus "
+                        "(its second), random_label_fast (random labels on the high group only, 2 epochs on a retain "
                         "sample of 16 per forget example: a few percent of retraining), random_label_repair (the "
                         "same plus 1 epoch of fine-tuning on another such sample), random_label_to_expected (random "
                         "labels on the medium and high groups, each stopped once its accuracy falls to what a model "
                         "that never saw it is expected to score, estimated from the recording; then 1 epoch of "
-                        "fine-tuning; up to 10 epochs on a sample of 16 per forget example)")
+                        "fine-tuning; up to 10 epochs on a sample of 16 per forget example). On text: npo_graded (the "
+                        "text default, chosen by benchmarks/bench_text_unlearn.py: NPO on every group, 2, 5 and 10 "
+                        "epochs as memorization grows) or npo_to_expected (NPO on the medium and high groups, each "
+                        "stopped once its token accuracy falls to that of held-out sequences of its kind)")
     g.add_argument("--method-config", nargs="+", default=[], metavar="KEY=VALUE",
                    help="settings of --method, e.g. epochs=3 lr=0.01 (values read as JSON: numbers, true/false, "
                         "quoted or bare strings); for rum: groups, order, retain_per_forget; `unlearn run --method M "

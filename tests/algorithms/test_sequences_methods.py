@@ -90,3 +90,20 @@ def test_a_forget_set_from_another_tokenizer_is_refused_before_any_work(lm):
     with pytest.raises(ValueError, match="token ids reach .* but the model embeds"):
         unlearn(model, forget=Subset(other.train, range(40)), retain=retain, method="npo")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@requires_fortunes
+@pytest.mark.slow
+def test_rum_follows_the_text_policy_on_sequences_by_default(lm):
+    import pandas as pd
+
+    from unlearn.algorithms.rum.policies import DEFAULT_POLICIES, get_policy
+
+    model, forget, retain = lm
+    scores = pd.Series(torch.linspace(0, 1, 64).numpy(), index=pd.RangeIndex(64, name="index"))
+    scores.attrs["higher_is_memorized"] = True
+    result = unlearn(model, forget=forget, retain=retain, method="rum", scores=scores)
+    assert result.facts()["policy"] == DEFAULT_POLICIES["causal_lm"] == "npo_graded"
+    steps = {step.group: step.method for step in result.plan}
+    expected = {group: entry[0] for group, entry in get_policy("npo_graded").items() if entry is not None}
+    assert steps and all(steps[group] == expected[group] for group in steps)

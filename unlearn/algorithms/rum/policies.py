@@ -103,7 +103,8 @@ POLICIES: Registry[dict[str, Any]] = Registry("policy", ENTRY_POINT_GROUP, on_en
     # once its accuracy falls to what a model that never saw it is expected to score (see "Stopping where a model
     # that never saw the group would be" above), then the repair; up to 10 epochs on a sample of 16 per example.
     "random_label_to_expected": {"low": None, "medium": _TO_EXPECTED, "high": _TO_EXPECTED},
-    # language models (token sequences), not from a paper: NPO on every group, longer as memorization grows
+    # language models (token sequences), not from a paper: NPO on every group, longer as memorization grows; the
+    # text default (benchmarks/README.md, "Unlearning secrets from a language model")
     "npo_graded": {
         "low": ("npo", {"epochs": 2}),
         "medium": ("npo", {"epochs": 5}),
@@ -121,9 +122,11 @@ POLICIES: Registry[dict[str, Any]] = Registry("policy", ENTRY_POINT_GROUP, on_en
 """Policies by name: the RUM paper's two recipes, three of this library's, any :func:`register_policy` added and
 the plugins' (a :class:`proxies.Registry`, a mapping from name to policy)."""
 
-DEFAULT_POLICIES = {"classification": "finetune_salun", "causal_lm": "npo_to_expected"}
+DEFAULT_POLICIES = {"classification": "finetune_salun", "causal_lm": "npo_graded"}
 """The policy ``rum`` follows when none is named, by the kind of example (:attr:`proxies.tasks.Task.name`): the RUM
-paper's first recipe for classifiers; for language models the one ``benchmarks/bench_text_unlearn.py`` chose."""
+paper's first recipe for classifiers; for language models the one ``benchmarks/bench_text_unlearn.py`` chose: on
+3 seeds of the canary request it leaves no secret extractable with test perplexity within 3.2% of retraining's, in
+15% of its time (``npo_to_expected`` stops before the secrets' membership is gone, PrivLeak -45 to -62)."""
 
 
 def default_policy(task: str) -> str:
