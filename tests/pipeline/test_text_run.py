@@ -37,6 +37,8 @@ def test_a_text_run_forgets_every_canary_copy_and_reports_the_language_model_met
                    "canaries.exposure", "canaries.privleak", "tow"):
         assert np.isfinite(rows[metric]["unlearned"]), metric
     assert "privleak" in rows or "privleak" in results["run"].get("not computed", "")
+    # the reference trains with the original's recipe, AdamW included (with SGD at its lr it would barely move)
+    assert rows["perplexity.test"]["retrained"] < 1.5 * rows["perplexity.test"]["original"]
     canaries = pd.DataFrame(results["tables"]["canaries by copies in training"])
     assert canaries["repeats"].tolist() == [1, 2, 4, 8, 16, 32]
     for figure in ("canaries.png", "roc.png", "forget_accuracy_by_group.png", "report.md", "config.toml"):

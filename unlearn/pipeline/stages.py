@@ -276,8 +276,13 @@ def recipe_of(settings: dict) -> dict:
     """The training recipe a run's ``settings`` record, as :func:`~unlearn.training.train`'s keyword arguments: what
     the retrained reference, ``retrain``, the shadow and the subset models train with. The optimisation settings and
     the augmentation (recorded when it is not ``"none"``: the anchors' shadow and subset models train as the target
-    does); the arithmetic settings (:data:`~unlearn.training.NUMERICS`) are train()'s defaults."""
-    return {k: settings[k] for k in (*TrainConfig().as_kwargs(), "augment") if k in settings}
+    does) and the optimizer (recorded when it is not SGD: a language model's AdamW); the arithmetic settings
+    (:data:`~unlearn.training.NUMERICS`) are train()'s defaults.
+
+    >>> recipe_of({"epochs": 2, "lr": 1e-3, "optimizer": "adamw", "precision": "bf16", "seed": 0})
+    {'epochs': 2, 'lr': 0.001, 'optimizer': 'adamw'}
+    """
+    return {k: settings[k] for k in (*TrainConfig().as_kwargs(), "augment", "optimizer") if k in settings}
 
 
 UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile)
