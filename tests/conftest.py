@@ -7,7 +7,6 @@ from hypothesis import settings
 from unlearn.data import load_dataset
 from unlearn.data.sources import DEBIAN_FASHION_MNIST
 
-
 # Property tests draw the same examples on every run (and remember none between runs): the suite is deterministic.
 settings.register_profile("deterministic", derandomize=True, database=None)
 settings.load_profile("deterministic")

@@ -202,3 +202,15 @@ def test_a_proxy_points_the_way_memorization_runs_on_the_examples_it_scored(text
             proxies.compute(name, model=model, data=data, recording=sequences)
     with pytest.raises(ValueError, match="scores causal_lm examples, not classification"):
         proxies.compute("exact_memorization", model=model, data=digits.train)
+
+
+@requires_fortunes
+def test_a_target_accuracy_on_sequences_is_their_mean_token_accuracy(text):
+    """What an unlearning step's ``target_accuracy`` compares on sequences: each sequence's fraction of tokens whose
+    argmax from the true prefix is right (open-unlearning's exact memorization), averaged over sequences."""
+    from unlearn.algorithms.sgd import forget_accuracy
+
+    model, ids, labels, logits = text
+    data = IndexedDataset(ids, labels, task=CausalLM(pad_id=1))
+    expected = per_token_reference(logits, labels)[:, SEQUENCE_COLUMNS.index("token_accuracy")].mean()
+    assert forget_accuracy(model, data, torch.device("cpu")) == pytest.approx(expected, abs=1e-6)
