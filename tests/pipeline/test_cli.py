@@ -212,6 +212,8 @@ def test_run_trains_its_subset_and_shadow_models_on_ray(tmp_path):
     (["run", "--forget", "high:5000"], "asks for 5000 of 1293 training examples"),
     (["run", "--forget", "random:1293"], "asks for 1293 of 1293 training examples"),
     (["run", "--forget", "random:inf"], "expected a finite number of examples"),
+    (["run", "--forget", "random:1.0"], "random:1 takes that many examples"),
+    (["run", "--attacks", "lira"], "--attacks lira needs shadow models: add --shadows K"),
     (["run", "--lr", "nan"], "--lr must be a finite number > 0"),
     (["run", "--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),
     (["run", "--device", "nosuchdev"], "unknown device 'nosuchdev'"),

@@ -79,6 +79,9 @@ def parse_forget_spec(spec: str) -> ForgetSpec:
         raise ValueError(f"bad forget spec {spec!r}: expected a finite number of examples; expected {forms}")
     if kind == "random" and 0.0 < number < 1.0:
         return ForgetSpec(kind, size=number)
+    if kind == "random" and not value.strip().lstrip("+").isdigit() and number == int(number):
+        raise ValueError(f"bad forget spec {spec!r}: a fraction lies in (0, 1) and a number of examples is written "
+                         f"as a whole number (random:{int(number)} takes that many examples)")
     if number != int(number) or number < 1:
         raise ValueError(f"bad forget spec {spec!r}: expected a whole number of examples >= 1"
                          + (" or a fraction in (0, 1)" if kind == "random" else ""))

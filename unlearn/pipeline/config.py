@@ -32,7 +32,7 @@ import proxies
 from ..algorithms.registry import get_method, make_config, takers
 from ..data.selection import parse_forget_spec
 from ..data.sources import check_dataset_name, dataset_kind
-from ..evaluation.attacks import DEFAULT_ATTACKS
+from ..evaluation.attacks import DEFAULT_ATTACKS, get_attack
 from ..training.augment import get_augmentation
 from ..training.trainer import NUMERICS, RECIPES, TrainConfig, check_numerics, check_recipe, resolve_device
 
@@ -294,6 +294,10 @@ class RunConfig:
                              "with --dataset fortunes or text:PATH")
         if self.shadows and (self.shadows < 4 or self.shadows % 2):
             raise ValueError(f"--shadows must be an even number >= 4 (RMIA holds one out), got {self.shadows}")
+        shadowed = [name for name in self.attacks if get_attack(name).needs_shadows]
+        if shadowed and not self.shadows:
+            raise ValueError(f"--attacks {' '.join(shadowed)} needs shadow models: add --shadows K (even, >= 4; "
+                             "16 and more for stable scores)")
         if self.ranked_by == "memorization" and not self.fz_models:
             raise ValueError("--select-by memorization needs ground-truth scores: add --fz-models K")
         if self.proxy not in self.proxies:
