@@ -70,11 +70,6 @@ def train_original(splits, recipe: dict):
     return model, recorder, history, time.perf_counter() - start
 
 
-def secret_lengths(splits) -> tuple[int, int]:
-    """(prefix, suffix) token counts of the canaries (:attr:`unlearn.data.text.TextSplits.canary_lengths`)."""
-    return splits.canary_lengths
-
-
 def model_scores(model, splits) -> tuple[pd.DataFrame, dict]:
     """The model-based measures over the training set, and their seconds."""
     seconds, columns = {}, {}
@@ -216,7 +211,7 @@ def main() -> int:
     if args.part == "recorder":
         return recorder_only(args, splits, recipe)
     model, recorder, history, train_seconds = train_original(splits, recipe)
-    prefix, suffix = secret_lengths(splits)
+    prefix, suffix = splits.canary_lengths
     table = proxies.compute(list(RECORDED), recording=recorder)
     scores, seconds = model_scores(model, splits)
     table = table.join(scores)

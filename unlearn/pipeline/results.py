@@ -155,7 +155,7 @@ def _per_example(config: RunConfig, trained: Trained, table: pd.DataFrame, memor
     scores["forget"] = scores.index.isin(request.ids)
     scores["group"] = groups
     scores = scores.join(examples)
-    measure = "token_accuracy" if f"token_accuracy_{next(iter(models))}" in scores else "correct"
+    measure = "token_accuracy" if trained.kind == "text" else "correct"
     per_group = scores.loc[request.ids].groupby("group")[[f"{measure}_{m}" for m in models]].mean()
     # least memorized group first: ordered by the groups' mean score, pointing the usual way
     ranked = proxy_series(table, config.proxy, config.task)
