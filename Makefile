@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml setup.py $(CSRC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --disable-pip-version-check --no-build-isolation -e ".[dev,ray,lightning,text]"
+	$(BIN)/python -m pip install --disable-pip-version-check --no-build-isolation -e ".[dev,ray,lightning,text,vision]"
 	touch $(STAMP)
 
 demo: install

@@ -15,9 +15,10 @@ def test_models_map_images_to_logits(name, in_channels, size, num_classes):
 def test_registry_refuses_duplicates_and_unknown_names():
     with pytest.raises(ValueError, match="already registered"):
         register_model("digits_cnn")(lambda **kw: nn.Linear(1, 1))
-    with pytest.raises(ValueError, match=r"expected one of \['cnn28', 'digits_cnn', 'resnet18', 'tiny_gpt'\]"):
+    with pytest.raises(ValueError,
+                       match=r"expected one of \['cnn28', 'digits_cnn', 'resnet18', 'tiny_gpt', 'vit_mini'\]"):
         create_model("vgg", num_classes=10, in_channels=1)
-    assert models() == ["cnn28", "digits_cnn", "resnet18", "tiny_gpt"]
+    assert models() == ["cnn28", "digits_cnn", "resnet18", "tiny_gpt", "vit_mini"]
 
 
 def test_tiny_gpt_is_a_causal_lm_of_the_vocabulary():

@@ -25,7 +25,7 @@ from .data.sources import check_dataset_name, dataset_sources, datasets
 from .evaluation.attacks import DEFAULT_ATTACKS
 from .evaluation.attacks import attacks as attack_names
 from .farm.registry import farms
-from .models import models
+from .models import get_model, is_model, models
 from .pipeline import RunConfig, run, run_attack, run_proxies, train_original
 from .pipeline.config import TEXT_PROXIES
 from .pipeline.config import run_proxies as proxies_for
@@ -50,6 +50,15 @@ def _only_given(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ arguments
+
+def _model_name(value: str) -> str:
+    if not is_model(value):
+        try:
+            get_model(value)
+        except (ValueError, ModuleNotFoundError) as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
 
 def _dataset_name(value: str) -> str:
     try:
@@ -91,13 +100,25 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (defaults: the recipe's, by default the dataset's recipe)")
-    g.add_argument("--model", default=None, choices=models(), help="architecture (default: the dataset's model)")
+    g.add_argument("--model", default=None, type=_model_name, metavar="NAME",
+                   help=f"architecture: one of {models()}, timm:NAME (any timm model; needs the vision extra) or "
+                        "torchvision:NAME, built for the data's classes, channels and image size (default: the "
+                        "dataset's model)")
+    g.add_argument("--model-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="keywords of the model's factory, values read as JSON, e.g. for timm:vit_tiny_patch16_224 on "
+                        "28x28 images patch_size=7 depth=6")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="start every model of the run (original, reference, shadow and subset models) from this "
+                        "local state_dict file instead of a random initialisation; nothing is downloaded. A timm model "
+                        "adapts it as its pretrained weights (a new head for other classes)")
     g.add_argument("--recipe", dest="recipe_name", default=None, choices=recipes(), metavar="NAME",
                    help="named training recipe (optimizer, schedule and training-time augmentation), one of "
                         f"{recipes()}: a dataset's name is its default recipe, cifar-resnet18 the anchors' CIFAR "
                         "ResNet-18 one (SGD lr 0.01, momentum 0.9, wd 5e-4, batch 512, 30 epochs, x0.1 at 15/20/25, "
                         "random crop with padding 4 and a horizontal flip; the cifar10 / cifar100 default), "
-                        "fashion-mnist-augmented the fashion-mnist default with a crop of padding 2 and a flip. The "
+                        "fashion-mnist-augmented the fashion-mnist default with a crop of padding 2 and a flip, "
+                        "fashion-mnist-vit a small ViT's (AdamW lr 1e-3, wd 0.05, warmup then cosine, 10 epochs; with "
+                        "--model vit_mini). The "
                         "options below override its values (default: the dataset's recipe)")
     g.add_argument("--epochs", type=int, default=None, help="training epochs")
     g.add_argument("--lr", type=float, default=None, help="SGD learning rate")
@@ -296,13 +317,13 @@ def _benchmarks() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in folder.glob("bench_*.py"))
 
 
-def parse_method_config(items: list[str]) -> dict:
-    """``KEY=VALUE`` strings as a method's settings; values read as JSON, else kept as strings."""
+def parse_method_config(items: list[str], option: str = "--method-config") -> dict:
+    """``KEY=VALUE`` strings as a method's (or model's) settings; values read as JSON, else kept as strings."""
     config = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--method-config {item!r}: expected KEY=VALUE, e.g. epochs=3")
+            raise UsageError(f"{option} {item!r}: expected KEY=VALUE, e.g. epochs=3")
         try:
             config[key] = json.loads(text)
         except ValueError:
@@ -316,6 +337,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     given = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "config")}
     if "method_config" in given:
         given["method_config"] = parse_method_config(given["method_config"])
+    if "model_options" in given:
+        given["model_options"] = parse_method_config(given["model_options"], "--model-options")
     if given.get("out") is not None:
         given["out"] = str(given["out"])
     return RunConfig.from_mapping({**settings, **given})  # what neither sets: the defaults for the data's kind

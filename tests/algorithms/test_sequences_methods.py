@@ -11,7 +11,7 @@ from unlearn.models import create_model
 from unlearn.training import train
 
 SEQUENCE_METHODS = ("finetune", "l1_sparse", "neggrad", "neggrad_plus", "npo", "random_label", "salun", "scrub",
-                    "sga", "simnpo", "tau")
+                    "sga", "sharp_minmax", "simnpo", "tau")
 """The methods the README says run on sequences today."""
 
 NEVER_STOP = {"sga": {"stop_below": 0.0}, "tau": {"snapshot_below": 0.0, "stop_below": 0.0, "descent_epochs": 1}}

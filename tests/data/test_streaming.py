@@ -165,7 +165,7 @@ OPTIONS = {"rum": {"proxy": "confidence", "retain_per_forget": 5.0}, "influence"
 
 
 BUILT_IN = ("finetune", "influence", "l1_sparse", "neggrad", "neggrad_plus", "npo", "random_label", "retrain", "rum",
-            "salun", "scrub", "sga", "simnpo", "tau")
+            "salun", "scrub", "sga", "sharp_minmax", "simnpo", "tau")
 
 
 def test_every_built_in_method_is_checked():

@@ -20,6 +20,7 @@ from . import (  # noqa: F401  (each registers its method)
     salun,
     scrub,
     sga,
+    sharp_minmax,
 )
 from .plan import PlanStep, UnlearnResult, run_step
 from .registry import NOOP, SHARED_INPUTS, Method, get_method, make_config, methods, register_method, takers

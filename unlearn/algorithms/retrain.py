@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.sources import first_input
-from ..models import create_model, get_model, models
+from ..models import create_model, get_model, is_model, models
 from ..training.augment import get_augmentation
 from ..training.trainer import NUMERICS, TrainConfig, train
 from .registry import register_method
@@ -84,8 +84,9 @@ class RetrainConfig(SGDConfig):
             raise TypeError(f"drop_last must be a bool, got {type(self.drop_last).__name__} {self.drop_last!r}")
         get_augmentation(self.augment)  # an unknown name fails before any work
         if isinstance(self.model_fn, str):
-            if self.model_fn not in models():
-                raise ValueError(f"unknown model {self.model_fn!r}; expected one of {models()} or a callable")
+            if not is_model(self.model_fn):
+                raise ValueError(f"unknown model {self.model_fn!r}; expected one of {models()}, timm:NAME, "
+                                 "torchvision:NAME or a callable")
         elif self.model_fn is not None and not callable(self.model_fn):
             raise TypeError("model_fn must be a registered model's name, a callable returning a new model or None, "
                             f"got {type(self.model_fn).__name__}")
@@ -148,8 +149,10 @@ def fresh_model(config: RetrainConfig, like: nn.Module, data: Dataset, seed: int
     build = config.model_fn
     if isinstance(build, str):
         # the sizes the factory takes: an image classifier's classes and channels, a language model's vocabulary
-        width = num_classes(like, data, device)
-        sizes = {"num_classes": width, "in_channels": int(first_input(data).shape[1]), "vocab_size": width}
+        width, shape = num_classes(like, data, device), first_input(data).shape
+        sizes = {"num_classes": width, "in_channels": int(shape[1]), "vocab_size": width}
+        if len(shape) == 4:  # images: their size, for a vision transformer
+            sizes["img_size"] = int(shape[2]) if shape[2] == shape[3] else (int(shape[2]), int(shape[3]))
         takes = inspect.signature(get_model(build)).parameters
         sizes = {k: v for k, v in sizes.items() if k in takes}
         build = functools.partial(create_model, build, **{**sizes, **config.model_kwargs})

@@ -107,8 +107,12 @@ class Splits:
 
     @property
     def model_options(self) -> dict:
-        """What :func:`unlearn.create_model` needs to know of the data: ``num_classes`` and ``in_channels``."""
-        return {"num_classes": self.num_classes, "in_channels": self.in_channels}
+        """What :func:`unlearn.create_model` needs to know of the data: ``num_classes``, ``in_channels`` and
+        ``img_size`` (an int for square images, else ``(height, width)``: a vision transformer's; a factory that
+        does not take it is not given it)."""
+        height, width = first_input(self.train).shape[-2:]
+        size = int(height) if height == width else (int(height), int(width))
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "img_size": size}
 
     def __repr__(self) -> str:
         return (f"Splits({self.name!r}, train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "

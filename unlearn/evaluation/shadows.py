@@ -186,6 +186,8 @@ class _UnlearnTask:
     method: str
     method_config: dict
     forget_ids: dict
+    keep_original: bool = False
+    """Also predict with the model before it unlearns (``original_*`` keys): KLoM's no-unlearning baseline."""
 
 
 def _train_unlearn_predict(job: Job, task: _UnlearnTask) -> dict[str, np.ndarray]:
@@ -204,10 +206,12 @@ def _train_unlearn_predict(job: Job, task: _UnlearnTask) -> dict[str, np.ndarray
     model, _ = train(model, Subset(task.train.dataset, job.train_ids.tolist()), seed=job.seed,
                      device=task.train.device, progress=False, recorder=recorder, **task.train.train_kwargs)
     retain_ids = np.setdiff1d(job.train_ids, forget_ids)
+    original = {f"original_{k}": v for k, v in predict_job(model, job, task.train).items()
+                if k != "train_ids"} if task.keep_original else {}
     result = unlearn(model, forget=Subset(task.train.dataset, forget_ids.tolist()),
                      retain=Subset(task.train.dataset, retain_ids.tolist()), method=task.method,
                      config=config or None, seed=job.seed, recording=recorder, **scheduling)
-    return {**predict_job(result.model, job, task.train), "forget_ids": forget_ids}
+    return {**predict_job(result.model, job, task.train), "forget_ids": forget_ids, **original}
 
 
 def train_unlearned_shadow_models(train: Dataset, test: Dataset, model_fn: Callable[[], nn.Module], *, method: str,

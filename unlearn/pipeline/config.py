@@ -33,6 +33,7 @@ from ..algorithms.registry import get_method, make_config, takers
 from ..data.selection import parse_forget_spec
 from ..data.sources import check_dataset_name, dataset_kind
 from ..evaluation.attacks import DEFAULT_ATTACKS, get_attack
+from ..models import get_model
 from ..training.augment import get_augmentation
 from ..training.trainer import NUMERICS, RECIPES, TrainConfig, check_numerics, check_recipe, resolve_device
 
@@ -109,6 +110,8 @@ class RunConfig:
     max_tokens: int | None = None
     # training (None: the recipe's; recipe_name None: the dataset's recipe)
     model: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
     recipe_name: str | None = None
     epochs: int | None = None
     lr: float | None = None
@@ -237,6 +240,7 @@ class RunConfig:
         except ValueError as err:
             raise ValueError(f"--dataset: {err}") from None
         device = self.resolved_device()
+        self._check_model()
         recipe = self.recipe()
         check_recipe(epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size, momentum=recipe.momentum,
                      weight_decay=recipe.weight_decay, label=lambda name: f"--{name.replace('_', '-')}")
@@ -262,6 +266,21 @@ class RunConfig:
         self._check_request()
         self._check_method()
         return device
+
+    def _check_model(self) -> None:
+        """The architecture exists, its options are a mapping and its weights a file."""
+        if self.model is not None:
+            try:
+                get_model(self.model)
+            except (ValueError, TypeError, ModuleNotFoundError) as err:
+                raise ValueError(f"--model: {err}") from None
+        if not isinstance(self.model_options, Mapping):
+            raise TypeError(f"model_options must be a dict of the model factory's keywords, got "
+                            f"{type(self.model_options).__name__}")
+        if "weights" in self.model_options:
+            raise ValueError("give the weights file as --weights, not as a model option")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ValueError(f"--weights {self.weights}: no such file (weights come only from a local file)")
 
     def _check_text(self) -> None:
         """The text settings: only for text, whole numbers in range; the proxies score the data's examples."""

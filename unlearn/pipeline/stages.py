@@ -149,6 +149,12 @@ def _run_settings(config: RunConfig, splits, model_name: str) -> dict:
     settings = {"dataset": config.dataset, "model": model_name, "seed": config.seed, "train_size": config.train_size,
                 "val_fraction": config.val_fraction, "checkpoint_epochs": keep, **config.text_options(),
                 **config.recipe_settings(), **recipe.as_kwargs()}
+    # (left out when not given, so that a run without them records what it did before they existed)
+    if config.model_options:
+        settings["model_options"] = dict(config.model_options)
+    if config.weights is not None:  # the file's digest: other weights under the same name are another run
+        path = Path(config.weights).resolve()
+        settings["weights"] = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     if config.stream:  # (an image folder's streamed normalisation can differ in the last bits: another run)
         settings["stream"] = True
     return settings
@@ -169,7 +175,7 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
     model_name = config.model or splits.default_model
     settings = _run_settings(config, splits, model_name)
     torch.manual_seed(config.seed)
-    model = create_model(model_name, **splits.model_options)
+    model = model_fn_of(settings, splits)()
     check_data(config, splits, model, model_name)
 
     config_file = out / "config.json"
@@ -264,7 +270,19 @@ def proxy_series(table: pd.DataFrame, name: str, task: str | None = None) -> pd.
 
 
 def model_fn_of(settings: dict, splits):
-    return functools.partial(create_model, settings["model"], **splits.model_options)
+    """Builds a fresh model of the run: its architecture, the data's sizes, ``--model-option`` and ``--weights``."""
+    return functools.partial(create_model, settings["model"], **model_kwargs_of(settings, splits))
+
+
+def model_kwargs_of(settings: dict, splits) -> dict:
+    """What a run's model is built with beside its name (:func:`unlearn.create_model`'s keywords)."""
+    return {**splits.model_options, **chosen_model_kwargs(settings)}
+
+
+def chosen_model_kwargs(settings: dict) -> dict:
+    """The model's keywords a run's user chose: ``--model-option`` and ``--weights``."""
+    weights = settings.get("weights")
+    return {**settings.get("model_options", {}), **({"weights": weights["file"]} if weights else {})}
 
 
 def text_options_of(settings: dict) -> dict:
@@ -431,7 +449,11 @@ def reference_stage(run: RunFolder, retain, model_fn, recipe: dict, seed: int, d
 def method_config_of(config: RunConfig, settings: dict) -> dict:
     """The method's settings a run passes: ``method_config``, over (for ``retrain``) the run's model and recipe, so
     that it rebuilds the model exactly as the retrained reference is built."""
-    base = {"model_fn": settings["model"], **recipe_of(settings)} if config.method == "retrain" else {}
+    base = {}
+    if config.method == "retrain":
+        model_kwargs = chosen_model_kwargs(settings)
+        base = {"model_fn": settings["model"], **({"model_kwargs": model_kwargs} if model_kwargs else {}),
+                **recipe_of(settings)}
     return {**base, **config.method_config}
 
 

@@ -147,11 +147,16 @@ RECIPES: Registry[TrainConfig] = Registry("training recipe", entries={
     # and fill the frame: a shift of 4 of 28 pixels would cut sleeves and soles off) and a horizontal flip
     # (label-preserving for clothes, bags and shoes, unlike for digits: mnist and digits have no augmented recipe)
     "fashion-mnist-augmented": TrainConfig(epochs=15, lr=0.05, batch_size=128, augment="crop2_flip"),
+    # a small vision transformer (vit_mini) on Fashion-MNIST: AdamW lr 1e-3 and weight decay 0.05 (DeiT's), batch
+    # 128, a linear warmup over the first tenth then cosine; on 4,000 images it reaches ~80% test accuracy in 10
+    # epochs (15 at lr 2e-3 overfits to the same 80%)
+    "fashion-mnist-vit": TrainConfig(epochs=10, lr=1e-3, batch_size=128, momentum=0.0, weight_decay=0.05,
+                                     schedule="warmup_cosine", optimizer="adamw"),
 })
 """Training recipes by name (:func:`get_recipe`): each dataset's default under the dataset's name (what ``unlearn
 run`` uses without ``--recipe``), and named ones: ``cifar-resnet18`` (the anchors' CIFAR-10/100 ResNet-18 recipe,
-also the ``cifar10`` and ``cifar100`` defaults) and ``fashion-mnist-augmented``; :func:`register_recipe` adds
-one."""
+also the ``cifar10`` and ``cifar100`` defaults), ``fashion-mnist-augmented`` and ``fashion-mnist-vit`` (for
+``vit_mini``); :func:`register_recipe` adds one."""
 
 
 def get_recipe(name: str) -> TrainConfig:
