@@ -172,16 +172,21 @@ def precision_at(scores: pd.Series, higher_is_memorized: bool, truth: pd.Series,
 
 
 def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: Path, out: Path,
-                  recipe: str | None = None) -> tuple:
+                  recipe: str | None = None, model: str | None = None) -> tuple:
     """The leaderboard of one dataset, its models trained with ``recipe`` (:data:`RECIPES`; default the dataset's
-    own). Another recipe's subset models are cached apart (``fz-<recipe>-k<K>``, the dataset's name before it
-    unless the recipe's name starts with it), and so is its scatter plot."""
+    own) and of architecture ``model`` (default the dataset's). Another recipe's subset models are cached apart
+    (``fz-<recipe>-k<K>``, the dataset's name before it unless the recipe's name starts with it; another model's
+    name after it), and so is its scatter plot."""
     recipe = recipe or name
     tag = name if recipe == name else recipe if recipe.startswith(name) else f"{name}-{recipe}"
+    tag += f"-{model}" if model else ""
     splits = load_dataset(name, **options)
     train_kwargs = RECIPES[recipe].as_kwargs() | ({"epochs": epochs} if epochs else {})
-    model_fn = functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
-                                 in_channels=splits.in_channels)
+    if model is None:  # (as before models took the image size: cached subset models keep their manifest)
+        model_fn = functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
+                                     in_channels=splits.in_channels)
+    else:
+        model_fn = functools.partial(create_model, model, **splits.model_options)
     torch.manual_seed(0)
     recorder = TrainingRecorder(len(splits.train))
     checkpoints = []
@@ -255,7 +260,8 @@ def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: P
 
     _scatter(scores[valid], fz.loc[valid, "memorization"], out / f"bench_proxies_{tag}.png", tag, k)
     peak = int(np.nanargmax(recorder.weight_norms)) + 1
-    info = {"dataset": name, "recipe": recipe, "train_examples": len(splits.train), "k": k, "train": train_kwargs,
+    info = {"dataset": name, "recipe": recipe, "model": model or splits.default_model,
+            "train_examples": len(splits.train), "k": k, "train": train_kwargs,
             "forward_s": forward, "train_s": train_seconds, "fz_mean": float(fz["memorization"].mean()),
             "fz_defined": int(valid.sum()), "weight_norm_peak_epoch": peak,
             "lira_vulnerability_defined": int(vulnerability.notna().sum()),
@@ -307,6 +313,9 @@ def main() -> int:
                              "fashion-mnist, no augmentation; fashion-mnist-augmented adds a random crop of the "
                              "image padded by 2 and a horizontal flip). Its epochs give way to --fmnist-epochs; "
                              "another recipe's subset models are cached apart, as fz-<recipe>-k<K>")
+    parser.add_argument("--fmnist-model", default=None,
+                        help="architecture of the Fashion-MNIST models (unlearn.create_model's name, e.g. vit_mini; "
+                             "default: cnn28); another model's subset models are cached apart")
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results"), help="subset-model cache")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="JSON and PNG output folder")
     parser.add_argument("--check", action="store_true", help="exit 1 if a compiled CPU backend misses its targets")
@@ -331,17 +340,17 @@ def main() -> int:
                               f"{row.pct_of_copy_bw:.0f}% of copy bandwidth")
 
     if args.part in ("quality", "all"):
-        cases = [("digits", {}, args.k, None, None)] if "digits" in args.datasets else []
+        cases = [("digits", {}, args.k, None, None, None)] if "digits" in args.datasets else []
         try:
             if "fashion-mnist" in args.datasets:
                 load_dataset("fashion-mnist", train_size=10)
                 cases.append(("fashion-mnist", {"train_size": args.fmnist_size}, args.fmnist_k, args.fmnist_epochs,
-                              args.fmnist_recipe))
+                              args.fmnist_recipe, args.fmnist_model))
         except DatasetNotFoundError as err:
             print(f"skipping Fashion-MNIST: {err}", file=sys.stderr)
         qualities, costs, infos = [], [], []
-        for name, options, k, epochs, recipe in cases:
-            quality, cost, info = bench_quality(name, options, k, epochs, args.cache, args.out, recipe)
+        for name, options, k, epochs, recipe, model in cases:
+            quality, cost, info = bench_quality(name, options, k, epochs, args.cache, args.out, recipe, model)
             qualities.append(quality)
             costs.append(cost)
             infos.append(info)
@@ -351,8 +360,8 @@ def main() -> int:
         print("\n== cost in forward passes over the training set")
         print(cost.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         for info in infos:
-            print(f"{info['dataset']} (recipe {info['recipe']}): {info['train_examples']} examples, K={info['k']}, "
-                  f"{info['train']}, "
+            print(f"{info['dataset']} ({info['model']}, recipe {info['recipe']}): {info['train_examples']} examples, "
+                  f"K={info['k']}, {info['train']}, "
                   f"FZ defined for {info['fz_defined']}, mean memorization {info['fz_mean']:.4f}, mean FZ "
                   f"standard error {info['fz_mean_se']:.4f}, split-half reliability (Spearman-Brown) "
                   f"{info['fz_reliability_spearman']:.3f} Spearman / {info['fz_reliability_pearson']:.3f} Pearson, "

@@ -45,11 +45,17 @@ import proxies
 from unlearn import create_model, memorization_scores, train, unlearn
 from unlearn.algorithms.registry import get_method, make_config, methods
 from unlearn.algorithms.rum.grouping import group_names
-from unlearn.algorithms.rum.policies import POLICIES, resolve_policy, step_seed_of, uses_expected
+from unlearn.algorithms.rum.policies import POLICIES, register_policy, resolve_policy, step_seed_of, uses_expected
 from unlearn.data import DatasetNotFoundError, load_dataset
 from unlearn.evaluation.attacks import extract_signals, svc
 from unlearn.evaluation.metrics import mean_interval, tow, tow_mia
 from unlearn.training import RECIPES, top1_accuracy
+
+# rum with one method on every group, each step with the method's defaults: the vision-transformer benchmark's
+# RUM^F (Zhao, Luca, Triantafillou 2026) for F = fine-tune, SalUn and Sharp MinMax (F = NegGrad+ is the library's
+# neggrad_plus policy, gentler and longer as memorization grows)
+for _method in ("finetune", "salun", "sharp_minmax"):
+    register_policy(f"{_method}_each", dict.fromkeys(("low", "medium", "high"), _method), force=True)
 
 DATASETS = {  # training subset, test subset, subset models (as bench_proxies.py), epochs, N per group
     "digits": {"train_size": None, "test_size": None, "k": 256, "epochs": None, "group": 30},
@@ -140,6 +146,23 @@ def run_methods(setting: dict, forget, retain, test, seed: int, reference: dict,
     return pd.DataFrame(rows)
 
 
+def model_factory(splits, model: str | None):
+    """The factory of the benchmark's models: the dataset's default model (built as before models took the image
+    size, so that cached subset models keep their manifest), or ``model`` built for the data."""
+    if model is None:
+        return functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
+                                 in_channels=splits.in_channels)
+    return functools.partial(create_model, model, **splits.model_options)
+
+
+def fz_folder(name: str, spec: dict) -> str:
+    """Where the subset models of a dataset spec are cached, as ``bench_proxies.py`` names them: ``fz-<tag>-k<K>``,
+    the tag the dataset's name, then the recipe's (if another) and the model's (if not the default)."""
+    recipe = spec.get("recipe", name)
+    tag = name if recipe == name else recipe if recipe.startswith(name) else f"{name}-{recipe}"
+    return f"fz-{tag}{'-' + spec['model'] if spec.get('model') else ''}-k{spec['k']}"
+
+
 def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, singles, saved: Path,
                 groupings=("request",), schedulers=("confidence",), selections=("fz", "confidence"),
                 decompose: bool = False) -> pd.DataFrame:
@@ -156,13 +179,12 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
     options = {"train_size": spec["train_size"]} if spec["train_size"] else {}
     splits = load_dataset(name, **options)
     test = splits.test if spec["test_size"] is None else Subset(splits.test, range(spec["test_size"]))
-    recipe = RECIPES[name].as_kwargs() | ({"epochs": spec["epochs"]} if spec["epochs"] else {})
-    model_fn = functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
-                                 in_channels=splits.in_channels)
+    recipe = RECIPES[spec.get("recipe", name)].as_kwargs() | ({"epochs": spec["epochs"]} if spec["epochs"] else {})
+    model_fn = model_factory(splits, spec.get("model"))
     torch.manual_seed(0)
     recorder = proxies.TrainingRecorder(len(splits.train))
     original, _ = train(model_fn(), splits.train, seed=0, recorder=recorder, progress=False, **recipe)
-    fz_table = memorization_scores(splits.train, model_fn, k=spec["k"], folder=cache / f"fz-{name}-k{spec['k']}",
+    fz_table = memorization_scores(splits.train, model_fn, k=spec["k"], folder=cache / fz_folder(name, spec),
                                    **recipe)
     fz = fz_table["memorization"].fillna(0.0)
     confidence = proxies.compute("confidence", recording=recorder)
@@ -289,6 +311,19 @@ def check_targets(summary: pd.DataFrame, runs: pd.DataFrame, policies, scheduler
     return notes
 
 
+def spec_of(name: str, args: argparse.Namespace) -> dict:
+    """The dataset's spec (:data:`DATASETS`) with the command line's overrides; the model and recipe join it only
+    when given, so that the default runs' fingerprints stay as they were."""
+    spec = dict(DATASETS[name])
+    for key in ("train_size", "test_size", "k", "epochs", "group"):
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
+    for key in ("model", "recipe"):
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
+    return spec
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS), help="datasets")
@@ -315,6 +350,15 @@ def main() -> int:
     parser.add_argument("--decompose", action="store_true",
                         help="for policies that stop at expected accuracies, also run FZ's groups with the "
                              "recording's targets and each proxy's groups with FZ's (c_score) targets")
+    parser.add_argument("--model", default=None,
+                        help="architecture of every model (unlearn.create_model's name, e.g. vit_mini or "
+                             "timm:NAME; default: each dataset's)")
+    parser.add_argument("--recipe", default=None, choices=RECIPES.names(),
+                        help="training recipe (default: each dataset's; e.g. fashion-mnist-vit with vit_mini)")
+    for option, what in (("train-size", "training examples"), ("test-size", "test examples scored"),
+                         ("k", "subset models for FZ"), ("epochs", "training epochs"), ("group", "N per group")):
+        parser.add_argument(f"--{option}", type=int, default=None,
+                            help=f"{what} (default: the dataset's, in DATASETS)")
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results"), help="subset-model cache")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                         help="output folder: bench_unlearn.json, and runs/ with one CSV per forget set and seed, "
@@ -332,7 +376,7 @@ def main() -> int:
             if args.fresh:
                 for path in (args.out / "runs").glob(f"{name}-*.csv"):
                     path.unlink()
-            tables.append(run_dataset(name, DATASETS[name], args.kinds,
+            tables.append(run_dataset(name, spec_of(name, args), args.kinds,
                                       range(args.first_seed, args.first_seed + args.seeds), args.cache, args.policies,
                                       args.methods, saved=args.out / "runs", groupings=args.groupings,
                                       schedulers=args.schedulers, selections=args.selections,

@@ -239,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fz-models", type=int, default=0, metavar="K",
                    help="train K subset models for ground-truth Feldman-Zhang memorization (hundreds for stable "
                         "scores; default 0: none); adds the proxy-vs-memorization figure")
+    g.add_argument("--klom", type=int, default=0, metavar="N",
+                   help="KLoM (Georgiev et al. 2024; images only): train N more originals, each unlearning the "
+                        "forget set with --method, and N oracles retrained without it (N >= 2; default 0: none); "
+                        "per example the KL divergence of the unlearned models' margins from the oracles' (0: "
+                        "indistinguishable), reported as the 95th percentile over the forget, retain and validation "
+                        "examples, and for each training example in scores.csv. EasyDUB uses 200 originals and "
+                        "2,000 oracles; a few give a coarse, upward-biased estimate")
     _add_farm_options(p)
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<dataset>)")

@@ -47,13 +47,13 @@ def test_train_writes_checkpoint_recording_and_config(tmp_path, capsys):
 
 RUN = ["run", "--train-size", "300", "--epochs", "2", "--checkpoints", "1", "--rows", "3", "--forget", "mixed:30",
        "--fz-models", "2", "--shadows", "4", "--proxies", "confidence", "csl", "holdout_retraining",
-       "--policy", "random_label_fast"]
+       "--policy", "random_label_fast", "--klom", "2"]
 
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
-    """One small end-to-end run on 300 digits: 2 epochs, 2 subset models, 4 + 4 shadows, a mixed forget set ranked
-    by FZ, and holdout retraining (fine-tuned on the validation split) among the proxies."""
+    """One small end-to-end run on 300 digits: 2 epochs, 2 subset models, 4 + 4 shadows, 2 + 2 KLoM models, a mixed
+    forget set ranked by FZ, and holdout retraining (fine-tuned on the validation split) among the proxies."""
     out = tmp_path_factory.mktemp("run")
     assert main([*RUN, "--out", str(out)]) == 0
     return out
@@ -66,12 +66,16 @@ def test_run_writes_the_report(run_folder):
     assert expected <= {p.name for p in run_folder.iterdir()}
     results = json.loads((run_folder / "results.json").read_text())
     metrics = {row["metric"]: row for row in results["tables"]["results"]}
-    for key in ("accuracy.forget", "tow", "tow_mia", "lira.auc", "rmia.auc", "svc.confidence", "ulira.auc"):
+    for key in ("accuracy.forget", "tow", "tow_mia", "lira.auc", "rmia.auc", "svc.confidence", "ulira.auc",
+                "klom.p95.forget", "klom.p95.retain", "klom.p95.validation"):
         assert key in metrics, key
+    assert metrics["klom.p95.forget"]["unlearned"] >= 0 and metrics["klom.p95.forget"]["original"] >= 0
     assert metrics["tow"]["unlearned"] is not None and 0 <= metrics["tow"]["unlearned"] <= 1
     assert results["time_vs_retrain"] > 0
     scores = pd.read_csv(run_folder / "scores.csv", index_col="index")
     assert len(scores) == 300 and scores["forget"].sum() == 30
+    assert scores["klom"].notna().all() and (scores["klom_original"] >= 0).all()
+    assert len(list((run_folder / "klom-rum").glob("*.npz"))) == 4
     # rum's groups are levels of the whole training set: thirds of -confidence over every training example
     memorized = -scores["confidence"]
     low, high = np.quantile(memorized, [1 / 3, 2 / 3])

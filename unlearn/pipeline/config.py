@@ -140,6 +140,7 @@ class RunConfig:
     attacks: list[str] | None = None
     shadows: int = 0
     fz_models: int = 0
+    klom: int = 0
     # model farm
     farm: str = "local"
     ray_address: str | None = None
@@ -257,7 +258,7 @@ class RunConfig:
             raise ValueError("--num-workers reads a streamed dataset: pass --stream too (in memory, nothing is read)")
         if self.train_size is not None and self.train_size < MIN_TRAIN_SIZE:
             raise ValueError(f"--train-size must be >= {MIN_TRAIN_SIZE}, got {self.train_size}")
-        for name in ("rows", "shadows", "fz_models"):
+        for name in ("rows", "shadows", "fz_models", "klom"):
             value = getattr(self, name)
             if value < 0 or (name != "rows" and value > MAX_MODELS):
                 raise ValueError(f"--{name.replace('_', '-')} must be between 0 and "
@@ -311,6 +312,11 @@ class RunConfig:
         if spec.kind == "canaries" and not self.canaries:
             raise ValueError("--forget canaries removes the canaries of a text dataset: pass --canaries K (K > 0) "
                              "with --dataset fortunes or text:PATH")
+        if self.klom == 1:
+            raise ValueError("--klom must be 0 (none) or N >= 2: a histogram of one model's margin says little")
+        if self.klom and self.kind == "text":
+            raise ValueError("--klom compares classifiers' margins (z_y - logsumexp of the others); a language model "
+                             "has none: leave it out on text")
         if self.shadows and (self.shadows < 4 or self.shadows % 2):
             raise ValueError(f"--shadows must be an even number >= 4 (RMIA holds one out), got {self.shadows}")
         shadowed = [name for name in self.attacks if get_attack(name).needs_shadows]

@@ -22,7 +22,16 @@ from .canaries import EXTRACTION, canary_table, plot_canaries
 from .config import RunConfig
 from .folder import RunFolder
 from .scores import per_example_scores
-from .stages import Request, Trained, Unlearned, method_config_of, plan_groups, proxy_series, shadow_stage
+from .stages import (
+    Request,
+    Trained,
+    Unlearned,
+    klom_stage,
+    method_config_of,
+    plan_groups,
+    proxy_series,
+    shadow_stage,
+)
 
 __all__ = ["RunResult", "evaluation_stage"]
 
@@ -53,6 +62,12 @@ def evaluation_stage(config: RunConfig, folder: RunFolder, trained: Trained, tab
                for name, model in models.items()}
     results, examples, not_computed = _attack(config, trained, request, models, shadows, unlearned_shadows, signals,
                                               attacks, device)
+    klom_models = klom_stage(config, trained.splits, trained.settings, request, folder.path)
+    if klom_models is not None:  # each group's 95th percentile, and every training example's KLoM
+        for group, row in klom_models.summary().iterrows():
+            results.loc[f"klom.p95.{group}", ["original", "unlearned"]] = [row["original"], row["unlearned"]]
+        per_example = klom_models.scores().query("group != 'validation'").set_index("index")
+        examples = examples.join(per_example[["klom", "klom_original"]])
     stage_seconds = {stage: folder.seconds(stage) for stage in ("train", "proxies", "reference", "unlearn")}
     results.loc["seconds", ["original", "unlearned", "retrained"]] = [stage_seconds["train"],
                                                                       stage_seconds["unlearn"],
@@ -217,4 +232,5 @@ def _facts(config: RunConfig, trained: Trained, request: Request, unlearned: Unl
             **({"not computed": "; ".join(f"{k} ({v})" for k, v in not_computed.items())} if not_computed else {}),
             "attacks": ", ".join(attacks) + (" and U-LiRA" if ulira else ""),
             "shadow models": config.shadows, "subset models (FZ)": config.fz_models,
+            **({"KLoM models": f"{config.klom} originals that unlearn, {config.klom} oracles"} if config.klom else {}),
             "unlearning time vs retraining": f"{ratio:.1%}"}

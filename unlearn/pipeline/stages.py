@@ -540,8 +540,7 @@ def shadow_stage(config: RunConfig, splits, settings, out: Path):
     say(f"{config.shadows} shadow models for LiRA / RMIA (cached in {out / 'shadows'})")
     shadows = train_shadow_models(splits.train, splits.test, model_fn, k=config.shadows, folder=out / "shadows",
                                   queries=splits.queries, seed=config.seed, **farm, **recipe)
-    _, options = method_options(config, None, None)
-    method_config = {**method_config_of(config, settings), **{k: v for k, v in options.items() if v is not None}}
+    method_config = farm_method_config(config, settings)
     say(f"{config.shadows} shadow models that train and then unlearn with {config.method}, for U-LiRA")
     unlearned = train_unlearned_shadow_models(splits.train, splits.test, model_fn, method=config.method,
                                               method_config=method_config, k=config.shadows,
@@ -549,6 +548,28 @@ def shadow_stage(config: RunConfig, splits, settings, out: Path):
                                               **farm, **recipe)
     return shadows, unlearned
 
+
+def farm_method_config(config: RunConfig, settings: dict) -> dict:
+    """The method's settings for models of the farm that train and then unlearn (U-LiRA's shadows, KLoM's
+    originals): the run's, with what schedules it (a rum run's proxy and policy) by name."""
+    _, options = method_options(config, None, None)
+    return {**method_config_of(config, settings), **{k: v for k, v in options.items() if v is not None}}
+
+
+def klom_stage(config: RunConfig, splits, settings: dict, request: Request, out: Path):
+    """KLoM's N originals (each unlearning the request with the run's method) and N oracles, from the farm (cached
+    in ``out/klom-<method>``); None without ``--klom``."""
+    from ..evaluation.klom import train_klom_models
+
+    if not config.klom:
+        return None
+    farm = {"farm": config.farm, "farm_options": config.farm_options(), "device": config.device, "force": config.force}
+    say(f"KLoM: {config.klom} originals that unlearn with {config.method} and {config.klom} oracles "
+        f"(cached in {out / f'klom-{config.method}'})")
+    return train_klom_models(splits.train, splits.val, model_fn_of(settings, splits), method=config.method,
+                             method_config=farm_method_config(config, settings), forget_ids=request.ids,
+                             n=config.klom, folder=out / f"klom-{config.method}", seed=config.seed, **farm,
+                             **recipe_of(settings))
 
 
 def read_settings(path: Path) -> dict:
