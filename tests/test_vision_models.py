@@ -2,6 +2,8 @@
 no BatchNorm) through everything a classifier goes through: train with the recorder, every proxy, every method,
 evaluate and the KLoM margins."""
 
+import hashlib
+import json
 import warnings
 
 import numpy as np
@@ -138,3 +140,29 @@ def test_evaluate_attacks_a_vit(vit, digits):
                       attacks=("loss_threshold", "svc"))
     assert {"accuracy.forget", "tow"} <= set(report.index)
     assert np.isfinite(report.loc["tow", "model"])
+
+
+def test_the_command_line_trains_a_zoo_model_from_local_weights(tmp_path, capsys):
+    from unlearn.cli import main
+
+    options = ["--model-options", "patch_size=4", "depth=1", "embed_dim=32", "num_heads=2"]
+    base = ["train", "--train-size", "60", "--epochs", "1", "--checkpoints", "1",
+            "--model", "timm:vit_tiny_patch16_224", *options]
+    assert main([*base, "--out", str(tmp_path / "first")]) == 0
+    settings = json.loads((tmp_path / "first" / "config.json").read_text())
+    assert settings["model"] == "timm:vit_tiny_patch16_224" and settings["model_options"]["depth"] == 1
+    # a second run starts from the first one's weights: recorded by path and digest
+    weights = tmp_path / "first" / "model.pt"
+    assert main([*base, "--weights", str(weights), "--out", str(tmp_path / "second")]) == 0
+    recorded = json.loads((tmp_path / "second" / "config.json").read_text())["weights"]
+    assert recorded == {"file": str(weights.resolve()), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    capsys.readouterr()
+    for bad, message in ((["--model", "timm:no_such_net"], "timm has no architecture 'no_such_net'"),
+                         (["--weights", str(tmp_path / "none.pt")], "no such file"),
+                         (["--model-options", "depth"], "expected KEY=VALUE")):
+        try:
+            status = main(["train", "--train-size", "60", *bad, "--out", str(tmp_path / "bad")])
+        except SystemExit as stop:  # argparse's own refusal of an option's value
+            status = stop.code
+        assert status == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "model.pt").exists()
