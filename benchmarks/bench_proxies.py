@@ -172,21 +172,21 @@ def precision_at(scores: pd.Series, higher_is_memorized: bool, truth: pd.Series,
 
 
 def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: Path, out: Path,
-                  recipe: str | None = None, model: str | None = None) -> tuple:
+                  recipe: str | None = None, architecture: str | None = None) -> tuple:
     """The leaderboard of one dataset, its models trained with ``recipe`` (:data:`RECIPES`; default the dataset's
-    own) and of architecture ``model`` (default the dataset's). Another recipe's subset models are cached apart
-    (``fz-<recipe>-k<K>``, the dataset's name before it unless the recipe's name starts with it; another model's
-    name after it), and so is its scatter plot."""
+    own) and of ``architecture`` (a model's name; default the dataset's). Another recipe's subset models are
+    cached apart (``fz-<recipe>-k<K>``, the dataset's name before it unless the recipe's name starts with it;
+    another model's name after it), and so is its scatter plot."""
     recipe = recipe or name
     tag = name if recipe == name else recipe if recipe.startswith(name) else f"{name}-{recipe}"
-    tag += f"-{model}" if model else ""
+    tag += f"-{architecture}" if architecture else ""
     splits = load_dataset(name, **options)
     train_kwargs = RECIPES[recipe].as_kwargs() | ({"epochs": epochs} if epochs else {})
-    if model is None:  # (as before models took the image size: cached subset models keep their manifest)
+    if architecture is None:  # (as before models took the image size: cached subset models keep their manifest)
         model_fn = functools.partial(create_model, splits.default_model, num_classes=splits.num_classes,
                                      in_channels=splits.in_channels)
     else:
-        model_fn = functools.partial(create_model, model, **splits.model_options)
+        model_fn = functools.partial(create_model, architecture, **splits.model_options)
     torch.manual_seed(0)
     recorder = TrainingRecorder(len(splits.train))
     checkpoints = []
@@ -260,7 +260,7 @@ def bench_quality(name: str, options: dict, k: int, epochs: int | None, cache: P
 
     _scatter(scores[valid], fz.loc[valid, "memorization"], out / f"bench_proxies_{tag}.png", tag, k)
     peak = int(np.nanargmax(recorder.weight_norms)) + 1
-    info = {"dataset": name, "recipe": recipe, "model": model or splits.default_model,
+    info = {"dataset": name, "recipe": recipe, "model": architecture or splits.default_model,
             "train_examples": len(splits.train), "k": k, "train": train_kwargs,
             "forward_s": forward, "train_s": train_seconds, "fz_mean": float(fz["memorization"].mean()),
             "fz_defined": int(valid.sum()), "weight_norm_peak_epoch": peak,

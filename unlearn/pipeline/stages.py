@@ -270,17 +270,13 @@ def proxy_series(table: pd.DataFrame, name: str, task: str | None = None) -> pd.
 
 
 def model_fn_of(settings: dict, splits):
-    """Builds a fresh model of the run: its architecture, the data's sizes, ``--model-option`` and ``--weights``."""
-    return functools.partial(create_model, settings["model"], **model_kwargs_of(settings, splits))
-
-
-def model_kwargs_of(settings: dict, splits) -> dict:
-    """What a run's model is built with beside its name (:func:`unlearn.create_model`'s keywords)."""
-    return {**splits.model_options, **chosen_model_kwargs(settings)}
+    """Builds a fresh model of the run: its architecture, the data's sizes, ``--model-options`` and ``--weights``."""
+    options = {**splits.model_options, **chosen_model_kwargs(settings)}  # the user's over the data's
+    return functools.partial(create_model, settings["model"], **options)
 
 
 def chosen_model_kwargs(settings: dict) -> dict:
-    """The model's keywords a run's user chose: ``--model-option`` and ``--weights``."""
+    """The model's keywords a run's user chose: ``--model-options`` and ``--weights``."""
     weights = settings.get("weights")
     return {**settings.get("model_options", {}), **({"weights": weights["file"]} if weights else {})}
 
