@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from proxies.tasks import same_task, task_of
 
-from ._checks import whole
+from ._checks import check_finite_inputs, check_finite_weights, whole
 from .algorithms.plan import PlanStep, UnlearnResult, step_of
 from .algorithms.registry import Method, get_method, make_config, methods, takers
 from .data.sources import IndexedDataset, Streamed, examples, first_input, labels_of, subset_root
@@ -122,7 +122,9 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
 
     Raises:
         TypeError, ValueError: bad input, named in the message (a keyword the method does not take names the
-            method's settings and inputs).
+            method's settings and inputs; NaN or infinite weights, or inputs of an in-memory set, and which).
+        unlearn._checks.NonFiniteError: (a ValueError) the method drove the loss or the weights to NaN or infinity:
+            no model is returned.
     """
     start = time.perf_counter()
     if not isinstance(model, nn.Module):
@@ -142,6 +144,9 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
 
     forget_data, retain_data = examples(forget), examples(retain)  # in memory, or streamed: never copied whole
     _check_disjoint(forget, retain, forget_data, retain_data)
+    check_finite_inputs(forget_data, "forget set")
+    check_finite_inputs(retain_data, "retain set")
+    check_finite_weights(model, "the model to unlearn from")
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
@@ -153,6 +158,7 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
         method_config = dataclasses.replace(method_config, **settings)
     began = time.perf_counter()
     out = spec.fn(model, forget_data, retain_data, method_config, seed=seed, device=device, **inputs)
+    check_finite_weights(out.model if isinstance(out, UnlearnResult) else out, f"{method} unlearned into a model")
     if isinstance(out, UnlearnResult):  # a method that made its own plan
         return dataclasses.replace(out, seconds=time.perf_counter() - start)
     step = step_of(out, "all", method, method_config, forget_data, retain_data, began)

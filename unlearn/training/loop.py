@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 
 from proxies.tasks import CLASSIFICATION, Task
 
+from .._checks import NonFiniteError, check_finite_weights
+
 __all__ = ["CUBLAS_WORKSPACE", "SCHEDULES", "BatchLoss", "Schedule", "lr_factor", "run_epochs", "training_numerics"]
 
 Schedule = str | Callable[[int, int], float]
@@ -163,8 +165,13 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
             group["lr"] = epoch_lr
         model.train()
         total_loss, correct, seen, scored, stopped = 0.0, 0, 0, 0, False
-        for step in steps(epoch):
+        first_bad = None  # the epoch's first step whose loss was not finite, kept on the device (no sync per step)
+        for number, step in enumerate(steps(epoch)):
             loss, logits, targets = step if isinstance(step, BatchLoss) else (step, None, None)
+            if not loss.is_meta:
+                bad = ~torch.isfinite(loss.detach())
+                first_bad = (torch.where(bad, number, -1) if first_bad is None
+                             else torch.where((first_bad < 0) & bad, number, first_bad))
             optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():  # opacus's hooks fire correctly without input gradients
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -186,10 +193,21 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         accuracy = _value(correct) / max(seen, 1) if scored == seen else float("nan")  # known for every example
         rows.append({"epoch": epoch + 1, "lr": epoch_lr, "loss": _value(total_loss) / max(seen, 1),
                      "accuracy": accuracy, "seconds": time.perf_counter() - start})
+        check_finite_training(model, epoch, first_bad)
         bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", acc=f"{rows[-1]['accuracy']:.3f}")
         if stopped or (on_epoch_end is not None and on_epoch_end(epoch, rows[-1])):
             break
     return rows
+
+
+def check_finite_training(model: nn.Module, epoch: int, first_bad: Tensor | None) -> None:
+    """After an epoch (0-based): a :class:`~unlearn._checks.NonFiniteError` naming the epoch and the first step
+    whose loss was NaN or infinite (``first_bad``, -1 for none), or the weights that are, if any; one host read."""
+    step = -1 if first_bad is None else int(first_bad)
+    if step >= 0:
+        raise NonFiniteError(f"the loss became NaN or infinite at epoch {epoch + 1}, step {step + 1}: check the data "
+                             "for non-finite inputs or labels out of range, or lower the learning rate")
+    check_finite_weights(model, f"after epoch {epoch + 1}")
 
 
 def _value(total: Tensor | float) -> float:

@@ -31,7 +31,7 @@ from proxies.predictions import predict
 from proxies.registries import Registry
 from proxies.tasks import CLASSIFICATION, Task, task_of
 
-from .._checks import same_settings
+from .._checks import check_finite_inputs, same_settings
 from ..data.sources import batches
 from .augment import Augmentation, augmentation_generator, get_augmentation
 from .loop import BatchLoss, Schedule, lr_factor, run_epochs, training_numerics
@@ -269,6 +269,12 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
 
     Returns:
         The trained model (in eval mode, on ``device``) and a DataFrame with one row per epoch.
+
+    Raises:
+        ValueError: bad settings or data, before any work (an in-memory training set with NaN or infinite inputs
+            among them, naming their indices); :class:`~unlearn._checks.NonFiniteError` (a ValueError) when the
+            loss or the weights become NaN or infinite, at the end of that epoch, naming it and the step: no model
+            is returned.
     """
     settings = _Settings(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
                          schedule=schedule, seed=seed, drop_last=drop_last, patience=patience, recorder=recorder,
@@ -326,6 +332,7 @@ class _Settings:
         augmentation = get_augmentation(self.augment)
         if len(dataset) == 0:
             raise ValueError("cannot train on an empty dataset")
+        check_finite_inputs(dataset, "training set")
         if self.augment != "none" and torch.as_tensor(dataset[0][0]).ndim != 3:
             raise ValueError(f"augment={self.augment!r} needs images [C, H, W], but the dataset's inputs have shape "
                              f"{list(torch.as_tensor(dataset[0][0]).shape)}")

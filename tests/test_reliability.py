@@ -1,0 +1,87 @@
+"""Never a silent NaN model: non-finite inputs are refused before any work, and a training or unlearning run whose
+loss or weights become non-finite stops with an error naming the epoch and step, returning nothing."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from unlearn import train, unlearn
+from unlearn._checks import NonFiniteError
+from unlearn.data import IndexedDataset, Streamed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+@pytest.fixture(scope="module")
+def data(digits):
+    """200 digits in memory, and a copy with example 7's pixels NaN and example 11's infinite."""
+    x, y = digits.train.inputs[:200].clone(), digits.train.targets[:200].clone()
+    broken = x.clone()
+    broken[7, 0, 3, 3] = float("nan")
+    broken[11, 0, 0, 0] = float("inf")
+    return IndexedDataset(x, y), IndexedDataset(broken, y)
+
+
+def quick(**options):
+    return {"epochs": 2, "batch_size": 32, "progress": False, "device": "cpu", **options}
+
+
+def test_training_refuses_non_finite_inputs_before_any_work(data):
+    _, broken = data
+    model = mlp()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"training set has 2 examples whose inputs are NaN or infinite \(training "
+                                         r"indices \[7, 11\]\)"):
+        train(model, broken, **quick())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    train(mlp(), Subset(broken, [i for i in range(200) if i not in (7, 11)]), **quick())  # the rest trains
+
+
+def test_a_streamed_non_finite_example_stops_training_at_its_epoch_and_step(data):
+    _, broken = data
+    stream = Streamed(Subset(broken, list(range(100, 200)) + [7]))  # not read up front: the loss finds it
+    with pytest.raises(NonFiniteError, match=r"loss became NaN or infinite at epoch 1, step \d+"):
+        train(mlp(), stream, **quick(batch_size=101))
+
+
+def test_a_diverging_training_stops_instead_of_returning_a_nan_model(data):
+    clean, _ = data
+    with pytest.raises(NonFiniteError, match=r"at epoch \d, step \d+: .* lower the learning rate"):
+        train(mlp(), clean, **quick(lr=1e12, momentum=0.0, epochs=5))
+    assert issubclass(NonFiniteError, ValueError) and issubclass(NonFiniteError, FloatingPointError)
+
+
+@pytest.mark.parametrize("what, inputs, message", [
+    ("forget", "broken", r"forget set has 1 examples whose inputs are NaN or infinite \(training indices \[7\]\)"),
+    ("retain", "broken", r"retain set has 1 examples whose inputs are NaN or infinite \(training indices \[11\]\)"),
+    ("model", "clean", r"the model to unlearn from: the weights \['1.weight'\] are NaN or infinite"),
+])
+def test_unlearn_refuses_non_finite_inputs_and_weights(data, what, inputs, message):
+    clean, broken = data
+    dataset = {"clean": clean, "broken": broken}[inputs]
+    model, _ = train(mlp(), clean, **quick())
+    if what == "model":
+        with torch.no_grad():
+            model[1].weight[0, 0] = float("nan")
+    forget = Subset(dataset, [3, 5, 7] if what == "forget" else [3, 5])  # 7: NaN pixels, 11: an infinite one
+    retain = Subset(dataset, [i for i in range(8, 200) if i != 11 or what == "retain"])
+    with pytest.raises(ValueError, match=message):
+        unlearn(model, forget=forget, retain=retain, method="finetune", epochs=1)
+
+
+def test_a_diverging_method_raises_rather_than_return_a_nan_model(data):
+    clean, _ = data
+    model, _ = train(mlp(), clean, **quick())
+    forget, retain = Subset(clean, range(20)), Subset(clean, range(20, 200))
+    with pytest.raises(NonFiniteError, match=r"NaN or infinite at epoch \d, step \d+"):
+        unlearn(model, forget=forget, retain=retain, method="neggrad", lr=1e12, momentum=0.0, epochs=3)
+    finite = unlearn(model, forget=forget, retain=retain, method="neggrad", epochs=1).model
+    assert all(torch.isfinite(p).all() for p in finite.parameters())
+    assert np.isfinite(finite(clean.inputs[:4]).detach().numpy()).all()
