@@ -128,14 +128,29 @@ def _task_name(inputs: dict) -> str | None:
     return None
 
 
-def higher_is_memorized(scores: pd.Series) -> bool:
-    """The direction :func:`compute` records in ``scores.attrs["higher_is_memorized"]``: a bool on one proxy's
-    Series, a ``{column: bool}`` dict on a table (which a column taken from it carries along); True without it.
+def higher_is_memorized(scores: pd.Series, task: str | None = None) -> bool:
+    """Whether a higher score means more memorized: the direction :func:`compute` records in
+    ``scores.attrs["higher_is_memorized"]`` (a bool on one proxy's Series, a ``{column: bool}`` dict on a table,
+    which a column taken from it carries along), else, for a Series named after a registered proxy (a column read
+    back from ``scores.csv``, or one that lost its ``attrs`` in a join), that proxy's direction on examples of
+    ``task`` (None: its registered one).
+
+    >>> higher_is_memorized(pd.Series([0.9, 0.2], name="confidence"))
+    False
 
     Raises:
-        ValueError: a dict that has no entry for the Series' name, or a direction that is not a bool.
+        ValueError: scores whose direction neither says (name it with ``higher_is_memorized=``, or set
+            ``scores.attrs["higher_is_memorized"]``), a dict that has no entry for the Series' name, or a direction
+            that is not a bool.
     """
-    direction = scores.attrs.get("higher_is_memorized", True)
+    direction = scores.attrs.get("higher_is_memorized")
+    if direction is None:
+        if isinstance(scores.name, str) and scores.name in available():
+            return get_proxy(scores.name).higher_is_memorized_on(task)
+        raise ValueError(f"the scores{f' {scores.name!r}' if scores.name is not None else ''} do not say which way "
+                         "they point: pass higher_is_memorized=True if a higher score means more memorized (e.g. "
+                         "Feldman-Zhang memorization, CSL) or False if less (confidence, c_score), or name the "
+                         "Series after its proxy")
     if isinstance(direction, Mapping):
         if scores.name not in direction:
             raise ValueError(f"scores.attrs['higher_is_memorized'] gives directions for {sorted(map(str, direction))} "

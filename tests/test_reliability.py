@@ -85,3 +85,36 @@ def test_a_diverging_method_raises_rather_than_return_a_nan_model(data):
     finite = unlearn(model, forget=forget, retain=retain, method="neggrad", epochs=1).model
     assert all(torch.isfinite(p).all() for p in finite.parameters())
     assert np.isfinite(finite(clean.inputs[:4]).detach().numpy()).all()
+
+
+def test_scores_without_a_direction_are_refused_and_a_proxys_column_keeps_its_own(data, tmp_path):
+    import pandas as pd
+
+    import proxies
+
+    clean, _ = data
+    recorder = proxies.TrainingRecorder(len(clean))
+    model, _ = train(mlp(), clean, recorder=recorder, **quick(epochs=3))
+    forget, retain = Subset(clean, range(0, 200, 10)), Subset(clean, [i for i in range(200) if i % 10])
+    leave = {"low": "noop", "medium": "noop", "high": "noop"}  # the plan's groups are what is checked
+    confidence = proxies.compute("confidence", recording=recorder)  # lower confidence: more memorized
+    expected = unlearn(model, forget=forget, retain=retain, scores=confidence, policy=leave)
+    pd.DataFrame({"confidence": confidence}).to_csv(tmp_path / "scores.csv")
+    read_back = pd.read_csv(tmp_path / "scores.csv", index_col=0)["confidence"]  # attrs lost, name kept
+    assert "higher_is_memorized" not in read_back.attrs
+    groups = {s.group: list(s.indices) for s in expected.plan}
+    same = unlearn(model, forget=forget, retain=retain, scores=read_back, policy=leave)
+    assert {s.group: list(s.indices) for s in same.plan} == groups
+    unnamed = read_back.rename("score")  # e.g. after a join
+    with pytest.raises(ValueError, match="do not say which way they point"):
+        unlearn(model, forget=forget, retain=retain, scores=unnamed, policy=leave)
+    with pytest.raises(ValueError, match="given as an array do not say which way"):
+        unlearn(model, forget=forget, retain=retain, scores=unnamed.loc[list(forget.indices)].to_numpy(),
+                policy=leave)
+    told = unlearn(model, forget=forget, retain=retain, scores=unnamed, higher_is_memorized=False, policy=leave)
+    assert {s.group: list(s.indices) for s in told.plan} == groups
+    reversed_plan = unlearn(model, forget=forget, retain=retain, scores=unnamed, higher_is_memorized=True,
+                            policy=leave)
+    assert {s.group: list(s.indices) for s in reversed_plan.plan}["high"] == groups["low"]
+    with pytest.raises(ValueError, match="contradicts the scores' own direction"):
+        unlearn(model, forget=forget, retain=retain, scores=confidence, higher_is_memorized=True, policy=leave)

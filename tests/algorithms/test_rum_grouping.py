@@ -110,12 +110,14 @@ def test_forget_set_scores_alone_fall_back_to_the_request_split_with_a_warning(s
     request = unlearn(model, forget=forget, retain=retain, scores=rank, policy=LEAVE, grouping="request")
     for only_forget in (np.arange(6.0) * 10 + 10, rank.loc[[10, 20, 30, 40, 50, 60]]):
         with pytest.warns(UserWarning, match="only the forget set's scores.*whole training set"):
-            result = unlearn(model, forget=forget, retain=retain, scores=only_forget, policy=LEAVE)
+            result = unlearn(model, forget=forget, retain=retain, scores=only_forget, higher_is_memorized=True,
+                             policy=LEAVE)
         assert result.grouping == "request" and result.thresholds is None
         assert [list(s.indices) for s in result.plan] == [list(s.indices) for s in request.plan]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # asked for: no warning
-        unlearn(model, forget=forget, retain=retain, scores=np.arange(6.0), policy=LEAVE, grouping="request")
+        unlearn(model, forget=forget, retain=retain, scores=np.arange(6.0),
+                higher_is_memorized=True, policy=LEAVE, grouping="request")
     with pytest.raises(ValueError, match="grouping must be one of"):
         unlearn(model, forget=forget, retain=retain, scores=rank, policy=LEAVE, grouping="forget_set")
     with pytest.raises(ValueError, match="grouping is for method='rum'"):

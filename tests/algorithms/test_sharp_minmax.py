@@ -273,7 +273,8 @@ def test_sharp_minmax_unlearns_digits_into_a_new_model_deterministically(digits_
 def test_rum_runs_sharp_minmax_on_the_most_memorized_group(digits_request):
     model, forget, retain = digits_request
     policy = {"low": None, "medium": ("finetune", {"epochs": 1}), "high": ("sharp_minmax", {"epochs": 2})}
-    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy, grouping="request",
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                     higher_is_memorized=True, policy=policy, grouping="request",
                      retain_per_forget=4.0)
     assert [(s.group, s.method) for s in result.plan] == [("low", "noop"), ("medium", "finetune"),
                                                           ("high", "sharp_minmax")]

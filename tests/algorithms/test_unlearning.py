@@ -87,7 +87,7 @@ def test_rum_runs_one_step_per_group_in_the_stated_order(trained):
     model, recorder, forget, retain = trained
     scores = np.linspace(0, 1, 90)[::-1]  # forget example 0 is the most memorized
     policy = {"low": ("finetune", {"epochs": 1}), "medium": None, "high": ("neggrad", {"lr": 1e-3})}
-    result = unlearn(model, forget=forget, retain=retain, scores=scores, policy=policy,
+    result = unlearn(model, forget=forget, retain=retain, scores=scores, higher_is_memorized=True, policy=policy,
                      config=RUMConfig(order=("high", "low", "medium")))
     assert [(s.group, s.method) for s in result.plan] == [("high", "neggrad"), ("low", "finetune"),
                                                           ("medium", "noop")]
@@ -131,7 +131,7 @@ def test_a_user_dataset_of_pairs_and_any_classifier_work(digits):
     x, y = digits.train.inputs[:120].flatten(1), digits.train.targets[:120]
     forget, retain = TensorDataset(x[:20], y[:20]), TensorDataset(x[20:], y[20:])
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(20.0),
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(20.0), higher_is_memorized=True,
                      policy={"low": "finetune", "medium": "neggrad_plus", "high": "salun"})
     assert [s.group for s in result.plan] == ["low", "medium", "high"]
 
@@ -143,7 +143,7 @@ def test_a_third_party_method_plugs_in_through_entry_points(trained, monkeypatch
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group=None: [entry] if group == "unlearn.methods" else [])
     assert "plugin_shrink" in methods()
-    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), higher_is_memorized=True,
                      policy={"low": None, "medium": None, "high": ("plugin_shrink", {"factor": 0.25})})
     assert result.plan[-1].method == "plugin_shrink" and result.plan[-1].config == {"factor": 0.25}
     first = next(result.model.parameters())
@@ -201,13 +201,15 @@ def test_bad_rum_settings_and_seeds_are_named(trained):
         RUMConfig(groups=2.5)
     with pytest.raises(TypeError, match="seed must be a whole number, got str 'a'"):
         unlearn(model, forget=forget, retain=retain, method="finetune", seed="a")
-    assert unlearn(model, forget=forget, retain=retain, scores=np.zeros(90), seed=-1,  # any seed torch takes
+    assert unlearn(model, forget=forget, retain=retain, scores=np.zeros(90),
+                   higher_is_memorized=True, seed=-1,  # any seed torch takes
                    policy={"low": None, "medium": None, "high": ("neggrad", {"lr": 1e-3})}).plan
     with pytest.raises(ValueError, match=r"policy has entries for \['hihg'\]"):
-        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90),
+        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90), higher_is_memorized=True,
                 policy={"low": None, "medium": None, "high": None, "hihg": "finetune"})
     with pytest.raises(ValueError, match=r"policy 'finetune_salun' has entries for \['medium'\], which are not"):
-        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90), config=RUMConfig(groups=2))
+        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90),
+                higher_is_memorized=True, config=RUMConfig(groups=2))
     with pytest.raises(ValueError, match=r"finetune does not take recording= \(recording is for method='rum'\); "
                                          "its settings: epochs, lr"):
         unlearn(model, forget=forget, retain=retain, method="finetune", recording=recorder)
@@ -221,9 +223,9 @@ def test_bad_input_is_named(trained, digits):
         unlearn(model, forget=forget, retain=Subset(digits.train, [forget.indices[3], 0 if forget.indices[0] else 1]),
                 method="finetune")
     with pytest.raises(ValueError, match=r"one value per forget example \(90\)"):
-        unlearn(model, forget=forget, retain=retain, scores=np.zeros(10))
+        unlearn(model, forget=forget, retain=retain, scores=np.zeros(10), higher_is_memorized=True)
     with pytest.raises(ValueError, match="must be finite"):
-        unlearn(model, forget=forget, retain=retain, scores=np.full(90, np.nan))
+        unlearn(model, forget=forget, retain=retain, scores=np.full(90, np.nan), higher_is_memorized=True)
     with pytest.raises(ValueError, match="no value for 90 forget examples"):
         unlearn(model, forget=forget, retain=retain, scores=pd.Series(np.zeros(3), index=[100000, 100001, 100002]))
     with pytest.raises(ValueError, match=r"unknown unlearning method 'forget_harder'; expected one of \[.*'finetune'"):
@@ -240,9 +242,9 @@ def test_bad_input_is_named(trained, digits):
     with pytest.raises(ValueError, match="unknown settings \\['lr_decay'\\]"):
         unlearn(model, forget=forget, retain=retain, method="finetune", config={"lr_decay": 0.1})
     with pytest.raises(ValueError, match="unknown policy"):
-        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90), policy="gentle")
+        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90), higher_is_memorized=True, policy="gentle")
     with pytest.raises(ValueError, match="policy names unknown method 'erase'"):
-        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90),
+        unlearn(model, forget=forget, retain=retain, scores=np.zeros(90), higher_is_memorized=True,
                 policy={"low": None, "medium": None, "high": "erase"})
     with pytest.raises(TypeError, match="nn.Module"):
         unlearn("model.pt", forget=forget, retain=retain, method="finetune")
@@ -257,7 +259,7 @@ def test_subsets_of_a_plain_dataset_keep_their_training_index():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     scores = pd.Series(np.arange(200.0))  # by training index: higher index = more memorized
     forget, retain = Subset(data, range(100, 130)), Subset(data, range(130, 200))
-    result = unlearn(model, forget=forget, retain=retain, scores=scores, grouping="request",
+    result = unlearn(model, forget=forget, retain=retain, scores=scores, higher_is_memorized=True, grouping="request",
                      policy={"low": None, "medium": None, "high": "finetune"})
     assert result.plan[-1].indices.tolist() == list(range(120, 130))
     with pytest.raises(ValueError, match="share 10 examples"):
@@ -356,6 +358,7 @@ def test_rum_runs_with_different_seeds_share_no_step_sample(trained):
     # reuse seed 1's random-label step's sample (number 1), the groups being the same size
     model, recorder, forget, retain = trained
     samples = {seed: [s.retain_indices for s in unlearn(model, forget=forget, retain=retain, scores=np.zeros(90),
+                                                        higher_is_memorized=True,
                                                         policy="random_label_repair", seed=seed).plan
                       if s.method != "noop"] for seed in (0, 1)}
     assert len(samples[0]) == 2 and all(len(s) == 480 for s in samples[0])
@@ -378,7 +381,8 @@ def test_rum_steps_see_only_their_recorded_retain_sample(trained, monkeypatch):
     seen = _spy(monkeypatch)
     retain_ids, forget_ids = np.asarray(retain.indices), np.asarray(forget.indices)
     policy = {"low": None, "medium": ("spy", {"retain_per_forget": 0.5}), "high": "spy"}
-    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy,
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                     higher_is_memorized=True, policy=policy,
                      config=RUMConfig(retain_per_forget=3))
     assert [s.retain_size for s in result.plan] == [0, 15, 90]  # noop, the entry's 0.5 x 30, the config's 3 x 30
     assert list(result.summary()["retain"]) == [0, 15, 90]
@@ -387,15 +391,18 @@ def test_rum_steps_see_only_their_recorded_retain_sample(trained, monkeypatch):
         np.testing.assert_array_equal(step.retain_indices, handed)  # the plan records exactly what the method saw
         assert np.isin(handed, retain_ids).all() and not np.isin(handed, forget_ids).any()
     assert not np.array_equal(seen[0][:15], seen[1][:15])  # each step draws its own sample
-    again = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy,
+    again = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                    higher_is_memorized=True, policy=policy,
                     config=RUMConfig(retain_per_forget=3))
-    other_seed = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy,
+    other_seed = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                         higher_is_memorized=True, policy=policy,
                          config=RUMConfig(retain_per_forget=3), seed=1)
     for a, b, c in zip(result.plan, again.plan, other_seed.plan, strict=True):
         np.testing.assert_array_equal(a.retain_indices, b.retain_indices)
         assert a.retain_size == c.retain_size and (a.retain_size == 0 or not np.array_equal(a.retain_indices,
                                                                                              c.retain_indices))
-    without = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy)  # no default
+    without = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                      higher_is_memorized=True, policy=policy)  # no default
     assert [s.retain_size for s in without.plan] == [0, 15, len(retain)]
 
 
@@ -404,7 +411,8 @@ def test_a_group_can_take_several_steps_in_turn(trained, monkeypatch):
     seen = _spy(monkeypatch)
     policy = {"low": None, "medium": "spy",
               "high": [("spy", {"retain_per_forget": 2}), {"method": "spy", "config": {"retain_per_forget": 1}}]}
-    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy)
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                     higher_is_memorized=True, policy=policy)
     assert [(s.group, s.method, s.retain_size) for s in result.plan] == [
         ("low", "noop", 0), ("medium", "spy", len(retain)), ("high", "spy", 60), ("high", "spy", 30)]
     np.testing.assert_array_equal(result.plan[2].indices, result.plan[3].indices)  # both unlearn the same group
@@ -418,7 +426,8 @@ def test_a_list_of_two_steps_is_not_read_as_a_pair(trained, monkeypatch):
     _spy(monkeypatch)
     policy = {"low": ("noop", {}), "medium": {"method": "noop"},
               "high": ["spy", {"method": "spy", "config": {"retain_per_forget": 1}}]}
-    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy)
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                     higher_is_memorized=True, policy=policy)
     assert [(s.group, s.method, s.retain_size) for s in result.plan] == [
         ("low", "noop", 0), ("medium", "noop", 0), ("high", "spy", len(retain)), ("high", "spy", 30)]
 
@@ -428,7 +437,7 @@ def test_a_list_of_steps_holds_only_steps(trained, monkeypatch, entry):
     model, _, forget, retain = trained
     seen = _spy(monkeypatch)
     with pytest.raises(TypeError, match="policy entry for 'high'"):
-        unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+        unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), higher_is_memorized=True,
                 policy={"low": "spy", "medium": "spy", "high": entry})
     assert seen == []
 
@@ -438,7 +447,8 @@ def test_retain_examples_outside_the_sample_do_not_matter(trained):
     before = _state(model)
     policy = {"low": None, "medium": None, "high": ("finetune", {"epochs": 1, "lr": 0.05, "retain_per_forget": 4})}
     scores = np.arange(90.0)
-    result = unlearn(model, forget=forget, retain=retain, scores=scores, policy=policy, seed=3)
+    result = unlearn(model, forget=forget, retain=retain, scores=scores,
+                     higher_is_memorized=True, policy=policy, seed=3)
     assert _identical(model, before) and not _identical(result.model, before)
     sampled = np.isin(np.asarray(retain.indices), result.plan[-1].retain_indices)
     assert sampled.sum() == 120 == result.plan[-1].retain_size
@@ -446,15 +456,18 @@ def test_retain_examples_outside_the_sample_do_not_matter(trained):
     inputs, targets = data.inputs.clone(), data.targets.clone()
     inputs[outside], targets[outside] = torch.randn_like(inputs[outside]), (targets[outside] + 1) % 10
     altered = IndexedDataset(inputs, targets, indices=data.indices)  # every example outside the sample is garbage
-    again = unlearn(model, forget=forget, retain=altered, scores=scores, policy=policy, seed=3)
+    again = unlearn(model, forget=forget, retain=altered, scores=scores,
+                    higher_is_memorized=True, policy=policy, seed=3)
     assert _identical(again.model, _state(result.model))
 
 
 def test_a_retain_sample_as_large_as_the_retain_set_is_the_whole_set(trained):
     model, _, forget, retain = trained
     policy = {"low": None, "medium": None, "high": ("finetune", {"epochs": 1})}
-    whole = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy)
-    capped = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy,
+    whole = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                    higher_is_memorized=True, policy=policy)
+    capped = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                     higher_is_memorized=True, policy=policy,
                      config={"retain_per_forget": len(retain) / 30})
     assert capped.plan[-1].retain_size == len(retain)
     assert _identical(capped.model, _state(whole.model))
@@ -464,7 +477,8 @@ def test_a_retain_sample_as_large_as_the_retain_set_is_the_whole_set(trained):
 def test_the_cheap_builtin_policies_train_on_small_retain_samples(trained, policy):
     model, recorder, forget, retain = trained
     before = _state(model)
-    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), policy=policy, recording=recorder)
+    result = unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                     higher_is_memorized=True, policy=policy, recording=recorder)
     assert _identical(model, before) and not _identical(result.model, before)
     expected = []
     for group, steps in resolve_policy(policy, ["low", "medium", "high"]).items():
@@ -481,9 +495,10 @@ def test_bad_retain_per_forget_is_refused_before_any_step(trained, monkeypatch, 
     with pytest.raises(ValueError, match="retain_per_forget must be a positive finite number"):
         RUMConfig(retain_per_forget=bad)
     with pytest.raises(ValueError, match="retain_per_forget must be a positive finite number"):
-        unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), config={"retain_per_forget": bad})
-    with pytest.raises(ValueError, match="retain_per_forget of group 'high' must be a positive finite number"):
         unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0),
+                higher_is_memorized=True, config={"retain_per_forget": bad})
+    with pytest.raises(ValueError, match="retain_per_forget of group 'high' must be a positive finite number"):
+        unlearn(model, forget=forget, retain=retain, scores=np.arange(90.0), higher_is_memorized=True,
                 policy={"low": "spy", "medium": "spy", "high": ("spy", {"retain_per_forget": bad})})
     assert seen == []  # refused while checking the policy, before the first group ran
     with pytest.raises(ValueError, match="positive finite number"):
@@ -562,7 +577,8 @@ def test_rum_stops_each_group_at_its_expected_accuracy(trained):
     indices = np.asarray(forget.indices)
     scores = pd.Series(np.arange(90.0), index=indices)
     expected = pd.Series(np.linspace(1.0, 0.4, 90), index=indices)  # the more memorized, the lower
-    result = unlearn(model, forget=forget, retain=retain, scores=scores, expected_accuracy=expected,
+    result = unlearn(model, forget=forget, retain=retain, scores=scores,
+                     higher_is_memorized=True, expected_accuracy=expected,
                      policy=EXPECTED_POLICY)
     targets = {s.group: s.config["target_accuracy"] for s in result.plan if s.method != "noop"}
     assert targets == pytest.approx({"medium": expected.iloc[30:60].mean(), "high": expected.iloc[60:].mean()})
@@ -570,7 +586,8 @@ def test_rum_stops_each_group_at_its_expected_accuracy(trained):
     assert top1_accuracy(result.model, high) <= targets["high"]  # reached within 5 epochs
     # without expected_accuracy= the recording's early_accuracy proxy estimates it
     estimated = proxies.compute("early_accuracy", recording=recorder).loc[indices]
-    result = unlearn(model, forget=forget, retain=retain, scores=scores, recording=recorder, policy=EXPECTED_POLICY)
+    result = unlearn(model, forget=forget, retain=retain, scores=scores,
+                     higher_is_memorized=True, recording=recorder, policy=EXPECTED_POLICY)
     assert result.plan[1].config["target_accuracy"] == pytest.approx(estimated.iloc[30:60].mean())
 
 
@@ -580,25 +597,29 @@ def test_expected_accuracy_bad_input_is_named(trained, monkeypatch):
     scores = np.arange(90.0)
     spied = {"low": "spy", "medium": "spy", "high": ("finetune", {"target_accuracy": "expected"})}
     with pytest.raises(ValueError, match="pass expected_accuracy= .* or recording="):
-        unlearn(model, forget=forget, retain=retain, scores=scores, policy=spied)
+        unlearn(model, forget=forget, retain=retain, scores=scores, higher_is_memorized=True, policy=spied)
     with pytest.raises(ValueError, match="expected_accuracy must be fractions in"):
-        unlearn(model, forget=forget, retain=retain, scores=scores, policy=spied, expected_accuracy=np.full(90, 1.5))
+        unlearn(model, forget=forget, retain=retain, scores=scores,
+                higher_is_memorized=True, policy=spied, expected_accuracy=np.full(90, 1.5))
     with pytest.raises(ValueError, match=r"expected_accuracy must hold one value per forget example \(90\)"):
-        unlearn(model, forget=forget, retain=retain, scores=scores, policy=spied, expected_accuracy=np.ones(3))
+        unlearn(model, forget=forget, retain=retain, scores=scores,
+                higher_is_memorized=True, policy=spied, expected_accuracy=np.ones(3))
     values = np.full((2, len(forget.dataset), len(proxies.kernels.SIGNAL_COLUMNS)), np.nan, dtype=np.float32)
     values[:, 0] = 1.0  # only example 0 was ever presented: the others have no estimate
     never_presented = proxies.TrainingRecorder.from_values(values)
     with pytest.raises(ValueError, match="the early_accuracy estimate from recording= must be finite"):
-        unlearn(model, forget=forget, retain=retain, scores=scores, policy=spied, recording=never_presented)
-    with pytest.raises(ValueError, match="target_accuracy of group 'high' must be a fraction, None or 'expected'"):
         unlearn(model, forget=forget, retain=retain, scores=scores,
+                higher_is_memorized=True, policy=spied, recording=never_presented)
+    with pytest.raises(ValueError, match="target_accuracy of group 'high' must be a fraction, None or 'expected'"):
+        unlearn(model, forget=forget, retain=retain, scores=scores, higher_is_memorized=True,
                 policy={"low": "spy", "medium": "spy", "high": ("finetune", {"target_accuracy": "retrained"})})
     with pytest.raises(ValueError, match="policy step 'influence' of group 'high': unknown settings "
                                          r"\['target_accuracy'\]"):
-        unlearn(model, forget=forget, retain=retain, scores=scores, expected_accuracy=np.ones(90),
+        unlearn(model, forget=forget, retain=retain, scores=scores,
+                higher_is_memorized=True, expected_accuracy=np.ones(90),
                 policy={"low": "spy", "medium": "spy", "high": ("influence", {"target_accuracy": "expected"})})
     with pytest.raises(ValueError, match="policy step 'retrain' of group 'medium': retrain cannot stop"):
-        unlearn(model, forget=forget, retain=retain, scores=scores,
+        unlearn(model, forget=forget, retain=retain, scores=scores, higher_is_memorized=True,
                 policy={"low": "spy", "medium": ("retrain", {"target_accuracy": 0.5}), "high": "spy"})
     with pytest.raises(ValueError, match="expected_accuracy is for method='rum'"):
         unlearn(model, forget=forget, retain=retain, method="finetune", expected_accuracy=np.ones(90))
@@ -656,7 +677,8 @@ def test_a_recording_of_another_training_set_is_refused(trained, digits):
         unlearn(wider, forget=forget, retain=retain, proxy="confidence", recording=recorder, policy=leave)
     # the expected-accuracy estimate reads the recording too: refused just the same
     with pytest.raises(ValueError, match="another training set"):
-        unlearn(model, forget=other_forget, retain=other_retain, scores=np.arange(90.0), recording=recorder,
+        unlearn(model, forget=other_forget, retain=other_retain, scores=np.arange(90.0),
+                higher_is_memorized=True, recording=recorder,
                 policy=EXPECTED_POLICY)
 
 
@@ -693,9 +715,10 @@ def test_a_methods_settings_pass_through_as_keywords_and_others_are_refused(trai
     leave = {"low": None, "medium": None, "high": ("finetune", {"epochs": 1})}
     scores = pd.Series(np.arange(len(forget) + len(retain), dtype=float),
                        index=np.concatenate([forget.indices, retain.indices]))
-    rum_config = unlearn(model, forget=forget, retain=retain, scores=scores,
+    rum_config = unlearn(model, forget=forget, retain=retain, scores=scores, higher_is_memorized=True,
                          config=RUMConfig(policy=leave, retain_per_forget=2.0, groups=3))
-    rum_keyword = unlearn(model, forget=forget, retain=retain, scores=scores, policy=leave, retain_per_forget=2.0,
+    rum_keyword = unlearn(model, forget=forget, retain=retain, scores=scores,
+                          higher_is_memorized=True, policy=leave, retain_per_forget=2.0,
                           config={"retain_per_forget": 8.0})
     assert [s.retain_size for s in rum_keyword.plan] == [s.retain_size for s in rum_config.plan]
     assert _identical(rum_keyword.model, _state(rum_config.model))
@@ -706,7 +729,8 @@ def test_a_methods_settings_pass_through_as_keywords_and_others_are_refused(trai
         unlearn(model, forget=forget, retain=retain, method="neggrad", alpha=0.5)
     with pytest.raises(ValueError, match=r"rum does not take epoch=; its settings: groups, order, policy, "
                                          "retain_per_forget, grouping; its inputs: scores, proxy, recording"):
-        unlearn(model, forget=forget, retain=retain, scores=scores, epoch=None)  # a name no method takes: a typo
+        unlearn(model, forget=forget, retain=retain, scores=scores,
+                higher_is_memorized=True, epoch=None)  # a name no method takes: a typo
     assert unlearn(model, forget=forget, retain=retain, method="finetune", config={"epochs": 1},
                    scores=None, policy=None).plan  # None is as if not given
 

@@ -64,9 +64,20 @@ def test_random_is_seeded_and_sized(scores):
 
 
 def test_ties_are_broken_by_the_seed():
-    tied = pd.Series(np.zeros(50))
+    tied = pd.Series(np.zeros(50), name="memorization")
     picks = {tuple(select_forget("high:5", tied, seed=s)) for s in range(5)}
     assert len(picks) > 1
+
+
+def test_scores_must_say_which_way_they_point():
+    unnamed = pd.Series(np.arange(10.0))
+    with pytest.raises(ValueError, match="do not say which way they point: pass higher_is_memorized="):
+        select_forget("high:2", unnamed)
+    # a column read back from scores.csv: its name is a registered proxy's, whose direction it takes
+    confidence = pd.Series(np.arange(10.0) / 10, name="confidence")
+    np.testing.assert_array_equal(select_forget("high:2", confidence), [0, 1])  # the least confident
+    unnamed.attrs["higher_is_memorized"] = False
+    np.testing.assert_array_equal(select_forget("high:2", unnamed), [0, 1])
 
 
 def test_sizes_that_leave_nothing_to_retain_are_refused(scores):

@@ -174,7 +174,9 @@ def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, nu
     Args:
         spec: a spec string or :class:`ForgetSpec`.
         scores: memorization (or a proxy) per training example, indexed by training index; needed by high / low /
-            mixed, and its index is the training set for the other kinds.
+            mixed (which must know the scores' direction: from ``attrs["higher_is_memorized"]``, as
+            :func:`proxies.compute` sets it, or the name of a registered proxy), and its index is the training set
+            for the other kinds.
         num_train: the training-set size, when no ``scores`` are given.
         seed: seed of random selection and of tie breaking.
         source_rows: official training-file rows of the training examples (for ``ids:`` files by source row).

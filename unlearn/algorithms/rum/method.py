@@ -115,7 +115,7 @@ def _per_forget(values, forget: Dataset, name: str) -> np.ndarray:
     return array
 
 
-def _memorization_scores(scores, proxy: str | None, *, model, forget: Dataset, retain: Dataset,
+def _memorization_scores(scores, proxy: str | None, *, model, forget: Dataset, retain: Dataset, higher: bool | None,
                          recording, grouping: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """The forget examples' scores oriented so that higher means more memorized, the same for every example of the
     training set where they are known (None: only the forget set's), and the scores' own direction.
@@ -138,7 +138,7 @@ def _memorization_scores(scores, proxy: str | None, *, model, forget: Dataset, r
             data = join(forget, retain)
         scores = proxies.compute(proxy, recording=recording, model=model, data=data, progress=False)
     values = _per_forget(scores, forget, "scores")
-    higher = proxies.higher_is_memorized(scores) if isinstance(scores, pd.Series) else True
+    higher = _direction(scores, higher, task_of(forget).name)
     population = None
     if isinstance(scores, pd.Series):
         everyone = np.concatenate([labels_of(forget)[1].numpy(), labels_of(retain)[1].numpy()])
@@ -146,6 +146,28 @@ def _memorization_scores(scores, proxy: str | None, *, model, forget: Dataset, r
             population = scores.to_numpy(dtype=float)
     sign = 1.0 if higher else -1.0
     return sign * values, None if population is None else sign * population, higher
+
+
+def _direction(scores, given: bool | None, task: str) -> bool:
+    """The scores' direction: ``given`` (refused where the scores' own ``attrs`` say the other), else what the
+    Series says (:func:`proxies.higher_is_memorized`); an array without ``given`` is refused."""
+    import proxies
+
+    if given is not None and not isinstance(given, (bool, np.bool_)):
+        raise TypeError(f"higher_is_memorized must be True or False, got {given!r}")
+    if isinstance(scores, pd.Series) and scores.attrs.get("higher_is_memorized") is not None:
+        own = proxies.higher_is_memorized(scores, task)
+        if given is not None and bool(given) != own:
+            raise ValueError(f"higher_is_memorized={given} contradicts the scores' own direction ({own}, in "
+                             "scores.attrs['higher_is_memorized'])")
+        return own
+    if given is not None:
+        return bool(given)
+    if not isinstance(scores, pd.Series):
+        raise ValueError("scores= given as an array do not say which way they point: pass higher_is_memorized=True "
+                         "if a higher score means more memorized (e.g. Feldman-Zhang memorization) or False if less "
+                         "(confidence, c_score)")
+    return proxies.higher_is_memorized(scores, task)
 
 
 def _expected_accuracy(expected_accuracy, recording, forget: Dataset) -> np.ndarray:
@@ -198,9 +220,11 @@ _FALLBACK_HINT = ("pass scores= as a Series indexed by training index that cover
                   "proxies.compute(proxy, recording=...)) or proxy= with recording=")
 
 
-@register_method(NAME, config=RUMConfig, inputs=("scores", "proxy", "recording", "expected_accuracy"))
+@register_method(NAME, config=RUMConfig,
+                 inputs=("scores", "proxy", "recording", "expected_accuracy", "higher_is_memorized"))
 def rum(model, forget: Dataset, retain: Dataset, config: RUMConfig, *, seed: int, device,
-        scores=None, proxy: str | None = None, recording=None, expected_accuracy=None) -> RUMResult:
+        scores=None, proxy: str | None = None, recording=None, expected_accuracy=None,
+        higher_is_memorized: bool | None = None) -> RUMResult:
     """Memorization-aware unlearning: unlearn each memorization group in turn with its policy's method.
 
     Args:
@@ -209,7 +233,11 @@ def rum(model, forget: Dataset, retain: Dataset, config: RUMConfig, *, seed: int
         scores: memorization scores, a Series indexed by training index (one from :func:`proxies.compute` carries
             its direction) or an array in forget order. A Series that also covers the retain set (e.g. of the whole
             training set) gives training-set grouping its thresholds; scores of the forget set alone fall back to
-            the request's own split, with a warning.
+            the request's own split, with a warning. Their direction must be known: from ``higher_is_memorized``,
+            else the Series' ``attrs``, else its name when that is a registered proxy's (a column of
+            ``scores.csv``); anything else is refused, since a wrong guess reverses the whole plan.
+        higher_is_memorized: whether a higher score means more memorized (True for Feldman-Zhang memorization and
+            CSL, False for confidence and the c_score); refused if the scores' ``attrs`` say otherwise.
         proxy: compute the scores with this proxy instead (see :func:`proxies.available`): a recording proxy
             scores every recorded example; a model proxy is run on the forget and retain sets together (on the
             forget set alone with ``grouping="request"``).
@@ -232,7 +260,7 @@ def rum(model, forget: Dataset, retain: Dataset, config: RUMConfig, *, seed: int
         _check_recording(recording, model, forget, retain, device)
     memorization, population, higher = _memorization_scores(scores, proxy, model=model, forget=forget,
                                                             retain=retain, recording=recording,
-                                                            grouping=config.grouping)
+                                                            grouping=config.grouping, higher=higher_is_memorized)
     policy = config.policy if config.policy is not None else default_policy(task_of(forget).name)
     plan_for = resolve_policy(policy, config.ordered_groups())
     _check_policy(plan_for)
