@@ -118,3 +118,21 @@ def test_scores_without_a_direction_are_refused_and_a_proxys_column_keeps_its_ow
     assert {s.group: list(s.indices) for s in reversed_plan.plan}["high"] == groups["low"]
     with pytest.raises(ValueError, match="contradicts the scores' own direction"):
         unlearn(model, forget=forget, retain=retain, scores=confidence, higher_is_memorized=True, policy=leave)
+
+
+@pytest.mark.parametrize("device, message", [("cuda:7", r"device 'cuda:7' asked for, but this machine has \d CUDA"),
+                                             ("gpu", "unknown device 'gpu'; expected e.g. 'cpu', 'cuda'")])
+def test_a_device_this_machine_lacks_is_one_clear_line(data, device, message):
+    from unlearn import evaluate
+
+    clean, _ = data
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    model = mlp()
+    forget, retain = Subset(clean, range(10)), Subset(clean, range(10, 200))
+    with pytest.raises(ValueError, match=message):
+        unlearn(model, forget=forget, retain=retain, method="finetune", device=device)
+    with pytest.raises(ValueError, match=message):
+        evaluate(model, forget=forget, retain=retain, test=retain, device=device)
+    with pytest.raises(ValueError, match=message):
+        train(model, clean, **{**quick(), "device": device})

@@ -29,6 +29,7 @@ from ._checks import check_finite_inputs, check_finite_weights, whole
 from .algorithms.plan import PlanStep, UnlearnResult, step_of
 from .algorithms.registry import Method, get_method, make_config, methods, takers
 from .data.sources import IndexedDataset, Streamed, examples, first_input, labels_of, subset_root
+from .training.trainer import resolve_device
 
 __all__ = ["PlanStep", "UnlearnResult", "unlearn"]
 
@@ -149,7 +150,8 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     check_finite_weights(model, "the model to unlearn from")
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    device = torch.device(device)
+    else:  # one line for a device torch does not know or this machine lacks, before any work
+        device = resolve_device(device)
     model = copy.deepcopy(model).to(device).eval()
     _check_model(model, forget_data, retain_data, device)
 

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from proxies.tasks import Classification, task_of
 
 from ..data.sources import examples, labels_of
+from ..training.trainer import resolve_device
 from .attacks import DEFAULT_ATTACKS, AttackInputs, AttackSignals, NotApplicable, extract_signals, get_attack
 from .language import (
     TextOptions,
@@ -217,6 +218,7 @@ def evaluate(model: nn.Module | Mapping[str, nn.Module], *, forget: Dataset, ret
     """
     if isinstance(attacks, str):
         attacks = (attacks,)
+    device = None if device is None else resolve_device(device)  # one line for a device this machine lacks
     forget, retain, test, population = _checked(forget, retain, test, attacks, shadows, population)
     text = _text_options(forget, tokenizer, extraction, canaries, canary_references)
     named = dict(model) if isinstance(model, Mapping) else {"model": model}
@@ -264,6 +266,7 @@ def evaluate_ulira(model: nn.Module, reference: nn.Module, *, forget: Dataset, s
     from .attacks import ulira
     from .attacks.lira import MIN_SHADOWS_FOR_VARIANCE
 
+    device = None if device is None else resolve_device(device)
     forget = examples(forget)
     forget_indices = labels_of(forget)[1].numpy()
     positions = shadows.locate("train", forget_indices)
