@@ -1,5 +1,12 @@
 """Training (SGD, or AdamW for language models) that can record per-example dynamics, deterministic for a seed on CPU.
 
+Where :func:`train`'s data is: with an in-memory dataset the training set is copied to ``device`` once per call and
+each batch (shuffled by a CPU generator, the order copied once an epoch) is gathered there; any other dataset is
+streamed, a batch at a time, through a ``DataLoader`` (:class:`unlearn.data.Streamed` sets its workers; the batches
+are pinned on CUDA and copied asynchronously), in the same order as from memory for the same seed. Loss and accuracy
+are summed on the device: an epoch reads the device back a fixed number of times at its end (the history row, the
+recorder's epoch), never per batch.
+
 >>> from unlearn.data import load_dataset
 >>> from unlearn.models import create_model
 >>> splits = load_dataset("digits")
@@ -259,13 +266,6 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
             unlearning methods' steps (:mod:`unlearn.methods`; ``retrain`` alone calls :func:`train`, with the
             original recipe, its augmentation included).
         optimizer: ``"sgd"`` or ``"adamw"`` (:data:`OPTIMIZERS`). progress: show a tqdm bar.
-
-    Where things are: with an in-memory dataset the training set is copied to ``device`` once per call and each batch
-    (shuffled by a CPU generator, the order copied once an epoch) is gathered there; any other dataset is streamed, a
-    batch at a time, through a ``DataLoader`` (:class:`unlearn.data.Streamed` sets its workers; the batches are pinned
-    on CUDA and copied asynchronously), in the same order as from memory for the same seed. Loss and accuracy are summed
-    on the device: an epoch reads the device back a fixed number of times at its end (the history row, the recorder's
-    epoch), never per batch.
 
     Returns:
         The trained model (in eval mode, on ``device``) and a DataFrame with one row per epoch.
