@@ -136,3 +136,34 @@ def test_a_device_this_machine_lacks_is_one_clear_line(data, device, message):
         evaluate(model, forget=forget, retain=retain, test=retain, device=device)
     with pytest.raises(ValueError, match=message):
         train(model, clean, **{**quick(), "device": device})
+
+
+def _float64(clean):
+    return IndexedDataset(clean.inputs.double(), clean.targets)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("float64 inputs", "the inputs are float64 but the model's weights are float32"),
+    ("half model", "the inputs are float32 but the model's weights are float16"),
+    ("flattened inputs", r"the model cannot take the training inputs of shape \[64\]"),
+    ("label -1", r"model returns 10 logits but the labels span \[-1, 9\]"),
+    ("label 10", r"model returns 10 logits but the labels span \[0, 10\]"),
+])
+def test_train_refuses_what_the_model_cannot_take_before_any_work(data, case, message):
+    clean, _ = data
+    x, y = clean.inputs, clean.targets.clone()
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    dataset = clean
+    if case == "float64 inputs":
+        dataset = _float64(clean)
+    elif case == "half model":
+        model = model.half()
+    elif case == "flattened inputs":
+        dataset = IndexedDataset(x.flatten(1), y)
+    else:
+        y[5] = -1 if case == "label -1" else 10
+        dataset = IndexedDataset(x, y)
+    model.train()
+    with pytest.raises(ValueError, match=message):
+        train(model, dataset, **quick())
+    assert model.training  # the probe leaves the caller's model in its mode

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from proxies.batching import as_tensors
 from proxies.predictions import predict
 from proxies.registries import Registry
-from proxies.tasks import CLASSIFICATION, Task, task_of
+from proxies.tasks import CLASSIFICATION, Classification, Task, task_of
 
 from .._checks import check_finite_inputs, same_settings
 from ..data.sources import batches
@@ -486,15 +486,37 @@ class _Run:
 
 
 def _probe(model: nn.Module, dataset: Dataset) -> None:
-    """Let the data's task refuse a model that cannot take its first two examples (token sequences: a vocabulary
-    too small for the tokenizer's ids, logits that are not a causal LM's), before any work."""
+    """Refuse, before any work, a model that cannot take the data's first two examples: for token sequences the
+    task's probe (a vocabulary too small for the tokenizer's ids, logits that are not a causal LM's); for a
+    classifier, inputs of another floating dtype than its weights, inputs it cannot take (a ValueError with the
+    shape and torch's first line), and labels outside its logits (all of an in-memory set's labels)."""
     def examples() -> tuple[torch.Tensor, torch.Tensor]:
         first = [dataset[i] for i in range(min(2, len(dataset)))]
         device = next(model.parameters(), torch.empty(0)).device
         return (torch.stack([torch.as_tensor(item[0]) for item in first]).to(device),
                 torch.stack([torch.as_tensor(item[1]) for item in first]))
 
-    task_of(dataset).probe(model, examples)
+    task = task_of(dataset)
+    if not isinstance(task, Classification):
+        task.probe(model, examples)
+        return
+    inputs, targets = examples()
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weight is not None and inputs.is_floating_point() and inputs.dtype != weight.dtype:
+        raise ValueError(f"the inputs are {str(inputs.dtype).removeprefix('torch.')} but the model's weights are "
+                         f"{str(weight.dtype).removeprefix('torch.')}: convert one to the other (e.g. "
+                         "inputs.float(), or train in float32 and use precision='bf16' for half precision)")
+    training = model.training
+    try:
+        with torch.no_grad():
+            output = model.eval()(inputs)
+    except RuntimeError as err:
+        raise ValueError(f"the model cannot take the training inputs of shape {list(inputs.shape[1:])}: "
+                         f"{str(err).splitlines()[0]}") from None
+    finally:
+        model.train(training)
+    tensors = as_tensors(dataset)
+    task.check(output, targets if tensors is None else tensors[1], len(inputs))
 
 
 def _check_recorder_fits(recorder, dataset: Dataset) -> None:
