@@ -167,3 +167,64 @@ def test_train_refuses_what_the_model_cannot_take_before_any_work(data, case, me
     with pytest.raises(ValueError, match=message):
         train(model, dataset, **quick())
     assert model.training  # the probe leaves the caller's model in its mode
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(monkeypatch, tmp_path, capsys):
+    from unlearn import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "run", interrupted)
+    assert cli.main(["run", "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"unlearn run: interrupted; the same command resumes from what {tmp_path / 'run'} holds "
+                   "(finished stages, trained epochs and models are kept)"]
+
+
+TINY_RUN = ["run", "--train-size", "300", "--epochs", "3", "--checkpoints", "1", "--forget", "random:30",
+            "--attacks", "loss_threshold", "--policy", "random_label_fast"]
+
+
+def _unlearn_command(*args):
+    import sys
+
+    return [sys.executable, "-m", "unlearn.cli", *args]
+
+
+def _env():
+    import os
+
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    import subprocess
+
+    whole = tmp_path_factory.mktemp("whole")
+    subprocess.run(_unlearn_command(*TINY_RUN, "--out", str(whole)), check=True, env=_env(), capture_output=True)
+    return whole
+
+
+@pytest.mark.slow  # thirteen runs of the command in fresh interpreters
+@pytest.mark.parametrize("stage", range(1, 7))
+def test_sigint_in_each_stage_exits_130_in_one_line_and_the_rerun_finishes_the_job(tmp_path, uninterrupted, stage):
+    import signal
+    import subprocess
+
+    env = _env()
+    out = tmp_path / "run"
+    process = subprocess.Popen(_unlearn_command(*TINY_RUN, "--out", str(out)), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    for line in process.stdout:
+        if f"[{stage}/6]" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith("unlearn run: interrupted; the same command resumes from what")
+    subprocess.run(_unlearn_command(*TINY_RUN, "--out", str(out)), check=True, env=env, capture_output=True)
+    for name in ("model.pt", "reference.pt", "unlearned.pt", "scores.csv", "forget.csv"):
+        assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name

@@ -422,7 +422,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"unlearn {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        print(f"unlearn {args.command}: interrupted; {_resumes_from(args)}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
     return 0
+
+
+def _resumes_from(args: argparse.Namespace) -> str:
+    """What the same command does next after an interrupt: where it resumes."""
+    if args.command in ("train", "run"):
+        try:
+            folder = run_config(args).folder
+        except (UsageError, ValueError, OSError):
+            folder = getattr(args, "out", None) or "its output folder"
+        return (f"the same command resumes from what {folder} holds (finished stages, trained epochs and models "
+                "are kept)")
+    return "the same command starts again (models of the farm already on disk are kept)"
 
 
 if __name__ == "__main__":

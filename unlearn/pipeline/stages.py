@@ -329,7 +329,8 @@ def proxies_stage(run: RunFolder, splits, recorder, checkpoints, after: str, nam
     settings = {"after": after, "proxies": list(names)}
     path = run.path / "proxies.csv"
     table = _reuse(run, "proxies", settings, ["proxies.csv"],
-                   lambda: _columns(pd.read_csv(path, index_col="index"), path, names).astype(float))
+                   lambda: _columns(pd.read_csv(path, index_col="index"), path, names))  # dtypes as written:
+    # a count column (first_learned) read back as floats would write scores.csv unlike an uninterrupted run
     if table is not None and len(table) != len(splits.train):
         warnings.warn(f"{path} scores {len(table)} examples, not {len(splits.train)}; redoing the proxies stage",
                       stacklevel=2)
