@@ -264,8 +264,11 @@ def test_sharp_minmax_unlearns_digits_into_a_new_model_deterministically(digits_
     assert [s.method for s in result.plan] == ["sharp_minmax"] and not result.model.training
     forget_before, retain_before = top1_accuracy(model, forget), top1_accuracy(model, retain)
     forget_after, retain_after = top1_accuracy(result.model, forget), top1_accuracy(result.model, retain)
-    assert forget_after <= forget_before - 0.03
-    assert retain_after >= retain_before - 0.08
+    # a random forget set of digits is barely memorized: the default (the authors' smallest saliencies) moves it
+    # a little, the largest saliencies much more
+    assert forget_after < forget_before and retain_after >= retain_before - 0.08
+    largest = unlearn(model, forget=forget, retain=retain, method="sharp_minmax", seed=3, mask="largest").model
+    assert top1_accuracy(largest, forget) <= forget_before - 0.03
     again = unlearn(model, forget=forget, retain=retain, method="sharp_minmax", seed=3)
     assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in result.model.state_dict().items())
 
@@ -279,7 +282,7 @@ def test_rum_runs_sharp_minmax_on_the_most_memorized_group(digits_request):
     assert [(s.group, s.method) for s in result.plan] == [("low", "noop"), ("medium", "finetune"),
                                                           ("high", "sharp_minmax")]
     np.testing.assert_array_equal(result.plan[-1].indices, np.asarray(forget.indices)[60:])  # highest scores
-    assert result.plan[-1].config["epochs"] == 2 and result.plan[-1].config["mask"] == "largest"
+    assert result.plan[-1].config["epochs"] == 2 and result.plan[-1].config["mask"] == "smallest"
 
 
 # the registration and the settings
@@ -290,6 +293,7 @@ def test_sharp_minmax_is_registered_with_the_authors_defaults():
     config = SharpMinMaxConfig()
     assert (config.rho, config.lam, config.alpha, config.adaptive) == (0.1, 1.0, 0.99, False)
     assert (config.optimizer, config.lr, config.weight_decay, config.epochs) == ("adamw", 0.01, 5e-4, 10)
+    assert (config.mask, config.mask_ratio) == ("smallest", 0.1)  # the side the authors' code marks
 
 
 @pytest.mark.parametrize(("settings", "error", "match"), [

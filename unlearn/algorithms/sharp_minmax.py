@@ -24,12 +24,16 @@ BatchNorm's running statistics alone (their ``disable_running_stats``).
 
 **The mask** ``M`` is computed once, before unlearning, from the saliency ``|grad L(forget)|`` of each weight
 (eval mode, summed over the whole forget set: :func:`~unlearn.algorithms.salun.saliency_mask`), and marks a
-``mask_ratio`` of all the weights. ``mask="largest"`` (the default) marks the largest saliencies: the weights the
-authors' README says the mask selects, those most important to the forget set. The public code's
-``generate_mask.py`` sorts the saliencies in ascending order and marks the first ``mask_ratio`` of them, so it marks
-the *smallest*; ``mask="smallest"`` does that (the complement of the largest ``1 - mask_ratio``, so the two counts
-add up to every weight; the authors' count floors ``mask_ratio * n``). ``mask="none"``: both updates train every
-weight.
+``mask_ratio`` of all the weights. The authors' README says the mask selects the weights most important to the
+forget set, but their ``generate_mask.py`` sorts the saliencies in ascending order and marks the first
+``mask_ratio`` of them: the *smallest*. ``mask="smallest"``, the default, does what the code does (the complement
+of the largest ``1 - mask_ratio``, so the two counts add up to every weight; the authors' count floors
+``mask_ratio * n``): the code is what made the published numbers, and it is the side that works at the published
+settings. Measured (benchmarks/README.md, "Vision transformers"): on a Fashion-MNIST CNN with a random forget set
+of 91, ``"smallest"`` at the defaults took forget / test accuracy from 0.77 / 0.76 to 0.74 / 0.74, while
+``"largest"`` (the README's words: sharpness maximization at full AdamW steps on the weights the whole model
+relies on most) left 0.57 / 0.58 at lr 1e-3 and 0.16 / 0.14 at the default 1e-2. ``mask="largest"`` is there to
+study it; ``mask="none"``: both updates train every weight.
 
 **Defaults** are the authors' argument defaults: ``rho`` 0.1, ``lam`` 1, ``alpha`` 0.99, not adaptive, AdamW at lr
 0.01 with weight decay 5e-4, batches of 256, 10 epochs (their learning-rate milestones at epochs 91 and 136 never
@@ -91,7 +95,7 @@ class SharpMinMaxConfig(SGDConfig):
     rho: float = 0.1
     lam: float = 1.0
     adaptive: bool = False
-    mask: str = "largest"
+    mask: str = "smallest"
     mask_ratio: float = 0.1
     epochs: int = 10
     lr: float = 0.01
