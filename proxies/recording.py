@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .files import written
 from .kernels import SIGNAL_COLUMNS
 from .sequences import CAUSAL_LM, SEQUENCE_COLUMNS, sequence_fingerprint
 from .tasks import CLASSIFICATION, Task
@@ -415,7 +416,7 @@ class TrainingRecorder:
             arrays["labels"] = self._last_labels
         if self._num_classes is not None:
             arrays["num_classes"] = np.array(self._num_classes, dtype=np.int64)
-        with open(path, "wb") as file:  # a path, not a file, would get ".npz" appended by numpy
+        with written(path) as tmp, open(tmp, "wb") as file:  # (a path, not a file, would get ".npz" appended)
             np.savez_compressed(file, **arrays)
 
     @classmethod

@@ -228,3 +228,19 @@ def test_sigint_in_each_stage_exits_130_in_one_line_and_the_rerun_finishes_the_j
     subprocess.run(_unlearn_command(*TINY_RUN, "--out", str(out)), check=True, env=env, capture_output=True)
     for name in ("model.pt", "reference.pt", "unlearned.pt", "scores.csv", "forget.csv"):
         assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+
+
+def test_outputs_are_written_whole(tmp_path, data):
+    from proxies.files import written
+    from unlearn.training import save_checkpoint
+
+    path = tmp_path / "model.pt"
+    model = mlp()
+    save_checkpoint(model, path)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="disk full"), written(path) as tmp:
+        tmp.write_bytes(b"half a mod")
+        raise RuntimeError("disk full")
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    state = torch.load(path, weights_only=True)
+    assert set(state) == set(model.state_dict())

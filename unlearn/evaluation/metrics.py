@@ -16,6 +16,8 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from proxies.files import written
+
 __all__ = ["mean_interval", "plot_roc", "roc_summary", "tow", "tow_mia", "tpr_at_fpr"]
 
 SPLITS = ("forget", "retain", "test")
@@ -120,6 +122,7 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os
            ylabel="true positive rate", title=title)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with written(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 

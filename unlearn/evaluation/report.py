@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from proxies.files import write_text, written
+
 __all__ = ["METRICS", "plot_group_accuracy", "plot_proxies_vs_memorization", "write_report"]
 
 METRICS = {
@@ -91,7 +93,8 @@ def plot_group_accuracy(table: pd.DataFrame, path: str | os.PathLike, *, title: 
            xlabel="memorization group of the forget set", title=title)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with written(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -113,7 +116,8 @@ def plot_proxies_vs_memorization(scores: pd.DataFrame, memorization: pd.Series, 
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with written(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -126,7 +130,7 @@ def write_report(folder: str | os.PathLike, results: dict, tables: dict[str, pd.
     payload = {**results, "tables": {name: json.loads((t if positional[name] else t.reset_index())
                                                       .to_json(orient="records"))
                                      for name, t in tables.items()}}
-    (folder / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_text(folder / "results.json", json.dumps(payload, indent=2) + "\n")
     lines = [f"# Unlearning report: {results['run'].get('dataset', '')}", ""]
     lines += [f"- **{key}**: {value}" for key, value in results["run"].items()]
     for name, table in tables.items():
@@ -136,4 +140,4 @@ def write_report(folder: str | os.PathLike, results: dict, tables: dict[str, pd.
             lines += [f"- **{family}**: {METRICS[family]}" for family in families if family in METRICS]
     for name, file in figures.items():
         lines += ["", f"## {name}", "", f"![{name}]({file})", ""]
-    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    write_text(folder / "report.md", "\n".join(lines) + "\n")

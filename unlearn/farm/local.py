@@ -35,6 +35,8 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from proxies.files import write_text
+
 from .._checks import same_settings
 
 __all__ = ["Farm", "FolderFarm", "Job", "LocalFarm", "TrainTask", "check_manifest", "describe_factory", "fingerprint",
@@ -237,5 +239,5 @@ def check_manifest(folder: str | os.PathLike, settings: dict, *, force: bool = F
             return
         for old in folder.glob("*.npz"):
             old.unlink()
-    manifest.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    write_text(manifest, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 

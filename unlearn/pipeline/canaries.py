@@ -17,6 +17,7 @@ import pandas as pd
 from torch import nn
 
 import proxies
+from proxies.files import written
 
 from ..data.sources import labels_of
 
@@ -72,7 +73,8 @@ def plot_canaries(table: pd.DataFrame, models, path: str | os.PathLike, *, title
            ylabel="log10 p(digits | prefix), top-k 40", title=title)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with written(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 

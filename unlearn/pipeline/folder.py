@@ -31,6 +31,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from proxies.files import write_text
+
 from .._checks import same_settings
 
 __all__ = ["FolderInUseError", "RunFolder", "locked"]
@@ -111,9 +113,7 @@ class RunFolder:
         return stages
 
     def _write(self) -> None:
-        tmp = self._file.with_suffix(".partial")
-        tmp.write_text(json.dumps(self.stages, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self._file)
+        write_text(self._file, json.dumps(self.stages, indent=2, sort_keys=True) + "\n")
 
     def reusable(self, stage: str, settings: dict, files: Sequence[str] = ()) -> bool:
         """True when ``stage`` finished with these settings and its ``files`` exist. A stage finished with other

@@ -16,6 +16,7 @@ import pandas as pd
 from torch import nn
 
 import proxies
+from proxies.files import write_text, written
 
 from ..data.selection import parse_forget_spec, select_forget
 from ..data.sources import labels_of
@@ -198,7 +199,8 @@ def run_proxies(folder: str | os.PathLike, names=None, *, fz_models: int = 0, ro
                 seed=settings["seed"], farm=farm, farm_options=farm_options or {}, **recipe_of(settings))
             names += [n for n in ("memorization", "c_score") if n not in names]
         table = compute_proxies(names, splits, recorder, checkpoints, subset_models)
-        table.to_csv(Path(to) if to is not None else folder / "proxy_scores.csv")
+        with written(Path(to) if to is not None else folder / "proxy_scores.csv") as tmp:
+            table.to_csv(tmp)
         return table
 
 
@@ -242,7 +244,7 @@ def run_attack(folder: str | os.PathLike, *, checkpoint: str | os.PathLike | Non
         report = evaluate(model, forget=forget_set, retain=retain, test=splits.test, reference=reference,
                           attacks=names, shadows=shadow_models, seed=settings["seed"])
         target = folder / f"attack-{checkpoint.stem}.json"
-        target.write_text(json.dumps({"checkpoint": str(checkpoint), "forget": len(forget_ids),
+        write_text(target, json.dumps({"checkpoint": str(checkpoint), "forget": len(forget_ids),
                                       "forget_ids": [int(i) for i in forget_ids], "attacks": names,
                                       "report": report.to_dict()}, indent=2) + "\n")
         report.attrs["written"] = str(target)

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from proxies.files import write_text, written
+
 from ..algorithms.rum.grouping import group_of
 from ..data.selection import parse_forget_spec
 from ..data.sources import labels_of
@@ -73,7 +75,8 @@ def evaluation_stage(config: RunConfig, folder: RunFolder, trained: Trained, tab
                                                                       stage_seconds["unlearn"],
                                                                       stage_seconds["reference"]]
     scores, per_group = _per_example(config, trained, table, memorization, request, unlearned, examples, models)
-    scores.to_csv(folder.path / "scores.csv")
+    with written(folder.path / "scores.csv") as tmp:
+        scores.to_csv(tmp)
     figures = _figures(config, folder.path, trained, table, memorization, request, models, shadows, signals,
                        scores, per_group, device)
     canaries = None
@@ -97,7 +100,7 @@ def evaluation_stage(config: RunConfig, folder: RunFolder, trained: Trained, tab
     if canaries is not None:
         tables["canaries by copies in training"] = canaries
     write_report(folder.path, {"run": facts, "seconds": stage_seconds, "time_vs_retrain": ratio}, tables, figures)
-    (folder.path / "config.toml").write_text(config.to_toml())  # last, beside the outputs it made: a refused or
+    write_text(folder.path / "config.toml", config.to_toml())  # last, beside the outputs it made: a refused or
     # failed run leaves none (RUN_OUTPUTS), so the file always describes the folder's results
     results.attrs["per_group"] = per_group
     results.attrs["summary"] = (f"unlearning took {stage_seconds['unlearn']:.1f} s, {ratio:.1%} of retraining "

@@ -27,6 +27,7 @@ from torch import nn
 import proxies
 from proxies import TrainingRecorder
 from proxies.devices import model_device
+from proxies.files import write_text, written
 
 from .._checks import same_settings
 from ..algorithms.registry import get_method, make_config
@@ -205,8 +206,9 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
     checkpoints = [load_checkpoint(copy.deepcopy(model), f, device).eval() for f in checkpoint_files]
     save_checkpoint(model, out / "model.pt")
     recorder.save(out / "recording.npz")
-    history.to_csv(out / "history.csv", index=False)
-    config_file.write_text(json.dumps(settings, indent=2) + "\n")  # written last: marks the stage finished
+    with written(out / "history.csv") as tmp:
+        history.to_csv(tmp, index=False)
+    write_text(config_file, json.dumps(settings, indent=2) + "\n")  # written last: marks the stage finished
     state.unlink(missing_ok=True)
     say(f"trained in {seconds:.1f} s; wrote {', '.join(f.name for f in files)}, history.csv and "
         f"{len(checkpoints)} checkpoints to {out}")
@@ -341,7 +343,8 @@ def proxies_stage(run: RunFolder, splits, recorder, checkpoints, after: str, nam
         return table
     with run.timed("proxies", settings):
         table = compute_proxies(names, splits, recorder, checkpoints)
-        table.to_csv(run.path / "proxies.csv")
+        with written(run.path / "proxies.csv") as tmp:
+            table.to_csv(tmp)
     return table
 
 
@@ -407,7 +410,8 @@ def forget_stage(run: RunFolder, spec_text: str, ranking: pd.Series | None, spli
             table["label"] = labels[ids].numpy()
         if splits.train_rows is not None:
             table["source_row"] = splits.train_rows[ids].numpy()
-        table.to_csv(run.path / "forget.csv", index=False)
+        with written(run.path / "forget.csv") as tmp:
+            table.to_csv(tmp, index=False)
     return ids
 
 
@@ -512,7 +516,8 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
         # are read back from the indices (plan_groups), not recomputed
         plan = pd.DataFrame(plan).assign(config=[json.dumps(c, default=str, sort_keys=True) for c in plan["config"]],
                                          indices=[json.dumps(step.indices.tolist()) for step in result.plan])
-        plan.to_csv(run.path / "plan.csv", index=False)
+        with written(run.path / "plan.csv") as tmp:
+            plan.to_csv(tmp, index=False)
         notes.update(result.facts())
     return Unlearned(result.model.eval(), plan, run.notes("unlearn"), named.get("proxy"))
 

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from proxies.batching import as_tensors
+from proxies.files import written
 from proxies.predictions import predict
 from proxies.registries import Registry
 from proxies.tasks import CLASSIFICATION, Classification, Task, task_of
@@ -562,9 +563,8 @@ def _save_state(path, fingerprint: dict, epoch: int, model: nn.Module, optimizer
              "rows": rows, "best_loss": best_loss, "stale": stale}
     if augment_generator is not None:  # states of un-augmented training keep the keys they always had
         state["augment_generator"] = augment_generator.get_state()
-    tmp = f"{os.fspath(path)}.partial"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with written(path) as tmp:  # a kill mid-write leaves the previous state
+        torch.save(state, tmp)
 
 
 def _restore(path, fingerprint: dict, model: nn.Module, optimizer, generator: torch.Generator, recorder,
@@ -638,8 +638,10 @@ def top1_accuracy(model: nn.Module, dataset: Dataset, **kwargs) -> float:
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write the model's ``state_dict`` (tensors only; loadable with ``weights_only=True``)."""
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    """Write the model's ``state_dict`` (tensors only; loadable with ``weights_only=True``), whole: through a
+    temporary file renamed over ``path``."""
+    with written(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike,
