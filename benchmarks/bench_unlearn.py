@@ -103,7 +103,10 @@ def fingerprint(what: dict, kwargs: dict) -> str:
         policy = resolve_policy(kwargs["policy"], group_names(3))
         # step_seed: how a step's seed follows from the run's (it changed in session 5), so rows made before are redone
         run = {"policy": policy, "scheduled_by": "fz" if "scores" in kwargs else kwargs["proxy"],
-               "step_seed": step_seed_of(12345, 1)}
+               "step_seed": step_seed_of(12345, 1),
+               # the defaults of its steps' methods, which the policy does not name (sharp_minmax's mask changed)
+               "defaults": {method: dataclasses.asdict(make_config(get_method(method)))
+                            for steps in policy.values() for method, _ in steps}}
         if uses_expected(policy):
             run["expected_from"] = "c_score" if "expected_accuracy" in kwargs else "early_accuracy"
         if kwargs.get("grouping", "request") != "request":  # absent for the request's split: saved rows stay valid
