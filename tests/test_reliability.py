@@ -244,3 +244,30 @@ def test_outputs_are_written_whole(tmp_path, data):
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
     state = torch.load(path, weights_only=True)
     assert set(state) == set(model.state_dict())
+
+
+def test_unlearning_steps_show_a_bar_once_they_last_a_second(data, monkeypatch):
+    import tqdm.auto
+
+    from unlearn.training import loop
+
+    clean, _ = data
+    model, _ = train(mlp(), clean, **quick())
+    made = []
+
+    class Bar(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "tqdm", Bar)
+    unlearn(model, forget=Subset(clean, range(10)), retain=Subset(clean, range(10, 200)), method="finetune",
+            epochs=2)
+    assert [(k["desc"], k["delay"], k["disable"]) for k in made] == [("unlearning", 1.0, False)]
+    token = loop.SHOW_BARS.set(False)  # a silent run (unlearn.pipeline.run(progress=False))
+    try:
+        unlearn(model, forget=Subset(clean, range(10)), retain=Subset(clean, range(10, 200)), method="finetune",
+                epochs=1)
+    finally:
+        loop.SHOW_BARS.reset(token)
+    assert made[-1]["disable"] is True

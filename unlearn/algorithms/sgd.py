@@ -107,7 +107,8 @@ def run_sgd(model: nn.Module, config: SGDConfig, losses: Callable[[int], Iterabl
         torch.manual_seed(seed)
         if not reached():
             run_epochs(model, optimizer, losses, lr=config.lr, schedule=config.schedule, epochs=config.epochs,
-                       grad_hook=grad_hook, step_hook=step_hook, stop_after_step=stop_after_step)
+                       grad_hook=grad_hook, step_hook=step_hook, stop_after_step=stop_after_step,
+                       progress="unlearning")
     model.eval()
     return model
 

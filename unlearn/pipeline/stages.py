@@ -36,11 +36,12 @@ from ..data.selection import parse_forget_spec, read_ids, select_forget
 from ..data.sources import DatasetNotFoundError, first_input, labels_of, load_dataset
 from ..farm.subset_models import train_subset_models
 from ..models import create_model
+from ..training.loop import SHOW_BARS
 from ..training.trainer import TrainConfig, load_checkpoint, save_checkpoint, train
 from .config import DEFAULT_PROXIES, TEXT_OPTIONS, RunConfig
 from .folder import RunFolder
 
-_PROGRESS = contextvars.ContextVar("progress", default=True)
+_PROGRESS = SHOW_BARS  # the stages speak when the loops show bars
 
 
 def say(*message) -> None:

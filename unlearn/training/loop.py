@@ -21,6 +21,7 @@ device (one host sync per epoch, not per batch) and reports one row per epoch.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 import time
@@ -39,6 +40,10 @@ from .._checks import NonFiniteError, check_finite_weights
 __all__ = ["CUBLAS_WORKSPACE", "SCHEDULES", "BatchLoss", "Schedule", "lr_factor", "run_epochs", "training_numerics"]
 
 Schedule = str | Callable[[int, int], float]
+
+SHOW_BARS: contextvars.ContextVar[bool] = contextvars.ContextVar("show_bars", default=True)
+"""Whether :func:`run_epochs` shows its bars (``unlearn.pipeline.run(progress=False)`` turns them off for the
+run's every stage, unlearning included)."""
 
 
 def lr_factor(schedule: Schedule, epoch: int, epochs: int) -> float:
@@ -147,7 +152,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
             ``on_epoch_end`` is not called).
         on_epoch_end: ``on_epoch_end(epoch, row)`` (0-based epoch) after each full epoch; it may add to ``row``;
             ``True`` ends training.
-        progress: a tqdm bar's description; ``None``: no bar.
+        progress: a tqdm bar's description, shown once training has lasted a second; ``None``: no bar.
         task: the kind of example, which says whether a :class:`BatchLoss`'s logits get its examples right.
 
     Returns:
@@ -156,7 +161,8 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         ``seconds``.
     """
     rows = []
-    bar = tqdm(range(first, epochs), desc=progress, unit="epoch", disable=progress is None, leave=False,
+    bar = tqdm(range(first, epochs), desc=progress, unit="epoch", disable=progress is None or not SHOW_BARS.get(),
+               delay=1.0, leave=False,
                initial=first, total=epochs)
     for epoch in bar:
         start = time.perf_counter()
