@@ -271,3 +271,11 @@ def test_unlearning_steps_show_a_bar_once_they_last_a_second(data, monkeypatch):
     finally:
         loop.SHOW_BARS.reset(token)
     assert made[-1]["disable"] is True
+
+
+def test_a_model_without_values_is_refused(data):
+    clean, _ = data
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(ValueError, match="on the 'meta' device, which holds shapes but no values"):
+        unlearn(model, forget=Subset(clean, range(10)), retain=Subset(clean, range(10, 200)), method="finetune")

@@ -130,6 +130,9 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     start = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("the model's weights are on the 'meta' device, which holds shapes but no values: load its "
+                         "weights (e.g. model.to_empty(device='cpu') and load_state_dict) before unlearning from it")
     for name, data in (("forget", forget), ("retain", retain)):
         if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
             raise TypeError(f"{name} must be a torch Dataset with __len__ and __getitem__, got {type(data).__name__}")
