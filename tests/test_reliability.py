@@ -279,3 +279,21 @@ def test_a_model_without_values_is_refused(data):
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with pytest.raises(ValueError, match="on the 'meta' device, which holds shapes but no values"):
         unlearn(model, forget=Subset(clean, range(10)), retain=Subset(clean, range(10, 200)), method="finetune")
+
+
+@pytest.mark.parametrize("damaged", ["model.pt", "recording.npz", "config.json", "checkpoints/epoch-002.pt"])
+def test_force_trains_again_over_a_damaged_file(tmp_path, capsys, damaged):
+    from unlearn.cli import main
+
+    command = ["train", "--train-size", "60", "--epochs", "2", "--checkpoints", "2", "--out", str(tmp_path)]
+    assert main(command) == 0
+    before = (tmp_path / "model.pt").read_bytes()
+    (tmp_path / damaged).write_text("garbage")
+    capsys.readouterr()
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "pass --force to train again" in err and "weights_only=False" not in err and "allow_pickle" not in err
+    assert main([*command, "--force"]) == 0
+    assert "training again (--force)" in capsys.readouterr().err
+    assert (tmp_path / "model.pt").read_bytes() == before  # the same training, deterministic on the CPU
+    assert main(command) == 0 and "reusing the trained model" in capsys.readouterr().out

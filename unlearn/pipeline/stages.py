@@ -183,14 +183,20 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
     config_file = out / "config.json"
     checkpoint_files = [out / "checkpoints" / f"epoch-{e:03d}.pt" for e in settings["checkpoint_epochs"]]
     files = [out / "model.pt", out / "recording.npz", config_file]
-    saved = read_settings(config_file) if config_file.is_file() else None
+    saved = _saved_settings(config_file, config.force)
     if saved is not None:
         same_settings(saved, settings, holder=f"{out} holds a run", force=config.force,
                       hint="choose another --out or pass --force to overwrite it")
     if saved == settings and all(f.is_file() for f in files + checkpoint_files):
-        say(f"reusing the trained model in {out}")
-        model, recorder, checkpoints = _trained_files(out, model, checkpoint_files, device)
-        return splits, model, recorder, checkpoints, settings, None
+        try:
+            model, recorder, checkpoints = _trained_files(out, copy.deepcopy(model), checkpoint_files, device)
+        except ValueError as err:
+            if not config.force:
+                raise
+            warnings.warn(f"{err.args[0].split('; pass --force')[0]}: training again (--force)", stacklevel=2)
+        else:
+            say(f"reusing the trained model in {out}")
+            return splits, model, recorder, checkpoints, settings, None
 
     config_file.unlink(missing_ok=True)  # until training finishes, the folder holds no finished run
     if run is not None:
@@ -228,8 +234,11 @@ def _trained_files(out: Path, model: nn.Module, checkpoint_files: list[Path], de
         reading = out / "recording.npz"
         recorder = TrainingRecorder.load(reading)
     except UNREADABLE as err:
-        reason = str(err).splitlines()[0].replace(f"{reading}: ", "")
-        raise ValueError(f"cannot read {reading} ({reason}); pass --force to train again, or delete it") from None
+        # its first sentence: numpy's and torch's go on to advise loading untrusted pickles
+        reason = str(err).splitlines()[0].replace(f"{reading}: ", "").removeprefix("cannot read checkpoint ")
+        reason = reason.split(". ")[0]
+        raise ValueError(f"cannot read {reading}, damaged or not written by this library ({reason}); pass --force "
+                         "to train again") from None
     return model, recorder, checkpoints
 
 
@@ -573,6 +582,20 @@ def klom_stage(config: RunConfig, splits, settings: dict, request: Request, out:
                              method_config=farm_method_config(config, settings), forget_ids=request.ids,
                              n=config.klom, folder=out / f"klom-{config.method}", seed=config.seed, **farm,
                              **recipe_of(settings))
+
+
+def _saved_settings(config_file: Path, force: bool) -> dict | None:
+    """The settings a folder's finished training recorded; None without any, or (with ``force``, which trains
+    again) when ``config.json`` is damaged."""
+    if not config_file.is_file():
+        return None
+    try:
+        return read_settings(config_file)
+    except ValueError as err:
+        if not force:
+            raise
+        warnings.warn(f"{err.args[0].split('; pass --force')[0]}: training again (--force)", stacklevel=3)
+        return None
 
 
 def read_settings(path: Path) -> dict:

@@ -650,8 +650,10 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike,
     ``model`` to ``device`` when one is given."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which file, keep the cause
-        raise ValueError(f"cannot read checkpoint {os.fspath(path)}: {err}") from err
+    except Exception as err:  # a truncated or foreign file: say which file, keep the cause; torch's advice to
+        # load it with weights_only=False (arbitrary code) is cut: its first line says what failed
+        raise ValueError(f"cannot read checkpoint {os.fspath(path)}: not a state_dict that "
+                         f"torch.load(weights_only=True) reads ({type(err).__name__})") from err
     if not isinstance(state, dict):
         raise ValueError(f"{os.fspath(path)} holds no state_dict (a {type(state).__name__})")
     try:
