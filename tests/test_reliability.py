@@ -297,3 +297,13 @@ def test_force_trains_again_over_a_damaged_file(tmp_path, capsys, damaged):
     assert "training again (--force)" in capsys.readouterr().err
     assert (tmp_path / "model.pt").read_bytes() == before  # the same training, deterministic on the CPU
     assert main(command) == 0 and "reusing the trained model" in capsys.readouterr().out
+
+
+def test_a_request_drawn_from_a_held_out_split_is_refused(digits):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    retain = Subset(digits.train, range(100))
+    for split, name in ((digits.test, "test"), (digits.val, "validation")):
+        with pytest.raises(ValueError, match=f"forget set is drawn from the {name} split"):
+            unlearn(model, forget=Subset(split, range(5)), retain=retain, method="finetune")
+    with pytest.raises(ValueError, match="retain set is drawn from the test split"):
+        unlearn(model, forget=Subset(digits.train, range(5)), retain=digits.test, method="finetune")

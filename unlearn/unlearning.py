@@ -146,6 +146,12 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     if len(retain) == 0:
         raise ValueError("the retain set is empty")
 
+    for name, data in (("forget", forget), ("retain", retain)):
+        held_out = getattr(subset_root(data)[0], "held_out", None)
+        if held_out is not None:
+            raise ValueError(f"the {name} set is drawn from the {held_out} split, which the model never trained on: "
+                             "a deletion request names training examples (splits.train), and positions in "
+                             f"the {held_out} split would name other ones")
     forget_data, retain_data = examples(forget), examples(retain)  # in memory, or streamed: never copied whole
     _check_disjoint(forget, retain, forget_data, retain_data)
     check_finite_inputs(forget_data, "forget set")

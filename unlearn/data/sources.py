@@ -84,6 +84,16 @@ __all__ = [
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+def mark_held_out(splits) -> None:
+    """Tag the validation and test splits' datasets as held out (``held_out = "validation"`` / ``"test"``), so that
+    :func:`unlearn.unlearn` can refuse a deletion request drawn from them: their positions are not training
+    indices, and would name other examples."""
+    for attribute, name in (("val", "validation"), ("test", "test")):
+        root = subset_root(getattr(splits, attribute))[0]
+        if root is not subset_root(splits.train)[0]:
+            root.held_out = name
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """A named dataset's files are not on this machine; the message says how to get them."""
 
@@ -104,6 +114,9 @@ class Splits:
     train_rows: Tensor | None = None
     """For each training example, its row in the dataset's official training set (before the validation split and
     ``train_size``): how a deletion request names examples."""
+
+    def __post_init__(self) -> None:
+        mark_held_out(self)
 
     @property
     def model_options(self) -> dict:

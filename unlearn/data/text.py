@@ -43,7 +43,7 @@ from proxies.registries import Registry
 from proxies.sequences import IGNORE_INDEX, CausalLM
 
 from .._checks import real, whole
-from .sources import _KINDS, DatasetNotFoundError, _Kind, _split_ids
+from .sources import _KINDS, DatasetNotFoundError, _Kind, _split_ids, mark_held_out
 
 __all__ = ["BOS_TOKEN", "CANARY_DIGITS", "DEBIAN_FORTUNES", "PAD_TOKEN", "TextSplits", "canary_text",
            "load_text", "read_fortunes", "text_datasets", "text_sources", "train_tokenizer"]
@@ -100,6 +100,9 @@ class TextSplits:
     train_rows: Tensor | None = None
     """For each training example, its row in the deduplicated corpus (before the splits and ``train_size``), -1
     for a canary copy: how a deletion request names examples."""
+
+    def __post_init__(self) -> None:
+        mark_held_out(self)
 
     @property
     def model_options(self) -> dict:

@@ -487,12 +487,12 @@ class _Run:
 
 
 def _probe(model: nn.Module, dataset: Dataset) -> None:
-    """Refuse, before any work, a model that cannot take the data's first two examples: for token sequences the
-    task's probe (a vocabulary too small for the tokenizer's ids, logits that are not a causal LM's); for a
-    classifier, inputs of another floating dtype than its weights, inputs it cannot take (a ValueError with the
-    shape and torch's first line), and labels outside its logits (all of an in-memory set's labels)."""
-    def examples() -> tuple[torch.Tensor, torch.Tensor]:
-        first = [dataset[i] for i in range(min(2, len(dataset)))]
+    """Refuse, before any work, a model that cannot take the data's first examples: for token sequences the task's
+    probe on two (a vocabulary too small for the tokenizer's ids, logits that are not a causal LM's); for a
+    classifier, on the first: inputs of another floating dtype than its weights, inputs it cannot take (a
+    ValueError with the shape and torch's first line), and labels outside its logits (all of an in-memory set's)."""
+    def examples(n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        first = [dataset[i] for i in range(min(n, len(dataset)))]
         device = next(model.parameters(), torch.empty(0)).device
         return (torch.stack([torch.as_tensor(item[0]) for item in first]).to(device),
                 torch.stack([torch.as_tensor(item[1]) for item in first]))
@@ -501,7 +501,7 @@ def _probe(model: nn.Module, dataset: Dataset) -> None:
     if not isinstance(task, Classification):
         task.probe(model, examples)
         return
-    inputs, targets = examples()
+    inputs, targets = examples(1)  # the first item, which training reads for its shape anyway
     weight = next((p for p in model.parameters() if p.is_floating_point()), None)
     if weight is not None and inputs.is_floating_point() and inputs.dtype != weight.dtype:
         raise ValueError(f"the inputs are {str(inputs.dtype).removeprefix('torch.')} but the model's weights are "
