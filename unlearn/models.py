@@ -94,10 +94,10 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, **optio
     passed only to a factory that takes it (a vision transformer needs it, a convolutional net takes any size).
 
     ``weights``: a local file of the model's ``state_dict`` (``torch.load(..., weights_only=True)``; nothing is
-    downloaded) to start from instead of the random initialisation. A timm model loads it through timm, which
-    adapts it as its own pretrained weights (a new classifier head for another ``num_classes``, the stem summed
-    over channels for another ``in_channels``, position embeddings resampled for another ``img_size``); any other
-    model through :func:`load_weights`.
+    downloaded) to start from instead of the random initialisation. A timm model loads a file of its very shapes
+    as it is, and any other through timm, which adapts it as its own pretrained weights (a new classifier head for
+    another ``num_classes``, the stem summed over channels for another ``in_channels``, position embeddings
+    resampled for another ``img_size``); any other model loads it through :func:`load_weights`.
     """
     factory = get_model(name)
     for key in _SIZES:
