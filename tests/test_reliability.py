@@ -307,3 +307,20 @@ def test_a_request_drawn_from_a_held_out_split_is_refused(digits):
             unlearn(model, forget=Subset(split, range(5)), retain=retain, method="finetune")
     with pytest.raises(ValueError, match="retain set is drawn from the test split"):
         unlearn(model, forget=Subset(digits.train, range(5)), retain=digits.test, method="finetune")
+
+
+def test_a_config_file_means_the_same_from_any_directory(tmp_path, monkeypatch):
+    from unlearn.pipeline import RunConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "request.txt").write_text("1 2 3\n")
+    written = RunConfig(out="runs/mine", forget="ids:request.txt", dataset="digits").to_toml()
+    assert f'out = "{tmp_path / "runs" / "mine"}"' in written  # absolute: where the run wrote
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    (tmp_path / "runs" / "mine" / "config.toml").write_text(written)
+    (tmp_path / "hand.toml").write_text('out = "elsewhere"\nforget = "ids:request.txt"\n')  # relative, by hand
+    monkeypatch.chdir("/")
+    config = RunConfig.from_toml(tmp_path / "runs" / "mine" / "config.toml")
+    assert (config.out, config.forget) == (str(tmp_path / "runs" / "mine"), f"ids:{tmp_path / 'request.txt'}")
+    by_hand = RunConfig.from_toml(tmp_path / "hand.toml")
+    assert (by_hand.out, by_hand.forget) == (str(tmp_path / "elsewhere"), f"ids:{tmp_path / 'request.txt'}")

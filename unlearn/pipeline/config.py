@@ -364,17 +364,26 @@ class RunConfig:
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> RunConfig:
-        """Read a config file written by :meth:`to_toml` (or by hand: any subset of the settings)."""
+        """Read a config file written by :meth:`to_toml` (or by hand: any subset of the settings). A relative path
+        in it (``out``, ``root``, ``weights``, a dataset's ``imagefolder:PATH`` / ``text:PATH``, a forget spec's
+        ``ids:FILE``) is resolved against the file's folder, so the file means the same from any directory."""
         path = Path(path)
-        return cls.from_toml_text(path.read_text(), source=str(path))
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path} is not TOML: {err}") from None
+        folder = path.resolve().parent
+        return cls.from_mapping(_with_paths(values, lambda p: p if Path(p).is_absolute() else str(folder / p)))
 
     def to_toml(self) -> str:
         """The settings as TOML, one per line; unset ones (None) are left out, as TOML has no null, and ``force``
-        too: it is a choice of one invocation, not a setting of the run."""
+        too: it is a choice of one invocation, not a setting of the run. Paths are written absolute (resolved
+        against the working directory), so the file repeats the run from anywhere."""
         lines = ["# unlearn run settings: `unlearn run --config THIS_FILE` repeats the run"]
         tables = []
+        values = _with_paths({f.name: getattr(self, f.name) for f in fields(self)}, lambda p: str(Path(p).resolve()))
         for f in fields(self):
-            value = getattr(self, f.name)
+            value = values[f.name]
             if value is None or f.name == "force":
                 continue
             if isinstance(value, Mapping):
@@ -382,6 +391,25 @@ class RunConfig:
             else:
                 lines.append(f"{f.name} = {_toml_value(value)}")
         return "\n".join(lines + tables) + "\n"
+
+
+PATH_SETTINGS = {"out": "", "root": "", "weights": "", "dataset": ("imagefolder:", "text:"), "forget": ("ids:",)}
+"""The settings that hold a path: the whole value, or what follows one of the prefixes."""
+
+
+def _with_paths(values: Mapping[str, Any], convert) -> dict[str, Any]:
+    """``values`` with every path in them (:data:`PATH_SETTINGS`) passed through ``convert``."""
+    out = dict(values)
+    for key, prefixes in PATH_SETTINGS.items():
+        value = out.get(key)
+        if not isinstance(value, str):
+            continue
+        if not prefixes:
+            out[key] = convert(value)
+        for prefix in prefixes:
+            if value.startswith(prefix) and len(value) > len(prefix):
+                out[key] = prefix + convert(value[len(prefix):])
+    return out
 
 
 def _key(name: str) -> str:
