@@ -324,3 +324,21 @@ def test_a_config_file_means_the_same_from_any_directory(tmp_path, monkeypatch):
     assert (config.out, config.forget) == (str(tmp_path / "runs" / "mine"), f"ids:{tmp_path / 'request.txt'}")
     by_hand = RunConfig.from_toml(tmp_path / "hand.toml")
     assert (by_hand.out, by_hand.forget) == (str(tmp_path / "elsewhere"), f"ids:{tmp_path / 'request.txt'}")
+
+
+def test_an_image_folder_needs_two_classes_and_readable_images(tmp_path):
+    from PIL import Image
+
+    from unlearn.data import load_dataset
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    for folder, names in ((two, ("a", "b")), (one, ("a",))):
+        for name in names:
+            (folder / name).mkdir(parents=True)
+            for i in range(3):
+                Image.new("L", (8, 8), color=40 * i).save(folder / name / f"{i}.png")
+    with pytest.raises(ValueError, match=r"found 1 class folder \(\['a'\]\); a classifier needs at least two"):
+        load_dataset(f"imagefolder:{one}")
+    (two / "b" / "1.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read .*b/1.png as an image"):
+        load_dataset(f"imagefolder:{two}")

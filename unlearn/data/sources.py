@@ -617,10 +617,18 @@ def _load_image_folder(path: str, *, root: Path, download: bool, test_fraction: 
         raise ValueError(f"imagefolder:{path}: {err}; expected one subfolder of images per class "
                          "(PATH/CLASS/IMAGE.png)") from None
     samples, classes = found.samples, found.classes
+    if len(classes) < 2:
+        raise ValueError(f"imagefolder:{path}: found {len(classes)} class folder ({classes}); a classifier needs at "
+                         "least two (PATH/CLASS/IMAGE.png, one subfolder per class)")
     size = None
     gray = True
     for file, _ in samples:
-        with Image.open(file) as image:
+        try:
+            image = Image.open(file)
+        except OSError as err:  # PIL's UnidentifiedImageError among them
+            raise ValueError(f"imagefolder:{path}: cannot read {file} as an image ({err.__class__.__name__}); "
+                             "repair or remove it") from None
+        with image:
             if size is None:
                 size = image.size
             elif image.size != size:
