@@ -507,15 +507,12 @@ def _probe(model: nn.Module, dataset: Dataset) -> None:
         raise ValueError(f"the inputs are {str(inputs.dtype).removeprefix('torch.')} but the model's weights are "
                          f"{str(weight.dtype).removeprefix('torch.')}: convert one to the other (e.g. "
                          "inputs.float(), or train in float32 and use precision='bf16' for half precision)")
-    training = model.training
-    try:
+    try:  # on a throwaway copy: the caller's model (and any hook on it) sees no extra forward pass
         with torch.no_grad():
-            output = model.eval()(inputs)
+            output = copy.deepcopy(model).eval()(inputs)
     except RuntimeError as err:
         raise ValueError(f"the model cannot take the training inputs of shape {list(inputs.shape[1:])}: "
                          f"{str(err).splitlines()[0]}") from None
-    finally:
-        model.train(training)
     tensors = as_tensors(dataset)
     task.check(output, targets if tensors is None else tensors[1], len(inputs))
 
