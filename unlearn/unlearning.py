@@ -34,6 +34,16 @@ from .training.trainer import resolve_device
 __all__ = ["PlanStep", "UnlearnResult", "unlearn"]
 
 
+def _check_training_sets(forget: Dataset, retain: Dataset) -> None:
+    """Refuse a forget or retain set drawn from a split that :func:`unlearn.load_dataset` marks held out."""
+    for name, data in (("forget", forget), ("retain", retain)):
+        held_out = getattr(subset_root(data)[0], "held_out", None)
+        if held_out is not None:
+            raise ValueError(f"the {name} set is drawn from the {held_out} split, which the model never trained on: "
+                             "a deletion request names training examples (splits.train), and positions in "
+                             f"the {held_out} split would name other ones")
+
+
 def _check_disjoint(forget: Dataset, retain: Dataset, forget_data: Dataset, retain_data: Dataset) -> None:
     """Refuse forget and retain sets that share an example: sets drawn from the same dataset, in-memory sets whose
     ``indices=`` were given as training-set indices, or streamed sets whose items carry theirs. Other sets from
@@ -146,12 +156,7 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     if len(retain) == 0:
         raise ValueError("the retain set is empty")
 
-    for name, data in (("forget", forget), ("retain", retain)):
-        held_out = getattr(subset_root(data)[0], "held_out", None)
-        if held_out is not None:
-            raise ValueError(f"the {name} set is drawn from the {held_out} split, which the model never trained on: "
-                             "a deletion request names training examples (splits.train), and positions in "
-                             f"the {held_out} split would name other ones")
+    _check_training_sets(forget, retain)
     forget_data, retain_data = examples(forget), examples(retain)  # in memory, or streamed: never copied whole
     _check_disjoint(forget, retain, forget_data, retain_data)
     check_finite_inputs(forget_data, "forget set")

@@ -12,7 +12,7 @@ back to the request's.
 >>> cut = group_thresholds(np.arange(10.0), groups=3)  # the training set's tertiles
 >>> cut, partition(np.array([8.5, 9.0]), groups=3, thresholds=cut)
 (array([3., 6.]), {'low': array([], dtype=int64), 'medium': array([], dtype=int64), 'high': array([0, 1])})
->>> group_of(pd.Series([0.9, 0.1, 0.5, 0.3]), np.array([0, 1, 2])).tolist()
+>>> group_of(pd.Series([0.9, 0.1, 0.5, 0.3], name="memorization"), np.array([0, 1, 2])).tolist()
 ['high', 'low', 'medium']
 """
 
