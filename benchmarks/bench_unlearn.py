@@ -196,6 +196,8 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
 
     runs = {m: {"method": m} for m in singles}
     runs[CEILING] = {"method": "retrain", "config": {k: v for k, v in recipe.items() if k != "drop_last"}}
+    if spec.get("model"):  # built afresh by name: a ViT's class token and position embedding have no reset
+        runs[CEILING]["config"]["model_fn"] = spec["model"]
     for policy in policies:
         # a policy that stops at expected accuracies takes them from the same source as its scores: FZ's c_score,
         # or the recording (the early_accuracy proxy) for the proxy-scheduled run. c_score is NaN only for an

@@ -166,3 +166,9 @@ def test_the_command_line_trains_a_zoo_model_from_local_weights(tmp_path, capsys
             status = stop.code
         assert status == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "bad" / "model.pt").exists()
+
+
+def test_retraining_a_vit_needs_its_factory_and_says_so(vit):
+    model, _, forget, retain = vit
+    with pytest.raises(ValueError, match=r"\['cls_token', 'pos_embed'\].* pass model_fn="):
+        unlearn.unlearn(model, forget=forget, retain=retain, method="retrain", epochs=1)

@@ -125,7 +125,9 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
                 stale += [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
     if stale:
         raise ValueError(f"retrain cannot re-initialise parameters {stale}: their modules have no "
-                         "reset_parameters(); add one, or retrain a freshly built model yourself")
+                         "reset_parameters() (a vision transformer's class token and position embedding); pass "
+                         "model_fn= (the model's name, e.g. 'vit_mini' or 'timm:NAME', or a factory) to retrain a "
+                         "freshly built one")
     return model
 
 
