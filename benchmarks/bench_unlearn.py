@@ -234,7 +234,9 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
                 done = pd.read_csv(path) if path.exists() else pd.DataFrame({"method": [], "fingerprint": []})
                 if "fingerprint" not in done:
                     done["fingerprint"] = ""  # written before rows had fingerprints: nothing to trust
-                # a saved row counts only if made by the same method or policy on the same setting
+                # a saved row counts only if made by the same method or policy on the same setting; the rows of
+                # methods this run does not name are kept as they are (a run of one more policy must not drop them)
+                others = done[~done["method"].isin(list(runs))]
                 done = done[done["fingerprint"] == done["method"].map(setting["fingerprints"])]
                 todo = {label: kwargs for label, kwargs in runs.items() if label not in set(done["method"])}
                 if todo:
@@ -246,7 +248,7 @@ def run_dataset(name: str, spec: dict, kinds, seeds, cache: Path, policies, sing
                         done, todo = done.iloc[:0], runs
                     new = run_methods(setting, forget, retain, test, seed, reference, todo)
                     done = pd.concat([done, new], ignore_index=True) if len(done) else new
-                    done.to_csv(path, index=False)
+                    pd.concat([others, done], ignore_index=True).to_csv(path, index=False)
                 tables.append(done[done["method"].isin(list(runs))])
                 bar.update()
     bar.close()
