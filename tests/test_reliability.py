@@ -7,8 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from unlearn import train, unlearn
-from unlearn._checks import NonFiniteError
+from unlearn import NonFiniteError, train, unlearn
 from unlearn.data import IndexedDataset, Streamed
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,6 +9,7 @@ The front door is :func:`unlearn` (:mod:`unlearn.unlearning`); the subpackages a
 import warnings as _warnings
 
 from . import _moved
+from ._checks import NonFiniteError
 from .algorithms import PlanStep, UnlearnResult, methods, register_method
 from .algorithms.rum import POLICIES, RUMConfig, RUMResult, policies, register_policy
 from .data import IndexedDataset, Splits, Streamed, datasets, load_dataset
@@ -23,6 +24,7 @@ _moved.install()  # the module paths of 0.1 (unlearn.scheduler, unlearn.attacks,
 __all__ = [
     "POLICIES",
     "IndexedDataset",
+    "NonFiniteError",
     "PlanStep",
     "RUMConfig",
     "RUMResult",

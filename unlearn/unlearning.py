@@ -134,7 +134,7 @@ def unlearn(model: nn.Module, *, forget: Dataset, retain: Dataset, method: str =
     Raises:
         TypeError, ValueError: bad input, named in the message (a keyword the method does not take names the
             method's settings and inputs; NaN or infinite weights, or inputs of an in-memory set, and which).
-        unlearn._checks.NonFiniteError: (a ValueError) the method drove the loss or the weights to NaN or infinity:
+        unlearn.NonFiniteError: (a ValueError) the method drove the loss or the weights to NaN or infinity:
             no model is returned.
     """
     start = time.perf_counter()

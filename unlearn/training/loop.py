@@ -207,7 +207,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def check_finite_training(model: nn.Module, epoch: int, first_bad: Tensor | None) -> None:
-    """After an epoch (0-based): a :class:`~unlearn._checks.NonFiniteError` naming the epoch and the first step
+    """After an epoch (0-based): a :class:`unlearn.NonFiniteError` naming the epoch and the first step
     whose loss was NaN or infinite (``first_bad``, -1 for none), or the weights that are, if any; one host read."""
     step = -1 if first_bad is None else int(first_bad)
     if step >= 0:

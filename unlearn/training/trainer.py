@@ -273,7 +273,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 20, lr: float = 0
 
     Raises:
         ValueError: bad settings or data, before any work (an in-memory training set with NaN or infinite inputs
-            among them, naming their indices); :class:`~unlearn._checks.NonFiniteError` (a ValueError) when the
+            among them, naming their indices); :class:`unlearn.NonFiniteError` (a ValueError) when the
             loss or the weights become NaN or infinite, at the end of that epoch, naming it and the step: no model
             is returned.
     """
