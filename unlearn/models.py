@@ -182,14 +182,16 @@ def _timm_model(arch: str, *, num_classes: int, in_channels: int = 3, img_size: 
     import timm
 
     options = {"num_classes": num_classes, "in_chans": in_channels, **options}
+    model = None
     if img_size is not None:
         try:
-            timm.create_model(arch, pretrained=False, img_size=img_size, **options)
+            model = timm.create_model(arch, pretrained=False, img_size=img_size, **options)
             options["img_size"] = img_size
         except TypeError as error:  # a convolutional net: its class takes no image size, and needs none
             if "img_size" not in str(error):
                 raise
-    model = timm.create_model(arch, pretrained=False, **options)
+    if model is None:
+        model = timm.create_model(arch, pretrained=False, **options)
     if weights is None:
         return model
     state, own = _state_dict(weights), model.state_dict()

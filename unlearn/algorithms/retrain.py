@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data.sources import first_input
+from ..data.sources import first_input, image_size
 from ..models import create_model, get_model, is_model, models
 from ..training.augment import get_augmentation
 from ..training.trainer import NUMERICS, TrainConfig, train
@@ -154,7 +154,7 @@ def fresh_model(config: RetrainConfig, like: nn.Module, data: Dataset, seed: int
         width, shape = num_classes(like, data, device), first_input(data).shape
         sizes = {"num_classes": width, "in_channels": int(shape[1]), "vocab_size": width}
         if len(shape) == 4:  # images: their size, for a vision transformer
-            sizes["img_size"] = int(shape[2]) if shape[2] == shape[3] else (int(shape[2]), int(shape[3]))
+            sizes["img_size"] = image_size(shape)
         takes = inspect.signature(get_model(build)).parameters
         sizes = {k: v for k, v in sizes.items() if k in takes}
         build = functools.partial(create_model, build, **{**sizes, **config.model_kwargs})

@@ -84,6 +84,13 @@ __all__ = [
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+def image_size(shape) -> int | tuple[int, int]:
+    """The image size a model factory takes (``img_size``) of inputs shaped ``[..., H, W]``: ``H`` for a square
+    image, else ``(H, W)``."""
+    height, width = int(shape[-2]), int(shape[-1])
+    return height if height == width else (height, width)
+
+
 def mark_held_out(splits) -> None:
     """Tag the validation and test splits' datasets as held out (``held_out = "validation"`` / ``"test"``), so that
     :func:`unlearn.unlearn` can refuse a deletion request drawn from them: their positions are not training
@@ -123,9 +130,8 @@ class Splits:
         """What :func:`unlearn.create_model` needs to know of the data: ``num_classes``, ``in_channels`` and
         ``img_size`` (an int for square images, else ``(height, width)``: a vision transformer's; a factory that
         does not take it is not given it)."""
-        height, width = first_input(self.train).shape[-2:]
-        size = int(height) if height == width else (int(height), int(width))
-        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "img_size": size}
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels,
+                "img_size": image_size(first_input(self.train).shape)}
 
     def __repr__(self) -> str:
         return (f"Splits({self.name!r}, train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
