@@ -22,15 +22,19 @@ __all__ = ["write_text", "written"]
 
 @contextlib.contextmanager
 def written(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path``, with the same suffix (matplotlib and numpy choose formats by it), to write
-    to in the body; renamed over ``path`` when the body returns, removed when it raises."""
+    """A temporary path to write to in the body: a file of the same name (matplotlib and numpy choose formats by its
+    suffix, ``torch.save`` names its archive by its stem, so the bytes do not depend on the temporary name) inside a
+    hidden folder beside ``path``; renamed over ``path`` when the body returns, removed when it raises."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    folder = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    folder.mkdir(exist_ok=True)
+    tmp = folder / path.name
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        folder.rmdir()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -245,6 +245,19 @@ def test_outputs_are_written_whole(tmp_path, data):
     assert set(state) == set(model.state_dict())
 
 
+def test_a_file_written_whole_does_not_depend_on_its_temporary_name(tmp_path):
+    """torch.save names its archive after the file it writes: one written through a temporary name holding the
+    process id differed from run to run (a resumed run's model.pt from an uninterrupted run's)."""
+    from unlearn.training import save_checkpoint
+
+    model = mlp()
+    save_checkpoint(model, tmp_path / "model.pt")
+    plain = tmp_path / "plain" / "model.pt"
+    plain.parent.mkdir()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, plain)
+    assert (tmp_path / "model.pt").read_bytes() == plain.read_bytes()
+
+
 def test_unlearning_steps_show_a_bar_once_they_last_a_second(data, monkeypatch):
     import tqdm.auto
 

@@ -200,7 +200,9 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
         rows.append({"epoch": epoch + 1, "lr": epoch_lr, "loss": _value(total_loss) / max(seen, 1),
                      "accuracy": accuracy, "seconds": time.perf_counter() - start})
         check_finite_training(model, epoch, first_bad)
-        bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", acc=f"{rows[-1]['accuracy']:.3f}")
+        # (no refresh: a bar drawn before its delay is over is not cleared when it closes, and the next line of
+        # output would start after it)
+        bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", acc=f"{rows[-1]['accuracy']:.3f}", refresh=False)
         if stopped or (on_epoch_end is not None and on_epoch_end(epoch, rows[-1])):
             break
     return rows
