@@ -26,7 +26,7 @@ from .evaluation.attacks import DEFAULT_ATTACKS
 from .evaluation.attacks import attacks as attack_names
 from .farm.registry import farms
 from .models import get_model, is_model, models
-from .pipeline import RunConfig, run, run_attack, run_proxies, train_original
+from .pipeline import RunConfig, request, run, run_attack, run_proxies, train_original, verify
 from .pipeline.config import TEXT_PROXIES
 from .pipeline.config import run_proxies as proxies_for
 from .training.augment import augmentations
@@ -298,6 +298,30 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "available)")
     _add_farm_options(p)
 
+    p = sub.add_parser("request", parents=[common], help="delete further examples from a finished run's model",
+                       description="Unlearn further examples from a finished run's latest model (the ledger's last), "
+                                   "retrain the reference without every example deleted so far, evaluate, and "
+                                   "append the request to <run>/ledger.jsonl; writes <run>/requests/NNN/ and lists "
+                                   "every request in the run's report.md. An example deleted before is refused, as "
+                                   "is a ledger that does not verify. Interrupted, the same command resumes.")
+    p.add_argument("run", type=Path, help="folder written by `unlearn run`")
+    p.add_argument("--forget", required=True, metavar="SPEC",
+                   help="the examples, as in `unlearn run` (ids:FILE, random:N, high:N, ...), chosen among those not "
+                        "deleted yet; sizes and fractions count those")
+    p.add_argument("--method", default=None, choices=methods(), metavar="METHOD",
+                   help=f"how to unlearn, of {methods()} (default: the run's)")
+    p.add_argument("--method-config", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="the method's settings (default: the run's, or the method's defaults with --method)")
+    p.add_argument("--root", default=None, help="dataset folder, as when the run was trained")
+    p.add_argument("--device", default=None, help="torch device for the models (default: the run's)")
+
+    p = sub.add_parser("verify", parents=[common], help="check a run's deletion ledger against its files",
+                       description="Recompute the sha256 of every file <run>/ledger.jsonl records and both of its "
+                                   "chains (each request's model before is the previous one's model after; each "
+                                   "line holds the hash of the line before), and say per request whether the model "
+                                   "on disk is the one the ledger says was evaluated. Exits 1 when anything fails.")
+    p.add_argument("run", type=Path, help="folder written by `unlearn run`")
+
     p = sub.add_parser("bench", parents=[common], help="run one of the benchmarks in benchmarks/",
                        description="Run benchmarks/bench_<NAME>.py from a source checkout, passing the remaining "
                                    "arguments through (e.g. `unlearn bench proxies --part kernels`; "
@@ -389,6 +413,26 @@ def cmd_attack(args: argparse.Namespace) -> None:
     print(f"\nwrote {report.attrs['written']}")
 
 
+def cmd_request(args: argparse.Namespace) -> None:
+    method_config = None if args.method_config is None else parse_method_config(args.method_config)
+    result = request(args.run, args.forget, method=args.method, method_config=method_config, root=args.root,
+                     device=args.device)
+    with pd.option_context("display.width", 160, "display.precision", 4):
+        print(f"\n{result.results.to_string()}")
+    print(f"\n{result.results.attrs['summary']}")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    table = verify(args.run)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 120):
+        print(table.to_string(index=False))
+    if not table.attrs["ok"]:
+        print(f"\n{args.run}: the ledger does NOT verify", file=sys.stderr)
+        return 1
+    print(f"\n{args.run}: every request verifies; the latest model is {table.attrs['current']}")
+    return 0
+
+
 def _farm_options(args: argparse.Namespace) -> dict:
     return RunConfig(farm=args.farm, ray_address=args.ray_address, gpus_per_model=args.gpus_per_model).farm_options()
 
@@ -403,7 +447,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise UsageError(f"benchmark {args.name} exited with status {completed.returncode}")
 
 
-COMMANDS = {"train": cmd_train, "run": cmd_run, "proxies": cmd_proxies, "attack": cmd_attack, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "run": cmd_run, "proxies": cmd_proxies, "attack": cmd_attack,
+            "request": cmd_request, "verify": cmd_verify, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
-            COMMANDS[args.command](args)
+            status = COMMANDS[args.command](args)
     except (UsageError, ValueError, OSError) as err:
         if args.verbose:
             raise
@@ -425,13 +470,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.verbose:
             raise
+        _close_bars()
         print(f"unlearn {args.command}: interrupted; {_resumes_from(args)}", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
-    return 0
+    return status or 0
+
+
+def _close_bars() -> None:
+    """Close the progress bars an interrupt left open, so that the message after them starts its own line (a bar
+    closes when its loop is collected, after the message)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _resumes_from(args: argparse.Namespace) -> str:
     """What the same command does next after an interrupt: where it resumes."""
+    if args.command == "request":
+        return f"the same command resumes from what {args.run}/requests holds of it (its finished stages are kept)"
     if args.command in ("train", "run"):
         try:
             folder = run_config(args).folder
