@@ -10,7 +10,7 @@ import pytest
 from unlearn.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["train", "run", "proxies", "attack", "bench"])
+@pytest.mark.parametrize("command", ["train", "run", "proxies", "attack", "request", "verify", "bench"])
 def test_help_explains_every_option(command):
     sub = build_parser()._subparsers._group_actions[0].choices[command]
     for action in sub._actions:
@@ -29,7 +29,7 @@ def test_console_script_help(monkeypatch, capsys):
         runpy.run_module("unlearn.cli", run_name="__main__", alter_sys=True)
     assert done.value.code == 0
     out = capsys.readouterr().out
-    assert all(command in out for command in ("train", "run", "proxies", "attack", "bench"))
+    assert all(command in out for command in ("train", "run", "proxies", "attack", "request", "verify", "bench"))
 
 
 def test_train_writes_checkpoint_recording_and_config(tmp_path, capsys):

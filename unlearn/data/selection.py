@@ -168,7 +168,7 @@ def _memorization(scores: pd.Series) -> pd.Series:
 
 def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, num_train: int | None = None,
                   seed: int = 0, source_rows: np.ndarray | None = None,
-                  canaries: np.ndarray | None = None) -> np.ndarray:
+                  canaries: np.ndarray | None = None, candidates: np.ndarray | None = None) -> np.ndarray:
     """The training indices a forget spec selects, sorted.
 
     Args:
@@ -181,6 +181,9 @@ def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, nu
         seed: seed of random selection and of tie breaking.
         source_rows: official training-file rows of the training examples (for ``ids:`` files by source row).
         canaries: the training indices of the canary copies (``splits.canaries["index"]``), for ``canaries``.
+        candidates: the training indices the spec chooses among (default: all); sizes and fractions count them, and
+            the examples it names (``ids``, ``canaries``) must be among them (a request on a model some examples
+            were already deleted from chooses among the others).
 
     Raises:
         ValueError: a bad spec, a size that leaves nothing to retain, or ids outside the training set.
@@ -192,6 +195,10 @@ def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, nu
         index = np.arange(num_train)
     else:
         raise ValueError("select_forget needs scores= or num_train=")
+    if candidates is not None:
+        index = np.intersect1d(index, np.asarray(candidates, dtype=np.int64))
+        if scores is not None:
+            scores = scores.loc[index]
     n = len(index)
     if spec.kind == "canaries":
         if canaries is None or len(canaries) == 0:

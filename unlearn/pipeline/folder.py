@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -81,7 +82,7 @@ class RunFolder:
         order: every stage's files, in the order the stages run. Before a stage's work starts (:meth:`timed`,
             :meth:`clear`), its files and those of every later stage are removed and the later stages forgotten,
             so a folder never holds outputs derived from a stage that is being redone.
-        outputs: files derived from all the stages (the report): removed whenever any stage is redone.
+        outputs: files (or folders) derived from all the stages (the report): removed whenever any stage is redone.
     """
 
     def __init__(self, path: str | os.PathLike, *, force: bool = False,
@@ -148,7 +149,10 @@ class RunFolder:
         it in :attr:`order`, and the records of those later stages."""
         later = list(self.order)[list(self.order).index(stage):] if stage in self.order else []
         for name in self.outputs:
-            (self.path / name).unlink(missing_ok=True)
+            if (self.path / name).is_dir():
+                shutil.rmtree(self.path / name)
+            else:
+                (self.path / name).unlink(missing_ok=True)
         for name in later:
             for file in self.order[name]:
                 (self.path / file).unlink(missing_ok=True)

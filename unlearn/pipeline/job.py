@@ -61,8 +61,9 @@ RUN_STAGES = {"train": (), "proxies": ("proxies.csv",), "forget": ("forget.csv",
 """The stages of ``unlearn run`` in order, with the files each writes (training keeps its own, to resume from)."""
 
 RUN_OUTPUTS = ("report.md", "results.json", "scores.csv", "roc.png", "forget_accuracy_by_group.png",
-               "proxies_vs_memorization.png", "canaries.png", "config.toml")
-"""What the evaluation writes from all the stages: removed as soon as any stage is redone."""
+               "proxies_vs_memorization.png", "canaries.png", "config.toml", "ledger.jsonl", "requests")
+"""What the evaluation writes from all the stages, and the deletion requests made on its model: removed as soon as
+any stage is redone (the ledger's entries are deletions from models that are gone)."""
 
 
 def _settled(config: RunConfig | None, out) -> RunConfig:

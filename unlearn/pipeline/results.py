@@ -23,6 +23,7 @@ from ..evaluation.report import plot_group_accuracy, plot_proxies_vs_memorizatio
 from .canaries import EXTRACTION, canary_table, plot_canaries
 from .config import RunConfig
 from .folder import RunFolder
+from .ledger import REQUESTS_TABLE, Ledger, LedgerError, file_digest, ids_digest
 from .scores import per_example_scores
 from .stages import (
     Request,
@@ -35,7 +36,7 @@ from .stages import (
     shadow_stage,
 )
 
-__all__ = ["RunResult", "evaluation_stage"]
+__all__ = ["RunResult", "evaluation_stage", "model_digests", "record_run"]
 
 
 @dataclass
@@ -57,13 +58,10 @@ def evaluation_stage(config: RunConfig, folder: RunFolder, trained: Trained, tab
     shadows, unlearned_shadows = shadow_stage(config, trained.splits, trained.settings, folder.path)
     attacks = list(dict.fromkeys([*config.attacks, *(["lira", "rmia"] if shadows is not None else [])]))
     models = {"original": trained.model, "unlearned": unlearned.model, "retrained": reference}
-    queries = shadows.queries if shadows is not None else ("identity",)
     # each model predicted once per split; the report, scores.csv and the ROC figure all score these signals
-    signals = {name: {split: extract_signals(model, data, queries=queries, device=device)
-                      for split, data in (("train", trained.splits.train), ("test", trained.splits.test))}
-               for name, model in models.items()}
-    results, examples, not_computed = _attack(config, trained, request, models, shadows, unlearned_shadows, signals,
-                                              attacks, device)
+    signals = signals_of(models, trained.splits, shadows, device)
+    results, examples, not_computed = attack_models(config, trained, request, models, shadows, unlearned_shadows,
+                                                    signals, attacks, device)
     klom_models = klom_stage(config, trained.splits, trained.settings, request, folder.path)
     if klom_models is not None:  # each group's 95th percentile, and every training example's KLoM
         for group, row in klom_models.summary().iterrows():
@@ -99,7 +97,13 @@ def evaluation_stage(config: RunConfig, folder: RunFolder, trained: Trained, tab
               "unlearning plan": unlearned.plan.drop(columns=["config", "indices"])}
     if canaries is not None:
         tables["canaries by copies in training"] = canaries
-    write_report(folder.path, {"run": facts, "seconds": stage_seconds, "time_vs_retrain": ratio}, tables, figures)
+    ledger = record_run(folder.path, request, config.forget, config.method, unlearned.plan, results, stage_seconds)
+    digests = model_digests(folder.path)
+    tables["files (sha256)"] = pd.DataFrame({"file": list(digests), "sha256": list(digests.values())})
+    tables[REQUESTS_TABLE] = ledger.table()
+    write_report(folder.path, {"run": facts, "seconds": stage_seconds, "time_vs_retrain": ratio, "files": digests,
+                               "request": {"examples": len(request.ids), "ids_sha256": ids_digest(request.ids)}},
+                 tables, figures)
     write_text(folder.path / "config.toml", config.to_toml())  # last, beside the outputs it made: a refused or
     # failed run leaves none (RUN_OUTPUTS), so the file always describes the folder's results
     results.attrs["per_group"] = per_group
@@ -111,7 +115,41 @@ def evaluation_stage(config: RunConfig, folder: RunFolder, trained: Trained, tab
     return RunResult(results=results, plan=unlearned.plan, scores=scores, folder=folder.path)
 
 
-def _attack(config: RunConfig, trained: Trained, request: Request, models: dict, shadows, unlearned_shadows,
+def signals_of(models: dict, splits, shadows, device) -> dict:
+    """Each model's signals on the training and test splits (with the shadows' queries, when there are shadows)."""
+    queries = shadows.queries if shadows is not None else ("identity",)
+    return {name: {split: extract_signals(model, data, queries=queries, device=device)
+                   for split, data in (("train", splits.train), ("test", splits.test))}
+            for name, model in models.items()}
+
+
+def model_digests(folder: Path) -> dict[str, str]:
+    """The sha256 of every model file of a run folder and of its forget list, by path inside it."""
+    names = ["model.pt", *sorted(p.relative_to(folder).as_posix() for p in (folder / "checkpoints").glob("epoch-*.pt")),
+             "reference.pt", "unlearned.pt", "forget.csv"]
+    return {name: file_digest(folder / name) for name in names if (folder / name).is_file()}
+
+
+def record_run(folder: Path, request: Request, forget: str, method: str, plan: pd.DataFrame, results: pd.DataFrame,
+               seconds: dict) -> Ledger:
+    """The folder's ledger, its first entry (the run's request) written when it has none; a ledger whose first
+    entry is not this run's is refused."""
+    ledger = Ledger(folder)
+    files = {"before": "model.pt", "after": "unlearned.pt", "reference": "reference.pt", "forget": "forget.csv"}
+    if not ledger.entries:
+        ledger.append(ledger.entry(ids=request.ids, forget=forget, files=files, method=method, plan=plan,
+                                   metrics=results[["unlearned", "retrained"]],
+                                   seconds={"unlearn": seconds["unlearn"], "reference": seconds["reference"]}))
+        return ledger
+    first = ledger.entries[0]
+    if first["ids_sha256"] != ids_digest(request.ids) or any(
+            first["files"][role]["sha256"] != file_digest(folder / path) for role, path in files.items()):
+        raise LedgerError(f"{ledger.path} records another run's request first; `unlearn verify {folder}` shows "
+                          "what differs (--force redoes the run and starts a new ledger)")
+    return ledger
+
+
+def attack_models(config: RunConfig, trained: Trained, request: Request, models: dict, shadows, unlearned_shadows,
             signals: dict, attacks: list[str], device) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
     """The results table (metrics by model), every training example's attack scores, and what was not computed."""
     splits = trained.splits
