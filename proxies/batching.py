@@ -90,6 +90,11 @@ def subset_root(dataset: Dataset) -> tuple[Dataset, Tensor | None]:
     positions = None
     while isinstance(dataset, Subset):
         ids = torch.as_tensor(dataset.indices, dtype=torch.long)
+        n = len(dataset.dataset)
+        if len(ids) and not (-n <= int(ids.min()) and int(ids.max()) < n):  # before any item is read
+            bad = int(ids.max()) if int(ids.max()) >= n else int(ids.min())
+            raise ValueError(f"a Subset lists position {bad} of a dataset of {n} items; its indices must lie in "
+                             f"[0, {n})")
         positions = ids if positions is None else ids[positions]
         dataset = dataset.dataset
     return dataset, positions
@@ -203,8 +208,9 @@ class Streamed(Dataset):
             batches inside the retain set's) gets a loader of its own.
         prefetch_factor: batches each worker reads ahead (None: torch's default).
         targets: the items' labels by position, when known without reading the items (e.g. ``ImageFolder.targets``):
-            :func:`labels_of` then reads no item. Otherwise the labels (and indices) of the items asked about are read
-            once, in a pass that drops their inputs, and kept.
+            :func:`labels_of` then reads no item (but five, spread over the dataset, to check them against). Otherwise
+            the labels (and indices) of the items asked about are read once, in a pass that drops their inputs, and
+            kept.
         worker_seed: seeds the workers' random number generators (a random transform in a worker draws from them).
         task: the kind of example (a :class:`proxies.tasks.Task`; None: the wrapped dataset's, else
             classification).
@@ -250,10 +256,22 @@ class Streamed(Dataset):
                 raise ValueError(f"targets must be {n} integer labels, one per item, got "
                                  f"{targets.dtype} {tuple(targets.shape)}")
             self._labels = targets.long().clone()
+            self._check_targets()
             if not self.explicit_indices:  # the index of an item is its position: nothing to read
                 positions = self.items.positions
                 self._indices = torch.arange(n) if positions is None else positions.clone()
                 self._known[:] = True
+
+    def _check_targets(self, samples: int = 5) -> None:
+        """Read a few items spread over the dataset (the first and last among them) and refuse ``targets`` that
+        disagree with their labels: wrong ones would train and score every example against another's label."""
+        n = len(self._labels)
+        for i in sorted({round(k * (n - 1) / (samples - 1)) for k in range(samples)} if n else ()):
+            label = self.dataset[i][1]
+            if int(torch.as_tensor(label)) != int(self._labels[i]):
+                raise ValueError(f"targets disagree with the items: item {i}'s label is {int(torch.as_tensor(label))}"
+                                 f" but targets[{i}] is {int(self._labels[i])}; targets are the labels of the items "
+                                 "in order (e.g. an ImageFolder's .targets, of the same folder)")
 
     @property
     def explicit_indices(self) -> bool:

@@ -354,3 +354,119 @@ def test_an_image_folder_needs_two_classes_and_readable_images(tmp_path):
     (two / "b" / "1.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"cannot read .*b/1.png as an image"):
         load_dataset(f"imagefolder:{two}")
+
+
+def _unlearn_case(**options):
+    """A case that unlearns 10 of the 200 examples from a fresh model (``model=`` replaces it; ``data=`` the set)."""
+    def case(data, tmp_path):
+        given = dict(options)
+        clean = given.pop("data", None) or data[0]
+        model = given.pop("model", None) or mlp()
+        forget, retain = Subset(clean, range(10)), Subset(clean, range(10, 200))
+        unlearn(model, forget=given.pop("forget", forget), retain=retain,
+                **({"method": "finetune", "epochs": 1} if "method" not in given else {}), **given)
+    return case
+
+
+def _train_case(make):
+    return lambda data, tmp_path: train(*make(data[0]), **quick())
+
+
+def _ids_file(text):
+    def case(data, tmp_path):
+        from unlearn.data.selection import read_ids
+
+        (tmp_path / "ids.txt").write_text(text)
+        read_ids(tmp_path / "ids.txt")
+    return case
+
+
+def _meta_model():
+    with torch.device("meta"):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
+def _direction_lost(data, tmp_path):
+    import pandas as pd
+
+    scores = pd.Series(np.arange(200.0), name="score")  # e.g. a column after a join: no direction recorded
+    _unlearn_case(method="rum", scores=scores)(data, tmp_path)
+
+
+def _policy_group(data, tmp_path):
+    import pandas as pd
+
+    scores = pd.Series(np.arange(200.0), name="score")
+    _unlearn_case(method="rum", scores=scores, higher_is_memorized=True,
+                  policy={"lowish": "noop", "medium": "noop", "high": "noop"})(data, tmp_path)
+
+
+def _few_logits(data, tmp_path):
+    from unlearn import evaluate
+
+    clean = data[0]
+    evaluate(nn.Sequential(nn.Flatten(), nn.Linear(64, 5)), forget=Subset(clean, range(10)),
+             retain=Subset(clean, range(10, 200)), test=Subset(clean, range(10, 50)))
+
+
+def _streamed_targets(data, tmp_path):
+    clean = data[0]
+    train(mlp(), Streamed(clean, targets=torch.zeros(len(clean), dtype=torch.long)), **quick())
+
+
+def _forget_spec(spec):
+    def case(data, tmp_path):
+        from unlearn.data.selection import select_forget
+
+        select_forget(spec, num_train=200)
+    return case
+
+
+BAD_INPUTS = {  # what a user passes -> (exception, a fragment of its message)
+    "NaN / inf training inputs": (lambda d, t: train(mlp(), d[1], **quick()), ValueError,
+                                  "2 examples whose inputs are NaN or infinite (training indices [7, 11])"),
+    "NaN forget inputs": (lambda d, t: _unlearn_case(data=d[1], forget=Subset(d[1], [3, 7]))(d, t), ValueError,
+                          "forget set has 1 examples whose inputs are NaN or infinite"),
+    "a model on the meta device": (_unlearn_case(model=_meta_model()), ValueError, "on the 'meta' device"),
+    "scores without a direction": (_direction_lost, ValueError, "do not say which way they point"),
+    "a policy naming an unknown group": (_policy_group, ValueError,
+                                         "has entries for ['lowish'], which are not groups of this split"),
+    "unlearn on cuda:7": (_unlearn_case(device="cuda:7"), ValueError, "device 'cuda:7' asked for"),
+    "unlearn on mps": (_unlearn_case(device="mps"), ValueError, "device 'mps' asked for"),
+    "evaluate on 'gpu'": (lambda d, t: __import__("unlearn").evaluate(
+        mlp(), forget=Subset(d[0], range(5)), retain=Subset(d[0], range(5, 50)), test=d[0], device="gpu"),
+        ValueError, "unknown device 'gpu'"),
+    "float64 inputs": (_train_case(lambda c: (mlp(), _float64(c))), ValueError,
+                       "the inputs are float64 but the model's weights are float32"),
+    "a half model": (_train_case(lambda c: (mlp().half(), c)), ValueError, "model's weights are float16"),
+    "flattened inputs": (_train_case(lambda c: (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()),
+                                                IndexedDataset(c.inputs.flatten(1), c.targets))),
+                         ValueError, "the model cannot take the training inputs of shape [64]"),
+    "a label of 10": (_train_case(lambda c: (mlp(), IndexedDataset(c.inputs, torch.where(
+        torch.arange(len(c)) == 5, 10, c.targets)))), ValueError, "the labels span [0, 10]"),
+    "Subset(train, [99999])": (_train_case(lambda c: (mlp(), Subset(c, [0, 99999]))), ValueError,
+                               "a Subset lists position 99999 of a dataset of 200 items"),
+    "too few logits for evaluate()": (_few_logits, ValueError, "the model returns 5 logits but the labels span"),
+    "Streamed(targets=wrong)": (_streamed_targets, ValueError, "targets disagree with the items"),
+    "forget random:1.0": (_forget_spec("random:1.0"), ValueError, "a fraction lies in (0, 1)"),
+    "forget random:1.5": (_forget_spec("random:1.5"), ValueError, "or a fraction in (0, 1)"),
+    "an ids file with a bad line": (_ids_file("4\n5 6\nseven\n"), ValueError,
+                                    "ids.txt, line 3: expected integer training indices, found 'seven'"),
+    "an ids CSV with a bad row": (_ids_file("index\n4\n5.5\n"), ValueError, "ids.txt, line 3:"),
+}
+"""The bad-input matrix: every case is refused with the exception and words a user can act on. Cases with files
+on disk or a run folder are in their own tests: the damaged run files (``test_force_trains_again_over_a_damaged_
+file``, tests/pipeline/test_cli.py's ``FAULTS``), an image folder of one class or an unreadable image
+(``test_an_image_folder_needs_two_classes_and_readable_images``), a held-out split (``test_a_request_drawn_from_a_
+held_out_split_is_refused``), the command line's options (``test_run_input_errors_fail_before_training``), an
+example deleted twice (tests/pipeline/test_ledger.py)."""
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_every_bad_input_is_refused_with_what_was_expected(data, tmp_path, case):
+    if case == "unlearn on cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    act, error, fragment = BAD_INPUTS[case]
+    with pytest.raises(error) as raised:
+        act(data, tmp_path)
+    assert fragment in str(raised.value)

@@ -134,8 +134,9 @@ def test_a_streamed_image_folder_is_opened_a_batch_at_a_time(image_folder, monke
     monkeypatch.setattr(sources._ImageFiles, "__getitem__", lambda self, rows: opened.append(len(rows)) or
                         original(self, rows))
     streamed = load_dataset(f"imagefolder:{folder}", stream=True)
-    # the normalisation's pass over the training split, and each split's first item (whether items carry an index)
-    assert max(opened) <= 1024 and sum(opened) == len(streamed.train) + 3
+    # the normalisation's pass over the training split, each split's first item (whether items carry an index) and
+    # the five items each split checks its targets against
+    assert max(opened) <= 1024 and sum(opened) == len(streamed.train) + 3 + 3 * 5
     opened.clear()
     x, y, index = streamed.train[7]
     assert opened == [1] and index == 7 and y == int(memory.train.targets[7])

@@ -160,9 +160,10 @@ def test_run_folder_reuses_refuses_and_forces(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("5\n99999999999999999999999\n", "too large for any dataset"),
-    ("1.0\n2\n", "whole numbers: 1, not 1.0"),
-    ("index\n1.5\n2\n", "whole numbers: 1, not 1.0"),
-    ("5\nfive\n", "found 'five'"),
+    ("1.0\n2\n", "ids.txt, line 1: .*whole numbers: 1, not 1.0"),
+    ("index\n1\n1.5\n2\n", "ids.txt, line 3: .*got 1.5 .*whole numbers: 1, not 1.0"),
+    ("5\n6 7\nfive\n", "ids.txt, line 3: expected integer training indices, found 'five'"),
+    ("index\n1\nabc\n", "ids.txt, line 3: expected integer training indices, found 'abc'"),
 ])
 def test_an_ids_file_says_what_is_wrong_with_it(tmp_path, text, message):
     path = tmp_path / "ids.txt"

@@ -123,22 +123,28 @@ def read_ids(path: str | os.PathLike, *, source_rows: np.ndarray | None = None) 
         else:
             raise ValueError(f"{path}: a CSV of ids needs an 'index' or 'source_row' column, got {list(table.columns)}")
     else:
-        tokens = [t for t in re.split(r"[\s,;]+", text) if t]
-        bad = next((t for t in tokens if not t.lstrip("-").isdigit()), None)
-        if bad is not None:
-            raise ValueError(f"{path}: expected integer training indices, found {bad!r}"
-                             + (" (indices are written as whole numbers: 1, not 1.0)" if _is_number(bad) else ""))
-        ids = [int(t) for t in tokens]
+        lines = [[t for t in re.split(r"[\s,;]+", line) if t] for line in text.splitlines()]
+        for number, tokens in enumerate(lines, 1):
+            bad = next((t for t in tokens if not t.lstrip("-").isdigit()), None)
+            if bad is not None:
+                raise ValueError(f"{path}, line {number}: expected integer training indices, found {bad!r}"
+                                 + (" (indices are written as whole numbers: 1, not 1.0)" if _is_number(bad) else ""))
+        ids = [int(t) for tokens in lines for t in tokens]
     ids = np.asarray(ids)
     if len(ids) == 0:
         raise ValueError(f"{path} lists no training indices")
+    if ids.dtype == object:  # a CSV column pandas could not read as numbers
+        row = next((i for i, v in enumerate(ids.tolist()) if not str(v).strip().lstrip("-").isdigit()), None)
+        if row is not None:
+            raise ValueError(f"{path}, line {row + 2}: expected integer training indices, found {ids[row]!r}")
     if ids.dtype == object or np.issubdtype(ids.dtype, np.integer):
         too_big = [int(i) for i in ids.tolist() if not -(2**63) <= int(i) < 2**63]
         if too_big:
             raise ValueError(f"{path}: {too_big[0]} is no training index (too large for any dataset)")
     if not np.issubdtype(ids.dtype, np.integer) and ids.dtype != object:
-        raise ValueError(f"{path}: expected integer training indices, got {ids.dtype} values (e.g. "
-                         f"{ids.tolist()[0]!r}); indices are written as whole numbers: 1, not 1.0")
+        row = next((i for i, v in enumerate(ids.tolist()) if not float(v).is_integer()), 0)
+        raise ValueError(f"{path}, line {row + 2}: expected integer training indices, got {ids.tolist()[row]!r} "
+                         f"(a {ids.dtype} column); indices are written as whole numbers: 1, not 1.0")
     ids = np.asarray(ids, dtype=np.int64)
     unique = np.unique(ids)
     if len(unique) < len(ids):

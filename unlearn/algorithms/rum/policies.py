@@ -254,13 +254,13 @@ def resolve_policy(policy: str | Mapping[str, Any], groups: Sequence[str]) -> di
     if not isinstance(policy, Mapping):
         raise TypeError(f"policy must be a name or a mapping from group to method, got {type(policy).__name__}")
     missing = [g for g in groups if g not in policy]
-    if missing:
-        raise ValueError(f"policy has no entry for groups {missing} (groups: {list(groups)})")
     extra = [g for g in policy if g not in groups]
-    if extra:
-        raise ValueError(f"{name} has entries for {extra}, which are not groups of this split ({list(groups)}): a "
-                         "misspelt group, or a policy written for another number of groups (pass policy= with "
-                         "one entry per group)")
+    if extra:  # named first: a misspelt group is also a missing one
+        raise ValueError(f"{name} has entries for {extra}, which are not groups of this split ({list(groups)})"
+                         + (f", and none for {missing}" if missing else "") + ": a misspelt group, or a policy "
+                         "written for another number of groups (pass policy= with one entry per group)")
+    if missing:
+        raise ValueError(f"{name} has no entry for groups {missing} (groups: {list(groups)})")
     resolved = {}
     for group in groups:
         resolved[group] = _resolve_entry(policy[group], group)

@@ -126,6 +126,10 @@ class AttackSignals:
         """Attack signals from logits ``[N, A, C]`` (or ``[N, C]`` for one query), computed ``SIGNAL_ROWS`` rows at a
         time: the float64 temporaries stay bounded however many examples there are (each row's signals depend on
         that row alone)."""
+        classes, span = np.shape(logits)[-1], np.asarray(labels)
+        if span.size and (int(span.min()) < 0 or int(span.max()) >= classes):
+            raise ValueError(f"the model returns {classes} logits but the labels span [{int(span.min())}, "
+                             f"{int(span.max())}]: attacks need a model with a logit for every class")
         if len(logits) > SIGNAL_ROWS:
             parts = [cls.from_logits(logits[i:i + SIGNAL_ROWS], labels[i:i + SIGNAL_ROWS], index[i:i + SIGNAL_ROWS])
                      for i in range(0, len(logits), SIGNAL_ROWS)]
