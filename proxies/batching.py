@@ -127,7 +127,9 @@ class WithIndex(Dataset):
     def __getitem__(self, i: int):
         item = self.dataset[i]
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-            raise TypeError(f"dataset items must be (x, y) or (x, y, index), got {type(item).__name__}")
+            raise TypeError(f"dataset items must be (x, y) or (x, y, index), got {type(item).__name__}"
+                            + (" (a dataset of dicts, e.g. Hugging Face's, goes through unlearn.data.FromDicts)"
+                               if isinstance(item, dict) else ""))
         if len(item) == 3:
             return tuple(item)
         return item[0], item[1], i if self.positions is None else int(self.positions[i])

@@ -762,3 +762,26 @@ def test_a_method_declares_its_inputs_and_receives_them(trained):
             unlearn(model, forget=forget, retain=retain, method="shift", scores=np.zeros(90))
     finally:
         del registry._METHODS["shift"]
+
+
+def test_a_result_saves_its_model_and_plan_whole(trained, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from unlearn import load_checkpoint
+
+    model, recorder, forget, retain = trained
+    result = unlearn(model, forget=forget, retain=retain, proxy="confidence", recording=recorder,
+                     policy="random_label_fast")
+    plan_path = result.save(tmp_path / "unlearned.pt")
+    assert plan_path == tmp_path / "unlearned.plan.csv"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unlearned.plan.csv", "unlearned.pt"]
+    loaded = load_checkpoint(create_model("digits_cnn", num_classes=10, in_channels=1), tmp_path / "unlearned.pt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), result.model.state_dict().values(),
+                                                  strict=True))
+    plan = pd.read_csv(plan_path)
+    assert plan["group"].tolist() == [step.group for step in result.plan]
+    assert sorted(i for text in plan["indices"] for i in json.loads(text)) == sorted(forget.indices)
+    assert [json.loads(c) for c in plan["config"]] == [json.loads(json.dumps(s.config, default=str))
+                                                       for s in result.plan]

@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,7 +73,36 @@ class UnlearnResult:
             row = {"group": step.group, "method": step.method, "examples": len(step.indices),
                    "retain": step.retain_size, "seconds": step.seconds}
             rows.append({**row, **self.step_columns(step), "config": step.config})
-        return PlanTable(rows)
+        return PlanTable(rows, columns=None if rows else ["group", "method", "examples", "retain", "seconds",
+                                                          "config"])
+
+    def plan_table(self) -> pd.DataFrame:
+        """:meth:`summary` with each step's settings and forget examples (training indices) as JSON text, readable
+        from any language: what ``plan.csv`` holds (``unlearn run``, :meth:`save`)."""
+        plan = self.summary()
+        return pd.DataFrame(plan).assign(config=[json.dumps(c, default=str, sort_keys=True) for c in plan["config"]],
+                                         indices=[json.dumps(step.indices.tolist()) for step in self.plan])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model's ``state_dict`` to ``path`` (tensors only: :func:`unlearn.load_checkpoint` or
+        ``torch.load(path, weights_only=True)`` reads it) and the plan (:meth:`plan_table`) to ``<stem>.plan.csv``
+        beside it, each written whole; returns the plan's path.
+
+        >>> import tempfile, pathlib, torch
+        >>> result = UnlearnResult(torch.nn.Linear(2, 2), [], 0.0)
+        >>> result.save(pathlib.Path(tempfile.mkdtemp()) / "unlearned.pt").name
+        'unlearned.plan.csv'
+        """
+        from proxies.files import written
+
+        from ..training.trainer import save_checkpoint
+
+        path = Path(path)
+        save_checkpoint(self.model, path)
+        plan_path = path.with_name(f"{path.stem}.plan.csv")
+        with written(plan_path) as tmp:
+            self.plan_table().to_csv(tmp, index=False)
+        return plan_path
 
     def step_columns(self, step: PlanStep) -> dict[str, Any]:
         """Columns a method that plans adds to a step's row of :meth:`summary` (none here)."""

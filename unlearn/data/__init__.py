@@ -3,6 +3,7 @@ CIFAR-shaped data made on the fly (:mod:`.synthetic`) and forget-set requests (:
 carries its training-set index; batching in memory or streamed is :mod:`proxies.batching`'s, re-exported here.
 """
 
+from .adapters import FromDicts
 from .sources import (
     DatasetNotFoundError,
     DatasetSpec,
@@ -37,6 +38,7 @@ register_synthetic_cifar("synthetic-cifar")  # CIFAR-10-shaped images made on th
 __all__ = [
     "DatasetNotFoundError",
     "DatasetSpec",
+    "FromDicts",
     "IndexedDataset",
     "Splits",
     "Streamed",

@@ -521,11 +521,7 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
         result = unlearn(original, forget=forget, retain=retain, method=config.method, seed=config.seed,
                          device=device, **options)
         save_checkpoint(result.model, run.path / "unlearned.pt")
-        plan = result.summary()
-        # settings and each step's training indices as JSON, readable from any language; the report's groups
-        # are read back from the indices (plan_groups), not recomputed
-        plan = pd.DataFrame(plan).assign(config=[json.dumps(c, default=str, sort_keys=True) for c in plan["config"]],
-                                         indices=[json.dumps(step.indices.tolist()) for step in result.plan])
+        plan = result.plan_table()  # the report's groups are read back from its indices (plan_groups)
         with written(run.path / "plan.csv") as tmp:
             plan.to_csv(tmp, index=False)
         notes.update(result.facts())
