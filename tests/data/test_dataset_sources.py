@@ -72,6 +72,9 @@ def test_image_folder_reads_classes_shapes_and_pixels(image_folder):
     _check_pixels(splits, pixels)
     # the label of a training example is its folder's
     assert torch.equal(splits.train.targets, splits.train_rows // PER_CLASS)
+    # and its file, relative to the folder, the one its row names
+    assert splits.train_paths == [f"{sorted(CLASSES)[r // PER_CLASS]}/{r % PER_CLASS:03d}.png"
+                                  for r in splits.train_rows.tolist()]
 
 
 @requires_fashion_mnist
@@ -99,13 +102,23 @@ def test_image_folder_split_is_seeded_and_rows_are_stable(image_folder):
 def test_unlearn_run_on_an_image_folder(image_folder, tmp_path):
     folder, _ = image_folder
     out = tmp_path / "run"
+    splits = load_dataset(f"imagefolder:{folder}")
+    # a request by file: two training images (one by its absolute path) and a test image, which is skipped
+    test_row = sorted(set(range(3 * PER_CLASS)) - set(splits.train_rows.tolist()) - set(
+        load_dataset(f"imagefolder:{folder}", val_fraction=0.0).train_rows.tolist()))[0]
+    test_file = f"{sorted(CLASSES)[test_row // PER_CLASS]}/{test_row % PER_CLASS:03d}.png"
+    asked = [splits.train_paths[3], str(folder / splits.train_paths[10]), test_file]
+    pd.DataFrame({"path": asked}).to_csv(tmp_path / "request.csv", index=False)
     assert main(["run", "--dataset", f"imagefolder:{folder}", "--epochs", "1", "--checkpoints", "1", "--rows", "3",
-                 "--forget", "random:10", "--proxies", "confidence", "--out", str(out)]) == 0
+                 "--forget", f"ids:{tmp_path / 'request.csv'}", "--proxies", "confidence", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert any(row["metric"] == "accuracy.forget" for row in results["tables"]["results"])
     scores = pd.read_csv(out / "scores.csv")
-    splits = load_dataset(f"imagefolder:{folder}")
     assert scores["source_row"].tolist() == splits.train_rows.tolist()
+    assert scores["path"].tolist() == splits.train_paths
+    forget = pd.read_csv(out / "forget.csv")
+    assert forget["index"].tolist() == [3, 10] and forget["path"].tolist() == [splits.train_paths[i] for i in (3, 10)]
+    assert "1 of 3 paths were never trained on" in (out / "report.md").read_text()
 
 
 def test_streamed_splits_hold_the_in_memory_items():

@@ -111,7 +111,7 @@ def test_bad_ids_files(tmp_path, scores):
         select_forget(f"ids:{outside}", scores)
     columns = tmp_path / "columns.csv"
     columns.write_text("id\n1\n")
-    with pytest.raises(ValueError, match="'index' or 'source_row'"):
+    with pytest.raises(ValueError, match="'index', 'source_row' or 'path'"):
         read_ids(columns)
     held_out = tmp_path / "held_out.csv"
     held_out.write_text("source_row\n5\n")
@@ -177,3 +177,18 @@ def test_duplicate_ids_are_removed_once_with_a_warning(tmp_path):
     path.write_text("5\n5\n7\n")
     with pytest.warns(UserWarning, match="1 ids are listed more than once"):
         assert read_ids(path).tolist() == [5, 7]
+
+
+def test_an_ids_csv_names_images_by_their_files(tmp_path):
+    files = ["cat/000.png", "cat/001.png", "dog/000.png"]
+    path = tmp_path / "request.csv"
+    path.write_text("path\ndog/000.png\n/data/pets/cat/001.png\n")  # relative to the folder, or ending so
+    assert read_ids(path, source_paths=files).tolist() == [1, 2]
+    path.write_text("path\ndog/000.png\ndog/999.png\n")
+    with pytest.warns(UserWarning, match=r"1 of 2 paths were never trained on \(e.g. dog/999.png"):
+        assert read_ids(path, source_paths=files).tolist() == [2]
+    path.write_text("path\nbird/000.png\n")
+    with pytest.raises(ValueError, match="none of its 1 paths is in the training split"):
+        read_ids(path, source_paths=files)
+    with pytest.raises(ValueError, match="a path column names the images of an imagefolder"):
+        read_ids(path)

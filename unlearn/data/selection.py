@@ -6,8 +6,9 @@ A request is written as a short spec, the form the ``unlearn run --forget`` opti
 - ``high:N`` / ``low:N`` the N most / least memorized examples;
 - ``mixed:N`` N examples, a third each from the least memorized, those nearest the median and the most memorized;
 - ``ids:FILE`` the training examples listed in a file (a real request): integers separated by commas, spaces or
-  newlines, or a CSV whose header has an ``index`` column (training indices, as in ``scores.csv``) or a
-  ``source_row`` column (rows of the dataset's official training file);
+  newlines, or a CSV whose header has an ``index`` column (training indices, as in ``scores.csv``), a
+  ``source_row`` column (rows of the dataset's official training file) or, for an ``imagefolder:``, a ``path``
+  column (image files, ``CLASS/IMAGE.png`` relative to the folder, or any path ending so);
 - ``canaries`` every inserted copy of every canary of a text dataset loaded with canaries (a leaked secret, and all
   its copies, must go).
 
@@ -88,12 +89,14 @@ def parse_forget_spec(spec: str) -> ForgetSpec:
     return ForgetSpec(kind, size=int(number))
 
 
-def read_ids(path: str | os.PathLike, *, source_rows: np.ndarray | None = None) -> np.ndarray:
+def read_ids(path: str | os.PathLike, *, source_rows: np.ndarray | None = None,
+             source_paths: list[str] | None = None) -> np.ndarray:
     """Training indices listed in a file (see the module doc), sorted, duplicates dropped.
 
     Args:
         path: the file.
         source_rows: the official training-file row of each training example, to translate a ``source_row`` column.
+        source_paths: each training example's file (``Splits.train_paths``), to translate a ``path`` column.
 
     Raises:
         ValueError: unreadable content, an empty list, or ``source_row`` values none of which is in the training
@@ -110,18 +113,18 @@ def read_ids(path: str | os.PathLike, *, source_rows: np.ndarray | None = None) 
         elif "source_row" in table.columns:
             if source_rows is None:
                 raise ValueError(f"{path}: a source_row column needs the dataset's training rows")
-            rows = table["source_row"].to_numpy()
             position = {int(r): i for i, r in enumerate(source_rows)}
-            unknown = [int(r) for r in rows if int(r) not in position]
-            if len(unknown) == len(rows):
-                raise ValueError(f"{path}: none of its {len(rows)} source rows is in the training split")
-            if unknown:  # the model never trained on them (validation split, or outside train_size): nothing to do
-                warnings.warn(f"{path}: {len(unknown)} of {len(rows)} source rows were never trained on (e.g. "
-                              f"{unknown[0]}: held out for validation, or outside the training subset); they are "
-                              "skipped", stacklevel=2)
-            ids = np.array([position[int(r)] for r in rows if int(r) in position], dtype=np.int64)
+            ids = _translated(path, "source rows", [int(r) for r in table["source_row"]], position.get)
+        elif "path" in table.columns:
+            if source_paths is None:
+                raise ValueError(f"{path}: a path column names the images of an imagefolder: dataset; this one has "
+                                 "no files (use index or source_row)")
+            position = {p: i for i, p in enumerate(source_paths)}
+            ids = _translated(path, "paths", [str(p) for p in table["path"]],
+                              lambda p: _by_path(p, position))
         else:
-            raise ValueError(f"{path}: a CSV of ids needs an 'index' or 'source_row' column, got {list(table.columns)}")
+            raise ValueError(f"{path}: a CSV of ids needs an 'index', 'source_row' or 'path' column, got "
+                             f"{list(table.columns)}")
     else:
         lines = [[t for t in re.split(r"[\s,;]+", line) if t] for line in text.splitlines()]
         for number, tokens in enumerate(lines, 1):
@@ -153,6 +156,28 @@ def read_ids(path: str | os.PathLike, *, source_rows: np.ndarray | None = None) 
     return unique
 
 
+def _translated(path: Path, what: str, names: list, index_of) -> np.ndarray:
+    """The training indices of ``names`` (source rows or files); those the model never trained on are skipped with
+    a warning (held out for validation or test, or outside the training subset), and none at all is refused."""
+    found = [index_of(name) for name in names]
+    unknown = [name for name, i in zip(names, found, strict=True) if i is None]
+    if len(unknown) == len(names):
+        raise ValueError(f"{path}: none of its {len(names)} {what} is in the training split (e.g. {unknown[0]})")
+    if unknown:  # the model never trained on them: nothing to do
+        warnings.warn(f"{path}: {len(unknown)} of {len(names)} {what} were never trained on (e.g. {unknown[0]}: "
+                      "held out for validation or test, or outside the training subset); they are skipped",
+                      stacklevel=3)
+    return np.array([i for i in found if i is not None], dtype=np.int64)
+
+
+def _by_path(name: str, position: dict[str, int]) -> int | None:
+    """The training index of the file ``name``: as written (``CLASS/IMAGE.png``) or any path that ends so (an
+    absolute one)."""
+    parts = Path(name).as_posix().split("/")
+    return next((position[key] for key in ("/".join(parts[k:]) for k in range(len(parts))) if key in position),
+                None)
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -173,7 +198,7 @@ def _memorization(scores: pd.Series) -> pd.Series:
 
 
 def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, num_train: int | None = None,
-                  seed: int = 0, source_rows: np.ndarray | None = None,
+                  seed: int = 0, source_rows: np.ndarray | None = None, source_paths: list[str] | None = None,
                   canaries: np.ndarray | None = None, candidates: np.ndarray | None = None) -> np.ndarray:
     """The training indices a forget spec selects, sorted.
 
@@ -186,6 +211,7 @@ def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, nu
         num_train: the training-set size, when no ``scores`` are given.
         seed: seed of random selection and of tie breaking.
         source_rows: official training-file rows of the training examples (for ``ids:`` files by source row).
+        source_paths: the training examples' files (for ``ids:`` files by path).
         canaries: the training indices of the canary copies (``splits.canaries["index"]``), for ``canaries``.
         candidates: the training indices the spec chooses among (default: all); sizes and fractions count them, and
             the examples it names (``ids``, ``canaries``) must be among them (a request on a model some examples
@@ -215,7 +241,7 @@ def select_forget(spec: str | ForgetSpec, scores: pd.Series | None = None, *, nu
             raise ValueError(f"the {len(ids)} canary copies must be some, not all, of the {n} training examples")
         return ids
     if spec.kind == "ids":
-        ids = read_ids(spec.path, source_rows=source_rows)
+        ids = read_ids(spec.path, source_rows=source_rows, source_paths=source_paths)
         outside = ids[~np.isin(ids, index)]
         if len(outside):
             raise ValueError(f"{spec.path}: {len(outside)} ids are not training indices (e.g. {int(outside[0])}; "

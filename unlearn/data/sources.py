@@ -121,6 +121,9 @@ class Splits:
     train_rows: Tensor | None = None
     """For each training example, its row in the dataset's official training set (before the validation split and
     ``train_size``): how a deletion request names examples."""
+    train_paths: list[str] | None = None
+    """For each training example of an ``imagefolder:``, its file relative to the folder (``CLASS/IMAGE.png``):
+    another way a deletion request names examples (a ``path`` column), and a column of ``scores.csv``."""
 
     def __post_init__(self) -> None:
         mark_held_out(self)
@@ -207,6 +210,8 @@ class _SourceData:
     y_test: Tensor
     classes: list[str] | None
     rows: Tensor | None = None
+    paths: list[str] | None = None
+    """Each row's file, relative to the source's folder (``CLASS/IMAGE.png``), for sources of files."""
 
 
 @dataclass(frozen=True)
@@ -347,8 +352,9 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         return _split(x, y, ids, mean=mean, std=std, classes=data.classes, stream=stream, num_workers=num_workers)
 
     rows = train_ids if data.rows is None else data.rows[train_ids]
+    paths = None if data.paths is None else [data.paths[int(r)] for r in rows]
     return Splits(name, split(data.x_train, data.y_train, train_ids), split(data.x_train, data.y_train, val_ids),
-                  split(data.x_test, data.y_test, None), *about, train_rows=rows)
+                  split(data.x_test, data.y_test, None), *about, train_rows=rows, train_paths=paths)
 
 
 def _read_dataset(name: str, *, root: Path, download: bool, test_fraction: float,
@@ -657,7 +663,8 @@ def _load_image_folder(path: str, *, root: Path, download: bool, test_fraction: 
     else:
         x = table[torch.arange(len(table))].contiguous()
         x_train, x_test = x[train_rows], x[test_rows]
-    return _SourceData(x_train, y[train_rows], x_test, y[test_rows], list(classes), rows=train_rows)
+    paths = [Path(file).relative_to(folder).as_posix() for file, _ in samples]
+    return _SourceData(x_train, y[train_rows], x_test, y[test_rows], list(classes), rows=train_rows, paths=paths)
 
 
 _SOURCES.register("imagefolder", _Source(_load_image_folder, "PATH",

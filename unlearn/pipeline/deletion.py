@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from proxies.files import write_text
+from proxies.files import write_text, written
 
 from ..data.selection import parse_forget_spec, read_ids, select_forget
 from ..data.sources import labels_of
@@ -36,12 +36,14 @@ from .stages import (
     Trained,
     canary_ids,
     digest,
+    forget_table,
     load_run,
     memorization_stage,
     method_config_of,
     model_fn_of,
     proxy_series,
     reference_stage,
+    request_names,
     say,
     shadow_stage,
     unlearn_stage,
@@ -71,8 +73,7 @@ def _request_config(folder: Path, forget: str, method, method_config, root, devi
 
 def _named(spec, splits, ledger: Ledger) -> np.ndarray | None:
     """The examples an ``ids`` or ``canaries`` request names; one deleted before is refused."""
-    source_rows = None if splits.train_rows is None else splits.train_rows.numpy()
-    named = (read_ids(spec.path, source_rows=source_rows) if spec.kind == "ids"
+    named = (read_ids(spec.path, **request_names(splits)) if spec.kind == "ids"
              else canary_ids(splits) if spec.kind == "canaries" else None)
     again = ledger.already_deleted(named) if named is not None else {}
     if again:
@@ -87,7 +88,6 @@ def _forget(config: RunConfig, folder: Path, run: RunFolder, trained: Trained, t
     """The request's examples, chosen among those not deleted yet (an id deleted before is refused)."""
     splits, spec = trained.splits, parse_forget_spec(config.forget)
     deleted = ledger.deleted
-    source_rows = None if splits.train_rows is None else splits.train_rows.numpy()
     named = _named(spec, splits, ledger)
     ranking = None
     if spec.needs_scores:
@@ -104,10 +104,11 @@ def _forget(config: RunConfig, folder: Path, run: RunFolder, trained: Trained, t
         ids = pd.read_csv(path)["index"].to_numpy()
     else:
         with run.timed("forget", settings):
-            ids = select_forget(spec, ranking, num_train=len(splits.train), seed=config.seed, source_rows=source_rows,
-                                canaries=canary_ids(splits), candidates=np.setdiff1d(np.arange(len(splits.train)),
-                                                                                     deleted))
-            pd.DataFrame({"index": ids}).to_csv(path, index=False)
+            ids = select_forget(spec, ranking, num_train=len(splits.train), seed=config.seed,
+                                canaries=canary_ids(splits), **request_names(splits),
+                                candidates=np.setdiff1d(np.arange(len(splits.train)), deleted))
+            with written(path) as tmp:
+                forget_table(splits, ids).to_csv(tmp, index=False)
     forget = subset(splits.train, ids)
     retain = subset(splits.train, np.setdiff1d(labels_of(splits.train)[1].numpy(), np.union1d(deleted, ids)))
     say(f"forget {len(ids)} more of the {len(splits.train)} training examples ({config.forget}); the reference "

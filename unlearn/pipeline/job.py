@@ -44,6 +44,7 @@ from .stages import (
     proxy_series,
     recipe_of,
     reference_stage,
+    request_names,
     reset_progress,
     say,
     set_progress,
@@ -225,7 +226,7 @@ def run_attack(folder: str | os.PathLike, *, checkpoint: str | os.PathLike | Non
             if spec.needs_scores:
                 ranking = proxies.compute(select_by, recording=recorder)  # with its direction on these examples
             forget_ids = select_forget(spec, ranking, num_train=len(splits.train), seed=settings["seed"],
-                                       source_rows=splits.train_rows.numpy(), canaries=canary_ids(splits))
+                                       canaries=canary_ids(splits), **request_names(splits))
         elif (folder / "forget.csv").is_file():
             forget_ids = pd.read_csv(folder / "forget.csv")["index"].to_numpy()
         else:

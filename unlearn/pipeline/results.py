@@ -203,6 +203,8 @@ def _per_example(config: RunConfig, trained: Trained, table: pd.DataFrame, memor
         scores.insert(0, "text", _texts(trained.splits))
     if trained.splits.train_rows is not None:
         scores.insert(1, "source_row", trained.splits.train_rows.numpy())
+    if getattr(trained.splits, "train_paths", None) is not None:  # an image folder's: how its requests name images
+        scores.insert(2, "path", trained.splits.train_paths)
     canaries = getattr(trained.splits, "canaries", None)
     if canaries is not None:
         scores = scores.join(canaries.set_index("index")[["canary", "repeats"]])

@@ -82,8 +82,28 @@ def check_data(config: RunConfig, splits, model: nn.Module, model_name: str) -> 
             raise ValueError(f"--forget {config.forget} asks for {spec.size} of {n} training examples; expected "
                              f"fewer than {n}, so that some are retained")
     else:  # random, ids and canaries need no scores: the selection itself is the check
-        select_forget(spec, None, num_train=n, seed=config.seed, canaries=canary_ids(splits),
-                      source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
+        select_forget(spec, None, num_train=n, seed=config.seed, canaries=canary_ids(splits), **request_names(splits))
+
+
+def request_names(splits) -> dict:
+    """How a deletion request may name the training examples besides their indices: by their rows of the official
+    training file, by their files (an ``imagefolder:``'s); :func:`~unlearn.data.selection.read_ids`'s keywords."""
+    rows = getattr(splits, "train_rows", None)
+    return {"source_rows": None if rows is None else rows.numpy(), "source_paths": getattr(splits, "train_paths", None)}
+
+
+def forget_table(splits, ids: np.ndarray) -> pd.DataFrame:
+    """``forget.csv``: the forget set's training indices, with each one's label (classes), source row and file
+    where the data has them."""
+    table = pd.DataFrame({"index": ids})
+    labels = labels_of(splits.train)[0]
+    if labels.ndim == 1:  # a class (a sequence's labels are its tokens: its text is in scores.csv)
+        table["label"] = labels[ids].numpy()
+    if splits.train_rows is not None:
+        table["source_row"] = splits.train_rows[ids].numpy()
+    if getattr(splits, "train_paths", None) is not None:
+        table["path"] = [splits.train_paths[i] for i in ids]
+    return table
 
 
 def canary_ids(splits) -> np.ndarray | None:
@@ -412,16 +432,9 @@ def forget_stage(run: RunFolder, spec_text: str, ranking: pd.Series | None, spli
         return ids
     with run.timed("forget", settings):
         ids = select_forget(spec, ranking if spec.needs_scores else None, num_train=len(splits.train), seed=seed,
-                            source_rows=None if splits.train_rows is None else splits.train_rows.numpy(),
-                            canaries=canary_ids(splits))
-        table = pd.DataFrame({"index": ids})
-        labels = labels_of(splits.train)[0]
-        if labels.ndim == 1:  # a class (a sequence's labels are its tokens: its text is in scores.csv)
-            table["label"] = labels[ids].numpy()
-        if splits.train_rows is not None:
-            table["source_row"] = splits.train_rows[ids].numpy()
+                            canaries=canary_ids(splits), **request_names(splits))
         with written(run.path / "forget.csv") as tmp:
-            table.to_csv(tmp, index=False)
+            forget_table(splits, ids).to_csv(tmp, index=False)
     return ids
 
 
@@ -431,7 +444,7 @@ def skipped_request_rows(spec, splits) -> str | None:
         return None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        read_ids(spec.path, source_rows=None if splits.train_rows is None else splits.train_rows.numpy())
+        read_ids(spec.path, **request_names(splits))
     return "; ".join(str(w.message) for w in caught) or None
 
 
