@@ -36,7 +36,7 @@ from ..data.selection import parse_forget_spec, read_ids, select_forget
 from ..data.sources import DatasetNotFoundError, first_input, labels_of, load_dataset
 from ..farm.subset_models import train_subset_models
 from ..models import create_model
-from ..training.loop import SHOW_BARS
+from ..training.loop import SHOW_BARS, warm_up
 from ..training.trainer import TrainConfig, load_checkpoint, save_checkpoint, train
 from .config import DEFAULT_PROXIES, TEXT_OPTIONS, RunConfig
 from .folder import RunFolder
@@ -227,6 +227,7 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
         state.unlink(missing_ok=True)
     say(f"training {model_name} on {splits!r} for {config.recipe().epochs} epochs"
         + (f" (resuming from {state})" if state.is_file() else ""))
+    warm_up()
     start = time.perf_counter()
     model, recorder, history = _train_original(config, model, splits, settings, state, out, device)
     seconds = time.perf_counter() - start
@@ -463,6 +464,7 @@ def reference_stage(run: RunFolder, retain, model_fn, recipe: dict, seed: int, d
         say("reusing the retrained reference in reference.pt")
         return reference.eval()
     say(f"retraining the reference from scratch on the {len(retain)} retained examples")
+    warm_up()  # the stages' times leave out the process's one-off imports
     with run.timed("reference", settings):
         torch.manual_seed(seed)
         reference, _ = train(model_fn(), retain, seed=seed, device=device, progress=progress_bars(), **recipe)
@@ -528,6 +530,7 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
         + (f" scheduled by {config.proxy}" if "proxy" in named else ""))
     if expected is not None and get_method(config.method).takes("expected_accuracy"):
         options["expected_accuracy"] = expected()  # before the clock: an estimate of the original model's
+    warm_up()
     with run.timed("unlearn", settings) as notes:
         if method_config:
             options["config"] = method_config
