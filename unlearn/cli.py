@@ -207,8 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "training set's score tertiles, the same levels whatever the request's size) or request (the "
                         "RUM paper's: a third of the forget set each, by rank within it)")
     g.add_argument("--policy", default=None, choices=policies(),
-                   help="rum's built-in policy: finetune_salun (the paper's first recipe, the default on images: "
-                        "fine-tune the medium group, SalUn on the high one, over the whole retain set), neggrad_plus "
+                   help="rum's built-in policy. Default: random_label_to_expected on images, npo_graded on text "
+                        "(policies whose cost follows the request, not the retain set; the run warns before a plan "
+                        "that would pass over more examples than retraining). To choose: the cheap ones cost a few "
+                        "percent of retraining and may leave part of the most memorized group; the paper's recipes "
+                        "cost about their fine-tuning epochs over the recipe's epochs (10/3 on a 3-epoch recipe); "
+                        "benchmarks/README.md compares them. The policies: finetune_salun (the paper's first recipe, "
+                        "unlearn()'s default: fine-tune the medium group, SalUn on the high one, over the whole "
+                        "retain set), neggrad_plus "
                         "(its second), random_label_fast (random labels on the high group only, 2 epochs on a retain "
                         "sample of 16 per forget example: a few percent of retraining), random_label_repair (the "
                         "same plus 1 epoch of fine-tuning on another such sample), random_label_to_expected (random "

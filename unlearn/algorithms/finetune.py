@@ -18,7 +18,7 @@ class FinetuneConfig(SGDConfig):
     lr: float = 0.01
 
 
-@register_method("finetune", config=FinetuneConfig)
+@register_method("finetune", config=FinetuneConfig, epoch="retain")
 def finetune(model, forget, retain, config: FinetuneConfig, *, seed, device):
     """Keep training on the retain set only."""
     generator = torch.Generator().manual_seed(seed)

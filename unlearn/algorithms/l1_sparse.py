@@ -25,7 +25,7 @@ class L1SparseConfig(SGDConfig):
         real("alpha", self.alpha, low=0.0)
 
 
-@register_method("l1_sparse", config=L1SparseConfig)
+@register_method("l1_sparse", config=L1SparseConfig, epoch="retain")
 def l1_sparse(model, forget, retain, config: L1SparseConfig, *, seed, device):
     """``CE(retain) + alpha_t * ||theta||_1`` with ``alpha_t`` going linearly from ``alpha`` to 0.
 

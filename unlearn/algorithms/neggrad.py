@@ -18,7 +18,7 @@ class NegGradConfig(SGDConfig):
     lr: float = 1e-4
 
 
-@register_method("neggrad", config=NegGradConfig)
+@register_method("neggrad", config=NegGradConfig, epoch="forget")
 def neggrad(model, forget, retain, config: NegGradConfig, *, seed, device):
     """Ascend the cross-entropy of the forget set."""
     generator = torch.Generator().manual_seed(seed)

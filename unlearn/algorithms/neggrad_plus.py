@@ -25,7 +25,7 @@ class NegGradPlusConfig(SGDConfig):
         real("alpha", self.alpha, low=0.0, high=1.0)
 
 
-@register_method("neggrad_plus", config=NegGradPlusConfig)
+@register_method("neggrad_plus", config=NegGradPlusConfig, epoch="retain")
 def neggrad_plus(model, forget, retain, config: NegGradPlusConfig, *, seed, device):
     """``alpha * CE(retain) - (1 - alpha) * CE(forget)`` over retain batches, cycling through the forget set."""
     generator = torch.Generator().manual_seed(seed)

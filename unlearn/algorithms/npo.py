@@ -180,7 +180,7 @@ def _retain_term(model: nn.Module, task: Task, retain_batch, config) -> Tensor |
     return config.retain_weight * task.loss(task.forward(model, x), y)
 
 
-@register_method("npo", config=NPOConfig)
+@register_method("npo", config=NPOConfig, epoch="forget")
 def npo(model, forget, retain, config: NPOConfig, *, seed, device):
     """Negative preference optimisation against a frozen copy of the start, plus the retain NLL."""
     reference = frozen_reference(model)
@@ -200,7 +200,7 @@ def npo(model, forget, retain, config: NPOConfig, *, seed, device):
     return run_sgd(model, config, losses, seed=seed, forget=forget)
 
 
-@register_method("simnpo", config=SimNPOConfig)
+@register_method("simnpo", config=SimNPOConfig, epoch="forget")
 def simnpo(model, forget, retain, config: SimNPOConfig, *, seed, device):
     """SimNPO: NPO without a reference, on the length-normalised NLL, plus the retain NLL."""
     generator = torch.Generator().manual_seed(seed)

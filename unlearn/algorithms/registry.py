@@ -40,6 +40,9 @@ class Method:
     description: str
     inputs: tuple[str, ...] = ()
     """Keywords ``fn`` takes beyond the shared ones (see the module doc)."""
+    epoch: str = "both"
+    """What one epoch of the method passes over: ``"forget"``, ``"retain"`` or ``"both"`` sets, its cost model
+    (:func:`unlearn.algorithms.rum.plan_cost`)."""
 
     def settings(self) -> list[str]:
         """The names of the config's fields, in declaration order."""
@@ -59,7 +62,11 @@ SHARED_INPUTS = ("model", "forget", "retain", "method", "config", "seed", "devic
 """The keywords of :func:`unlearn.unlearn` that every method shares; no method may declare them as its own."""
 
 
-def register_method(name: str, *, config: type, inputs: tuple[str, ...] = (), force: bool = False):
+EPOCHS = ("forget", "retain", "both")
+
+
+def register_method(name: str, *, config: type, inputs: tuple[str, ...] = (), epoch: str = "both",
+                    force: bool = False):
     """Register an unlearning function under ``name`` with its config dataclass; duplicates are refused.
 
     Args:
@@ -67,10 +74,15 @@ def register_method(name: str, *, config: type, inputs: tuple[str, ...] = (), fo
         config: the dataclass of its settings, whose defaults are the method's.
         inputs: keywords ``fn`` takes beyond the shared ones (see the module doc); none may be a shared keyword
             or a field of ``config``.
+        epoch: what one epoch (``config.epochs``) passes over: the ``"forget"`` set (e.g. gradient ascent), the
+            ``"retain"`` set (fine-tuning), or ``"both"`` (the default, and the upper bound): how a plan's cost is
+            estimated before it runs.
         force: replace a method already registered under ``name``.
     """
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config of method {name!r} must be a dataclass, got {config!r}")
+    if epoch not in EPOCHS:
+        raise ValueError(f"epoch of method {name!r} must be one of {EPOCHS}, got {epoch!r}")
     if name == NOOP:
         raise ValueError(f"{name!r} names a step that leaves its examples alone; register the method under another")
     inputs = tuple(inputs)
@@ -82,7 +94,7 @@ def register_method(name: str, *, config: type, inputs: tuple[str, ...] = (), fo
 
     def decorator(fn: Callable) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()
-        _METHODS.register(name, Method(name, fn, config, doc[0] if doc else "", inputs), force=force)
+        _METHODS.register(name, Method(name, fn, config, doc[0] if doc else "", inputs, epoch), force=force)
         return fn
 
     return decorator

@@ -213,7 +213,7 @@ def _selective_ascent(model: nn.Module, forget: Dataset, config, below: float, g
     return model
 
 
-@register_method("sga", config=SGAConfig)
+@register_method("sga", config=SGAConfig, epoch="forget")
 def sga(model, forget, retain, config: SGAConfig, *, seed, device):
     """Selective gradient ascent: ascend only on the forget examples still memorized, until the forget set is not."""
     generator = torch.Generator().manual_seed(seed)
@@ -271,7 +271,7 @@ def _descend(model: nn.Module, forget: Dataset, config: TAUConfig, start: dict[s
     return run_sgd(model, descent, losses, seed=seed, forget=forget, stop=stop)
 
 
-@register_method("tau", config=TAUConfig)
+@register_method("tau", config=TAUConfig, epoch="forget")
 def tau(model, forget, retain, config: TAUConfig, *, seed, device):
     """SGA to a snapshot, then the negated task vector of fine-tuning on the forget set from it, applied there."""
     generator = torch.Generator().manual_seed(seed)

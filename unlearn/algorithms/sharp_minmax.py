@@ -222,7 +222,7 @@ def forget_mask(model: nn.Module, forget: Dataset, config: SharpMinMaxConfig,
     return {name: 1 - keep for name, keep in largest.items()}
 
 
-@register_method("sharp_minmax", config=SharpMinMaxConfig)
+@register_method("sharp_minmax", config=SharpMinMaxConfig, epoch="retain")
 def sharp_minmax(model, forget, retain, config: SharpMinMaxConfig, *, seed, device):
     """SAM on the retain set outside a forget-saliency mask, sharpness maximization on the forget set inside it."""
     task = task_of(forget)

@@ -37,7 +37,8 @@ from ..models import get_model
 from ..training.augment import get_augmentation
 from ..training.trainer import NUMERICS, RECIPES, TrainConfig, check_numerics, check_recipe, resolve_device
 
-__all__ = ["DEFAULT_PROXIES", "MAX_MODELS", "MIN_TRAIN_SIZE", "RunConfig", "TEXT_DEFAULTS", "TEXT_PROXIES"]
+__all__ = ["DEFAULT_PROXIES", "MAX_MODELS", "MIN_TRAIN_SIZE", "RUN_POLICIES", "RunConfig", "TEXT_DEFAULTS",
+           "TEXT_PROXIES"]
 
 DEFAULT_PROXIES = (*proxies.RECORDING_PROXIES, "loss_curvature")
 """What ``unlearn run`` computes on images unless ``proxies`` says otherwise."""
@@ -78,6 +79,15 @@ def run_proxies(task: str) -> list[str]:
 IMAGE_DEFAULTS = {"forget": "random:0.1", "proxy": "confidence", "proxies": list(DEFAULT_PROXIES),
                   "attacks": list(DEFAULT_ATTACKS)}
 """The defaults of a run on images."""
+
+RUN_POLICIES = {"images": "random_label_to_expected", "text": "npo_graded"}
+"""The policy a run's ``rum`` follows when none is named, by the kind of data. Not the library's default
+(:func:`unlearn.unlearn` follows the RUM paper's ``finetune_salun``): a command must not cost more than retraining
+unasked, and the paper's recipe fine-tunes 10 epochs over the whole retain set, 5.1x retraining on a 3-epoch
+Fashion-MNIST recipe. ``random_label_to_expected`` trains only on the medium and high groups and a retain sample of
+16 per forget example, at most 11 epochs (so its cost follows the request, not the retain set), and met all three
+targets of ``benchmarks/bench_unlearn.py`` on digits at 12-17% of retraining (benchmarks/README.md); on text,
+``npo_graded`` (15% of retraining on the canary request)."""
 
 TEXT_OPTIONS = ("canaries", "vocab_size", "max_tokens")
 """The settings of text datasets alone (:func:`unlearn.data.text.load_text`'s)."""
@@ -163,6 +173,15 @@ class RunConfig:
                 setattr(self, name, list(value) if isinstance(value, list) else value)
 
     # ------------------------------------------------------------------------------------------- derived
+    @property
+    def chosen_policy(self) -> str | None:
+        """The policy the run's method follows: ``policy``, else (for a method that takes one, ``rum``, without a
+        ``policy`` in ``method_config``) the run's default for its kind of data (:data:`RUN_POLICIES`); None for
+        other methods."""
+        if self.policy is not None or "policy" in self.method_config or not get_method(self.method).takes("policy"):
+            return self.policy
+        return RUN_POLICIES[self.kind]
+
     @property
     def kind(self) -> str:
         """The kind of data the dataset holds: ``"images"`` or ``"text"`` (:func:`unlearn.data.dataset_kind`)."""

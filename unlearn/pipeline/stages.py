@@ -31,7 +31,7 @@ from proxies.files import write_text, written
 
 from .._checks import same_settings
 from ..algorithms.registry import get_method, make_config
-from ..algorithms.rum.policies import default_policy
+from ..algorithms.rum.policies import default_policy, resolve_policy, uses_expected
 from ..data.selection import parse_forget_spec, read_ids, select_forget
 from ..data.sources import DatasetNotFoundError, first_input, labels_of, load_dataset
 from ..farm.subset_models import train_subset_models
@@ -500,8 +500,9 @@ def method_options(config: RunConfig, table: pd.DataFrame | None, recorder) -> t
     if method.takes("recording") and table is not None:
         passed["recording"] = recorder  # for policies that stop at each group's expected accuracy
     if method.takes("policy"):
-        named["policy"] = config.policy or make_config(method).policy or default_policy(config.task)
-        passed["policy"] = config.policy
+        named["policy"] = (config.chosen_policy or config.method_config.get("policy") or make_config(method).policy
+                           or default_policy(config.task))
+        passed["policy"] = config.chosen_policy
     if method.takes("grouping"):
         named["grouping"] = passed["grouping"] = config.grouping
     return named, passed
@@ -528,6 +529,8 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
         return Unlearned(reused[0].eval(), reused[1], run.notes("unlearn"), named.get("proxy"))
     say(f"unlearning {len(forget)} examples with {config.method}"
         + (f" scheduled by {config.proxy}" if "proxy" in named else ""))
+    if "policy" in named and "scores" in options:
+        warn_if_costlier_than_retraining(named["policy"], options["scores"], forget, retain, config)
     if expected is not None and get_method(config.method).takes("expected_accuracy"):
         options["expected_accuracy"] = expected()  # before the clock: an estimate of the original model's
     warm_up()
@@ -542,6 +545,37 @@ def unlearn_stage(run: RunFolder, config: RunConfig, original, forget, retain, t
             plan.to_csv(tmp, index=False)
         notes.update(result.facts())
     return Unlearned(result.model.eval(), plan, run.notes("unlearn"), named.get("proxy"))
+
+
+def warn_if_costlier_than_retraining(policy, scores: pd.Series, forget, retain, config: RunConfig) -> float | None:
+    """Warn, before it runs, when a rum plan would pass over more examples than retraining with the run's recipe
+    (:func:`~unlearn.algorithms.rum.plan_cost`), saying what costs less; returns the estimated ratio (None when it
+    cannot be estimated: the method itself then says what is wrong with its policy)."""
+    from ..algorithms.rum import group_of, plan_cost
+
+    rum = make_config(get_method(config.method), config.method_config)
+    try:
+        groups = group_of(scores, labels_of(forget)[1].numpy(), rum.groups, grouping=rum.grouping)
+        sizes = {name: int((groups == name).sum()) for name in rum.ordered_groups()}
+        cost = plan_cost(policy, sizes, len(retain), retain_per_forget=rum.retain_per_forget)
+    except (TypeError, ValueError):
+        return None
+    retraining = config.recipe().epochs * len(retain)
+    ratio = cost / retraining
+    if ratio > 1:
+        cheaper = [p for p in (("npo_to_expected",) if config.kind == "text" else ("random_label_fast",
+                                                                                   "random_label_to_expected"))
+                   if p != policy]
+        stops = uses_expected(resolve_policy(policy, list(sizes)))
+        name, bound = (policy if isinstance(policy, str) else "given"), ("up to" if stops else "about")
+        warnings.warn(f"policy {name} passes over {bound} {ratio:.1f}x as many examples as retraining ({cost} "
+                      f"against {retraining}: the "
+                      f"recipe's {config.recipe().epochs} epochs over the {len(retain)} retained examples"
+                      + ("; its steps stop early once a group falls to its expected accuracy" if stops else "")
+                      + "), so unlearning may take longer than retraining would; cheaper: "
+                      + ", ".join(f"--policy {p}" for p in cheaper) + ", a smaller request, or --method retrain",
+                      stacklevel=2)
+    return ratio
 
 
 def plan_groups(plan: pd.DataFrame, forget_ids: np.ndarray) -> pd.Series:

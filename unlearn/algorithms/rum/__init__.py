@@ -4,7 +4,7 @@ pipeline and the report read what a method's registration and result say (its in
 """
 
 from .grouping import GROUPINGS, Grouping, form_groups, group_names, group_of, group_thresholds, partition
-from .method import RUMResult, rum
+from .method import RUMResult, plan_cost, rum
 from .policies import (
     EXPECTED,
     POLICIES,
@@ -17,5 +17,5 @@ from .policies import (
 )
 
 __all__ = ["EXPECTED", "GROUPINGS", "POLICIES", "Grouping", "RUMConfig", "RUMResult", "form_groups", "get_policy",
-           "group_names", "group_of", "group_thresholds", "partition", "policies", "register_policy", "resolve_policy",
-           "retain_sample", "rum"]
+           "group_names", "group_of", "group_thresholds", "partition", "plan_cost", "policies", "register_policy",
+           "resolve_policy", "retain_sample", "rum"]

@@ -198,6 +198,36 @@ def _sampled(retain: Dataset, forget_size: int, retain_per_forget: float | None,
     return take(retain, keep)
 
 
+def plan_cost(policy, group_sizes: dict[str, int], retain_size: int, *,
+              retain_per_forget: float | None = None) -> int:
+    """About how many examples a plan passes over, each counted once per epoch (a step stopped at its target accuracy
+    takes fewer epochs): for every step of a group with examples, its epochs times what one of its epochs passes
+    over (its registration's ``epoch``): the group, the retain examples it trains on (``ceil(k * group)`` with
+    ``retain_per_forget`` k, else the whole retain set), or both. Retraining costs its epochs times the retain set in
+    the same unit, so the ratio of the two estimates a plan's cost relative to retraining before any of it runs.
+
+    >>> plan_cost("random_label_fast", {"low": 10, "medium": 10, "high": 10}, 1000)  # 2 epochs x (10 + 160)
+    340
+    >>> plan_cost("finetune_salun", {"low": 10, "medium": 10, "high": 10}, 1000)  # 10 x 1000 + 5 x (10 + 1000)
+    15050
+    """
+    total = 0
+    for group, steps in resolve_policy(policy, list(group_sizes)).items():
+        size = group_sizes[group]
+        if not size:
+            continue
+        for method_name, settings in steps:
+            trial = {k: v for k, v in settings.items() if k != RETAIN_PER_FORGET}
+            if trial.get("target_accuracy") == EXPECTED:
+                trial["target_accuracy"] = 0.5  # a stand-in: a step's epochs are its most
+            method = get_method(method_name)
+            epochs = getattr(make_config(method, trial), "epochs", 1)
+            k = settings.get(RETAIN_PER_FORGET, retain_per_forget)
+            retained = len(retain_sample(retain_size, size, retain_per_forget=k, seed=0))
+            total += epochs * {"forget": size, "retain": retained, "both": size + retained}[method.epoch]
+    return total
+
+
 def _check_policy(plan_for: dict[str, list[tuple[str, dict]]]) -> None:
     """Refuse a step that names no method a step can be (``rum`` itself neither), or settings its method refuses:
     every step is checked before the first one runs."""
