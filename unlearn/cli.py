@@ -111,7 +111,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="start every model of the run (original, reference, shadow and subset models) from this "
                         "local state_dict file instead of a random initialisation; nothing is downloaded. A timm model "
                         "adapts it as its pretrained weights (a new head for other classes)")
-    g.add_argument("--recipe", dest="recipe_name", default=None, choices=recipes(), metavar="NAME",
+    g.add_argument("--recipe", default=None, choices=recipes(), metavar="NAME",
                    help="named training recipe (optimizer, schedule and training-time augmentation), one of "
                         f"{recipes()}: a dataset's name is its default recipe, cifar-resnet18 the anchors' CIFAR "
                         "ResNet-18 one (SGD lr 0.01, momentum 0.9, wd 5e-4, batch 512, 30 epochs, x0.1 at 15/20/25, "

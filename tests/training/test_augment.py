@@ -256,14 +256,17 @@ def test_named_recipes_and_the_dataset_defaults():
 def test_run_config_picks_a_recipe_and_options_override_it():
     from unlearn.pipeline import RunConfig
 
-    assert RunConfig(dataset="cifar10").recipe() == get_recipe("cifar-resnet18")
-    config = RunConfig(recipe_name="cifar-resnet18", epochs=3, augment="flip")
-    assert (config.recipe().epochs, config.recipe().lr, config.recipe().augment) == (3, 0.01, "flip")
+    assert RunConfig(dataset="cifar10").training_recipe() == get_recipe("cifar-resnet18")
+    config = RunConfig(recipe="cifar-resnet18", epochs=3, augment="flip")
+    recipe = config.training_recipe()
+    assert (recipe.epochs, recipe.lr, recipe.augment) == (3, 0.01, "flip")
+    old = RunConfig.from_toml_text('recipe_name = "cifar-resnet18"\nepochs = 3\naugment = "flip"')  # an older file
+    assert old == config
     assert config.recipe_settings() == {"recipe": "cifar-resnet18"}
-    assert RunConfig(recipe_name="digits").recipe_settings() == RunConfig().recipe_settings() == {}
-    assert RunConfig(dataset="cifar10", augment="none").recipe().as_kwargs().get("augment") is None
+    assert RunConfig(recipe="digits").recipe_settings() == RunConfig().recipe_settings() == {}
+    assert RunConfig(dataset="cifar10", augment="none").training_recipe().as_kwargs().get("augment") is None
     with pytest.raises(ValueError, match=r"--recipe: unknown training recipe 'nope'"):
-        RunConfig(recipe_name="nope").check()
+        RunConfig(recipe="nope").check()
     with pytest.raises(ValueError, match=r"--augment: unknown augmentation 'nope'"):
         RunConfig(augment="nope").check()
     assert RunConfig.from_toml_text(config.to_toml()) == config
@@ -298,7 +301,7 @@ def test_run_with_a_named_recipe_records_it_and_refuses_another(tmp_path, capsys
 
     config = run_config(build_parser().parse_args(["train", "--recipe", "cifar-resnet18", "--augment", "none",
                                                    "--out", str(tmp_path / "x")]))
-    assert config.recipe_name == "cifar-resnet18" and config.recipe().augment == "none"
+    assert config.recipe == "cifar-resnet18" and config.training_recipe().augment == "none"
     out = tmp_path / "run"
     assert main(["run", *RUN, "--recipe", "fashion-mnist-augmented", "--out", str(out)]) == 0
     settings = json.loads((out / "config.json").read_text())

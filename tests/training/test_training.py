@@ -245,7 +245,7 @@ def test_numerics_settings_are_checked_and_left_out_of_a_default_recipe():
     assert TrainConfig(precision="bf16", channels_last=True).as_kwargs()["channels_last"] is True
     with pytest.raises(ValueError, match="precision must be one of"):
         TrainConfig(precision="fp16")
-    assert RunConfig(precision="bf16", deterministic=True).recipe().as_kwargs()["precision"] == "bf16"
+    assert RunConfig(precision="bf16", deterministic=True).training_recipe().as_kwargs()["precision"] == "bf16"
     with pytest.raises(ValueError, match="--precision must be one of"):
         RunConfig(precision="half").check()
     with pytest.raises(TypeError, match="channels_last must be True or False"):

@@ -4,7 +4,7 @@ commands' calls, the stages they are made of, the run folder that lets a rerun r
 
 >>> from unlearn.pipeline import RunConfig, run
 >>> config = RunConfig(train_size=100, epochs=1, checkpoints=1, proxies=["confidence"], forget="random:10")
->>> config.recipe().epochs, config.folder.as_posix()
+>>> config.training_recipe().epochs, config.folder.as_posix()
 (1, 'runs/digits')
 """
 

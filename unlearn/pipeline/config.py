@@ -102,8 +102,8 @@ MIN_TRAIN_SIZE = 10
 @dataclass
 class RunConfig:
     """The settings of ``unlearn run``, with its defaults; each field is the command-line option of the same name
-    (``train_size`` is ``--train-size``; ``recipe_name`` is ``--recipe``). ``None`` for a training field means the
-    recipe's value: the recipe named ``recipe_name`` (:data:`unlearn.training.RECIPES`), by default the dataset's.
+    (``train_size`` is ``--train-size``). ``None`` for a training field means the recipe's value: the recipe named
+    ``recipe`` (:data:`unlearn.training.RECIPES`), by default the dataset's (:meth:`training_recipe` is the result).
     """
 
     # data (dataset: a name of unlearn.data.datasets(), imagefolder:PATH, torchvision:CLASS or text:PATH)
@@ -118,11 +118,11 @@ class RunConfig:
     canaries: int | None = None
     vocab_size: int | None = None
     max_tokens: int | None = None
-    # training (None: the recipe's; recipe_name None: the dataset's recipe)
+    # training (None: the recipe's; recipe None: the dataset's recipe)
     model: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
-    recipe_name: str | None = None
+    recipe: str | None = None
     epochs: int | None = None
     lr: float | None = None
     batch_size: int | None = None
@@ -205,19 +205,19 @@ class RunConfig:
         kind, colon, argument = self.dataset.partition(":")
         return Path("runs") / (f"{kind}-{Path(argument).name or 'data'}" if colon else self.dataset)
 
-    def recipe(self) -> TrainConfig:
-        """The training recipe: the one named ``recipe_name`` (else the dataset's), with the fields set here
+    def training_recipe(self) -> TrainConfig:
+        """The training recipe: the one named ``recipe`` (else the dataset's), with the fields set here
         (``augment`` and :data:`unlearn.training.NUMERICS` included: ``precision``, ``channels_last``,
         ``deterministic``).
 
         Raises:
-            ValueError: an unknown ``recipe_name`` or ``augment``, naming the known ones.
+            ValueError: an unknown ``recipe`` or ``augment``, naming the known ones.
         """
-        if self.recipe_name is None:
+        if self.recipe is None:
             recipe = RECIPES.get(self.dataset, TrainConfig())
         else:
             try:
-                recipe = RECIPES.get(self.recipe_name)
+                recipe = RECIPES.get(self.recipe)
             except ValueError as err:
                 raise ValueError(f"--recipe: {err}") from None
         if self.augment is not None:
@@ -235,9 +235,9 @@ class RunConfig:
         """What a run records of the recipe it trains with, beside the recipe's values: its name, where one is
         given that is not the dataset's own (``{"recipe": name}``; else nothing, so that a run without
         ``--recipe`` records what it did before recipes had names). Another name is other settings."""
-        if self.recipe_name is None or self.recipe_name == self.dataset:
+        if self.recipe is None or self.recipe == self.dataset:
             return {}
-        return {"recipe": self.recipe_name}
+        return {"recipe": self.recipe}
 
     def farm_options(self) -> dict:
         if self.farm != "ray":
@@ -261,7 +261,7 @@ class RunConfig:
             raise ValueError(f"--dataset: {err}") from None
         device = self.resolved_device()
         self._check_model()
-        recipe = self.recipe()
+        recipe = self.training_recipe()
         check_recipe(epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size, momentum=recipe.momentum,
                      weight_decay=recipe.weight_decay, label=lambda name: f"--{name.replace('_', '-')}")
         if not (math.isfinite(self.val_fraction) and 0 < self.val_fraction < 1):
@@ -366,8 +366,12 @@ class RunConfig:
     # ------------------------------------------------------------------------------------------------ TOML
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
-        """A config from ``{setting: value}`` (a TOML file's table); unknown settings are refused."""
+        """A config from ``{setting: value}`` (a TOML file's table); unknown settings are refused. ``recipe_name``,
+        what config files of earlier versions call ``recipe``, is read as ``recipe``."""
         known = [f.name for f in fields(cls)]
+        values = dict(values)
+        if "recipe_name" in values and "recipe" not in values:
+            values["recipe"] = values.pop("recipe_name")
         for key in values:
             if key not in known:
                 raise ValueError(f"unknown run setting {key!r}; expected some of {known}")

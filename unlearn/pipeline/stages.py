@@ -165,7 +165,7 @@ TRAIN_STATE = "train-state.pt"
 
 def _run_settings(config: RunConfig, splits, model_name: str) -> dict:
     """What identifies the original model's training: data, model, seed, checkpoint epochs and recipe."""
-    recipe = config.recipe()
+    recipe = config.training_recipe()
     every = min(config.checkpoints, recipe.epochs)  # more checkpoints than epochs: one per epoch
     keep = sorted({round(recipe.epochs * (i + 1) / every) for i in range(every)} - {0})
     settings = {"dataset": config.dataset, "model": model_name, "seed": config.seed, "train_size": config.train_size,
@@ -225,7 +225,7 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
     state = out / "checkpoints" / TRAIN_STATE
     if saved is not None and saved != settings:  # --force over another run: its state is not this run's
         state.unlink(missing_ok=True)
-    say(f"training {model_name} on {splits!r} for {config.recipe().epochs} epochs"
+    say(f"training {model_name} on {splits!r} for {config.training_recipe().epochs} epochs"
         + (f" (resuming from {state})" if state.is_file() else ""))
     warm_up()
     start = time.perf_counter()
@@ -275,7 +275,7 @@ def _train_original(config: RunConfig, model: nn.Module, splits, settings: dict,
     resumed = state.is_file()
     recorder = TrainingRecorder(len(splits.train))
     options = {"seed": config.seed, "device": device, "on_epoch_end": keep_checkpoint, "resume": state,
-               "progress": progress_bars(), **config.recipe().as_kwargs()}
+               "progress": progress_bars(), **config.training_recipe().as_kwargs()}
     try:
         trained, history = train(model, splits.train, recorder=recorder, **options)
     except ValueError as err:  # a state file of another training, or unreadable
@@ -560,7 +560,7 @@ def warn_if_costlier_than_retraining(policy, scores: pd.Series, forget, retain, 
         cost = plan_cost(policy, sizes, len(retain), retain_per_forget=rum.retain_per_forget)
     except (TypeError, ValueError):
         return None
-    retraining = config.recipe().epochs * len(retain)
+    retraining = config.training_recipe().epochs * len(retain)
     ratio = cost / retraining
     if ratio > 1:
         cheaper = [p for p in (("npo_to_expected",) if config.kind == "text" else ("random_label_fast",
@@ -570,7 +570,7 @@ def warn_if_costlier_than_retraining(policy, scores: pd.Series, forget, retain, 
         name, bound = (policy if isinstance(policy, str) else "given"), ("up to" if stops else "about")
         warnings.warn(f"policy {name} passes over {bound} {ratio:.1f}x as many examples as retraining ({cost} "
                       f"against {retraining}: the "
-                      f"recipe's {config.recipe().epochs} epochs over the {len(retain)} retained examples"
+                      f"recipe's {config.training_recipe().epochs} epochs over the {len(retain)} retained examples"
                       + ("; its steps stop early once a group falls to its expected accuracy" if stops else "")
                       + "), so unlearning may take longer than retraining would; cheaper: "
                       + ", ".join(f"--policy {p}" for p in cheaper) + ", a smaller request, or --method retrain",
