@@ -165,3 +165,48 @@ def test_a_request_needs_a_finished_run(tmp_path, capsys):
     assert "holds no finished `unlearn run` (no config.toml)" in capsys.readouterr().err
     assert main(["verify", str(tmp_path)]) == 2
     assert "has no ledger.jsonl" in capsys.readouterr().err
+
+
+def test_an_interrupted_request_is_not_in_the_ledger_and_resumes_from_its_stages(finished, tmp_path, monkeypatch):
+    import unlearn.pipeline.deletion as deletion
+    import unlearn.pipeline.stages as stages
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished, folder)
+    original_attack, trainings = deletion.attack_models, []
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deletion, "attack_models", interrupted)
+    original_train = stages.train
+    monkeypatch.setattr(stages, "train", lambda *a, **k: trainings.append(1) or original_train(*a, **k))
+    with pytest.raises(KeyboardInterrupt):
+        request(folder, "random:10", progress=False)
+    assert len(Ledger(folder)) == 1 and (folder / "requests" / "002" / "unlearned.pt").is_file()
+    monkeypatch.setattr(deletion, "attack_models", original_attack)
+    request(folder, "random:10", progress=False)  # the same request: its stages are reused
+    assert len(trainings) == 1 and len(Ledger(folder)) == 2 and verify(folder).attrs["ok"]
+    # another request in the unfinished one's place redoes its stages rather than refuse
+    monkeypatch.setattr(deletion, "attack_models", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        request(folder, "random:5", progress=False)
+    monkeypatch.setattr(deletion, "attack_models", original_attack)
+    request(folder, "random:6", progress=False)
+    assert Ledger(folder).entries[-1]["examples"] == 6 and len(trainings) == 3
+
+
+def test_ctrl_c_in_a_request_says_the_same_command_resumes(finished, tmp_path, monkeypatch, capsys):
+    import unlearn.pipeline.deletion as deletion
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished, folder)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deletion, "attack_models", interrupted)
+    assert main(["request", str(folder), "--forget", "random:4"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"unlearn request: interrupted; the same command resumes from what {folder}/requests holds of "
+                       "it (its finished stages are kept)")
