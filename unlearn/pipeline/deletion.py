@@ -46,6 +46,7 @@ from .stages import (
     request_names,
     say,
     shadow_stage,
+    skipped_request_rows,
     unlearn_stage,
 )
 
@@ -84,11 +85,11 @@ def _named(spec, splits, ledger: Ledger) -> np.ndarray | None:
 
 
 def _forget(config: RunConfig, folder: Path, run: RunFolder, trained: Trained, table: pd.DataFrame,
-            ledger: Ledger) -> Request:
-    """The request's examples, chosen among those not deleted yet (an id deleted before is refused)."""
+            ledger: Ledger, named: np.ndarray | None) -> Request:
+    """The request's examples (``named``: those an ids or canaries request names, checked by :func:`_named`),
+    chosen among those not deleted yet."""
     splits, spec = trained.splits, parse_forget_spec(config.forget)
     deleted = ledger.deleted
-    named = _named(spec, splits, ledger)
     ranking = None
     if spec.needs_scores:
         memorization = (memorization_stage(config, splits, trained.settings, folder)
@@ -113,7 +114,8 @@ def _forget(config: RunConfig, folder: Path, run: RunFolder, trained: Trained, t
     retain = subset(splits.train, np.setdiff1d(labels_of(splits.train)[1].numpy(), np.union1d(deleted, ids)))
     say(f"forget {len(ids)} more of the {len(splits.train)} training examples ({config.forget}); the reference "
         f"retrains without all {len(deleted) + len(ids)} deleted so far")
-    return Request(ids, forget, retain, config.ranked_by if spec.needs_scores else None, None, run.digest("forget"))
+    return Request(ids, forget, retain, config.ranked_by if spec.needs_scores else None,
+                   skipped_request_rows(spec, splits), run.digest("forget"))
 
 
 def request(folder: str | os.PathLike, forget: str, *, method: str | None = None, method_config: dict | None = None,
@@ -146,7 +148,7 @@ def request(folder: str | os.PathLike, forget: str, *, method: str | None = None
                              f"--config {folder / 'config.toml'}`, which reuses every stage and writes it")
         ledger.check()  # the chains, and every model recorded is the file on disk
         settings, splits, _, recorder, checkpoints = load_run(folder, config.root, device)
-        _named(parse_forget_spec(config.forget), splits, ledger)  # before any work
+        named = _named(parse_forget_spec(config.forget), splits, ledger)  # before any work
         number = len(ledger) + 1
         run = RunFolder(folder / "requests" / f"{number:03d}", force=True, order=REQUEST_STAGES,
                         outputs=("report.md", "results.json"))  # unfinished, not in the ledger: redone at will
@@ -156,7 +158,7 @@ def request(folder: str | os.PathLike, forget: str, *, method: str | None = None
         table = pd.read_csv(folder / "proxies.csv", index_col="index")
         say(f"[1/4] request {number}: forget set ({len(ledger.deleted)} examples deleted by {len(ledger)} "
             f"request(s); unlearning from {ledger.current.relative_to(folder)})")
-        chosen = _forget(config, folder, run, trained, table, ledger)
+        chosen = _forget(config, folder, run, trained, table, ledger, named)
         say("\n[2/4] retrained reference")
         reference = reference_stage(run, chosen.retain, model_fn, trained.recipe, config.seed, device, chosen.digest)
         say(f"\n[3/4] unlearning ({config.method})")
@@ -193,6 +195,7 @@ def _evaluate(config: RunConfig, folder: Path, run: RunFolder, ledger: Ledger, t
              f"({len(chosen.ids)} examples; {entry['deleted_so_far']} deleted in all)",
              "unlearned from": entry["files"]["before"]["path"], "method": config.method, **unlearned.notes,
              "attacks": ", ".join(attacks), "request (ids sha256)": entry["ids_sha256"],
+             **({"skipped from the request": chosen.skipped} if chosen.skipped else {}),
              **({"not computed": "; ".join(f"{k} ({v})" for k, v in not_computed.items())} if not_computed else {})}
     tables = {"results": results, "unlearning plan": unlearned.plan.drop(columns=["config", "indices"]),
               "files (sha256)": pd.DataFrame({"file": list(digests), "sha256": list(digests.values())})}
