@@ -112,8 +112,10 @@ METHODS = {"influence": {}, "retrain": {"epochs": 1, "optimizer": "adamw", "lr":
                                         "model_kwargs": TINY_VIT}}
 
 
-@pytest.mark.parametrize("method", sorted(m for m in unlearn.methods() if get_method(m).fn.__module__
-                                          .startswith("unlearn.algorithms") and m != "rum"))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "tau" else m  # tau: 2.4 s
+                                    for m in sorted(m for m in unlearn.methods()
+                                                    if get_method(m).fn.__module__.startswith("unlearn.algorithms")
+                                                    and m != "rum")])
 def test_every_method_unlearns_a_vit(vit, method):
     model, _, forget, retain = vit
     before = {k: v.clone() for k, v in model.state_dict().items()}

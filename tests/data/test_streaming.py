@@ -177,7 +177,11 @@ def test_every_built_in_method_is_checked():
                              .startswith("unlearn.algorithms")}
 
 
-@pytest.mark.parametrize("method", BUILT_IN)
+SLOW_STREAMED = ("influence", "retrain", "sharp_minmax")  # a second or more each: with the slow tests
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_STREAMED else m
+                                    for m in BUILT_IN])
 def test_every_method_unlearns_a_streamed_set_as_it_does_in_memory(digits, trained, method):
     model, recorder = trained
     options = OPTIONS.get(method, {"epochs": 1})
@@ -215,6 +219,7 @@ def test_evaluate_scores_streamed_sets_as_in_memory_ones(digits, trained):
     assert stream.reads.max() <= 2 and test.reads.max() <= 2
 
 
+@pytest.mark.slow  # every model proxy twice, in memory and streamed
 def test_model_proxies_and_signals_stream(digits, trained):
     model, _ = trained
     stream = Streamed(OnDemand(digits.train))

@@ -167,6 +167,7 @@ def test_a_request_needs_a_finished_run(tmp_path, capsys):
     assert "has no ledger.jsonl" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three requests and two interrupted ones
 def test_an_interrupted_request_is_not_in_the_ledger_and_resumes_from_its_stages(finished, tmp_path, monkeypatch):
     import unlearn.pipeline.deletion as deletion
     import unlearn.pipeline.stages as stages
@@ -196,6 +197,7 @@ def test_an_interrupted_request_is_not_in_the_ledger_and_resumes_from_its_stages
     assert Ledger(folder).entries[-1]["examples"] == 6 and len(trainings) == 3
 
 
+@pytest.mark.slow  # a request's stages before the interrupt
 def test_ctrl_c_in_a_request_says_the_same_command_resumes(finished, tmp_path, monkeypatch, capsys):
     import unlearn.pipeline.deletion as deletion
 
