@@ -144,13 +144,14 @@ def record_run(folder: Path, request: Request, forget: str, method: str, plan: p
     first = ledger.entries[0]
     if first["ids_sha256"] != ids_digest(request.ids) or any(
             first["files"][role]["sha256"] != file_digest(folder / path) for role, path in files.items()):
-        raise LedgerError(f"{ledger.path} records another run's request first; `unlearn verify {folder}` shows "
-                          "what differs (--force redoes the run and starts a new ledger)")
+        raise LedgerError(f"{ledger.path}'s first request is not what {folder} holds (`unlearn verify {folder}` "
+                          "shows which file differs): restore the file, or delete unlearned.pt to unlearn again and "
+                          "start a new ledger")
     return ledger
 
 
 def attack_models(config: RunConfig, trained: Trained, request: Request, models: dict, shadows, unlearned_shadows,
-            signals: dict, attacks: list[str], device) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+                  signals: dict, attacks: list[str], device) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
     """The results table (metrics by model), every training example's attack scores, and what was not computed."""
     splits = trained.splits
     common = {"forget": request.forget, "retain": request.retain, "test": splits.test, "reference": models["retrained"],
