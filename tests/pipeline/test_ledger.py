@@ -147,9 +147,20 @@ def test_two_requests_chain_exclude_every_deletion_and_verify_until_a_model_is_s
     capsys.readouterr()
     assert main(["verify", str(folder)]) == 0
     assert "every request verifies; the latest model is" in capsys.readouterr().out
+    # the last line, which no later line hashes, is held by its request's results.json
+    ledger_file = folder / "ledger.jsonl"
+    lines = ledger_file.read_text().splitlines()
+    assert json.loads((third.folder / "results.json").read_text())["ledger"]["line_sha256"] == \
+        hashlib.sha256(lines[2].encode()).hexdigest()
+    edited = json.loads(lines[2])
+    edited["metrics"]["unlearned"]["tow"] = 1.0
+    ledger_file.write_text("\n".join([*lines[:2], json.dumps(edited, sort_keys=True)]) + "\n")
+    assert verify(folder)["problems"].tolist()[2] == ("its line is not the one requests/003/results.json recorded "
+                                                       "(the ledger was edited)")
+    ledger_file.write_text("\n".join(lines) + "\n")
     # a rerun of the run reuses every stage and keeps the ledger
     run(CONFIG, out=folder, progress=False)
-    assert len(Ledger(folder)) == 3
+    assert len(Ledger(folder)) == 3 and verify(folder).attrs["ok"]
     # a model swapped on disk: verify fails on that request, and no request is taken on such a folder
     shutil.copyfile(folder / "unlearned.pt", folder / "requests" / "002" / "unlearned.pt")
     assert main(["verify", str(folder)]) == 1

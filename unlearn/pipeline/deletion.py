@@ -200,7 +200,9 @@ def _evaluate(config: RunConfig, folder: Path, run: RunFolder, ledger: Ledger, t
     tables = {"results": results, "unlearning plan": unlearned.plan.drop(columns=["config", "indices"]),
               "files (sha256)": pd.DataFrame({"file": list(digests), "sha256": list(digests.values())})}
     write_report(run.path, {"run": facts, "seconds": seconds, "files": digests,
-                            "request": {"examples": len(chosen.ids), "ids_sha256": entry["ids_sha256"]}}, tables, {})
+                            "request": {"examples": len(chosen.ids), "ids_sha256": entry["ids_sha256"]},
+                            "ledger": {"request": entry["request"], "line_sha256": Ledger.line_digest(entry)}},
+                 tables, {})
     ledger.append(entry)
     list_requests(folder, ledger)
     results.attrs["summary"] = (f"request {entry['request']}: {len(chosen.ids)} examples unlearned in "

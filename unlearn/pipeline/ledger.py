@@ -131,6 +131,12 @@ class Ledger:
             "previous": hashlib.sha256(self.lines[-1].encode()).hexdigest() if self.lines else None,
         }
 
+    @staticmethod
+    def line_digest(entry: dict) -> str:
+        """The sha256 of ``entry``'s line as :meth:`append` writes it: what the request's ``results.json`` records
+        (``ledger.line_sha256``), so that an edit of the last line, which no later line hashes, is seen too."""
+        return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+
     def append(self, entry: dict) -> None:
         """Add ``entry`` (from :meth:`entry`) as the ledger's last line; the file is written whole."""
         line = json.dumps(entry, sort_keys=True)
@@ -154,6 +160,11 @@ class Ledger:
                 wrong.append(f"its model before is not request {k}'s model after (the chain of models is broken)")
             if entry.get("ids_sha256") != ids_digest(entry.get("ids", [])):
                 wrong.append("its ids do not match their digest")
+            results = self._results_of(entry)
+            recorded = _recorded_line(results)
+            if recorded is not None and recorded != hashlib.sha256(self.lines[k].encode()).hexdigest():
+                wrong.append(f"its line is not the one {results.relative_to(self.folder).as_posix()} recorded (the "
+                             "ledger was edited)")
             for role in FILES:
                 record = entry["files"].get(role)
                 if record is None:
@@ -166,6 +177,10 @@ class Ledger:
                     wrong.append(f"{record['path']} ({role}) differs from the file the ledger recorded")
             found.append(wrong)
         return found
+
+    def _results_of(self, entry: dict) -> Path:
+        """The ``results.json`` written beside the request's model after (the run's, or its request folder's)."""
+        return (self.folder / entry["files"].get("after", {}).get("path", "")).parent / "results.json"
 
     def check(self) -> None:
         """Raise :class:`LedgerError` naming what does not verify, if anything."""
@@ -183,6 +198,15 @@ class Ledger:
                  "tow": e["metrics"].get("unlearned", {}).get("tow")} for e in self.entries]
         return pd.DataFrame(rows, columns=["request", "time", "forget", "examples", "deleted so far", "method",
                                            "model", "sha256", "tow"])
+
+
+def _recorded_line(path: Path) -> str | None:
+    """The ledger line's sha256 a ``results.json`` recorded, if it did."""
+    try:
+        recorded = json.loads(path.read_text()).get("ledger", {}).get("line_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, str) else None
 
 
 def verify(folder: str | os.PathLike) -> pd.DataFrame:

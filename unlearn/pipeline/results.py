@@ -102,7 +102,8 @@ def evaluation_stage(config: RunConfig, folder: RunFolder, trained: Trained, tab
     tables["files (sha256)"] = pd.DataFrame({"file": list(digests), "sha256": list(digests.values())})
     tables[REQUESTS_TABLE] = ledger.table()
     write_report(folder.path, {"run": facts, "seconds": stage_seconds, "time_vs_retrain": ratio, "files": digests,
-                               "request": {"examples": len(request.ids), "ids_sha256": ids_digest(request.ids)}},
+                               "request": {"examples": len(request.ids), "ids_sha256": ids_digest(request.ids)},
+                               "ledger": {"request": 1, "line_sha256": Ledger.line_digest(ledger.entries[0])}},
                  tables, figures)
     write_text(folder.path / "config.toml", config.to_toml())  # last, beside the outputs it made: a refused or
     # failed run leaves none (RUN_OUTPUTS), so the file always describes the folder's results
