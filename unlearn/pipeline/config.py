@@ -379,11 +379,7 @@ class RunConfig:
 
     @classmethod
     def from_toml_text(cls, text: str, *, source: str = "the config") -> RunConfig:
-        try:
-            values = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{source} is not TOML: {err}") from None
-        return cls.from_mapping(values)
+        return cls.from_mapping(_toml_values(text, source))
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> RunConfig:
@@ -391,10 +387,7 @@ class RunConfig:
         in it (``out``, ``root``, ``weights``, a dataset's ``imagefolder:PATH`` / ``text:PATH``, a forget spec's
         ``ids:FILE``) is resolved against the file's folder, so the file means the same from any directory."""
         path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path} is not TOML: {err}") from None
+        values = _toml_values(path.read_text(), str(path))
         folder = path.resolve().parent
         return cls.from_mapping(_with_paths(values, lambda p: p if Path(p).is_absolute() else str(folder / p)))
 
@@ -418,6 +411,13 @@ class RunConfig:
 
 PATH_SETTINGS = {"out": "", "root": "", "weights": "", "dataset": ("imagefolder:", "text:"), "forget": ("ids:",)}
 """The settings that hold a path: the whole value, or what follows one of the prefixes."""
+
+
+def _toml_values(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{source} is not TOML: {err}") from None
 
 
 def _with_paths(values: Mapping[str, Any], convert) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from .stages import (
     shadow_stage,
     skipped_request_rows,
     unlearn_stage,
+    with_shadow_attacks,
 )
 
 __all__ = ["REQUEST_STAGES", "request"]
@@ -176,7 +177,7 @@ def _evaluate(config: RunConfig, folder: Path, run: RunFolder, ledger: Ledger, t
     """Attack the models before and after the request beside the new reference, write the request's report and
     append its ledger entry; then list every request in the run's report."""
     shadows, unlearned_shadows = shadow_stage(config, trained.splits, trained.settings, folder)
-    attacks = list(dict.fromkeys([*config.attacks, *(["lira", "rmia"] if shadows is not None else [])]))
+    attacks = with_shadow_attacks(config.attacks, shadows)
     models = {"original": trained.model, "unlearned": unlearned.model, "retrained": reference}
     signals = signals_of(models, trained.splits, shadows, device)
     results, _, not_computed = attack_models(config, trained, chosen, models, shadows, unlearned_shadows, signals,

@@ -52,6 +52,7 @@ from .stages import (
     train_stage,
     trained_run,
     unlearn_stage,
+    with_shadow_attacks,
 )
 
 __all__ = ["RUN_OUTPUTS", "RUN_STAGES", "RunResult", "run", "run_attack", "run_proxies", "train_original"]
@@ -242,13 +243,13 @@ def run_attack(folder: str | os.PathLike, *, checkpoint: str | os.PathLike | Non
                                                 folder=folder / "shadows", queries=splits.queries,
                                                 seed=settings["seed"], farm=farm, farm_options=farm_options or {},
                                                 **recipe_of(settings))
-        names = list(dict.fromkeys([*attacks, *(["lira", "rmia"] if shadow_models is not None else [])]))
+        names = with_shadow_attacks(attacks, shadow_models)
         report = evaluate(model, forget=forget_set, retain=retain, test=splits.test, reference=reference,
                           attacks=names, shadows=shadow_models, seed=settings["seed"])
         target = folder / f"attack-{checkpoint.stem}.json"
         write_text(target, json.dumps({"checkpoint": str(checkpoint), "forget": len(forget_ids),
-                                      "forget_ids": [int(i) for i in forget_ids], "attacks": names,
-                                      "report": report.to_dict()}, indent=2) + "\n")
+                                       "forget_ids": [int(i) for i in forget_ids], "attacks": names,
+                                       "report": report.to_dict()}, indent=2) + "\n")
         report.attrs["written"] = str(target)
         return report
 

@@ -34,6 +34,7 @@ from .stages import (
     plan_groups,
     proxy_series,
     shadow_stage,
+    with_shadow_attacks,
 )
 
 __all__ = ["RunResult", "evaluation_stage", "model_digests", "record_run"]
@@ -56,7 +57,7 @@ def evaluation_stage(config: RunConfig, folder: RunFolder, trained: Trained, tab
                      device) -> RunResult:
     """Attack the three models, tabulate every example, draw the figures and write the report."""
     shadows, unlearned_shadows = shadow_stage(config, trained.splits, trained.settings, folder.path)
-    attacks = list(dict.fromkeys([*config.attacks, *(["lira", "rmia"] if shadows is not None else [])]))
+    attacks = with_shadow_attacks(config.attacks, shadows)
     models = {"original": trained.model, "unlearned": unlearned.model, "retrained": reference}
     # each model predicted once per split; the report, scores.csv and the ROC figure all score these signals
     signals = signals_of(models, trained.splits, shadows, device)

@@ -85,6 +85,11 @@ def check_data(config: RunConfig, splits, model: nn.Module, model_name: str) -> 
         select_forget(spec, None, num_train=n, seed=config.seed, canaries=canary_ids(splits), **request_names(splits))
 
 
+def with_shadow_attacks(attacks, shadows) -> list[str]:
+    """The attacks to run: ``attacks``, and LiRA and RMIA when there are shadow models, each once."""
+    return list(dict.fromkeys([*attacks, *(["lira", "rmia"] if shadows is not None else [])]))
+
+
 def request_names(splits) -> dict:
     """How a deletion request may name the training examples besides their indices: by their rows of the official
     training file, by their files (an ``imagefolder:``'s); :func:`~unlearn.data.selection.read_ids`'s keywords."""
@@ -213,7 +218,7 @@ def train_stage(config: RunConfig, out: Path, device: torch.device, run: RunFold
         except ValueError as err:
             if not config.force:
                 raise
-            warnings.warn(f"{err.args[0].split('; pass --force')[0]}: training again (--force)", stacklevel=2)
+            warnings.warn(_training_again(err), stacklevel=2)
         else:
             say(f"reusing the trained model in {out}")
             return splits, model, recorder, checkpoints, settings, None
@@ -560,7 +565,8 @@ def warn_if_costlier_than_retraining(policy, scores: pd.Series, forget, retain, 
         cost = plan_cost(policy, sizes, len(retain), retain_per_forget=rum.retain_per_forget)
     except (TypeError, ValueError):
         return None
-    retraining = config.training_recipe().epochs * len(retain)
+    epochs = config.training_recipe().epochs
+    retraining = epochs * len(retain)
     ratio = cost / retraining
     if ratio > 1:
         cheaper = [p for p in (("npo_to_expected",) if config.kind == "text" else ("random_label_fast",
@@ -569,8 +575,7 @@ def warn_if_costlier_than_retraining(policy, scores: pd.Series, forget, retain, 
         stops = uses_expected(resolve_policy(policy, list(sizes)))
         name, bound = (policy if isinstance(policy, str) else "given"), ("up to" if stops else "about")
         warnings.warn(f"policy {name} passes over {bound} {ratio:.1f}x as many examples as retraining ({cost} "
-                      f"against {retraining}: the "
-                      f"recipe's {config.training_recipe().epochs} epochs over the {len(retain)} retained examples"
+                      f"against {retraining}: the recipe's {epochs} epochs over the {len(retain)} retained examples"
                       + ("; its steps stop early once a group falls to its expected accuracy" if stops else "")
                       + "), so unlearning may take longer than retraining would; cheaper: "
                       + ", ".join(f"--policy {p}" for p in cheaper) + ", a smaller request, or --method retrain",
@@ -630,6 +635,11 @@ def klom_stage(config: RunConfig, splits, settings: dict, request: Request, out:
                              **recipe_of(settings))
 
 
+def _training_again(err: ValueError) -> str:
+    """What a forced run says of a damaged file it trains again over: the error, without its advice to force."""
+    return f"{err.args[0].split('; pass --force')[0]}: training again (--force)"
+
+
 def _saved_settings(config_file: Path, force: bool) -> dict | None:
     """The settings a folder's finished training recorded; None without any, or (with ``force``, which trains
     again) when ``config.json`` is damaged."""
@@ -640,7 +650,7 @@ def _saved_settings(config_file: Path, force: bool) -> dict | None:
     except ValueError as err:
         if not force:
             raise
-        warnings.warn(f"{err.args[0].split('; pass --force')[0]}: training again (--force)", stacklevel=3)
+        warnings.warn(_training_again(err), stacklevel=3)
         return None
 
 
